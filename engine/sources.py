@@ -1,0 +1,166 @@
+"""The source registry: what a `<<SRC:domain:entity>>` marker points to.
+
+Every chunk carries a source id; the registry maps it to a display name, a URL and a kind so answers can
+turn markers into links. Ids that answers cite but the registry lacks are logged for an admin to add.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import asdict, dataclass
+from urllib.parse import urlparse
+
+from engine.store import transaction, utc_now
+
+SOURCE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]*:[A-Za-z0-9._\-:/]+$")
+CSV_COLUMNS = ("source_id", "display_name", "url", "kind")
+KINDS = ("guideline", "document", "dataset", "decision", "incident", "table-row", "model", "other")
+
+
+class SourceError(ValueError):
+    """A source registry entry or file is malformed."""
+
+
+@dataclass(frozen=True)
+class Source:
+    source_id: str
+    display_name: str
+    url: str | None = None
+    kind: str = "document"
+
+    def __post_init__(self):
+        if not SOURCE_ID_PATTERN.match(self.source_id or ""):
+            raise SourceError(
+                f"source id {self.source_id!r} is not 'domain:entity' (lowercase domain; entity of letters, digits, . _ - : /)"
+            )
+        if not (self.display_name or "").strip():
+            raise SourceError(f"source {self.source_id}: display name is empty")
+        if self.url and not is_web_url(self.url):
+            raise SourceError(f"source {self.source_id}: URL {self.url!r} is not an http(s) URL")
+        if self.kind not in KINDS:
+            raise SourceError(f"source {self.source_id}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+
+def is_web_url(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+
+
+def slug(text: str) -> str:
+    """A file name or key as it appears inside a source id: lowercase, no spaces, only id-safe characters."""
+    return re.sub(r"[^a-z0-9._\-]+", "-", text.strip().lower()).strip("-") or "unnamed"
+
+
+def upsert_sources(connection, sources: list[Source], *, overwrite: bool = True) -> int:
+    """Write entries in one transaction; with overwrite=False existing (possibly admin-edited) entries stay."""
+    with transaction(connection):
+        return write_sources(connection, sources, overwrite=overwrite)
+
+
+def write_sources(connection, sources: list[Source], *, overwrite: bool) -> int:
+    """The write itself, for callers that are already inside a transaction; returns rows written."""
+    verb = "INSERT OR REPLACE" if overwrite else "INSERT OR IGNORE"
+    before = connection.total_changes
+    connection.executemany(
+        f"{verb} INTO sources(source_id, display_name, url, kind, updated_at) VALUES (?, ?, ?, ?, ?)",
+        [(s.source_id, s.display_name.strip(), s.url or None, s.kind, utc_now()) for s in sources],
+    )
+    written = connection.total_changes - before
+    connection.executemany("DELETE FROM unknown_sources WHERE source_id = ?", [(s.source_id,) for s in sources])
+    return written
+
+
+def delete_source(connection, source_id: str) -> bool:
+    with transaction(connection):
+        return connection.execute("DELETE FROM sources WHERE source_id = ?", (source_id,)).rowcount > 0
+
+
+def list_sources(connection) -> list[Source]:
+    rows = connection.execute("SELECT source_id, display_name, url, kind FROM sources ORDER BY source_id").fetchall()
+    return [Source(*row) for row in rows]
+
+
+def resolve(connection, source_ids: list[str]) -> dict[str, Source]:
+    """The registry entries of the given ids; ids missing from the result are unknown."""
+    if not source_ids:
+        return {}
+    rows = connection.execute(
+        f"SELECT source_id, display_name, url, kind FROM sources WHERE source_id IN ({','.join('?' * len(source_ids))})",
+        list(source_ids),
+    ).fetchall()
+    return {row[0]: Source(*row) for row in rows}
+
+
+def log_unknown(connection, source_ids: list[str], context: str = "") -> None:
+    """Remember cited ids the registry does not know, with how often and where they were seen."""
+    now = utc_now()
+    with transaction(connection):
+        connection.executemany(
+            """INSERT INTO unknown_sources(source_id, first_seen, last_seen, occurrences, context) VALUES (?, ?, ?, 1, ?)
+               ON CONFLICT(source_id) DO UPDATE SET last_seen = excluded.last_seen,
+               occurrences = occurrences + 1, context = excluded.context""",
+            [(source_id, now, now, context[:500]) for source_id in source_ids],
+        )
+
+
+def unknown_sources(connection) -> list[dict]:
+    rows = connection.execute(
+        "SELECT source_id, first_seen, last_seen, occurrences, context FROM unknown_sources ORDER BY occurrences DESC"
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def export_csv(connection) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for source in list_sources(connection):
+        writer.writerow({**asdict(source), "url": source.url or ""})
+    return buffer.getvalue()
+
+
+def parse_csv(data: bytes | str) -> list[Source]:
+    """Read a registry CSV, checking every row before anything is stored; errors name the line."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise SourceError(f"the CSV file is not UTF-8 text (byte {error.start})") from None
+    reader = csv.DictReader(io.StringIO(data))
+    if reader.fieldnames is None:
+        raise SourceError("the CSV file is empty")
+    missing = [column for column in ("source_id", "display_name") if column not in reader.fieldnames]
+    if missing:
+        raise SourceError(f"the CSV header lacks {', '.join(missing)} (expected columns: {', '.join(CSV_COLUMNS)})")
+    sources, problems, seen = [], [], set()
+    try:
+        for row in reader:
+            line = reader.line_num
+            try:
+                source = Source(
+                    source_id=(row.get("source_id") or "").strip(),
+                    display_name=(row.get("display_name") or "").strip(),
+                    url=(row.get("url") or "").strip() or None,
+                    kind=(row.get("kind") or "").strip() or "document",
+                )
+            except SourceError as error:
+                problems.append(f"line {line}: {error}")
+                continue
+            if source.source_id in seen:
+                problems.append(f"line {line}: source id {source.source_id} appears twice")
+            seen.add(source.source_id)
+            sources.append(source)
+    except csv.Error as error:
+        problems.append(f"line {reader.line_num}: {error}")
+    if problems:
+        raise SourceError("; ".join(problems[:20]) + (f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""))
+    if not sources:
+        raise SourceError("the CSV file has a header but no rows")
+    return sources
+
+
+def import_csv(connection, data: bytes | str) -> int:
+    """Replace or add registry entries from a CSV; a file with any bad row changes nothing."""
+    return upsert_sources(connection, parse_csv(data), overwrite=True)

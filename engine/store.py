@@ -1,0 +1,145 @@
+"""The knowledge database: one SQLite file (WAL, FTS5, sqlite-vec) with a versioned schema.
+
+The stock `sqlite3` of this Python cannot load extensions, so connections come from `sqlean` (a drop-in
+sqlite3 build) with sqlite-vec loaded. Migrations are plain SQL scripts applied in order; `PRAGMA
+user_version` records how far a database has come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlean
+import sqlite_vec
+
+EMBEDDING_DIM = 384
+
+MIGRATIONS: list[str] = [
+    # 1: documents, chunks, full-text and vector indexes, source registry, unknown source log
+    f"""
+    CREATE TABLE documents (
+        id          INTEGER PRIMARY KEY,
+        title       TEXT NOT NULL,
+        origin      TEXT NOT NULL UNIQUE,
+        sha256      TEXT NOT NULL UNIQUE,
+        metadata    TEXT NOT NULL DEFAULT '{{}}',
+        ingested_at TEXT NOT NULL
+    );
+    CREATE TABLE chunks (
+        id            INTEGER PRIMARY KEY,
+        document_id   INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        chunk_index   INTEGER NOT NULL,
+        text          TEXT NOT NULL,
+        token_count   INTEGER NOT NULL,
+        source_id     TEXT NOT NULL,
+        source_domain TEXT NOT NULL GENERATED ALWAYS AS (substr(source_id, 1, instr(source_id, ':') - 1)) VIRTUAL,
+        edited        INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (document_id, chunk_index)
+    );
+    CREATE INDEX chunks_by_source ON chunks(source_id);
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(
+        text, content='chunks', content_rowid='id', tokenize='porter unicode61'
+    );
+    CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+        INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+        INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        DELETE FROM chunk_vectors WHERE chunk_id = old.id;
+    END;
+    CREATE TRIGGER chunks_fts_update AFTER UPDATE OF text ON chunks BEGIN
+        INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE VIRTUAL TABLE chunk_vectors USING vec0(
+        chunk_id INTEGER PRIMARY KEY,
+        embedding float[{EMBEDDING_DIM}] distance_metric=cosine,
+        source_domain TEXT,
+        document_id INTEGER
+    );
+    CREATE TABLE sources (
+        source_id    TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        url          TEXT,
+        kind         TEXT NOT NULL,
+        updated_at   TEXT NOT NULL
+    );
+    CREATE TABLE unknown_sources (
+        source_id   TEXT PRIMARY KEY,
+        first_seen  TEXT NOT NULL,
+        last_seen   TEXT NOT NULL,
+        occurrences INTEGER NOT NULL DEFAULT 1,
+        context     TEXT
+    );
+    """,
+]
+
+
+def connect(path: Path | str) -> sqlean.Connection:
+    """Open (creating if needed) a knowledge database with extensions loaded and the schema up to date."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlean.connect(str(path), check_same_thread=False, isolation_level=None)
+    connection.enable_load_extension(True)
+    sqlite_vec.load(connection)
+    connection.enable_load_extension(False)
+    connection.row_factory = sqlean.Row
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    connection.execute("PRAGMA busy_timeout=10000")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    migrate(connection)
+    return connection
+
+
+def schema_version(connection: sqlean.Connection) -> int:
+    return connection.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(connection: sqlean.Connection) -> int:
+    """Apply the migrations this database has not seen yet, each in its own transaction."""
+    current = schema_version(connection)
+    if current > len(MIGRATIONS):
+        raise RuntimeError(
+            f"knowledge database schema version {current} is newer than this deploywise ({len(MIGRATIONS)}); upgrade deploywise"
+        )
+    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        with transaction(connection):
+            for statement in _statements(script):
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {version}")
+    return schema_version(connection)
+
+
+@contextmanager
+def transaction(connection: sqlean.Connection) -> Iterator[sqlean.Connection]:
+    """One all-or-nothing write: BEGIN IMMEDIATE takes the write lock up front so concurrent writers queue."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements, keeping trigger bodies whole."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlean.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+def utc_now() -> str:
+    """Timestamps are stored as ISO-8601 UTC text, which sorts correctly."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

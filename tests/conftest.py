@@ -1,0 +1,60 @@
+"""Shared fixtures: a fresh workspace per test, the real bundled tokenizer and embedding model (loaded once)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from engine.chunking import Chunker
+from engine.knowledge_base import KnowledgeBase
+from engine.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch, tmp_path):
+    """No developer .env, secrets file or DEPLOYWISE_* variable leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith("DEPLOYWISE_") and key != "DEPLOYWISE_CACHE_DIR":
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    settings = load_settings(workspace=tmp_path / "workspace")
+    settings.ensure_workspace()
+    return settings
+
+
+@pytest.fixture
+def kb(settings):
+    knowledge_base = KnowledgeBase.open(settings)
+    yield knowledge_base
+    knowledge_base.connection.close()
+
+
+@pytest.fixture
+def chunker(kb, settings):
+    from engine.models import load_tokenizer
+
+    return Chunker(load_tokenizer(settings.base_model), settings.chunk_tokens, settings.chunk_overlap)
+
+
+@pytest.fixture
+def snapshot():
+    """`snapshot(connection)` returns every row of every knowledge table, to prove a failed operation changed nothing."""
+    return table_snapshot
+
+
+def table_snapshot(connection) -> dict:
+    """Every row of every knowledge table, to prove a failed operation changed nothing."""
+    tables = ["documents", "chunks", "sources", "unknown_sources"]
+    snapshot = {table: connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in tables}
+    snapshot["chunk_vectors"] = connection.execute("SELECT chunk_id FROM chunk_vectors ORDER BY 1").fetchall()
+    snapshot["chunks_fts"] = connection.execute("SELECT rowid FROM chunks_fts ORDER BY 1").fetchall()
+    return {table: [tuple(row) for row in rows] for table, rows in snapshot.items()}
