@@ -65,28 +65,37 @@ def parse_file(name: str, data: bytes, *, max_bytes: int | None = None) -> Parse
     )
 
 
-def decode_text(data: bytes) -> tuple[str, str]:
-    """Decode text of unknown encoding: UTF-8 (with or without BOM), UTF-16 with BOM, else a confident guess."""
+def decode_text(data: bytes, declared: str | None = None) -> tuple[str, str]:
+    """Decode UTF-8 (BOM optional), UTF-16 with a BOM, or an encoding the file itself declares (HTML meta charset).
+
+    Anything else is refused rather than guessed: a wrong guess (Latin-1 read as cp1250) would put garbled
+    text into the knowledge base and, through training, into the model.
+    """
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
             return data.decode("utf-16"), "utf-16"
         except UnicodeDecodeError as error:
             raise DocumentError(f"file claims UTF-16 (byte order mark) but byte {error.start} is invalid") from None
     if _looks_binary(data):
-        raise DocumentError("file contains binary data, not text (is it an image or archive renamed to a text extension?)")
-    try:
-        return data.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError as error:
-        utf8_error = error
-    from charset_normalizer import from_bytes
+        raise DocumentError("file contains binary data, not text (an image or archive renamed to a text extension?)")
+    for encoding in dict.fromkeys(filter(None, [declared, "utf-8-sig"])):
+        try:
+            return data.decode(encoding), "utf-8" if encoding == "utf-8-sig" else encoding
+        except (UnicodeDecodeError, LookupError):
+            continue
+    error = _first_utf8_error(data)
+    raise DocumentError(
+        f"text is not valid UTF-8 (byte 0x{data[error]:02x} at position {error}); it is probably in a legacy "
+        "encoding such as Latin-1 or Windows-1252: save it as UTF-8 and upload again"
+    )
 
-    guess = from_bytes(data).best()
-    if guess is None or guess.chaos > 0.1 or guess.encoding.startswith("utf"):
-        raise DocumentError(
-            f"text is not valid UTF-8 (invalid byte at position {utf8_error.start}) and its encoding cannot be "
-            "determined reliably; save it as UTF-8 and upload again"
-        )
-    return str(guess), guess.encoding
+
+def _first_utf8_error(data: bytes) -> int:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start
+    return 0
 
 
 def _looks_binary(data: bytes) -> bool:
@@ -123,9 +132,8 @@ def _parse_text(data: bytes, file_slug: str, stem: str):
 def _parse_html(data: bytes, file_slug: str, stem: str):
     from bs4 import BeautifulSoup
 
-    if _looks_binary(data):
-        raise DocumentError("file contains binary data, not HTML")
-    text, encoding = decode_text(data)
+    declared = re.search(rb"""<meta[^>]+charset=["']?([A-Za-z0-9_\-]+)""", data[:4096], re.IGNORECASE)
+    text, encoding = decode_text(data, declared.group(1).decode("ascii") if declared else None)
     soup = BeautifulSoup(text, "html.parser")
     for tag in soup(["script", "style", "noscript", "template", "svg"]):
         tag.decompose()
