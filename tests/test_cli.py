@@ -1,0 +1,67 @@
+"""The `deploywise` command: exit codes, JSON output, and the same engine functions as the app."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+
+
+@pytest.fixture
+def workspace(monkeypatch, tmp_path):
+    monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(tmp_path / "ws"))
+    return tmp_path / "ws"
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_ingest_then_search_as_json(workspace, tmp_path, capsys):
+    write(tmp_path / "docs/criteria.md", b"---\nsource_id: criteria:digits\n---\n# Digits\nModel size must stay under 10 MB for phones.")
+    write(tmp_path / "docs/broken.pdf", b"not really a pdf")
+    assert main(["ingest", str(tmp_path / "docs"), "--json"]) == 1
+    outcomes = {o["name"]: o for o in json.loads(capsys.readouterr().out)}
+    assert outcomes["criteria.md"]["status"] == "added"
+    assert "not a PDF" in outcomes["broken.pdf"]["error"]
+
+    assert main(["search", "how big may the model be on phones", "--json", "-k", "3"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["source_id"] == "criteria:digits"
+
+
+def test_ingest_of_a_missing_path_is_a_usage_error(workspace, capsys):
+    assert main(["ingest", "/no/such/file.md"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_sources_export_and_import(workspace, tmp_path, capsys):
+    good = write(tmp_path / "sources.csv", b"source_id,display_name,url,kind\nguideline:x,Guide X,https://wiki.example.com/x,guideline\n")
+    assert main(["sources", "import", str(good), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"imported": 1}
+    bad = write(tmp_path / "bad.csv", b"source_id,display_name,url\nguideline:y,Y,notaurl\n")
+    assert main(["sources", "import", str(bad)]) == 1
+    assert "line 2" in capsys.readouterr().err
+    assert main(["sources", "export", "-"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["source_id,display_name,url,kind", "guideline:x,Guide X,https://wiki.example.com/x,guideline"]
+
+
+def test_bad_setting_stops_with_the_key_named(monkeypatch, capsys):
+    monkeypatch.setenv("DEPLOYWISE_SEARCH_TOP_K", "lots")
+    assert main(["search", "anything"]) == 2
+    assert "DEPLOYWISE_SEARCH_TOP_K" in capsys.readouterr().err
+
+
+def test_installed_command_runs(workspace):
+    script = Path(sys.executable).with_name("deploywise")
+    result = subprocess.run([str(script), "search", "latency", "--json"], capture_output=True, text=True, env=os.environ, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []

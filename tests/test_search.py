@@ -1,0 +1,60 @@
+"""Hybrid search over real embeddings: keyword and semantic hits fused, filters applied, odd input harmless."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.ingest import ingest_files
+from engine.search import fts_query, hybrid_search
+
+CORPUS = [
+    ("criteria.md", b"---\nsource_id: criteria:tumor-screening\n---\n# Tumour screening\nThe latency_p95_ms of a candidate must be at most 10 ms; f1 at least 0.95."),
+    ("phones.md", b"---\nsource_id: guideline:mobile\n---\n# Mobile\nModels shipped inside the offline phone scanner app must be small and quick on old handsets."),
+    ("decisions.md", b"---\nsource_id: decisions:log\n---\n# Decisions\nIn March we rolled back the MLP after its probability calibration drifted."),
+    ("datasets.txt", b"The diabetes dataset has ten baseline variables: age, sex, body mass index, blood pressure and six serum measurements."),
+]
+
+
+@pytest.fixture
+def corpus_kb(kb, chunker):
+    assert all(o.ok for o in ingest_files(kb, chunker, CORPUS))
+    return kb
+
+
+def test_exact_term_is_found_by_keyword(corpus_kb):
+    top = hybrid_search(corpus_kb, "latency_p95_ms", k=2)[0]
+    assert top.source_id == "criteria:tumor-screening" and top.keyword_rank == 1
+
+
+def test_paraphrase_is_found_by_meaning(corpus_kb):
+    top = hybrid_search(corpus_kb, "which models fit on a mobile device without network", k=1)[0]
+    assert top.source_id == "guideline:mobile"
+    assert top.vector_rank == 1
+
+
+def test_scores_are_reciprocal_rank_fusion(corpus_kb):
+    hits = hybrid_search(corpus_kb, "calibration drift rollback", k=4)
+    assert hits[0].source_id == "decisions:log"
+    for hit in hits:
+        expected = sum(1 / (60 + rank) for rank in (hit.keyword_rank, hit.vector_rank) if rank)
+        assert hit.score == pytest.approx(expected)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_filters_by_source_domain_and_document(corpus_kb):
+    hits = hybrid_search(corpus_kb, "model", k=10, source_domains=["criteria", "decisions"])
+    assert {h.source_id.split(":")[0] for h in hits} <= {"criteria", "decisions"} and hits
+    document_id = next(d.id for d in corpus_kb.documents() if d.title == "datasets")
+    hits = hybrid_search(corpus_kb, "latency budget", k=10, document_ids=[document_id])
+    assert {h.document_id for h in hits} == {document_id}
+
+
+@pytest.mark.parametrize("query", ['"unbalanced', "NEAR(a b)", "f1 AND OR NOT", "*", "col:value", "-- DROP TABLE chunks;", "ü" * 5000])
+def test_query_syntax_in_user_input_is_harmless(corpus_kb, query):
+    hybrid_search(corpus_kb, query, k=3)
+    assert corpus_kb.stats()["chunks"] == len(CORPUS)
+
+
+def test_empty_query_returns_nothing(corpus_kb):
+    assert hybrid_search(corpus_kb, "   ") == []
+    assert fts_query("?!") is None
