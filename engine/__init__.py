@@ -1,0 +1,1 @@
+"""Run-time engine: knowledge base, search, settings, CLI — everything that answers a question, without Streamlit."""
