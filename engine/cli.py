@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from engine.settings import SettingsError, load_settings
@@ -102,44 +102,34 @@ def _ingest(args, settings) -> int:
 
 
 def _import_tables(args, settings) -> int:
-    from engine.tables import TableImportError
+    from engine.table_import import IMPORT_FAILURES, choose_text_columns, plan_tables, run_table_import, table_source
     from engine.workspace import make_chunker, open_knowledge_base
 
-    tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
     overrides = _text_column_overrides(args.text_columns)
-    limit = args.limit or settings.import_row_limit
-    if limit <= 0:
+    if args.limit is not None and args.limit <= 0:
         raise UsageError("--limit must be a positive number of rows")
     try:
         if args.source == "import-uc":
-            from engine.unity_catalog import plan_uc_import, run_uc_import, workspace_client
-
-            warehouse = args.warehouse or settings.databricks_warehouse_id
-            if not warehouse:
-                raise UsageError("no SQL warehouse: pass --warehouse or set DEPLOYWISE_DATABRICKS_WAREHOUSE_ID")
-            client = workspace_client(settings)
-            plans = plan_uc_import(client, args.schema, tables, warehouse)
-            run = lambda kb, chunker, plans: run_uc_import(kb, chunker, client, plans, warehouse, limit, _stderr_progress)  # noqa: E731
+            source = table_source("unity_catalog", args.schema, args.tables or "", args.warehouse or settings.databricks_warehouse_id or "")
         else:
-            from engine.sql_import import plan_sql_import, run_sql_import
-
-            plans = plan_sql_import(args.url, tables)
-            run = lambda kb, chunker, plans: run_sql_import(kb, chunker, args.url, plans, limit, _stderr_progress)  # noqa: E731
-        plans = _apply_overrides(plans, overrides)
+            source = table_source("sql", args.url, args.tables or "")
+        plans = choose_text_columns(plan_tables(settings, source), overrides)
         if args.dry_run:
             _print(args, [_plan_summary(plan) for plan in plans], "\n".join(_plan_text(plan) for plan in plans))
             return EXIT_OK
         kb = open_knowledge_base(settings)
         try:
-            outcomes = run(kb, make_chunker(settings), plans)
+            outcomes = run_table_import(
+                settings, kb, make_chunker(settings), source, plans, on_progress=_stderr_progress, row_limit=args.limit
+            )
         finally:
             kb.connection.close()
-    except TableImportError as error:
+    except IMPORT_FAILURES as error:
         print(f"deploywise: {error}", file=sys.stderr)
         return EXIT_PARTIAL
     text = "\n".join(
-        f"{o.table}: {o.rows_read} rows read, {o.added} added, {o.updated} updated, {o.unchanged} unchanged, {o.failed} failed"
-        + "".join(f"\n  {e}" for e in o.errors)
+        f"{o.table}: {o.rows_read} rows read, {o.added} added, {o.updated} updated, {o.unchanged} unchanged, "
+        f"{o.skipped} skipped (no text), {o.failed} failed" + "".join(f"\n  {e}" for e in o.errors)
         for o in outcomes
     )
     _print(args, [asdict(o) for o in outcomes], text)
@@ -157,28 +147,6 @@ def _text_column_overrides(values: list[str]) -> dict[str, list[str]]:
     return overrides
 
 
-def _apply_overrides(plans, overrides: dict[str, list[str]]):
-    """Apply TABLE=COLS overrides by full or short table name; a name matching no table is an error."""
-    from engine.tables import TableImportError
-
-    unused = set(overrides)
-    result = []
-    for plan in plans:
-        short = plan.table.rsplit(".", 1)[-1]
-        key = plan.table if plan.table in overrides else short if short in overrides else None
-        if key is None:
-            result.append(plan)
-            continue
-        unused.discard(key)
-        unknown = [c for c in overrides[key] if c not in {column.name for column in plan.columns}]
-        if unknown:
-            raise TableImportError(f"{plan.table} has no column {', '.join(unknown)}")
-        result.append(replace(plan, text_columns=overrides[key]))
-    if unused:
-        raise UsageError(f"--text-columns names tables that are not imported: {', '.join(sorted(unused))}")
-    return result
-
-
 def _plan_summary(plan) -> dict:
     return {
         "table": plan.table,
@@ -189,7 +157,7 @@ def _plan_summary(plan) -> dict:
 
 
 def _plan_text(plan) -> str:
-    rows = "\n".join(f"  [{'x' if c.is_text else ' '}] {c.name}: {c.reason}" for c in plan.detection)
+    rows = "\n".join(f"  [{'x' if c.name in plan.text_columns else ' '}] {c.name}: {c.reason}" for c in plan.detection)
     return f"{plan.table} (key: {plan.key_column or 'row hash'})\n{rows}"
 
 

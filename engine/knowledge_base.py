@@ -191,11 +191,16 @@ class KnowledgeBase:
         return [r[0] for r in self.connection.execute("SELECT DISTINCT source_domain FROM chunks ORDER BY 1").fetchall()]
 
     def stats(self) -> dict:
-        documents, chunks, tokens = self.connection.execute(
-            "SELECT (SELECT count(*) FROM documents), count(*), coalesce(sum(token_count), 0) FROM chunks"
-        ).fetchone()
-        sources = self.connection.execute("SELECT count(*) FROM sources").fetchone()[0]
-        return {"documents": documents, "chunks": chunks, "tokens": tokens, "sources": sources}
+        return knowledge_stats(self.connection)
 
     def register_sources(self, sources: list[Source], *, overwrite: bool = True) -> int:
         return upsert_sources(self.connection, sources, overwrite=overwrite)
+
+
+def knowledge_stats(connection) -> dict:
+    """Counts of documents, chunks, tokens and sources; needs only a connection, no model."""
+    documents, chunks, tokens = connection.execute(
+        "SELECT (SELECT count(*) FROM documents), count(*), coalesce(sum(token_count), 0) FROM chunks"
+    ).fetchone()
+    sources = connection.execute("SELECT count(*) FROM sources").fetchone()[0]
+    return {"documents": documents, "chunks": chunks, "tokens": tokens, "sources": sources}

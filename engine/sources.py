@@ -72,9 +72,14 @@ def write_sources(connection, sources: list[Source], *, overwrite: bool) -> int:
     return written
 
 
-def delete_source(connection, source_id: str) -> bool:
+def replace_sources(connection, upserts: list[Source], deletions: list[str]) -> tuple[int, int]:
+    """An admin's registry edit as one transaction: rows written and rows deleted, or nothing at all."""
     with transaction(connection):
-        return connection.execute("DELETE FROM sources WHERE source_id = ?", (source_id,)).rowcount > 0
+        written = write_sources(connection, upserts, overwrite=True)
+        deleted = sum(
+            connection.execute("DELETE FROM sources WHERE source_id = ?", (source_id,)).rowcount for source_id in deletions
+        )
+    return written, deleted
 
 
 def list_sources(connection) -> list[Source]:

@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
+from databricks_server import FakeDatabricks
 
 from engine.chunking import Chunker
 from engine.knowledge_base import KnowledgeBase
@@ -43,6 +44,19 @@ def chunker(kb, settings):
     from engine.models import load_tokenizer
 
     return Chunker(load_tokenizer(settings.base_model), settings.chunk_tokens, settings.chunk_overlap)
+
+
+@pytest.fixture
+def databricks(monkeypatch, tmp_path):
+    """A running fake workspace, with the SDK's environment pointing at it and nothing else configured."""
+    for key in list(os.environ):
+        if key.startswith(("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.databrickscfg of the developer
+    with FakeDatabricks() as fake:
+        monkeypatch.setenv("DATABRICKS_HOST", fake.host)
+        monkeypatch.setenv("DATABRICKS_TOKEN", fake.token)
+        yield fake
 
 
 @pytest.fixture

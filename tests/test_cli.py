@@ -65,3 +65,34 @@ def test_installed_command_runs(workspace):
     result = subprocess.run([str(script), "search", "latency", "--json"], capture_output=True, text=True, env=os.environ, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_import_uc_dry_run_then_import_with_an_override(workspace, databricks, capsys):
+    args = ["import-uc", "main.gold", "--warehouse", "wh-1", "--tables", "eval_notes"]
+    assert main([*args, "--dry-run", "--text-columns", "eval_notes=note,model_name", "--json"]) == 0
+    [plan] = json.loads(capsys.readouterr().out)
+    assert plan["table"] == "main.gold.eval_notes" and plan["text_columns"] == ["note", "model_name"]
+    assert main([*args, "--json"]) == 0
+    [outcome] = json.loads(capsys.readouterr().out)
+    assert outcome["added"] == outcome["rows_read"] > 0
+    assert main([*args, "--json"]) == 0  # a second run changes nothing
+    assert json.loads(capsys.readouterr().out)[0]["unchanged"] == outcome["added"]
+
+
+def test_import_uc_of_an_unknown_table_fails_cleanly(workspace, databricks, capsys):
+    assert main(["import-uc", "main.gold", "--warehouse", "wh-1", "--tables", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert main(["import-uc", "main.gold", "--warehouse", "wh-1", "--text-columns", "ghost=a"]) == 1
+    assert "ghost" in capsys.readouterr().err
+
+
+def test_import_sql_from_a_sqlite_file(workspace, tmp_path, capsys):
+    from databricks_server import write_sqlite
+
+    database = tmp_path / "gold.db"
+    write_sqlite(database)
+    assert main(["import-sql", f"sqlite:///{database}", "--tables", "deployment_reviews", "--json"]) == 0
+    [outcome] = json.loads(capsys.readouterr().out)
+    assert outcome["table"] == "deployment_reviews" and outcome["added"] > 0
+    assert main(["import-sql", "notaurl://", "--json"]) == 1
+    assert capsys.readouterr().err.startswith("deploywise: ")

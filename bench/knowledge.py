@@ -1,0 +1,529 @@
+"""Knowledge base benchmark: ingest throughput, embedding speed, search latency and recall.
+
+Run from the repo root: `.venv/bin/python bench/knowledge.py [--sizes 10000,100000] [--queries 200] [--quick]`.
+Everything happens in a temporary folder (never ./workspace); the last line printed is JSON with every figure.
+
+What is measured
+1. Ingest: multi-page PDFs written here with fpdf2 (paragraphs about model deployment, thresholds and
+   metrics, generated from templates so no two chunks are alike) go through `engine.ingest.ingest_files` with
+   the bundled tokenizer, the product's Chunker (500/50 tokens) and the bundled embedder: pages/s and chunks/s
+   end to end, then the stored chunks are embedded again alone for embedding-only chunks/s and word pieces/s.
+   all-MiniLM-L6-v2 reads at most 256 word pieces, so the cost of a chunk is its word pieces up to that cap:
+   embedding speed is also measured on short (one sentence, ~30 token) texts to show both ends.
+2. Search at each corpus size, per query: the product's `hybrid_search` end to end (query embedding
+   included, and also reported alone), vector KNN alone (the product's vec0 query), FTS5 BM25 alone (the
+   product's query), and the baseline: exact brute-force cosine top-10 in numpy over an in-memory float32
+   matrix of all vectors. Recall@10 of each vector index is measured against that exact top-10.
+   Alternatives the product could adopt are prototyped on the same data: int8[384] and bit[384] vec0
+   tables (the bit table as a Hamming prefilter whose candidates are rescored with exact cosine), and
+   FTS5 queries that skip the join or drop stop words.
+
+How the synthetic search corpus is built
+Embedding 100k real chunks would take hours on 2 cores, so a pool of template sentences (each about one
+of twelve deployment tasks) is embedded once with the real embedder. A chunk is 2-3 sentences of one task
+joined into one text; its vector is the normalized sum of its sentences' vectors. Chunks are grouped into
+documents of 40 and written in one transaction through `KnowledgeBase._insert_chunks`, the product's own
+insert path, so the FTS triggers and the vec0 table are filled exactly as by an ingest. Queries are
+realistic questions built from the same vocabulary, embedded by the real embedder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from fpdf import FPDF  # noqa: E402
+
+from engine import store  # noqa: E402
+from engine.chunking import Chunk, Chunker  # noqa: E402
+from engine.documents import parse_file  # noqa: E402
+from engine.ingest import ingest_files  # noqa: E402
+from engine.knowledge_base import KnowledgeBase  # noqa: E402
+from engine.models import load_embedder, load_tokenizer  # noqa: E402
+from engine.search import _keyword_ranks, _vector_ranks, fts_query, hybrid_search  # noqa: E402
+
+SEARCH_P95_TARGET_MS = 50.0
+RECALL_TARGET = 0.95
+EMBED_TARGET_CHUNKS_PER_S = 300.0
+POOL = 50  # hybrid_search's default candidate pool per index
+TOP_K = 10
+CHUNKS_PER_DOCUMENT = 40
+
+# ---------------------------------------------------------------------------------------------------------
+# Text: sentences about deploying ML models, built from templates so that chunks differ
+# ---------------------------------------------------------------------------------------------------------
+
+TASKS = {
+    "tumour screening": ["resnet50", "efficientnet-b3", "vit-small", "densenet121"],
+    "chest x-ray triage": ["densenet121", "convnext-tiny", "vit-base", "resnet34"],
+    "credit card fraud detection": ["xgboost", "lightgbm", "catboost", "isolation-forest"],
+    "customer churn prediction": ["logistic-regression", "lightgbm", "xgboost", "tabnet"],
+    "retail demand forecasting": ["temporal-fusion-transformer", "prophet", "deepar", "lightgbm"],
+    "manufacturing defect detection": ["yolov8n", "efficientdet-d0", "padim", "patchcore"],
+    "call-centre speech transcription": ["whisper-small", "whisper-base", "wav2vec2-base", "conformer-ctc"],
+    "insurance claims triage": ["distilbert", "bert-base", "deberta-v3-small", "xgboost"],
+    "wind turbine predictive maintenance": ["lstm-autoencoder", "random-forest", "xgboost", "tcn"],
+    "sepsis early warning": ["gru-ehr", "logistic-regression", "xgboost", "transformer-ehr"],
+    "legal document classification": ["legal-bert", "distilbert", "tf-idf-svm", "roberta-base"],
+    "product recommendation ranking": ["two-tower", "lightfm", "dlrm", "sasrec"],
+}
+METRICS = ["recall", "precision", "AUROC", "F1 score", "specificity", "balanced accuracy", "average precision",
+           "expected calibration error", "false positive rate", "MAPE", "word error rate", "NDCG@10"]
+HARDWARE = ["a single CPU core", "two CPU cores", "an NVIDIA T4", "an A10 GPU", "an edge gateway",
+            "a Jetson Orin", "the shared inference cluster", "a serverless endpoint"]
+TEAMS = ["the clinical review board", "the risk committee", "the platform team", "the data science guild",
+         "the model governance group", "the operations leads", "the quality office", "the on-call engineers"]
+SPLITS = ["held-out", "temporal validation", "external site", "shadow traffic", "golden", "stress-test"]
+SUBGROUPS = ["patients over 80", "night-shift scans", "small merchants", "new customers", "rural sites",
+             "non-native speakers", "older turbines", "paediatric cases", "low-volume products"]
+REASONS = ["it met the latency budget", "its recall was more stable across sites", "it needs no GPU",
+           "its calibration was better", "it was cheaper to serve", "it degraded less under drift",
+           "its false positives were easier to review", "it was the only one that passed the audit"]
+TEMPLATES = [
+    "The {model} candidate reached a {metric} of {value} on the {split} set for {task}.",
+    "For {task}, the acceptance criterion requires a {metric} of at least {value} before a model may be promoted.",
+    "{Team} rejected {model} on {date} because its {metric} of {value} missed the threshold of {value2}.",
+    "Deployment on {hardware} must keep the p95 latency below {ms} ms for {task}.",
+    "We measured {model} at {ms} ms p95 latency on {hardware} with a batch size of {batch}.",
+    "The review noted that {model} drifts after {weeks} weeks in production, so {task} models are retrained every {weeks2} weeks.",
+    "Calibration matters for {task}: an expected calibration error above {ece} leads to over-confident alerts.",
+    "Compared with {model2}, {model} improves {metric} by {delta} points but needs {mem} MB of memory.",
+    "The guideline for {task} states that a false negative costs {ratio} times more than a false positive.",
+    "Shadow deployment of {model} for {task} ran for {days} days on {count} live requests before the decision.",
+    "The champion alias for {task} has pointed to {model} since {date}.",
+    "Candidates for {task} are evaluated on the {split} split collected after {date}, never on training data.",
+    "Quantizing {model} to int8 cut latency from {ms} ms to {ms2} ms with a {metric} loss of {delta} points.",
+    "Monitoring raises an alert when the weekly {metric} of the {task} model drops below {value}.",
+    "{model} was trained on {count} labelled examples for {task} and validated on {count2} more.",
+    "An audit on {date} found that {model} underperforms on {subgroup}, with a {metric} of only {value}.",
+    "Rollback to {model2} is automatic if the error rate of {model} exceeds {pct} percent in the first hour.",
+    "Serving {model} on {hardware} costs {cost} dollars per thousand predictions for {task}.",
+    "Past decision: for {task} we chose {model} over {model2} because {reason}.",
+    "{Team} requires a {metric} confidence interval narrower than {delta} points before any {task} release.",
+    "The threshold of {model} was set to {value} so that {task} keeps a {metric} above {value2}.",
+    "On {hardware}, {model} handles {count} requests per minute for {task} without breaching {ms} ms.",
+]
+QUESTIONS = [
+    "which model meets the {ms} ms latency budget for {task}",
+    "what {metric} threshold must a {task} model reach before promotion",
+    "why was {model} rejected for {task}",
+    "is {model} calibrated well enough for {task}",
+    "which {task} candidate has the best {metric} on {hardware}",
+    "how often are {task} models retrained because of drift",
+    "what did the audit find about {model} on {subgroup}",
+    "can we deploy {model} on {hardware} for {task}",
+    "when does {task} roll back to the previous model",
+    "how much does it cost to serve {model} for {task}",
+    "which model did we choose for {task} and why",
+    "what {metric} did {model} reach on the {split} set",
+]
+
+
+def fill(template: str, rng: np.random.Generator, task: str) -> str:
+    """One sentence or question about `task` with random but plausible values."""
+    model, model2 = rng.choice(TASKS[task], size=2, replace=False)
+    value, value2 = sorted(rng.uniform(0.55, 0.99, size=2).round(2))
+    ms = int(rng.integers(2, 400))
+    team = str(rng.choice(TEAMS))
+    return template.format(
+        task=task, model=f"{model}-v{rng.integers(1, 20)}", model2=f"{model2}-v{rng.integers(1, 20)}",
+        metric=rng.choice(METRICS), value=value, value2=value2, split=rng.choice(SPLITS), Team=team.capitalize(),
+        date=f"{rng.integers(2021, 2026)}-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}",
+        hardware=rng.choice(HARDWARE), ms=ms, ms2=max(1, ms // int(rng.integers(2, 5))), batch=2 ** rng.integers(0, 7),
+        weeks=rng.integers(2, 30), weeks2=rng.integers(1, 13), ece=round(rng.uniform(0.01, 0.1), 3),
+        delta=round(rng.uniform(0.2, 6), 1), mem=int(rng.integers(40, 4000)), ratio=int(rng.integers(2, 50)),
+        days=rng.integers(3, 60), count=f"{int(rng.integers(1, 900)) * 1000:,}", count2=f"{int(rng.integers(1, 90)) * 1000:,}",
+        subgroup=rng.choice(SUBGROUPS), pct=round(rng.uniform(0.5, 10), 1), cost=round(rng.uniform(0.01, 3), 3),
+        reason=rng.choice(REASONS),
+    )
+
+
+def sentence_pool(rng: np.random.Generator, size: int) -> tuple[list[str], np.ndarray]:
+    """`size` distinct sentences and the index of the task each one is about."""
+    tasks = list(TASKS)
+    seen, sentences, topics = set(), [], []
+    while len(sentences) < size:
+        topic = int(rng.integers(len(tasks)))
+        sentence = fill(TEMPLATES[rng.integers(len(TEMPLATES))], rng, tasks[topic])
+        if sentence not in seen:
+            seen.add(sentence)
+            sentences.append(sentence)
+            topics.append(topic)
+    return sentences, np.array(topics)
+
+
+def questions(rng: np.random.Generator, count: int) -> list[str]:
+    tasks = list(TASKS)
+    return [fill(QUESTIONS[rng.integers(len(QUESTIONS))], rng, tasks[rng.integers(len(tasks))]) for _ in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def timed(function, *args, **kwargs):
+    """(result, seconds)"""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def latency(milliseconds: list[float]) -> dict:
+    return {"p50_ms": round(float(np.percentile(milliseconds, 50)), 2), "p95_ms": round(float(np.percentile(milliseconds, 95)), 2)}
+
+
+def recall_at_k(found: list[list[int]], exact: list[list[int]]) -> float:
+    return float(np.mean([len(set(f[:TOP_K]) & set(e)) / len(e) for f, e in zip(found, exact, strict=True)]))
+
+
+def word_pieces(embedder, texts: list[str]) -> np.ndarray:
+    """Word pieces per text as the embedder sees them (with [CLS]/[SEP]), before its truncation."""
+    return np.array([len(ids) for ids in embedder.tokenizer(texts, add_special_tokens=True)["input_ids"]])
+
+
+def embedding_speed(kb: KnowledgeBase, texts: list[str]) -> tuple[np.ndarray, dict]:
+    """Embed `texts` once (after a warm-up batch) and report chunks/s and word pieces/s actually processed."""
+    kb.embed(texts[:32])
+    vectors, seconds = timed(kb.embed, texts)
+    pieces = word_pieces(kb.embedder, texts)
+    processed = np.minimum(pieces, kb.embedder.max_seq_length)
+    return vectors, {
+        "texts": len(texts),
+        "mean_word_pieces": round(float(pieces.mean()), 1),
+        "truncated_share": round(float((pieces > kb.embedder.max_seq_length).mean()), 3),
+        "chunks_per_s": round(len(texts) / seconds, 1),
+        "word_pieces_per_s": round(float(processed.sum()) / seconds),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Ingest throughput with real PDFs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_pdf(rng: np.random.Generator, title: str, task: str, pages: int) -> bytes:
+    """A report about one task: a heading and five paragraphs of four to six sentences on every page."""
+    pdf = FPDF(format="A4")
+    pdf.set_title(title)
+    pdf.set_auto_page_break(False)
+    for page in range(1, pages + 1):
+        pdf.add_page()
+        pdf.set_font("Helvetica", style="B", size=13)
+        pdf.cell(0, 9, f"{title} - section {page}", new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", size=9)
+        for _ in range(5):
+            paragraph = " ".join(fill(TEMPLATES[rng.integers(len(TEMPLATES))], rng, task) for _ in range(rng.integers(4, 7)))
+            pdf.multi_cell(0, 4.2, paragraph, new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(2)
+    return bytes(pdf.output())
+
+
+def bench_ingest(root: Path, rng: np.random.Generator, documents: int, pages: int, embedder, tokenizer) -> dict:
+    tasks = list(TASKS)
+    files = [
+        (f"report-{number:03d}.pdf", make_pdf(rng, f"Deployment report {number}", tasks[number % len(tasks)], pages))
+        for number in range(documents)
+    ]
+    kb = KnowledgeBase(store.connect(root / "ingest.sqlite"), embedder)
+    chunker = Chunker(tokenizer, 500, 50)
+    outcomes, seconds = timed(ingest_files, kb, chunker, files)
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    if failed:
+        raise RuntimeError(f"ingest failed: {failed[0].error}")
+    total_pages = documents * pages
+    chunk_rows = kb.connection.execute("SELECT text, token_count FROM chunks").fetchall()
+    parsed, parse_s = timed(lambda: [parse_file(name, data) for name, data in files])
+    _, chunk_s = timed(lambda: [chunker.split(document.sections) for document in parsed])
+    _, real = embedding_speed(kb, [row[0] for row in chunk_rows])
+    kb.connection.close()
+    tokens = np.array([row[1] for row in chunk_rows])
+    return {
+        "documents": documents,
+        "pages": total_pages,
+        "chunks": len(chunk_rows),
+        "seconds": round(seconds, 2),
+        "pages_per_s": round(total_pages / seconds, 2),
+        "chunks_per_s": round(len(chunk_rows) / seconds, 2),
+        "parse_s": round(parse_s, 2),
+        "chunking_s": round(chunk_s, 2),
+        "chunk_tokens_mean": round(float(tokens.mean()), 1),
+        "chunk_tokens_p50": int(np.percentile(tokens, 50)),
+        "chunk_tokens_max": int(tokens.max()),
+        "embedding_real_chunks": real,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Search: corpus, indexes, measurements
+# ---------------------------------------------------------------------------------------------------------
+
+
+def synthetic_chunks(rng: np.random.Generator, sentences: list[str], topics: np.ndarray, vectors: np.ndarray, size: int):
+    """`size` chunk texts of 2-3 sentences about one task, and their vectors (normalized sums)."""
+    by_topic = [np.flatnonzero(topics == topic) for topic in range(len(TASKS))]
+    texts, matrix = [], np.empty((size, vectors.shape[1]), dtype=np.float32)
+    for row in range(size):
+        members = rng.choice(by_topic[row // CHUNKS_PER_DOCUMENT % len(TASKS)], size=rng.integers(2, 4), replace=False)
+        texts.append(" ".join(sentences[member] for member in members))
+        matrix[row] = vectors[members].sum(axis=0)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    return texts, matrix
+
+
+def load_corpus(kb: KnowledgeBase, texts: list[str], matrix: np.ndarray) -> float:
+    """Write the corpus in one transaction through the product's insert path; returns seconds."""
+    tasks = list(TASKS)
+    start = time.perf_counter()
+    with store.transaction(kb.connection):
+        for first in range(0, len(texts), CHUNKS_PER_DOCUMENT):
+            number = first // CHUNKS_PER_DOCUMENT
+            document_id = kb.connection.execute(
+                "INSERT INTO documents(title, origin, sha256, ingested_at) VALUES (?, ?, ?, ?)",
+                (f"{tasks[number % len(tasks)]} report {number}", f"file:synthetic-{number}.pdf", f"sha-{number}", store.utc_now()),
+            ).lastrowid
+            part = texts[first:first + CHUNKS_PER_DOCUMENT]
+            chunks = [Chunk(text, len(text.split()), f"doc:synthetic-{number}:page-{index // 2 + 1}") for index, text in enumerate(part)]
+            kb._insert_chunks(document_id, chunks, matrix[first:first + len(part)])
+    return time.perf_counter() - start
+
+
+def add_quantized_tables(connection, matrix: np.ndarray) -> float:
+    """Prototype indexes: int8 vec0, bit vec0 (with the product's metadata columns) and plain float blobs."""
+    scale = float(np.abs(matrix).max())
+    connection.execute("CREATE VIRTUAL TABLE chunk_int8 USING vec0(chunk_id INTEGER PRIMARY KEY, embedding int8[384] distance_metric=cosine)")
+    connection.execute(
+        "CREATE VIRTUAL TABLE chunk_bits USING vec0(chunk_id INTEGER PRIMARY KEY, embedding bit[384], source_domain TEXT, document_id INTEGER)"
+    )
+    connection.execute("CREATE TABLE chunk_floats(chunk_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL)")
+    ids = [row[0] for row in connection.execute("SELECT id FROM chunks ORDER BY id")]
+    with store.transaction(connection):
+        for chunk_id, vector in zip(ids, matrix, strict=True):
+            blob = vector.tobytes()
+            connection.execute("INSERT INTO chunk_int8 VALUES (?, vec_int8(?))", (chunk_id, to_int8(vector, scale)))
+            connection.execute("INSERT INTO chunk_bits VALUES (?, vec_quantize_binary(?), 'doc', 0)", (chunk_id, blob))
+            connection.execute("INSERT INTO chunk_floats VALUES (?, ?)", (chunk_id, blob))
+    return scale
+
+
+def to_int8(vector: np.ndarray, scale: float) -> bytes:
+    return np.clip(np.round(vector / scale * 127), -127, 127).astype(np.int8).tobytes()
+
+
+class PrecomputedEmbedder:
+    """Stands in for the embedder so product search functions can be timed without the query embedding."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]):
+        self.vectors = vectors
+
+    def encode(self, texts, **_):
+        return np.stack([self.vectors[text] for text in texts])
+
+
+STOP_WORDS = {"which", "what", "the", "for", "is", "are", "did", "do", "does", "we", "can", "on", "and", "why",
+              "how", "when", "of", "to", "it", "much", "often", "about", "must", "before", "well", "enough", "a"}
+
+
+def fts_without_join(connection, query: str) -> list[int]:
+    """Prototype: rank in FTS5 alone (no join to chunks) when no filter asks for one."""
+    rows = connection.execute("SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?", (fts_query(query), POOL))
+    return [row[0] for row in rows]
+
+
+def fts_without_stop_words(connection, query: str) -> list[int]:
+    """Prototype: the product's FTS query with question words and stop words left out of the OR-query."""
+    content = " ".join(word for word in re.findall(r"\w+", query.lower()) if word not in STOP_WORDS)
+    return list(_keyword_ranks(connection, content, POOL, None, None))
+
+
+def load_matrix(connection) -> tuple[np.ndarray, np.ndarray]:
+    """All chunk ids and vectors as read back from the product's vec0 table (the baseline's input)."""
+    rows = connection.execute("SELECT chunk_id, embedding FROM chunk_vectors").fetchall()
+    ids = np.array([row[0] for row in rows])
+    return ids, np.stack([np.frombuffer(row[1], dtype=np.float32) for row in rows])
+
+
+def exact_top(matrix: np.ndarray, ids: np.ndarray, vector: np.ndarray) -> list[int]:
+    """The baseline: exact cosine top-10 by brute force over all (normalized) vectors."""
+    scores = matrix @ vector
+    best = np.argpartition(-scores, TOP_K)[:TOP_K]
+    return ids[best[np.argsort(-scores[best])]].tolist()
+
+
+def bench_search(root: Path, rng: np.random.Generator, size: int, pool: tuple, queries: list[str], query_vectors, embedder) -> dict:
+    sentences, topics, sentence_vectors = pool
+    texts, matrix = synthetic_chunks(rng, sentences, topics, sentence_vectors, size)
+    kb = KnowledgeBase(store.connect(root / f"search-{size}.sqlite"), embedder)
+    insert_s = load_corpus(kb, texts, matrix)
+    del texts
+    scale, quantize_s = timed(add_quantized_tables, kb.connection, matrix)
+    (ids, matrix), load_s = timed(load_matrix, kb.connection)
+    cached = KnowledgeBase(kb.connection, PrecomputedEmbedder(dict(zip(queries, query_vectors, strict=True))))
+    connection = kb.connection
+
+    def vector_knn(query, vector):
+        return list(_vector_ranks(cached, query, POOL, None, None))
+
+    def int8_knn(query, vector):
+        rows = connection.execute("SELECT chunk_id FROM chunk_int8 WHERE embedding MATCH vec_int8(?) AND k = ?", (to_int8(vector, scale), POOL))
+        return [row[0] for row in rows]
+
+    def bits_rescored(candidates):
+        sql = f"""WITH coarse AS (SELECT chunk_id FROM chunk_bits WHERE embedding MATCH vec_quantize_binary(:q) AND k = {candidates})
+                  SELECT f.chunk_id FROM coarse JOIN chunk_floats f USING (chunk_id)
+                  ORDER BY vec_distance_cosine(f.embedding, :q) LIMIT {POOL}"""
+        return lambda query, vector: [row[0] for row in connection.execute(sql, {"q": vector.tobytes()})]
+
+    methods = {
+        "query embedding": lambda query, vector: kb.embed([query]),
+        "hybrid_search end to end": lambda query, vector: hybrid_search(kb, query),
+        "hybrid_search without embedding": lambda query, vector: hybrid_search(cached, query),
+        "vector KNN vec0 float (product)": vector_knn,
+        "FTS5 BM25 (product)": lambda query, vector: list(_keyword_ranks(connection, query, POOL, None, None)),
+        "numpy exact top-10 (baseline)": lambda query, vector: exact_top(matrix, ids, vector),
+        "alt: vec0 int8[384] KNN": int8_knn,
+        "alt: vec0 bit[384] top-100 + rescore": bits_rescored(100),
+        "alt: vec0 bit[384] top-200 + rescore": bits_rescored(200),
+        "alt: FTS5 without join": lambda query, vector: fts_without_join(connection, query),
+        "alt: FTS5 without stop words": lambda query, vector: fts_without_stop_words(connection, query),
+    }
+    for query, vector in zip(queries[:5], query_vectors[:5], strict=True):  # warm caches and code paths
+        for method in methods.values():
+            method(query, vector)
+    times = {name: [] for name in methods}
+    results = {name: [] for name in methods}
+    for query, vector in zip(queries, query_vectors, strict=True):
+        for name, method in methods.items():
+            result, seconds = timed(method, query, vector)
+            times[name].append(seconds * 1000)
+            results[name].append(result)
+    exact = results["numpy exact top-10 (baseline)"]
+    fts = results["FTS5 BM25 (product)"]
+    baseline_p95 = latency(times["numpy exact top-10 (baseline)"])["p95_ms"]
+    rows = {}
+    for name in methods:
+        row = latency(times[name])
+        row["vs_baseline_p95"] = round(row["p95_ms"] / baseline_p95, 2)
+        if "KNN" in name or "bit[" in name or "baseline" in name:
+            row["recall_at_10"] = round(recall_at_k(results[name], exact), 4)
+        if name.startswith("alt: FTS5"):
+            row["top10_overlap_with_product_fts"] = round(recall_at_k(results[name], [f[:TOP_K] for f in fts]), 4)
+        rows[name] = row
+    matches = [connection.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (fts_query(q),)).fetchone()[0] for q in queries[:20]]
+    database_mb = sum(path.stat().st_size for path in root.glob(f"search-{size}.sqlite*")) / 1e6
+    kb.connection.close()
+    return {
+        "chunks": size,
+        "insert_s": round(insert_s, 1),
+        "quantized_tables_s": round(quantize_s, 1),
+        "matrix_load_s": round(load_s, 2),
+        "database_mb": round(database_mb),
+        "fts_matches_per_query_mean": int(np.mean(matches)),
+        "methods": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------
+
+
+def print_ingest(ingest: dict, short: dict) -> None:
+    real = ingest["embedding_real_chunks"]
+    print(f"\nINGEST  {ingest['documents']} PDFs, {ingest['pages']} pages -> {ingest['chunks']} chunks "
+          f"(tokens per chunk: mean {ingest['chunk_tokens_mean']}, p50 {ingest['chunk_tokens_p50']}, max {ingest['chunk_tokens_max']})")
+    print(f"  end to end (parse, chunk, embed, store): {ingest['seconds']} s = {ingest['pages_per_s']} pages/s, {ingest['chunks_per_s']} chunks/s")
+    print(f"  of which parsing {ingest['parse_s']} s, chunking {ingest['chunking_s']} s")
+    print(f"  {'embedding only':<34}{'texts':>7}{'word pieces':>13}{'truncated':>11}{'chunks/s':>10}{'word pieces/s':>15}")
+    for label, row in (("real chunks (500/50 tokens)", real), ("short chunks (one sentence)", short)):
+        print(f"  {label:<34}{row['texts']:>7}{row['mean_word_pieces']:>13}{row['truncated_share']:>11.0%}"
+              f"{row['chunks_per_s']:>10}{row['word_pieces_per_s']:>15}")
+
+
+def print_search(search: dict) -> None:
+    print(f"\nSEARCH  {search['chunks']:,} chunks  (bulk insert {search['insert_s']} s, database {search['database_mb']} MB, "
+          f"FTS OR-query matches {search['fts_matches_per_query_mean']:,} chunks on average)")
+    print(f"  {'method':<40}{'p50 ms':>9}{'p95 ms':>9}{'p95/baseline':>14}{'recall@10':>11}{'top10 vs product FTS':>22}")
+    for name, row in search["methods"].items():
+        recall = f"{row['recall_at_10']:.3f}" if "recall_at_10" in row else ""
+        overlap = f"{row['top10_overlap_with_product_fts']:.3f}" if "top10_overlap_with_product_fts" in row else ""
+        print(f"  {name:<40}{row['p50_ms']:>9}{row['p95_ms']:>9}{row['vs_baseline_p95']:>14}{recall:>11}{overlap:>22}")
+
+
+def verdicts(report: dict) -> list[dict]:
+    def verdict(target, value, goal, ok):
+        return {"target": target, "value": value, "goal": goal, "pass": bool(ok)}
+
+    found = [
+        verdict("embedding chunks/s, real 500-token chunks", report["ingest"]["embedding_real_chunks"]["chunks_per_s"],
+                f">= {EMBED_TARGET_CHUNKS_PER_S:.0f}", report["ingest"]["embedding_real_chunks"]["chunks_per_s"] >= EMBED_TARGET_CHUNKS_PER_S),
+        verdict("embedding chunks/s, short one-sentence chunks", report["embedding_short_chunks"]["chunks_per_s"],
+                f">= {EMBED_TARGET_CHUNKS_PER_S:.0f}", report["embedding_short_chunks"]["chunks_per_s"] >= EMBED_TARGET_CHUNKS_PER_S),
+    ]
+    for search in report["search"]:
+        methods, size = search["methods"], f"{search['chunks']:,} chunks"
+        for name in ("hybrid_search end to end", "vector KNN vec0 float (product)", "FTS5 BM25 (product)"):
+            p95 = methods[name]["p95_ms"]
+            found.append(verdict(f"{name} p95 ms at {size}", p95, f"<= {SEARCH_P95_TARGET_MS:.0f}", p95 <= SEARCH_P95_TARGET_MS))
+        recall = methods["vector KNN vec0 float (product)"]["recall_at_10"]
+        found.append(verdict(f"vec0 KNN recall@10 at {size}", recall, f">= {RECALL_TARGET}", recall >= RECALL_TARGET))
+    return found
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", help="corpus sizes in chunks, comma separated")
+    parser.add_argument("--queries", type=int, default=200, help="queries per corpus size")
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke test (about two minutes)")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.queries = "2000,10000", min(args.queries, 40)
+    args.sizes = [int(size) for size in args.sizes.split(",")]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    rng = np.random.default_rng(args.seed)
+    started = time.perf_counter()
+    embedder, tokenizer = load_embedder(), load_tokenizer()
+    report = {"sizes": args.sizes, "queries": args.queries, "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="deploywise-bench-") as folder:
+        root = Path(folder)
+        documents, pages = (3, 3) if args.quick else (8, 6)
+        report["ingest"] = bench_ingest(root, rng, documents, pages, embedder, tokenizer)
+        sentences, topics = sentence_pool(rng, 600 if args.quick else 3000)
+        kb = KnowledgeBase(store.connect(":memory:"), embedder)
+        sentence_vectors, report["embedding_short_chunks"] = embedding_speed(kb, sentences)
+        print_ingest(report["ingest"], report["embedding_short_chunks"])
+        queries = questions(rng, args.queries)
+        query_vectors = kb.embed(queries)
+        report["search"] = []
+        for size in args.sizes:
+            search = bench_search(root, rng, size, (sentences, topics, sentence_vectors), queries, query_vectors, embedder)
+            report["search"].append(search)
+            print_search(search)
+    report["verdicts"] = verdicts(report)
+    print("\nTARGETS")
+    for item in report["verdicts"]:
+        print(f"  {'PASS' if item['pass'] else 'MISS'}  {item['target']}: {item['value']} (target {item['goal']})")
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"\n(total {report['seconds']} s)")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""What the app's pages show and do, as plain functions: table rows, registry validation, table imports.
+
+Pages keep only widgets and layout; everything here runs (and is tested) without a browser or Streamlit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import pandas as pd
+
+from engine import store
+from engine.ingest import FileOutcome, Progress, ingest_files
+from engine.knowledge_base import StoredChunk, StoredDocument
+from engine.knowledge_base import knowledge_stats as _stats
+from engine.search import SearchHit
+from engine.sources import Source, SourceError, replace_sources
+
+REGISTRY_COLUMNS = ("source_id", "display_name", "url", "kind")
+
+
+
+def knowledge_stats(settings) -> dict:
+    """Knowledge base counts without loading any model, so the Chat page opens at once."""
+    settings.ensure_workspace()
+    connection = store.connect(settings.knowledge_db)
+    try:
+        return _stats(connection)
+    finally:
+        connection.close()
+
+
+def upload_limit_mb(settings) -> int:
+    """The uploader widget takes whole megabytes; ingestion still enforces the exact byte limit."""
+    return max(1, math.ceil(settings.max_upload_mb))
+
+
+def ingest_uploads(kb, chunker, uploads, max_bytes: int, on_progress: Progress | None = None) -> list[FileOutcome]:
+    """Ingest uploaded files (anything with `.name` and `.getvalue()`, like Streamlit's UploadedFile)."""
+    files = [(upload.name, upload.getvalue()) for upload in uploads]
+    return ingest_files(kb, chunker, files, max_bytes=max_bytes, on_progress=on_progress)
+
+
+def file_outcome_rows(outcomes: Iterable[FileOutcome]) -> list[dict]:
+    return [
+        {"file": o.name, "status": o.status, "chunks": o.chunk_count, "error": o.error or ""}
+        for o in outcomes
+    ]
+
+
+def ingest_summary(outcomes: Iterable[FileOutcome]) -> str:
+    """'3 files: 2 added, 1 failed' — counts per status in a fixed order."""
+    outcomes = list(outcomes)
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("added", "updated", "unchanged", "failed")}
+    parts = [f"{count} {status}" for status, count in counts.items() if count]
+    return f"{len(outcomes)} file{'s' if len(outcomes) != 1 else ''}: {', '.join(parts) or 'nothing to do'}"
+
+
+def document_label(document: StoredDocument) -> str:
+    return f"{document.title} (#{document.id}, {document.chunk_count} chunks)"
+
+
+def chunk_label(chunk: StoredChunk) -> str:
+    return f"#{chunk.id} · {chunk.document_title} · chunk {chunk.chunk_index + 1}"
+
+
+def chunk_page(
+    kb, *, document_id: int | None, source_domain: str | None, contains: str, page: int, page_size: int
+) -> tuple[list[StoredChunk], bool]:
+    """One page (1-based) of filtered chunks, and whether another page follows (one extra row tells)."""
+    rows = kb.chunks(
+        document_id=document_id,
+        source_domain=source_domain,
+        contains=contains.strip() or None,
+        limit=page_size + 1,
+        offset=(page - 1) * page_size,
+    )
+    return rows[:page_size], len(rows) > page_size
+
+
+def chunk_rows(chunks: Iterable[StoredChunk], preview_chars: int = 160) -> list[dict]:
+    return [
+        {
+            "id": c.id,
+            "document": c.document_title,
+            "chunk": c.chunk_index + 1,
+            "source id": c.source_id,
+            "tokens": c.token_count,
+            "edited": c.edited,
+            "text": c.text if len(c.text) <= preview_chars else c.text[:preview_chars] + "…",
+        }
+        for c in chunks
+    ]
+
+
+def hit_caption(hit: SearchHit) -> str:
+    """Why a chunk ranked where it did: the fused score and its rank in each list ('—' when absent)."""
+    keyword = hit.keyword_rank if hit.keyword_rank is not None else "—"
+    vector = hit.vector_rank if hit.vector_rank is not None else "—"
+    return f"score {hit.score:.4f} · keyword rank {keyword} · vector rank {vector}"
+
+
+def registry_table(sources: Iterable[Source]) -> pd.DataFrame:
+    """The registry as the editor's table; string columns even when empty, so new rows take text."""
+    rows = [{"source_id": s.source_id, "display_name": s.display_name, "url": s.url, "kind": s.kind} for s in sources]
+    return pd.DataFrame(rows, columns=list(REGISTRY_COLUMNS), dtype=object)
+
+
+def _cell(value) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return str(value).strip()
+
+
+def sources_from_rows(rows: Iterable[dict]) -> tuple[list[Source], list[str]]:
+    """Check every edited registry row; each problem names its row (1-based, as shown). Blank rows are skipped."""
+    sources, problems, seen = [], [], set()
+    for number, row in enumerate(rows, start=1):
+        cells = {column: _cell(row.get(column)) for column in REGISTRY_COLUMNS}
+        if not any(cells.values()):
+            continue
+        try:
+            source = Source(cells["source_id"], cells["display_name"], cells["url"] or None, cells["kind"] or "document")
+        except SourceError as error:
+            problems.append(f"row {number}: {error}")
+            continue
+        if source.source_id in seen:
+            problems.append(f"row {number}: source id {source.source_id} appears twice")
+        seen.add(source.source_id)
+        sources.append(source)
+    return sources, problems
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    written: int
+    deleted: int
+
+
+def save_registry(connection, previous: list[Source], edited: list[Source]) -> RegistryChange:
+    """Store only what changed: new or edited rows are upserted, rows the admin removed are deleted."""
+    before = {source.source_id: source for source in previous}
+    changed = [source for source in edited if before.get(source.source_id) != source]
+    removed = sorted(set(before) - {source.source_id for source in edited})
+    return RegistryChange(*replace_sources(connection, changed, removed))
+
+
+def detection_rows(plan) -> list[dict]:
+    """One row per column: its type, whether it was detected as text, and why."""
+    types = {column.name: column.type_name for column in plan.columns}
+    return [
+        {"column": choice.name, "type": types.get(choice.name, ""), "text": choice.is_text, "reason": choice.reason}
+        for choice in plan.detection
+    ]
+
+
+def table_import_summary(outcomes: list) -> str:
+    """'2 tables: 40 rows read, 37 added, 0 updated, 2 unchanged, 1 skipped, 0 failed' — totals over the tables."""
+    fields = ("rows_read", "added", "updated", "unchanged", "skipped", "failed")
+    totals = {field: sum(getattr(o, field) for o in outcomes) for field in fields}
+    counts = ", ".join(f"{totals[field]} {field.replace('_', ' ')}" for field in fields)
+    return f"{len(outcomes)} table{'s' if len(outcomes) != 1 else ''}: {counts}"
+
+
+def table_outcome_rows(outcomes: Iterable) -> list[dict]:
+    return [
+        {
+            "table": o.table,
+            "rows read": o.rows_read,
+            "added": o.added,
+            "updated": o.updated,
+            "unchanged": o.unchanged,
+            "skipped": o.skipped,
+            "failed": o.failed,
+            "errors": "; ".join(o.errors),
+        }
+        for o in outcomes
+    ]

@@ -1,0 +1,282 @@
+"""Knowledge (admin): upload documents, import tables, browse and edit chunks, try the search, keep the source registry.
+
+Layout only: the work happens in engine functions. The knowledge base is opened for this run and closed at its
+end, so no SQLite connection is shared between sessions. A change is stored, then the page reruns so every tab
+and the counts show it; a refused change shows an error and stores nothing.
+"""
+
+import streamlit as st
+
+from engine import knowledge_views as views
+from engine import table_import
+from engine.access import current_user_is_admin
+from engine.documents import SUPPORTED_SUFFIXES
+from engine.search import hybrid_search
+from engine.sources import KINDS, Source, SourceError, export_csv, import_csv, list_sources, unknown_sources
+from engine.workspace import make_chunker, open_knowledge_base
+
+PAGE_SIZE = 20
+
+
+def changed(message: str) -> None:
+    """Rerun after a stored change so counts and tables are current; the message shows at the top."""
+    st.session_state["flash"] = message
+    st.rerun()
+
+
+def progress_reporter(bar):
+    def report(done: int, total: int, message: str) -> None:
+        bar.progress(done / total if total else 1.0, text=message)
+
+    return report
+
+
+def header(kb) -> None:
+    st.title("Knowledge")
+    stats = kb.stats()
+    for column, (label, value) in zip(st.columns(len(stats)), stats.items(), strict=True):
+        column.metric(label.capitalize(), f"{value:,}")
+    if message := st.session_state.pop("flash", None):
+        st.success(message)
+
+
+def upload_tab(kb, settings) -> None:
+    generation = st.session_state.setdefault("upload_generation", 0)
+    files = st.file_uploader(
+        "Documents",
+        type=[suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES],
+        accept_multiple_files=True,
+        key=f"uploads_{generation}",
+        max_upload_size=views.upload_limit_mb(settings),
+        help=f"PDF, DOCX, TXT, Markdown or HTML, at most {settings.max_upload_mb:g} MB per file. "
+        "A file whose content is already stored is left unchanged; a new version of a file replaces the old one.",
+    )
+    if st.button("Ingest", type="primary", disabled=not files):
+        with st.status(f"Ingesting {len(files)} file{'s' if len(files) != 1 else ''}", expanded=True) as status:
+            bar = st.progress(0.0)
+            outcomes = views.ingest_uploads(
+                kb, make_chunker(settings), files, settings.max_upload_bytes, on_progress=progress_reporter(bar)
+            )
+            status.update(label="Ingestion finished", state="complete")
+        st.session_state["ingest_results"] = views.file_outcome_rows(outcomes)
+        st.session_state["upload_generation"] = generation + 1  # a fresh, empty uploader
+        changed(views.ingest_summary(outcomes))
+    if results := st.session_state.get("ingest_results"):
+        st.dataframe(results, hide_index=True, width="stretch")
+
+
+def table_import_form(kb, settings, kind: str) -> None:
+    """Step 1 detects text columns (plans kept in session state); step 2 imports with the admin's choice."""
+    with st.form(f"{kind}_form"):
+        if kind == "unity_catalog":
+            st.subheader("Unity Catalog")
+            location = st.text_input("Catalog and schema", placeholder="main.ml_knowledge")
+            warehouse = st.text_input("SQL warehouse id", value=settings.databricks_warehouse_id or "")
+        else:
+            st.subheader("SQL database")
+            location = st.text_input(
+                "SQLAlchemy URL", type="password", placeholder="postgresql+psycopg://user:password@host/db",
+                help="The URL may hold a password; it is kept only in this browser session.",
+            )
+            warehouse = ""
+        tables = st.text_input("Tables (optional)", help="Comma-separated names; empty means every table.")
+        detect = st.form_submit_button("Detect text columns")
+    state_key = f"{kind}_plans"
+    if detect:
+        st.session_state.pop(state_key, None)
+        try:
+            source = table_import.table_source(kind, location, tables, warehouse)
+            plans = table_import.plan_tables(settings, source)
+        except table_import.IMPORT_FAILURES as error:
+            st.error(f"Cannot read the tables: {error}. Nothing was imported.")
+        else:
+            generation = st.session_state.get(f"{kind}_generation", 0) + 1
+            st.session_state[f"{kind}_generation"] = generation
+            st.session_state[state_key] = (source, plans, generation)
+    if state_key in st.session_state:
+        source, plans, generation = st.session_state[state_key]
+        choices = {}
+        for plan in plans:
+            with st.container(border=True):
+                st.markdown(f"**{plan.table}** · key: `{plan.key_column or 'hash of the row'}`")
+                st.dataframe(views.detection_rows(plan), hide_index=True, width="stretch")
+                choices[plan.table] = st.multiselect(
+                    f"Text columns of {plan.table}",
+                    [column.name for column in plan.columns],
+                    default=plan.text_columns,
+                    key=f"{kind}_{generation}_{plan.table}",
+                )
+                with st.expander("Sample rows"):
+                    st.dataframe(plan.sample, hide_index=True)
+        if st.button("Import", type="primary", key=f"{kind}_import", disabled=not plans):
+            try:
+                chosen = table_import.choose_text_columns(plans, choices)
+                with st.status("Importing rows", expanded=True) as status:
+                    bar = st.progress(0.0)
+                    outcomes = table_import.run_table_import(
+                        settings, kb, make_chunker(settings), source, chosen, on_progress=progress_reporter(bar)
+                    )
+                    status.update(label="Import finished", state="complete")
+            except table_import.IMPORT_FAILURES as error:
+                st.error(f"The import failed: {error}")
+            else:
+                st.session_state[f"{kind}_outcomes"] = views.table_outcome_rows(outcomes)
+                st.session_state.pop(state_key)
+                changed(views.table_import_summary(outcomes))
+    if outcomes := st.session_state.get(f"{kind}_outcomes"):
+        st.dataframe(outcomes, hide_index=True, width="stretch")
+
+
+def browse_tab(kb, documents: dict) -> None:
+    if not documents:
+        st.info("The knowledge base is empty: upload documents or import tables first.")
+        return
+    left, middle, right = st.columns(3)
+    document_id = left.selectbox(
+        "Document", [None, *documents], key="browse_document",
+        format_func=lambda i: "All documents" if i is None else views.document_label(documents[i]),
+    )
+    domain = middle.selectbox(
+        "Source domain", [None, *kb.source_domains()], key="browse_domain",
+        format_func=lambda d: "All domains" if d is None else d,
+    )
+    contains = right.text_input("Text contains", key="browse_contains")
+    page = st.number_input("Page", min_value=1, step=1, key="browse_page")
+    chunks, more = views.chunk_page(
+        kb, document_id=document_id, source_domain=domain, contains=contains, page=page, page_size=PAGE_SIZE
+    )
+    if not chunks:
+        st.info("No chunks match these filters on this page.")
+    else:
+        st.dataframe(views.chunk_rows(chunks), hide_index=True, width="stretch")
+        first = (page - 1) * PAGE_SIZE + 1
+        st.caption(f"Chunks {first}–{first + len(chunks) - 1}" + (" · more on the next page" if more else ""))
+        by_id = {chunk.id: chunk for chunk in chunks}
+        chunk = by_id[st.selectbox("Chunk to edit", list(by_id), format_func=lambda i: views.chunk_label(by_id[i]))]
+        text = st.text_area("Chunk text", chunk.text, height=220, key=f"chunk_text_{chunk.id}")
+        st.caption(f"Source `{chunk.source_id}` · {chunk.token_count} tokens" + (" · edited" if chunk.edited else ""))
+        save, delete = st.columns(2)
+        if save.button("Save chunk", type="primary"):
+            try:
+                kb.edit_chunk(chunk.id, text)
+            except (ValueError, KeyError) as error:
+                st.error(f"Not saved: {error}")
+            else:
+                changed(f"Chunk #{chunk.id} saved and re-indexed.")
+        if delete.button("Delete chunk"):
+            kb.delete_chunk(chunk.id)
+            changed(f"Chunk #{chunk.id} deleted.")
+    if document_id is not None:
+        document = documents[document_id]
+        with st.container(border=True):
+            st.markdown(f"**Delete the document** {document.title} ({document.chunk_count} chunks)")
+            confirmed = st.checkbox("Yes, delete this document and all its chunks", key=f"confirm_delete_{document_id}")
+            if st.button("Delete document", disabled=not confirmed):
+                kb.delete_document(document_id)
+                st.session_state.pop("browse_document")
+                changed(f"Document {document.title} deleted.")
+
+
+def search_tab(kb, settings, documents: dict) -> None:
+    query = st.text_input("Question or keywords", key="search_query")
+    k = st.slider("Results", 1, max(50, settings.search_top_k), settings.search_top_k, key="search_k")
+    left, right = st.columns(2)
+    domains = left.multiselect("Source domains", kb.source_domains(), key="search_domains")
+    document_ids = right.multiselect(
+        "Documents", list(documents), key="search_documents", format_func=lambda i: views.document_label(documents[i])
+    )
+    if not query.strip():
+        return
+    hits = hybrid_search(kb, query, k=k, source_domains=domains or None, document_ids=document_ids or None)
+    if not hits:
+        st.info("No matching chunks.")
+    for rank, hit in enumerate(hits, start=1):
+        with st.container(border=True):
+            st.markdown(f"**{rank}. {hit.document_title}** · `{hit.source_id}`")
+            st.caption(views.hit_caption(hit))
+            st.text(hit.text)
+
+
+def sources_tab(kb) -> None:
+    previous = list_sources(kb.connection)
+    st.subheader("Registry")
+    edited = st.data_editor(
+        views.registry_table(previous),
+        key="sources_editor",
+        num_rows="dynamic",
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "source_id": st.column_config.TextColumn("Source id", help="domain:entity, e.g. guideline:fraud-v2", required=True),
+            "display_name": st.column_config.TextColumn("Display name", required=True),
+            "url": st.column_config.TextColumn("URL", help="http(s) link the answer's citation opens"),
+            "kind": st.column_config.SelectboxColumn("Kind", options=KINDS, default="document"),
+        },
+    )
+    if st.button("Save registry", type="primary"):
+        sources, problems = views.sources_from_rows(edited.to_dict("records"))
+        if problems:
+            st.error("Nothing was saved. Fix these rows:\n\n" + "\n".join(f"- {problem}" for problem in problems))
+        else:
+            change = views.save_registry(kb.connection, previous, sources)
+            st.session_state.pop("sources_editor", None)
+            changed(f"Registry saved: {change.written} written, {change.deleted} deleted.")
+
+    st.subheader("CSV")
+    upload, download = st.columns(2)
+    csv_file = upload.file_uploader("Import a registry CSV", type="csv", key="sources_csv")
+    if upload.button("Import CSV", disabled=csv_file is None):
+        try:
+            written = import_csv(kb.connection, csv_file.getvalue())
+        except SourceError as error:
+            st.error(f"{csv_file.name}: {error}. The registry is unchanged.")
+        else:
+            st.session_state.pop("sources_editor", None)
+            changed(f"Imported {written} sources from {csv_file.name}.")
+    download.download_button("Export CSV", export_csv(kb.connection), file_name="sources.csv", mime="text/csv")
+
+    st.subheader("Unknown source ids")
+    unknown = unknown_sources(kb.connection)
+    if not unknown:
+        st.caption("No answer has cited an id the registry lacks.")
+        return
+    st.dataframe(unknown, hide_index=True, width="stretch")
+    with st.form("add_unknown"):
+        source_id = st.selectbox("Source id", [row["source_id"] for row in unknown])
+        display_name = st.text_input("Display name", key="unknown_display_name")
+        url = st.text_input("URL")
+        kind = st.selectbox("Kind", KINDS)
+        if st.form_submit_button("Add to registry"):
+            try:
+                kb.register_sources([Source(source_id, display_name.strip(), url.strip() or None, kind)])
+            except SourceError as error:
+                st.error(f"Not added: {error}")
+            else:
+                st.session_state.pop("sources_editor", None)
+                changed(f"{source_id} added to the registry.")
+
+
+if not current_user_is_admin():
+    st.error("The Knowledge page is for administrators.")
+    st.stop()
+
+settings = st.session_state["settings"]
+kb = open_knowledge_base(settings)
+try:
+    header(kb)
+    upload, tables, browse, search, registry = st.tabs(["Upload", "Import tables", "Browse & edit", "Search", "Sources"])
+    with upload:
+        upload_tab(kb, settings)
+    with tables:
+        table_import_form(kb, settings, "unity_catalog")
+        st.divider()
+        table_import_form(kb, settings, "sql")
+    documents = {document.id: document for document in kb.documents()}
+    with browse:
+        browse_tab(kb, documents)
+    with search:
+        search_tab(kb, settings, documents)
+    with registry:
+        sources_tab(kb)
+finally:
+    kb.connection.close()
