@@ -17,6 +17,12 @@ except SettingsError as error:
     st.stop()
 
 pages = {"": [st.Page("pages/chat.py", title="Chat", icon=":material/chat:", default=True)]}
+allowed = {"pages/chat.py"}
 if current_user_is_admin():
     pages["Admin"] = [st.Page("pages/knowledge.py", title="Knowledge", icon=":material/library_books:")]
-st.navigation(pages).run()
+    allowed.add("pages/knowledge.py")
+navigation = st.navigation(pages)
+# A deep link that first landed in Streamlit's pages/ fallback comes back here: show it if this user may see it.
+if (requested := st.session_state.pop("requested_page", None)) in allowed:
+    st.switch_page(requested)
+navigation.run()

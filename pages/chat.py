@@ -5,6 +5,9 @@ import streamlit as st
 from engine.access import current_user_is_admin
 from engine.knowledge_views import knowledge_stats
 
+if "settings" not in st.session_state:  # opened by URL before the entry point ran: Streamlit's pages/ fallback
+    st.session_state["requested_page"] = "pages/chat.py"
+    st.switch_page("streamlit_app.py")
 settings = st.session_state["settings"]
 
 st.title("Which model should I deploy?")

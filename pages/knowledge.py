@@ -256,6 +256,9 @@ def sources_tab(kb) -> None:
                 changed(f"{source_id} added to the registry.")
 
 
+if "settings" not in st.session_state:  # opened by URL before the entry point ran: Streamlit's pages/ fallback
+    st.session_state["requested_page"] = "pages/knowledge.py"
+    st.switch_page("streamlit_app.py")
 if not current_user_is_admin():
     st.error("The Knowledge page is for administrators.")
     st.stop()
