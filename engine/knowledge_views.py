@@ -16,9 +16,8 @@ from engine.ingest import FileOutcome, Progress, ingest_files
 from engine.knowledge_base import StoredChunk, StoredDocument
 from engine.knowledge_base import knowledge_stats as _stats
 from engine.search import SearchHit
-from engine.sources import Source, SourceError, replace_sources
+from engine.sources import CSV_COLUMNS, Source, replace_sources, sources_from_rows
 
-REGISTRY_COLUMNS = ("source_id", "display_name", "url", "kind")
 
 
 
@@ -105,32 +104,12 @@ def hit_caption(hit: SearchHit) -> str:
 def registry_table(sources: Iterable[Source]) -> pd.DataFrame:
     """The registry as the editor's table; string columns even when empty, so new rows take text."""
     rows = [{"source_id": s.source_id, "display_name": s.display_name, "url": s.url, "kind": s.kind} for s in sources]
-    return pd.DataFrame(rows, columns=list(REGISTRY_COLUMNS), dtype=object)
+    return pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)
 
 
-def _cell(value) -> str:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return ""
-    return str(value).strip()
-
-
-def sources_from_rows(rows: Iterable[dict]) -> tuple[list[Source], list[str]]:
-    """Check every edited registry row; each problem names its row (1-based, as shown). Blank rows are skipped."""
-    sources, problems, seen = [], [], set()
-    for number, row in enumerate(rows, start=1):
-        cells = {column: _cell(row.get(column)) for column in REGISTRY_COLUMNS}
-        if not any(cells.values()):
-            continue
-        try:
-            source = Source(cells["source_id"], cells["display_name"], cells["url"] or None, cells["kind"] or "document")
-        except SourceError as error:
-            problems.append(f"row {number}: {error}")
-            continue
-        if source.source_id in seen:
-            problems.append(f"row {number}: source id {source.source_id} appears twice")
-        seen.add(source.source_id)
-        sources.append(source)
-    return sources, problems
+def registry_rows_to_sources(rows: Iterable[dict]) -> tuple[list[Source], list[str]]:
+    """Check every edited registry row; each problem names its row (1-based, as shown)."""
+    return sources_from_rows((f"row {number}", row) for number, row in enumerate(rows, start=1))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from urllib.parse import urlparse
 
@@ -139,31 +140,48 @@ def parse_csv(data: bytes | str) -> list[Source]:
     missing = [column for column in ("source_id", "display_name") if column not in reader.fieldnames]
     if missing:
         raise SourceError(f"the CSV header lacks {', '.join(missing)} (expected columns: {', '.join(CSV_COLUMNS)})")
-    sources, problems, seen = [], [], set()
-    try:
-        for row in reader:
-            line = reader.line_num
-            try:
-                source = Source(
-                    source_id=(row.get("source_id") or "").strip(),
-                    display_name=(row.get("display_name") or "").strip(),
-                    url=(row.get("url") or "").strip() or None,
-                    kind=(row.get("kind") or "").strip() or "document",
-                )
-            except SourceError as error:
-                problems.append(f"line {line}: {error}")
-                continue
-            if source.source_id in seen:
-                problems.append(f"line {line}: source id {source.source_id} appears twice")
-            seen.add(source.source_id)
-            sources.append(source)
-    except csv.Error as error:
-        problems.append(f"line {reader.line_num}: {error}")
+    problems: list[str] = []
+
+    def labelled_rows():
+        try:
+            for row in reader:
+                yield f"line {reader.line_num}", row
+        except csv.Error as error:
+            problems.append(f"line {reader.line_num}: {error}")
+
+    sources, row_problems = sources_from_rows(labelled_rows())
+    problems[:0] = row_problems
     if problems:
         raise SourceError("; ".join(problems[:20]) + (f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""))
     if not sources:
         raise SourceError("the CSV file has a header but no rows")
     return sources
+
+
+def sources_from_rows(rows: Iterable[tuple[str, dict]]) -> tuple[list[Source], list[str]]:
+    """Check registry rows given as (where, row) pairs; each problem names where it is. Blank rows are skipped."""
+    sources, problems, seen = [], [], set()
+    for where, row in rows:
+        cells = {column: _cell(row.get(column)) for column in CSV_COLUMNS}
+        if not any(cells.values()):
+            continue
+        try:
+            source = Source(cells["source_id"], cells["display_name"], cells["url"] or None, cells["kind"] or "document")
+        except SourceError as error:
+            problems.append(f"{where}: {error}")
+            continue
+        if source.source_id in seen:
+            problems.append(f"{where}: source id {source.source_id} appears twice")
+        seen.add(source.source_id)
+        sources.append(source)
+    return sources, problems
+
+
+def _cell(value) -> str:
+    """A table cell as clean text; None and NaN (an empty cell of a data editor) are empty."""
+    if value is None or value != value:
+        return ""
+    return str(value).strip()
 
 
 def import_csv(connection, data: bytes | str) -> int:

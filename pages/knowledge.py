@@ -214,7 +214,7 @@ def sources_tab(kb) -> None:
         },
     )
     if st.button("Save registry", type="primary"):
-        sources, problems = views.sources_from_rows(edited.to_dict("records"))
+        sources, problems = views.registry_rows_to_sources(edited.to_dict("records"))
         if problems:
             st.error("Nothing was saved. Fix these rows:\n\n" + "\n".join(f"- {problem}" for problem in problems))
         else:

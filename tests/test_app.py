@@ -373,7 +373,7 @@ def test_registry_rows_are_validated_before_anything_is_stored():
         {"source_id": "guideline:a", "display_name": "Again", "url": "", "kind": "guideline"},
         {"source_id": "doc:b", "display_name": " ", "url": "", "kind": "document"},
     ]
-    sources, problems = views.sources_from_rows(rows)
+    sources, problems = views.registry_rows_to_sources(rows)
     assert sources[0] == Source("guideline:a", "A", None, "document")
     assert problems == ["row 3: source id guideline:a appears twice", "row 4: source doc:b: display name is empty"]
 
