@@ -68,7 +68,19 @@ def load_tokenizer(base_model: str = BUNDLED):
 @lru_cache(maxsize=2)
 def load_embedder(embedding_model: str = BUNDLED):
     """all-MiniLM-L6-v2 (384-d). SentenceTransformer.encode is safe to call from several threads."""
+    _quiet_model_loading()
     from sentence_transformers import SentenceTransformer
 
     path = bundled_embedding_dir() if embedding_model == BUNDLED else Path(embedding_model)
     return SentenceTransformer(str(path), device="cpu")
+
+
+def _quiet_model_loading() -> None:
+    """Keep CLI output and server logs readable: no weight-loading progress bars, no warning about an optional
+    bitsandbytes GPU-kernel package that the CPU path does not need."""
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
