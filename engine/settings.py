@@ -9,9 +9,9 @@ from __future__ import annotations
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "DEPLOYWISE_"
@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="Default: sqlite:///<workspace>/mlflow.db")
     databricks_warehouse_id: str | None = Field(None, description="SQL warehouse used to read Unity Catalog rows")
     import_row_limit: int = Field(10_000, gt=0, description="Most rows read per table by a Unity Catalog or SQL import")
+    mlflow_registry_uri: str | None = Field(None, description="Model registry URI when it differs from tracking, e.g. 'databricks-uc'")
+    candidates_ttl_s: float = Field(60.0, ge=0, le=86_400, description="How long candidate metrics from MLflow are reused")
+    llm_backend: Literal["transformers", "openai"] = Field("transformers", description="'transformers' (in process) or 'openai' (any OpenAI-compatible endpoint)")
+    llm_registry_name: str = Field("deploywise-llm", min_length=1, description="Registered model holding the LLM versions")
+    llm_version: str = Field("champion", min_length=1, description="In-process LLM: 'base', 'champion' (the registry alias, else base) or a version number")
+    llm_endpoint: str | None = Field(None, description="Base URL of an OpenAI-compatible API, e.g. http://localhost:11434/v1")
+    llm_model: str | None = Field(None, description="Model name sent to the OpenAI-compatible endpoint")
+    llm_api_key: SecretStr | None = Field(None, description="Bearer token for the endpoint (a Databricks token, say)")
+    llm_timeout_s: float = Field(60.0, gt=0, le=3600, description="Timeout of one call to the LLM endpoint")
+    llm_max_retries: int = Field(2, ge=0, le=10, description="Retries of a failed call to the LLM endpoint")
+    llm_max_new_tokens: int = Field(320, gt=0, le=8192, description="Longest answer the LLM may generate")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -75,6 +86,26 @@ class Settings(BaseSettings):
         if value != "bundled" and not Path(value).is_dir():
             raise ValueError(f"'{value}' is neither 'bundled' nor an existing model folder")
         return value
+
+    @field_validator("llm_endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("llm_version")
+    @classmethod
+    def _version_is_known_form(cls, value: str) -> str:
+        if value not in ("base", "champion") and not value.isdigit():
+            raise ValueError("must be 'base', 'champion' or a version number")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoint_for_openai_backend(self) -> Settings:
+        if self.llm_backend == "openai" and not (self.llm_endpoint and self.llm_model):
+            raise ValueError(f"{ENV_PREFIX}LLM_BACKEND=openai needs {ENV_PREFIX}LLM_ENDPOINT and {ENV_PREFIX}LLM_MODEL")
+        return self
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Settings:

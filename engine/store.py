@@ -75,6 +75,72 @@ MIGRATIONS: list[str] = [
         context     TEXT
     );
     """,
+    # 2: a counter every chunk write bumps, so in-memory search indexes know when to reload
+    """
+    CREATE TABLE index_state (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        generation INTEGER NOT NULL
+    );
+    INSERT INTO index_state(id, generation) VALUES (1, 0);
+    CREATE TRIGGER chunks_generation_insert AFTER INSERT ON chunks BEGIN
+        UPDATE index_state SET generation = generation + 1;
+    END;
+    CREATE TRIGGER chunks_generation_delete AFTER DELETE ON chunks BEGIN
+        UPDATE index_state SET generation = generation + 1;
+    END;
+    CREATE TRIGGER chunks_generation_update AFTER UPDATE OF text ON chunks BEGIN
+        UPDATE index_state SET generation = generation + 1;
+    END;
+    """,
+    # 3: acceptance criteria and selection policies per use case, answer records and their feedback
+    """
+    CREATE TABLE acceptance_criteria (
+        id         INTEGER PRIMARY KEY,
+        use_case   TEXT NOT NULL,
+        metric     TEXT NOT NULL,
+        comparison TEXT NOT NULL CHECK (comparison IN ('>=', '<=', '>', '<')),
+        threshold  REAL NOT NULL,
+        hard       INTEGER NOT NULL CHECK (hard IN (0, 1)),
+        source_id  TEXT NOT NULL,
+        rationale  TEXT NOT NULL DEFAULT '',
+        reviewed   INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL,
+        UNIQUE (use_case, metric, comparison)
+    );
+    CREATE TABLE use_case_policies (
+        use_case        TEXT PRIMARY KEY,
+        priority_metric TEXT NOT NULL,
+        tie_breaker     TEXT,
+        source_id       TEXT NOT NULL,
+        reviewed        INTEGER NOT NULL DEFAULT 0,
+        updated_at      TEXT NOT NULL
+    );
+    CREATE TABLE answers (
+        id                INTEGER PRIMARY KEY,
+        asked_at          TEXT NOT NULL,
+        question          TEXT NOT NULL,
+        use_case          TEXT,
+        answer            TEXT NOT NULL,
+        answer_origin     TEXT NOT NULL CHECK (answer_origin IN ('llm', 'llm-retry', 'deterministic')),
+        llm_version       TEXT NOT NULL,
+        recommended_model TEXT,
+        candidates        TEXT NOT NULL DEFAULT '[]',
+        decision          TEXT NOT NULL DEFAULT '{}',
+        sources           TEXT NOT NULL DEFAULT '[]',
+        verification      TEXT NOT NULL DEFAULT '{}',
+        timings           TEXT NOT NULL DEFAULT '{}',
+        notices           TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX answers_by_version ON answers(llm_version);
+    CREATE TABLE feedback (
+        answer_id      INTEGER PRIMARY KEY REFERENCES answers(id) ON DELETE CASCADE,
+        rating         INTEGER NOT NULL CHECK (rating IN (0, 1)),
+        what_was_wrong TEXT,
+        correct_answer TEXT,
+        created_at     TEXT NOT NULL,
+        updated_at     TEXT NOT NULL
+    );
+    """,
 ]
 
 

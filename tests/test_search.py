@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.ingest import ingest_files
-from engine.search import fts_query, hybrid_search
+from engine.knowledge_base import KnowledgeBase
+from engine.search import fts_query, hybrid_search, informative_words, vector_index
 
 CORPUS = [
     ("criteria.md", b"---\nsource_id: criteria:tumor-screening\n---\n# Tumour screening\nThe latency_p95_ms of a candidate must be at most 10 ms; f1 at least 0.95."),
@@ -58,3 +59,41 @@ def test_query_syntax_in_user_input_is_harmless(corpus_kb, query):
 def test_empty_query_returns_nothing(corpus_kb):
     assert hybrid_search(corpus_kb, "   ") == []
     assert fts_query("?!") is None
+
+
+def test_in_memory_vectors_rank_exactly_like_sqlite_vec(corpus_kb):
+    """The in-memory index must agree with vec0's own exact KNN, filters included."""
+    vector = corpus_kb.embed(["probability calibration of the scanner"])[0]
+    index = vector_index(corpus_kb.connection)
+    for domains in (None, ["criteria", "decisions"]):
+        extra = " AND source_domain IN ('criteria', 'decisions')" if domains else ""
+        expected = [
+            row[0]
+            for row in corpus_kb.connection.execute(
+                f"SELECT chunk_id FROM chunk_vectors WHERE embedding MATCH ? AND k = 10{extra} ORDER BY distance", (vector.tobytes(),)
+            )
+        ]
+        assert index.nearest(vector, 10, domains) == expected
+
+
+def test_writes_from_another_connection_reach_the_shared_index(corpus_kb, settings, chunker):
+    """Each page run opens its own connection; a chunk written through one is searchable through the other."""
+    other = KnowledgeBase.open(settings)
+    try:
+        assert hybrid_search(other, "greenhouse tomato yield", k=1)[0].source_id != "guideline:greenhouse"
+        ingest_files(corpus_kb, chunker, [("tomatoes.md", b"---\nsource_id: guideline:greenhouse\n---\nGreenhouse tomato yield forecasts use the gradient boosting model.")])
+        assert hybrid_search(other, "greenhouse tomato yield", k=1)[0].source_id == "guideline:greenhouse"
+        chunk = next(c for c in other.chunks() if c.source_id == "guideline:greenhouse")
+        corpus_kb.edit_chunk(chunk.id, "Orchard apple harvest dates come from the linear model.")
+        assert hybrid_search(other, "apple harvest in the orchard", k=1)[0].chunk_id == chunk.id
+        corpus_kb.delete_chunk(chunk.id)
+        assert chunk.id not in {hit.chunk_id for hit in hybrid_search(other, "apple harvest in the orchard", k=10)}
+    finally:
+        other.connection.close()
+
+
+def test_words_in_most_chunks_are_left_out_of_the_keyword_search(corpus_kb):
+    """'the' is in more than half of the chunks, so BM25 gives it no weight; a word that is all there is stays."""
+    index = vector_index(corpus_kb.connection)
+    assert informative_words(corpus_kb.connection, index, ["the", "calibration"]) == ["calibration"]
+    assert informative_words(corpus_kb.connection, index, ["the"]) == ["the"]
