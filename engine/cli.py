@@ -76,10 +76,38 @@ def _parser() -> argparse.ArgumentParser:
     sources.add_argument("--json", action="store_true")
     sources.set_defaults(handler=_sources)
 
+    ask = commands.add_parser("ask", help="ask which model to deploy; prints the verified recommendation")
+    ask.add_argument("question")
+    ask.add_argument("--json", action="store_true")
+    ask.set_defaults(handler=_ask)
+
     demo = commands.add_parser("demo", help="prepare the embedded demo workspace")
     demo.add_argument("action", choices=["prepare"])
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _ask(args, settings) -> int:
+    from engine.assistant import QuestionError, ask
+    from engine.citations import strip_markers
+    from engine.llm import llm_backend
+    from engine.workspace import open_knowledge_base
+
+    if not args.question.strip():
+        raise UsageError("the question is empty")
+    kb = open_knowledge_base(settings)
+    try:
+        answer = ask(settings, kb, llm_backend(settings), args.question)
+    except QuestionError as error:
+        raise UsageError(str(error)) from None
+    finally:
+        kb.connection.close()
+    lines = [strip_markers(answer.text), ""]
+    lines += [f"[{c.number}] {c.display_name}" + (f" <{c.url}>" if c.url else "") + f" ({c.source_id})" for c in answer.citations]
+    lines += [f"note: {notice}" for notice in answer.notices]
+    lines.append(f"({answer.origin}, {answer.llm_version}, {answer.timings['total_ms'] / 1000:.1f} s, answer #{answer.record_id})")
+    _print(args, answer.to_dict(), "\n".join(lines))
+    return EXIT_OK if answer.prepared.decision is not None else EXIT_PARTIAL
 
 
 def _print(args, payload, text: str) -> None:

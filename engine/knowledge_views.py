@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from engine import store
+from engine.criteria import AcceptanceCriterion, CriteriaError, UseCasePolicy
 from engine.ingest import FileOutcome, Progress, ingest_files
 from engine.knowledge_base import StoredChunk, StoredDocument
 from engine.knowledge_base import knowledge_stats as _stats
@@ -157,3 +158,39 @@ def table_outcome_rows(outcomes: Iterable) -> list[dict]:
         }
         for o in outcomes
     ]
+
+
+CRITERIA_COLUMNS = ("metric", "comparison", "threshold", "hard", "source_id", "rationale")
+
+
+def criteria_table(criteria) -> pd.DataFrame:
+    return pd.DataFrame([{column: getattr(c, column) for column in CRITERIA_COLUMNS} for c in criteria], columns=CRITERIA_COLUMNS)
+
+
+def rules_from_editor(use_case: str, rows: list[dict], priority: str, tie_breaker: str):
+    """The editor's rows as validated rules; the first malformed row raises CriteriaError naming it."""
+    rules = []
+    for number, row in enumerate(rows, start=1):
+        if all(_blank(row.get(column)) for column in CRITERIA_COLUMNS):
+            continue  # an added row left empty
+        try:
+            threshold = float(row.get("threshold"))
+        except (TypeError, ValueError):
+            raise CriteriaError(f"row {number}: threshold {row.get('threshold')!r} is not a number") from None
+        try:
+            rules.append(AcceptanceCriterion(
+                use_case, str(row.get("metric") or "").strip(), str(row.get("comparison") or "").strip(), threshold,
+                bool(row.get("hard")), str(row.get("source_id") or "").strip() or f"criteria:{use_case}",
+                str(row.get("rationale") or "").strip(), reviewed=True,
+            ))
+        except CriteriaError as error:
+            raise CriteriaError(f"row {number}: {error}") from None
+    policy = None
+    if priority.strip():
+        source = next((rule.source_id for rule in rules), f"criteria:{use_case}")
+        policy = UseCasePolicy(use_case, priority.strip(), tie_breaker.strip() or None, source, reviewed=True)
+    return rules, policy
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())

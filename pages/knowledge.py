@@ -1,4 +1,5 @@
-"""Knowledge (admin): upload documents, import tables, browse and edit chunks, try the search, keep the source registry.
+"""Knowledge (admin): upload documents, import tables, browse and edit chunks, try the search, keep the source registry,
+review the acceptance criteria extracted from the documents.
 
 Layout only: the work happens in engine functions. The knowledge base is opened for this run and closed at its
 end, so no SQLite connection is shared between sessions. A change is stored, then the page reruns so every tab
@@ -10,6 +11,7 @@ import streamlit as st
 from engine import knowledge_views as views
 from engine import table_import
 from engine.access import current_user_is_admin
+from engine.criteria import COMPARISONS, CriteriaError, criteria_for, discard_review, policy_for, ruled_use_cases, save_reviewed_rules
 from engine.documents import SUPPORTED_SUFFIXES
 from engine.search import hybrid_search
 from engine.sources import KINDS, Source, SourceError, export_csv, import_csv, list_sources, unknown_sources
@@ -256,6 +258,40 @@ def sources_tab(kb) -> None:
                 changed(f"{source_id} added to the registry.")
 
 
+def criteria_tab(kb) -> None:
+    st.caption("Acceptance criteria and the ranking policy per use case, extracted from `criteria:` documents. "
+               "Saving a use case makes it reviewed: later document changes no longer touch it until you give it back.")
+    use_cases = ruled_use_cases(kb.connection)
+    if not use_cases:
+        st.info("No rules yet: ingest an acceptance-criteria document whose source id is `criteria:<use case>`.")
+        return
+    use_case = st.selectbox("Use case", use_cases)
+    criteria, policy = criteria_for(kb.connection, use_case), policy_for(kb.connection, use_case)
+    st.caption("Reviewed by an admin." if any(c.reviewed for c in criteria) or (policy and policy.reviewed)
+               else "As extracted from the documents, not reviewed yet.")
+    edited = st.data_editor(
+        views.criteria_table(criteria), num_rows="dynamic", hide_index=True, width="stretch", key=f"criteria_{use_case}",
+        column_config={"comparison": st.column_config.SelectboxColumn(options=list(COMPARISONS), required=True),
+                       "hard": st.column_config.CheckboxColumn(default=True)},
+    )
+    left, right = st.columns(2)
+    priority = left.text_input("Priority metric", value=policy.priority_metric if policy else "", key=f"priority_{use_case}")
+    tie_breaker = right.text_input("Tie-breaker metric", value=(policy.tie_breaker or "") if policy else "", key=f"tie_{use_case}")
+    save, restore = st.columns(2)
+    if save.button("Save as reviewed", type="primary"):
+        try:
+            rules, new_policy = views.rules_from_editor(use_case, edited.to_dict("records"), priority, tie_breaker)
+            save_reviewed_rules(kb.connection, use_case, rules, new_policy)
+        except CriteriaError as error:
+            st.error(f"Not saved: {error}. The rules are unchanged.")
+        else:
+            changed(f"Rules of {use_case} saved as reviewed.")
+    if restore.button("Give back to the documents", help="Drop the reviewed rules and extract them again"):
+        discard_review(kb.connection, use_case)
+        st.session_state.pop(f"criteria_{use_case}", None)
+        changed(f"Rules of {use_case} extracted again from its documents.")
+
+
 if "settings" not in st.session_state:  # opened by URL before the entry point ran: Streamlit's pages/ fallback
     st.session_state["requested_page"] = "pages/knowledge.py"
     st.switch_page("streamlit_app.py")
@@ -267,7 +303,9 @@ settings = st.session_state["settings"]
 kb = open_knowledge_base(settings)
 try:
     header(kb)
-    upload, tables, browse, search, registry = st.tabs(["Upload", "Import tables", "Browse & edit", "Search", "Sources"])
+    upload, tables, browse, search, registry, rules = st.tabs(
+        ["Upload", "Import tables", "Browse & edit", "Search", "Sources", "Criteria"]
+    )
     with upload:
         upload_tab(kb, settings)
     with tables:
@@ -281,5 +319,7 @@ try:
         search_tab(kb, settings, documents)
     with registry:
         sources_tab(kb)
+    with rules:
+        criteria_tab(kb)
 finally:
     kb.connection.close()

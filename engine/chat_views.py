@@ -1,0 +1,52 @@
+"""Tables the chat page shows under an answer, built from the stored answer record (plain data, no Streamlit)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from engine.metric_catalog import CATALOG, metric_spec
+
+ORIGIN_LABELS = {
+    "llm": "Written by the LLM and verified",
+    "llm-retry": "Written by the LLM on its second attempt and verified",
+    "deterministic": "Composed from the decision engine",
+}
+
+
+def candidates_frame(record) -> pd.DataFrame:
+    """One row per candidate: standing, alias and every catalog metric it logged, formatted with its unit."""
+    standing = {row["name"]: row for row in record.decision.get("candidates", [])}
+    metrics = [name for name in CATALOG if any(name in c["metrics"] for c in record.candidates)]
+    rows = []
+    for candidate in record.candidates:
+        decided = standing.get(candidate["name"], {})
+        row = {
+            "model": candidate["name"],
+            "version": candidate["version"] + (" (champion)" if candidate.get("alias") == "champion" else ""),
+            "family": candidate.get("family") or "",
+            "passes hard criteria": "yes" if decided.get("passes_hard") else "no",
+            "standing": decided.get("standing", ""),
+        }
+        for name in metrics:
+            value = candidate["metrics"].get(name)
+            row[metric_spec(name).label] = metric_spec(name).format(value) if value is not None else "—"
+        rows.append(row)
+    order = [row["name"] for row in record.decision.get("candidates", [])]
+    rows.sort(key=lambda row: order.index(row["model"]) if row["model"] in order else len(order))
+    return pd.DataFrame(rows)
+
+
+def criteria_frame(record) -> pd.DataFrame:
+    """One row per candidate and criterion: the value, the rule and whether it holds."""
+    rows = []
+    for candidate in record.decision.get("candidates", []):
+        for check in candidate["checks"]:
+            rows.append({"model": candidate["name"], "criterion": check["criterion"],
+                         "value": "missing" if check["value"] is None else f"{check['value']:g}",
+                         "result": "pass" if check["passed"] else "FAIL"})
+    return pd.DataFrame(rows)
+
+
+def answer_caption(record) -> str:
+    seconds = record.timings.get("total_ms", 0) / 1000
+    return f"{ORIGIN_LABELS.get(record.answer_origin, record.answer_origin)} · {record.llm_version} · {seconds:.1f} s · answer #{record.id}"
