@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from engine.sources import SOURCE_ID_PATTERN, SourceError, is_web_url, log_unknown, resolve
+from engine.sources import SOURCE_ID_PATTERN, is_web_url, log_unknown, resolve
 
 MAX_SOURCE_ID_CHARS = 512  # longer than any id the product makes (a file name is at most 255 bytes)
 
@@ -67,7 +67,7 @@ def resolve_citations(connection, text: str, *, context: str = "", log: bool = T
     """Number the cited sources in order of first appearance; ids the registry lacks are logged (with the
     question as context) unless `log` is False, as when a stored answer is shown again."""
     source_ids = find_markers(text)
-    entries = _registry_entries(connection, source_ids)
+    entries = resolve(connection, source_ids)
     citations = []
     for number, source_id in enumerate(source_ids, start=1):
         entry = entries.get(source_id)
@@ -80,21 +80,6 @@ def resolve_citations(connection, text: str, *, context: str = "", log: bool = T
     if unknown and log:
         log_unknown(connection, unknown, context)
     return citations
-
-
-def _registry_entries(connection, source_ids: list[str]) -> dict:
-    """engine.sources.resolve, except that a registry row written around its validator (say a `javascript:`
-    URL put in with SQL) counts as unknown instead of failing every citation of the answer."""
-    try:
-        return resolve(connection, source_ids)
-    except SourceError:
-        entries = {}
-        for source_id in source_ids:
-            try:
-                entries.update(resolve(connection, [source_id]))
-            except SourceError:
-                pass
-        return entries
 
 
 def strip_markers(text: str) -> str:
@@ -147,6 +132,20 @@ def _render_citation(source_id: str, citation: Citation | None) -> str:
     if citation.url and is_web_url(citation.url):
         return f"[{label}](<{quote(citation.url, safe=_URL_SAFE)}>)"
     return label
+
+
+def sources_list(citations: list[Citation]) -> str:
+    """The numbered list under an answer: display names linked to their http(s) URL, ids shown as code-free text."""
+    lines = []
+    for citation in citations:
+        if not citation.known:
+            lines.append(f"{citation.number}\\. " + escape_markdown(f"unknown source: {citation.source_id}"))
+            continue
+        name = escape_markdown(citation.display_name)
+        if citation.url and is_web_url(citation.url):
+            name = f"[{name}](<{quote(citation.url, safe=_URL_SAFE)}>)"
+        lines.append(f"{citation.number}\\. {name} " + escape_markdown(f"({citation.source_id})"))
+    return "  \n".join(lines)
 
 
 def cited_chunks(citations: list[Citation], chunks) -> dict[str, list]:

@@ -89,14 +89,23 @@ def list_sources(connection) -> list[Source]:
 
 
 def resolve(connection, source_ids: list[str]) -> dict[str, Source]:
-    """The registry entries of the given ids; ids missing from the result are unknown."""
+    """The registry entries of the given ids; ids missing from the result are unknown.
+
+    A row written around the validator (a `javascript:` URL put in with SQL, say) counts as unknown, so one
+    bad row can neither fail every answer that cites it nor become a link."""
     if not source_ids:
         return {}
     rows = connection.execute(
         f"SELECT source_id, display_name, url, kind FROM sources WHERE source_id IN ({','.join('?' * len(source_ids))})",
         list(source_ids),
     ).fetchall()
-    return {row[0]: Source(*row) for row in rows}
+    entries = {}
+    for row in rows:
+        try:
+            entries[row[0]] = Source(*row)
+        except SourceError:
+            continue
+    return entries
 
 
 def log_unknown(connection, source_ids: list[str], context: str = "") -> None:

@@ -8,7 +8,7 @@ from engine.access import current_user_is_admin
 from engine.answers import feedback_for, load_answer, save_feedback
 from engine.assistant import QuestionError, draft_stream, finish_answer, prepare_answer
 from engine.chat_views import answer_caption, candidates_frame, criteria_frame
-from engine.citations import render_answer_markdown, resolve_citations
+from engine.citations import escape_markdown, render_answer_markdown, resolve_citations, sources_list
 from engine.llm import LlmError, llm_backend
 from engine.workspace import open_knowledge_base
 
@@ -56,15 +56,12 @@ def show_answer(record) -> None:
             st.caption(f":material/info: {notice}")
         if citations:
             st.markdown("**Sources**")
-            for citation in citations:
-                link = f"[{citation.display_name}]({citation.url})" if citation.url else citation.display_name
-                st.markdown(f"{citation.number}. {link} `{citation.source_id}`" if citation.known else
-                            f"{citation.number}. unknown source `{citation.source_id}`")
+            st.markdown(sources_list(citations))
             cited = {source["source_id"]: source["chunks"] for source in record.sources}
             with st.expander("Cited knowledge"):
                 for source_id, chunks in cited.items():
                     for chunk in chunks:
-                        st.caption(f"{source_id} · {chunk['title']}")
+                        st.caption(escape_markdown(f"{source_id} · {chunk['title']}"))
                         st.text(chunk["text"])
         if record.candidates:
             with st.expander("Candidates and criteria check"):

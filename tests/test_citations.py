@@ -17,6 +17,7 @@ from engine.citations import (
     MAX_SOURCE_ID_CHARS,
     Citation,
     cited_chunks,
+    sources_list,
     find_markers,
     render_answer_markdown,
     resolve_citations,
@@ -216,3 +217,14 @@ def test_cited_chunks_back_each_source_in_citation_order():
     backing = cited_chunks(citations, hits)
     assert list(backing) == ["criteria:tumor-screening", "doc:guide.pdf"]
     assert [h.chunk_id for h in backing["doc:guide.pdf"]] == [1, 3]
+
+
+def test_sources_list_links_only_web_urls_and_escapes_names():
+    citations = [
+        Citation(1, "criteria:tumor-screening", "Criteria ![](http://evil/p.png)", "https://wiki.example.com/c?a=1 b", True),
+        Citation(2, "doc:x.pdf:page-2", "Handbook", None, True),
+        Citation(3, "doc:gone", "doc:gone", None, False),
+    ]
+    rendered = sources_list(citations)
+    assert rendered.count("](") == 1 and "<https://wiki.example.com/c?a=1%20b>" in rendered
+    assert "![](" not in rendered and "unknown source" in rendered
