@@ -6,10 +6,10 @@ import streamlit as st
 
 from engine.access import current_user_is_admin
 from engine.answers import feedback_for, load_answer, save_feedback
-from engine.assistant import QuestionError, draft_stream, finish_answer, prepare_answer
+from engine.assistant import QuestionError, available_backend, draft_stream, finish_answer, prepare_answer
 from engine.chat_views import answer_caption, candidates_frame, criteria_frame
 from engine.citations import escape_markdown, render_answer_markdown, resolve_citations, sources_list
-from engine.llm import LlmError, llm_backend
+from engine.llm import LlmError
 from engine.workspace import open_knowledge_base
 
 if "settings" not in st.session_state:  # opened by URL before the entry point ran: Streamlit's pages/ fallback
@@ -71,30 +71,34 @@ def show_answer(record) -> None:
         show_feedback(record.id)
 
 
-for answer_id in history:
-    show_answer(load_answer(kb.connection, answer_id))
-
-question = st.chat_input("Which model should I deploy for tumour screening?", max_chars=20_000)
-if question is not None:
-    try:
-        with st.status("Reading the registry and the knowledge base...", expanded=False) as status:
-            prepared = prepare_answer(settings, kb, question)
-            status.update(label=f"Use case: {prepared.match.use_case or 'not recognised'}", state="complete")
-    except QuestionError as error:
-        st.warning(f"Nothing to answer: {error}.")
-        st.stop()
-    backend = llm_backend(settings)
-    draft, error, started = None, None, time.perf_counter()
-    if prepared.messages is not None:
-        with st.chat_message("assistant"), st.empty():
-            try:
-                st.caption("Drafting; the answer is checked against the metrics before it is shown...")
-                draft = st.write_stream(draft_stream(prepared, backend, settings.llm_max_new_tokens))
-                draft = draft if isinstance(draft, str) else "".join(map(str, draft))
-            except LlmError as failure:
-                error = str(failure)
-    with st.spinner("Checking the answer..."):
-        answer = finish_answer(kb, prepared, backend, draft, max_new_tokens=settings.llm_max_new_tokens,
-                               draft_error=error, generation_ms=(time.perf_counter() - started) * 1000 if draft is not None else None)
-    history.append(answer.record_id)
-    st.rerun()
+try:
+    for answer_id in history:
+        show_answer(load_answer(kb.connection, answer_id))
+    question = st.chat_input("Which model should I deploy for tumour screening?", max_chars=20_000)
+    if question is not None:
+        with st.chat_message("user"):
+            st.text(question)
+        try:
+            with st.status("Reading the registry and the knowledge base...") as status:
+                prepared = prepare_answer(settings, kb, question)
+                status.update(label=f"Use case: {prepared.match.use_case or 'not recognised'}", state="complete", expanded=False)
+        except QuestionError as error:
+            st.warning(f"Nothing to answer: {error}.")
+            st.stop()
+        backend = available_backend(settings)
+        draft, error, started = None, None, time.perf_counter()
+        if prepared.messages is not None:
+            with st.chat_message("assistant"):
+                st.caption("Drafting. The answer is checked against the metrics before it is shown.")
+                try:
+                    draft = st.write_stream(draft_stream(prepared, backend, settings.llm_max_new_tokens))
+                    draft = draft if isinstance(draft, str) else "".join(map(str, draft))
+                except LlmError as failure:
+                    error = str(failure)
+        with st.spinner("Checking the answer..."):
+            answer = finish_answer(kb, prepared, backend, draft, max_new_tokens=settings.llm_max_new_tokens, draft_error=error,
+                                   generation_ms=(time.perf_counter() - started) * 1000 if prepared.messages is not None else None)
+        history.append(answer.record_id)
+        st.rerun()
+finally:
+    kb.connection.close()
