@@ -18,7 +18,7 @@ from engine.citations import Citation, cited_chunks, find_markers, resolve_citat
 from engine.composer import compose_answer
 from engine.criteria import criteria_for, policy_for
 from engine.decision import Decision, decide
-from engine.llm import LlmError, llm_backend
+from engine.llm import LlmError
 from engine.prompting import MAX_QUESTION_CHARS, build_messages, retry_messages
 from engine.search import hybrid_search
 from engine.sources import resolve, upsert_sources
@@ -75,25 +75,6 @@ class ChatAnswer:
             "notices": self.notices,
             "timings_ms": self.timings,
         }
-
-
-@dataclass(frozen=True)
-class UnavailableBackend:
-    """Stands in for a backend that could not be loaded, so the answer is composed and says why."""
-
-    version: str
-    error: str
-
-    def stream(self, messages, *, max_new_tokens: int, temperature: float = 0.0):
-        raise LlmError(self.error)
-
-
-def available_backend(settings):
-    """The configured LLM backend, or a stand-in carrying the reason it could not be loaded."""
-    try:
-        return llm_backend(settings)
-    except LlmError as error:
-        return UnavailableBackend(f"unavailable:{settings.llm_backend}", str(error))
 
 
 def _ms(start: float) -> float:

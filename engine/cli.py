@@ -88,15 +88,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ask(args, settings) -> int:
-    from engine.assistant import QuestionError, ask, available_backend
+    from engine.assistant import QuestionError, ask
     from engine.citations import strip_markers
+    from engine.llm import llm_backend
     from engine.workspace import open_knowledge_base
 
     if not args.question.strip():
         raise UsageError("the question is empty")
     kb = open_knowledge_base(settings)
     try:
-        answer = ask(settings, kb, available_backend(settings), args.question)
+        answer = ask(settings, kb, llm_backend(settings), args.question)
     except QuestionError as error:
         raise UsageError(str(error)) from None
     finally:

@@ -6,10 +6,10 @@ import streamlit as st
 
 from engine.access import current_user_is_admin
 from engine.answers import feedback_for, load_answer, save_feedback
-from engine.assistant import QuestionError, available_backend, draft_stream, finish_answer, prepare_answer
+from engine.assistant import QuestionError, draft_stream, finish_answer, prepare_answer
 from engine.chat_views import answer_caption, candidates_frame, criteria_frame
 from engine.citations import escape_markdown, render_answer_markdown, resolve_citations, sources_list
-from engine.llm import LlmError
+from engine.llm import LlmError, llm_backend
 from engine.workspace import open_knowledge_base
 
 if "settings" not in st.session_state:  # opened by URL before the entry point ran: Streamlit's pages/ fallback
@@ -85,7 +85,7 @@ try:
         except QuestionError as error:
             st.warning(f"Nothing to answer: {error}.")
             st.stop()
-        backend = available_backend(settings)
+        backend = llm_backend(settings)  # loads nothing yet: a failure shows while streaming
         draft, error, started = None, None, time.perf_counter()
         if prepared.messages is not None:
             with st.chat_message("assistant"):
