@@ -22,9 +22,12 @@ cannot make room, `LlmError`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from engine.models import BUNDLED, BUNDLED_LLM_GGUF, _quiet_model_loading, bundled_llm_dir, load_tokenizer
+from engine.models import BUNDLED, BUNDLED_LLM_GGUF, _quiet_model_loading, bundled_llm_dir, cache_dir, load_tokenizer
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
@@ -148,6 +151,7 @@ class LoadedLlm:
 
 _loaded: weakref.WeakValueDictionary[LlmVersion, LoadedLlm] = weakref.WeakValueDictionary()
 _loading = threading.Lock()
+_converting = threading.Lock()
 
 
 def load_llm(version: LlmVersion) -> LoadedLlm:
@@ -172,11 +176,40 @@ def load_base_model(base_model: str = BUNDLED):
         raise LlmError(f"the base model folder {base_model} does not exist")
     _quiet_model_loading()
     try:
-        if base_model == BUNDLED:
-            return AutoModelForCausalLM.from_pretrained(bundled_llm_dir(), gguf_file=BUNDLED_LLM_GGUF, dtype=torch.float32)
-        return AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        folder = bundled_model_folder() if base_model == BUNDLED else base_model
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as error:  # missing or corrupt weights, unknown architecture
         raise LlmError(f"cannot load the base model {base_model}: {_first_line(error)}") from None
+
+
+def bundled_model_folder() -> Path:
+    """The bundled GGUF dequantized once into a plain float32 Hugging Face folder (weights and tokenizer) in the
+    cache: transformers needs about 20 s to read the GGUF on two cores and under a second to read the folder, and
+    a model read from GGUF stays marked as quantized, which saving and training refuse."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf = bundled_llm_dir() / BUNDLED_LLM_GGUF
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    converted = cache_dir() / f"llm-{key}"
+    with _converting:
+        if not (converted / "config.json").is_file():
+            read = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            config = {name: value for name, value in read.config.to_dict().items() if name != "quantization_config"}
+            model = AutoModelForCausalLM.from_config(type(read.config).from_dict(config), dtype=torch.float32)
+            model.load_state_dict(read.state_dict())
+            model.generation_config = read.generation_config
+            staging = converted.with_name(f"{converted.name}.tmp{os.getpid()}")
+            try:
+                model.save_pretrained(staging)
+                load_tokenizer(BUNDLED).save_pretrained(staging)
+                os.replace(staging, converted)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)  # a full disk leaves no half folder behind
+                if not (converted / "config.json").is_file():  # else another process converted it first
+                    raise
+    return converted
 
 
 def _merge_adapter(model, version: LlmVersion):
