@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def test_streamed_pieces_join_to_the_served_reply():
     assert cut == ["Deploy", " tumor_rf_v3,"]
     sent = server.requests[0].body
     assert (sent["messages"], sent["model"], sent["stream"], sent["max_tokens"], sent["temperature"]) == (QUESTION, "tiny-chat", True, 64, 0)
-    assert backend.version == f"openai:127.0.0.1:{server.url.split(':')[2].split('/')[0]}/tiny-chat"
+    assert backend.version == f"openai:127.0.0.1:{urlsplit(server.url).port}/tiny-chat"
     assert llm_backend(endpoint_settings(server)) is backend  # one client per configuration
     assert llm_backend(endpoint_settings(server, llm_model="other")) is not backend
 
