@@ -22,12 +22,9 @@ cannot make room, `LlmError`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
 import queue
-import shutil
 import tempfile
 import threading
 import time
@@ -38,7 +35,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from engine.models import BUNDLED, BUNDLED_LLM_GGUF, _quiet_model_loading, bundled_llm_dir, cache_dir, load_tokenizer
+from engine import models
+from engine.models import BUNDLED, BUNDLED_LLM_GGUF, load_tokenizer
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
@@ -151,7 +149,6 @@ class LoadedLlm:
 
 _loaded: weakref.WeakValueDictionary[LlmVersion, LoadedLlm] = weakref.WeakValueDictionary()
 _loading = threading.Lock()
-_converting = threading.Lock()
 
 
 def load_llm(version: LlmVersion) -> LoadedLlm:
@@ -168,48 +165,11 @@ def load_llm(version: LlmVersion) -> LoadedLlm:
 
 
 def load_base_model(base_model: str = BUNDLED):
-    """A fresh float32 copy of the base LLM on the CPU (fresh, because merging an adapter changes it in place)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if base_model != BUNDLED and not Path(base_model).is_dir():
-        raise LlmError(f"the base model folder {base_model} does not exist")
-    _quiet_model_loading()
+    """engine.models.load_base_model with its failure as an LlmError, which the chat turns into a notice."""
     try:
-        folder = bundled_model_folder() if base_model == BUNDLED else base_model
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    except (OSError, ValueError, RuntimeError) as error:  # missing or corrupt weights, unknown architecture
-        raise LlmError(f"cannot load the base model {base_model}: {_first_line(error)}") from None
-
-
-def bundled_model_folder() -> Path:
-    """The bundled GGUF dequantized once into a plain float32 Hugging Face folder (weights and tokenizer) in the
-    cache: transformers needs about 20 s to read the GGUF on two cores and under a second to read the folder, and
-    a model read from GGUF stays marked as quantized, which saving and training refuse."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    gguf = bundled_llm_dir() / BUNDLED_LLM_GGUF
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    converted = cache_dir() / f"llm-{key}"
-    with _converting:
-        if not (converted / "config.json").is_file():
-            read = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            config = {name: value for name, value in read.config.to_dict().items() if name != "quantization_config"}
-            model = AutoModelForCausalLM.from_config(type(read.config).from_dict(config), dtype=torch.float32)
-            model.load_state_dict(read.state_dict())
-            model.generation_config = read.generation_config
-            staging = converted.with_name(f"{converted.name}.tmp{os.getpid()}")
-            try:
-                model.save_pretrained(staging)
-                load_tokenizer(BUNDLED).save_pretrained(staging)
-                os.replace(staging, converted)
-            except OSError:
-                shutil.rmtree(staging, ignore_errors=True)  # a full disk leaves no half folder behind
-                if not (converted / "config.json").is_file():  # else another process converted it first
-                    raise
-    return converted
+        return models.load_base_model(base_model)
+    except models.ModelLoadError as error:
+        raise LlmError(str(error)) from None
 
 
 def _merge_adapter(model, version: LlmVersion):
