@@ -11,12 +11,13 @@ from pathlib import Path
 
 from engine import store
 from engine.chunking import Chunker
+from engine.demo_registry import DEMO_DIR, demo_registry_is_current, prepare_demo_registry
 from engine.ingest import FileOutcome, Progress, collect_paths, ingest_files
 from engine.knowledge_base import KnowledgeBase
 from engine.models import load_tokenizer
 from engine.settings import Settings
 
-DEMO_CORPUS = Path(__file__).resolve().parents[1] / "demo" / "knowledge"
+DEMO_CORPUS = DEMO_DIR / "knowledge"
 
 
 def open_knowledge_base(settings: Settings) -> KnowledgeBase:
@@ -47,6 +48,11 @@ def ingest_paths(settings: Settings, paths, on_progress: Progress | None = None)
 
 
 def demo_is_current(settings: Settings, corpus: Path = DEMO_CORPUS) -> bool:
+    """True when the demo corpus is in the knowledge base and the demo models are in the registry."""
+    return demo_corpus_is_current(settings, corpus) and demo_registry_is_current(settings)
+
+
+def demo_corpus_is_current(settings: Settings, corpus: Path = DEMO_CORPUS) -> bool:
     """True when every demo file's exact content is already in the knowledge base (no model loading needed)."""
     if not settings.knowledge_db.is_file():
         return False
@@ -60,7 +66,8 @@ def demo_is_current(settings: Settings, corpus: Path = DEMO_CORPUS) -> bool:
 
 
 def prepare_demo(settings: Settings, on_progress: Progress | None = None, corpus: Path = DEMO_CORPUS) -> list[FileOutcome]:
-    """Ingest the committed demo corpus once; later calls return at once while nothing in it changed."""
-    if demo_is_current(settings, corpus):
-        return []
-    return ingest_paths(settings, [corpus], on_progress=on_progress)
+    """Ingest the committed demo corpus and build the demo registry once; later calls return at once while
+    nothing changed. Returns the corpus outcomes (the registry's models are reported through `on_progress`)."""
+    outcomes = [] if demo_corpus_is_current(settings, corpus) else ingest_paths(settings, [corpus], on_progress=on_progress)
+    prepare_demo_registry(settings, on_progress=on_progress)
+    return outcomes

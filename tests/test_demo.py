@@ -7,7 +7,9 @@ import pytest
 from engine import sources
 from engine.documents import parse_file
 from engine.search import hybrid_search
+from engine.settings import load_settings
 from engine.workspace import DEMO_CORPUS, demo_is_current, open_knowledge_base, prepare_demo
+from engine.workspace import demo_corpus_is_current, ingest_paths
 
 DEMO_FILES = sorted(DEMO_CORPUS.glob("*.md"))
 
@@ -41,3 +43,17 @@ def test_prepare_ingests_once_and_is_searchable(settings):
         assert "criteria:tumor-screening" in [h.source_id for h in hits]
     finally:
         kb.connection.close()
+
+
+def test_the_demo_is_current_only_with_its_registry(settings):
+    ingest_paths(settings, [DEMO_CORPUS])
+    assert demo_corpus_is_current(settings)
+    assert not demo_is_current(settings)  # the demo models are not registered yet
+
+
+def test_a_configured_mlflow_needs_only_the_corpus(tmp_path):
+    settings = load_settings(workspace=tmp_path / "ws", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'team.db'}")
+    ingest_paths(settings, [DEMO_CORPUS])
+    assert demo_is_current(settings)
+    assert prepare_demo(settings) == []
+    assert not (tmp_path / "team.db").exists()
