@@ -6,8 +6,9 @@ takes a fixed number of batched calls however many models there are, is reused f
 every session of the process, and the last good read is kept in the workspace so that, with MLflow down,
 even a restarted app can still answer from it and say how old it is.
 
-Unity Catalog (`databricks-uc`) lists registered models without tags or aliases and searches versions by a
-single `name =` condition only, so there the read is necessarily one model at a time (a few calls each).
+Databricks registries search model versions by a single `name =` or `run_id =` condition only, and Unity
+Catalog (`databricks-uc`) lists registered models without their tags or aliases, so on Databricks the read is
+necessarily one model at a time: two calls per registered model plus one per candidate's run.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def read_candidates(settings) -> tuple[Candidate, ...]:
     """Read MLflow now, without the cache."""
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
     with _quick_http():
-        if _registry_uri(settings).startswith("databricks-uc"):
+        if _registry_uri(settings).startswith("databricks"):
             chosen = _chosen_one_model_at_a_time(client)
             metrics = {run_id: _run_metrics(client, run_id) for run_id in _run_ids(chosen)}
         else:
@@ -143,23 +144,23 @@ def read_candidates(settings) -> tuple[Candidate, ...]:
 
 def _chosen_batched(client) -> list[tuple]:
     """(registered model, version to use) for every candidate: one model search, one version search per 50 names."""
-    models = [m for m in _all_pages(client.search_registered_models, max_results=1000) if _is_candidate(m)]
+    models = [m for m in all_pages(client.search_registered_models, max_results=1000) if _is_candidate(m)]
     names = [m.name for m in models if _quotable(m.name)]
     versions: dict[str, list] = {}
     for start in range(0, len(names), NAMES_PER_FILTER):
         in_list = ", ".join(_quoted(name) for name in names[start:start + NAMES_PER_FILTER])
-        for version in _all_pages(client.search_model_versions, filter_string=f"name IN ({in_list})"):
+        for version in all_pages(client.search_model_versions, filter_string=f"name IN ({in_list})"):
             versions.setdefault(version.name, []).append(version)
     return [(m, v) for m in models if (v := _version_to_use(m, versions.get(m.name, [])))]
 
 
 def _chosen_one_model_at_a_time(client) -> list[tuple]:
-    """The same choice where the registry cannot batch (Unity Catalog): two calls per registered model."""
+    """The same choice where the registry cannot batch (Databricks): two calls per registered model."""
     chosen = []
-    for listed in _all_pages(client.search_registered_models, max_results=1000):
+    for listed in all_pages(client.search_registered_models, max_results=1000):
         model = client.get_registered_model(listed.name)  # the listing carries no tags or aliases on UC
         if _is_candidate(model) and _quotable(model.name):
-            versions = _all_pages(client.search_model_versions, filter_string=f"name = {_quoted(model.name)}")
+            versions = all_pages(client.search_model_versions, filter_string=f"name = {_quoted(model.name)}")
             if version := _version_to_use(model, versions):
                 chosen.append((model, version))
     return chosen
@@ -169,11 +170,11 @@ def _metrics_batched(client, run_ids: list[str]) -> dict[str, dict[str, float]]:
     """Metrics of the given runs: one experiment search and one run search per 100 runs, whatever their experiments."""
     if not run_ids:
         return {}
-    experiment_ids = [e.experiment_id for e in _all_pages(client.search_experiments, view_type=ViewType.ALL)]
+    experiment_ids = [e.experiment_id for e in all_pages(client.search_experiments, view_type=ViewType.ALL)]
     metrics = {}
     for start in range(0, len(run_ids), RUN_IDS_PER_FILTER):
         in_list = ", ".join(_quoted(run_id) for run_id in run_ids[start:start + RUN_IDS_PER_FILTER])
-        for run in _all_pages(client.search_runs, experiment_ids=experiment_ids,
+        for run in all_pages(client.search_runs, experiment_ids=experiment_ids,
                               filter_string=f"attributes.run_id IN ({in_list})", run_view_type=ViewType.ALL):
             metrics[run.info.run_id] = _finite(run.data.metrics)
     return metrics
@@ -235,7 +236,8 @@ def _run_ids(chosen: list[tuple]) -> list[str]:
     return sorted({version.run_id for _, version in chosen if version.run_id})
 
 
-def _all_pages(search, **kwargs) -> list:
+def all_pages(search, **kwargs) -> list:
+    """Every item of an MLflow search, following its page tokens."""
     items, token = [], None
     while True:
         page = search(**kwargs, page_token=token)

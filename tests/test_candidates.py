@@ -112,8 +112,8 @@ def test_odd_names_tags_and_versions_do_not_break_the_read(settings, registry):
     assert [(s.display_name, s.kind) for s in sources] == [("no-run v2", "model"), ("tumor's screener v1", "model")]
 
 
-def test_the_unity_catalog_path_chooses_the_same_versions(settings, registry):
-    """Unity Catalog cannot run here; its one-model-at-a-time path is checked against the batched one on sqlite."""
+def test_the_databricks_path_chooses_the_same_versions(settings, registry):
+    """Databricks cannot run here; its one-model-at-a-time path is checked against the batched one on sqlite."""
     registry.register("a-linear")
     registry.register("a-linear")
     registry.register("b-mlp")
