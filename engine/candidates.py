@@ -106,8 +106,9 @@ def fetch_candidates(settings, *, max_age_s: float | None = None) -> CandidateSn
         try:
             snapshot = CandidateSnapshot(read_candidates(settings), datetime.now(UTC))
         except Exception as error:  # any failure to read MLflow (network, auth, store) falls back to the last read
-            log.warning("reading candidates from MLflow at %s failed", _registry_uri(settings), exc_info=True)
             reason = _short_reason(error)
+            log.warning("reading candidates from MLflow at %s failed: %s", _registry_uri(settings), reason)
+            log.debug("candidates read failure", exc_info=True)
             last = cached.snapshot if cached else load_saved_snapshot(settings)
             if last is None:
                 raise CandidatesUnavailable(
