@@ -342,7 +342,7 @@ def report_path(settings) -> Path:
     return settings.workspace / "REGISTRY.md"
 
 
-def registry_report(candidates: list[Candidate], measured_on: str | None = None) -> str:
+def registry_report(candidates: list[Candidate]) -> str:
     """demo/REGISTRY.md: every logged metric of the demo models, and which hard criteria of the docs each fails."""
     rules = demo_rules()
     lines = [
@@ -352,7 +352,7 @@ def registry_report(candidates: list[Candidate], measured_on: str | None = None)
         "measured by `deploywise demo prepare` (guideline:latency-measurement). To regenerate: run",
         "`deploywise demo prepare` on a workspace without the demo models, then copy `<workspace>/REGISTRY.md` here.",
         "",
-        f"Measured on: {measured_on or machine_note()}.",
+        f"Measured on: {machine_note()}.",
         f"Split: stratified held-out {TEST_SIZE:.0%} (regression: by target quartile), split seed {SPLIT_SEED}, "
         f"model seed {MODEL_SEED}; latency from {WARMUP_CALLS} warm-up and {TIMED_CALLS} timed single-row calls.",
         "The split seed is one under which the random forest ranks first on tumour screening's `roc_auc`, as in",
