@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,6 +15,7 @@ from databricks_server import FakeDatabricks
 from engine.chunking import Chunker
 from engine.knowledge_base import KnowledgeBase
 from engine.settings import load_settings
+from engine.workspace import prepare_demo
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +46,22 @@ def chunker(kb, settings):
     from engine.models import load_tokenizer
 
     return Chunker(load_tokenizer(settings.base_model), settings.chunk_tokens, settings.chunk_overlap)
+
+
+@pytest.fixture(scope="session")
+def demo_template(tmp_path_factory):
+    """The demo workspace exactly as `make run` prepares it (corpus and 12 trained models), built once per session."""
+    workspace = tmp_path_factory.mktemp("demo-template") / "workspace"
+    prepare_demo(load_settings(workspace=workspace))
+    return workspace
+
+
+@pytest.fixture(scope="session")
+def demo_copy(demo_template, tmp_path_factory):
+    """`demo_copy()` returns a fresh copy of the demo workspace, for tests that add answers, feedback or documents.
+
+    The copy's MLflow runs still point at the template's artifact folders: fine for reading metrics."""
+    return lambda: shutil.copytree(demo_template, tmp_path_factory.mktemp("demo") / "workspace")
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ API:
   "unauthorized" (HTTP 401 whatever the token). Change it at any time; it applies to the next request.
 - `requests`: every POST received, in order, as `ReceivedRequest(path, authorization, body)`.
 Only POST /v1/chat/completions exists (with and without `"stream": true`); anything else is a 404.
+
+`faithful_answer` is a reply function that explains the decision the product's prompt carries, as a good LLM would.
 """
 
 from __future__ import annotations
@@ -145,6 +147,19 @@ class OpenAIServer:
                 pass
 
         return Handler
+
+
+def decided_model(messages: list[dict]) -> str:
+    """What the rules decided, read back from the prompt the product sent (engine.prompting.decision_text)."""
+    return re.search(r"Recommend (\S+) <<SRC:", messages[1]["content"]).group(1)
+
+
+def faithful_answer(messages: list[dict]) -> str:
+    """A short answer that recommends the decided model and cites only markers the prompt offered."""
+    name = decided_model(messages)
+    use_case = re.search(r"^USE CASE: (\S+)", messages[1]["content"], re.M).group(1)
+    return (f"Recommendation: {name} <<SRC:registry:{name}>>\n"
+            f"It passes every hard criterion of the use case and ranks first on its priority metric <<SRC:criteria:{use_case}>>.")
 
 
 def _error(message: str, kind: str) -> dict:

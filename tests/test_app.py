@@ -111,12 +111,11 @@ def test_app_starts_on_chat_and_admins_reach_the_knowledge_page(workspace):
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     assert not at.exception
     assert at.title[0].value == "Which model should I deploy?"
-    assert at.chat_input[0].disabled
-    assert "not connected yet" in at.info[0].value
+    assert not at.chat_input[0].disabled
     at.switch_page(KNOWLEDGE_PAGE).run()  # raises unless the navigation registered the page
     assert not at.exception
     assert metrics(at) == {"Documents": "0", "Chunks": "0", "Tokens": "0", "Sources": "0"}
-    assert [tab.label for tab in at.tabs] == ["Upload", "Import tables", "Browse & edit", "Search", "Sources"]
+    assert [tab.label for tab in at.tabs] == ["Upload", "Import tables", "Browse & edit", "Search", "Sources", "Criteria"]
 
 
 def test_non_admins_get_no_admin_pages(workspace, monkeypatch):
@@ -401,3 +400,55 @@ def test_a_unity_catalog_form_needs_catalog_and_schema():
         table_import.table_source("unity_catalog", "just_a_catalog", "", "wh-1")
     source = table_import.table_source("unity_catalog", " main.docs ", "a, b\nc", "wh-1")
     assert source == table_import.TableSource("unity_catalog", "main.docs", ("a", "b", "c"), "wh-1")
+
+
+def open_criteria_tab(use_case: str) -> AppTest:
+    at = open_knowledge_page()
+    next(s for s in at.selectbox if s.label == "Use case").select(use_case).run()
+    assert not at.exception
+    return at
+
+
+def test_an_admin_reviews_the_ranking_policy_and_the_chat_decides_with_it(demo_copy, monkeypatch):
+    from engine.assistant import prepare_answer
+    from engine.criteria import policy_for
+
+    monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
+    at = open_criteria_tab("tumor-screening")
+    assert "not reviewed yet" in " ".join(c.value for c in at.caption)
+    assert text_input(at, "Priority metric").value == "roc_auc"
+    text_input(at, "Priority metric").set_value("f1")
+    button(at, "Save as reviewed").click().run()
+    assert not at.exception and not at.error
+    with knowledge_base() as kb:
+        policy = policy_for(kb.connection, "tumor-screening")
+        assert (policy.priority_metric, policy.tie_breaker, policy.reviewed) == ("f1", "latency_p95_ms", True)
+        decision = prepare_answer(load_settings(), kb, "Which model should I deploy for tumour screening?").decision
+    assert decision.priority_metric == "f1"
+    assert "Reviewed by an admin." in " ".join(c.value for c in at.caption)
+    button(at, "Give back to the documents").click().run()
+    with knowledge_base() as kb:
+        assert policy_for(kb.connection, "tumor-screening").priority_metric == "roc_auc"
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"threshold": "fast"}, "row 2: threshold 'fast' is not a number"),
+        ({"comparison": "=="}, "row 2: criterion tumor-screening/f1: comparison '==' is not one of"),
+        ({"metric": ""}, "row 2: criterion tumor-screening/?: use case and metric are required"),
+        ({"source_id": "no-domain"}, "row 2: criterion tumor-screening/f1: source id 'no-domain' is not 'domain:entity'"),
+    ],
+)
+def test_a_malformed_editor_row_is_named_and_nothing_is_saved(demo_copy, monkeypatch, row, message):
+    from engine.criteria import CriteriaError, criteria_for
+
+    monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
+    with knowledge_base() as kb:
+        before = criteria_for(kb.connection, "tumor-screening")
+        rows = views.criteria_table(before).to_dict("records")
+        rows[1] = {**rows[1], "metric": "f1", **row}
+        with pytest.raises(CriteriaError) as raised:
+            views.rules_from_editor("tumor-screening", rows, "roc_auc", "")
+        assert str(raised.value).startswith(message)
+        assert criteria_for(kb.connection, "tumor-screening") == before

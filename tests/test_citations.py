@@ -1,14 +1,11 @@
 """Citation markers: finding, resolving through the real registry, safe markdown for untrusted model output.
 
-Rendered markdown is checked by parsing it with markdown-it-py (a CommonMark parser, as Streamlit's is) and
-by Streamlit's own GFM autolink-literal patterns, which link URLs in the parsed text whatever the escapes.
+Rendered markdown is checked as a reader sees it (tests/rendered_markdown.py).
 """
 
 from __future__ import annotations
 
-import re
 import time
-from html.parser import HTMLParser
 
 import pytest
 from markdown_it import MarkdownIt
@@ -26,10 +23,9 @@ from engine.citations import (
 from engine.search import SearchHit
 from engine.sources import Source, unknown_sources, upsert_sources
 from engine.store import connect
+from tests.rendered_markdown import parse
 
 GUIDE_URL = "https://wiki.example.com/ml-platform/acceptance-criteria/tumor-screening"
-# Streamlit's bundled mdast-util-gfm-autolink-literal links these in parsed text, escaped or not.
-STREAMLIT_AUTOLINKS = [re.compile(r"(https?://|www(?=\.))", re.I), re.compile(r"[-.\w+]+@[-\w]+(?:\.[-\w]+)+")]
 
 
 @pytest.fixture
@@ -42,30 +38,6 @@ def connection(tmp_path):
     ])
     yield connection
     connection.close()
-
-
-class _Html(HTMLParser):
-    """Tags, link targets and visible text of rendered HTML."""
-
-    def __init__(self, html: str):
-        super().__init__()
-        self.tags, self.hrefs, self.text = [], [], []
-        self.feed(html)
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        self.hrefs += [value for name, value in attrs if name in ("href", "src")]
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def parse(markdown: str) -> _Html:
-    parser = MarkdownIt("commonmark").enable(["table", "strikethrough"])
-    page = _Html(parser.render(markdown))
-    page.visible = "".join(page.text).replace("\u2060", "").strip()
-    page.linkable = [p.pattern for p in STREAMLIT_AUTOLINKS if p.search("".join(page.text))]
-    return page
 
 
 def test_find_markers_in_order_of_first_appearance_with_every_entity_character():
