@@ -121,9 +121,13 @@ def fetch_candidates(settings, *, max_age_s: float | None = None) -> CandidateSn
         return snapshot
 
 
+def candidate_source(candidate: Candidate) -> Source:
+    """The registry entry that makes `<<SRC:registry:...>>` resolve to the candidate's model page."""
+    return Source(candidate.source_id, f"{candidate.name} v{candidate.version}", candidate.url, "model")
+
+
 def candidate_sources(snapshot: CandidateSnapshot) -> list[Source]:
-    """Registry entries so that `<<SRC:registry:...>>` markers of the candidates resolve to their model pages."""
-    return [Source(c.source_id, f"{c.name} v{c.version}", c.url, "model") for c in snapshot.candidates]
+    return [candidate_source(c) for c in snapshot.candidates]
 
 
 def read_candidates(settings) -> tuple[Candidate, ...]:

@@ -10,8 +10,8 @@ breaks, `- ` bullets at the start of a line (`* ` and `• ` become `- `) and `*
 Every other ASCII punctuation character is backslash-escaped, so CommonMark shows it literally: no links,
 images, HTML, headings, tables, code, math or Streamlit directives. Escapes do not stop GFM autolink
 literals (Streamlit links `http://`, `www.` and e-mail addresses found in the parsed text), so a word
-joiner (U+2060, invisible) is put inside those. The only links in the result are citations whose
-registry URL is http(s).
+joiner (U+2060, invisible) is put inside those. The only links in the result are citations: to the
+registry's http(s) URL when there is one, else to the app's own Source page, which shows the cited text.
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _WORD_JOINER = "\u2060"
 _AUTOLINK_TRIGGERS = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?=@)")
 _URL_SAFE = ":/?#@!$&'*+,;=%~-._"  # reserved characters a link keeps; ( ) [ ] < > \ " and spaces are encoded
+SOURCE_PAGE = "source"  # url path of pages/source.py, relative so that it works under any server base path
+
+
+def source_page_link(source_id: str) -> str:
+    """The app's own page for a source, relative to the current page's URL."""
+    return f"{SOURCE_PAGE}?id={quote(source_id, safe=':/')}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,13 @@ class Citation:
     display_name: str
     url: str | None  # an http(s) URL from the registry, else None
     known: bool
+
+    @property
+    def link(self) -> str | None:
+        """Where the citation opens: the registry's URL, else the Source page; nothing for an unknown id."""
+        if not self.known:
+            return None
+        return self.url if self.url and is_web_url(self.url) else source_page_link(self.source_id)
 
 
 def _valid_markers(text: str):
@@ -128,22 +141,17 @@ def _render_text(text: str) -> str:
 def _render_citation(source_id: str, citation: Citation | None) -> str:
     if citation is None or not citation.known:
         return escape_markdown(f"[unknown source: {source_id}]")
-    label = escape_markdown(f"[{citation.number}]")
-    if citation.url and is_web_url(citation.url):
-        return f"[{label}](<{quote(citation.url, safe=_URL_SAFE)}>)"
-    return label
+    return f"[{escape_markdown(f'[{citation.number}]')}](<{quote(citation.link, safe=_URL_SAFE)}>)"
 
 
 def sources_list(citations: list[Citation]) -> str:
-    """The numbered list under an answer: display names linked to their http(s) URL, ids shown as code-free text."""
+    """The numbered list under an answer: display names linked like the citations, ids shown as code-free text."""
     lines = []
     for citation in citations:
         if not citation.known:
             lines.append(f"{citation.number}\\. " + escape_markdown(f"unknown source: {citation.source_id}"))
             continue
-        name = escape_markdown(citation.display_name)
-        if citation.url and is_web_url(citation.url):
-            name = f"[{name}](<{quote(citation.url, safe=_URL_SAFE)}>)"
+        name = f"[{escape_markdown(citation.display_name)}](<{quote(citation.link, safe=_URL_SAFE)}>)"
         lines.append(f"{citation.number}\\. {name} " + escape_markdown(f"({citation.source_id})"))
     return "  \n".join(lines)
 

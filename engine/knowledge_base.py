@@ -171,12 +171,15 @@ class KnowledgeBase:
         *,
         document_id: int | None = None,
         source_domain: str | None = None,
+        source_id: str | None = None,
         chunk_ids: list[int] | None = None,
         contains: str | None = None,
         limit: int = 200,
         offset: int = 0,
     ) -> list[StoredChunk]:
-        """Browse chunks in document order with optional filters (for the Knowledge page and the CLI)."""
+        """Browse chunks in document order with optional filters (Knowledge and Source pages, CLI).
+
+        `source_id` keeps the chunks of that id and of the ids under it (`doc:guide.pdf` -> `doc:guide.pdf:page-3`)."""
         where, params = [], []
         if document_id is not None:
             where.append("c.document_id = ?")
@@ -184,6 +187,9 @@ class KnowledgeBase:
         if source_domain:
             where.append("c.source_domain = ?")
             params.append(source_domain)
+        if source_id:
+            where.append("(c.source_id = ? OR substr(c.source_id, 1, ?) = ?)")
+            params.extend([source_id, len(source_id) + 1, source_id + ":"])
         if chunk_ids is not None:
             where.append(f"c.id IN ({','.join('?' * len(chunk_ids))})")
             params.extend(chunk_ids)

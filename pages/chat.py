@@ -5,6 +5,7 @@ import time
 import streamlit as st
 
 from engine.access import current_user_is_admin
+from engine.deep_links import through_entry_point
 from engine.answers import feedback_for, load_answer, save_feedback
 from engine.assistant import QuestionError, draft_stream, finish_answer, prepare_answer
 from engine.chat_views import answer_caption, candidates_frame, criteria_frame
@@ -12,9 +13,7 @@ from engine.citations import escape_markdown, render_answer_markdown, resolve_ci
 from engine.llm import LlmError, llm_backend
 from engine.workspace import open_knowledge_base
 
-if "settings" not in st.session_state:  # opened by URL before the entry point ran: Streamlit's pages/ fallback
-    st.session_state["requested_page"] = "pages/chat.py"
-    st.switch_page("streamlit_app.py")
+through_entry_point("pages/chat.py")
 settings = st.session_state["settings"]
 history: list[int] = st.session_state.setdefault("chat_answers", [])
 

@@ -12,6 +12,7 @@ from engine import knowledge_views as views
 from engine import table_import
 from engine.access import current_user_is_admin
 from engine.criteria import COMPARISONS, CriteriaError, criteria_for, discard_review, policy_for, ruled_use_cases, save_reviewed_rules
+from engine.deep_links import through_entry_point
 from engine.documents import SUPPORTED_SUFFIXES
 from engine.search import hybrid_search
 from engine.sources import KINDS, Source, SourceError, export_csv, import_csv, list_sources, unknown_sources
@@ -292,9 +293,7 @@ def criteria_tab(kb) -> None:
         changed(f"Rules of {use_case} extracted again from its documents.")
 
 
-if "settings" not in st.session_state:  # opened by URL before the entry point ran: Streamlit's pages/ fallback
-    st.session_state["requested_page"] = "pages/knowledge.py"
-    st.switch_page("streamlit_app.py")
+through_entry_point("pages/knowledge.py")
 if not current_user_is_admin():
     st.error("The Knowledge page is for administrators.")
     st.stop()

@@ -103,13 +103,13 @@ def test_a_registry_row_with_a_javascript_url_never_becomes_a_link(connection):
     assert "unknown source: doc:evil" in page.visible
 
 
-def test_render_keeps_lines_bullets_and_bold_and_links_only_registry_urls(connection):
+def test_render_keeps_lines_bullets_and_bold_and_links_registry_urls_else_the_source_page(connection):
     text = ("Recommendation: **ts-boosting** <<SRC:registry:ts-boosting>>\n\nWhy:\n"
             "- ROC AUC 0.997 >= 0.98 <<SRC:criteria:tumor-screening>>\n* p95 latency 4.2 ms <<SRC:doc:allocations-guide.pdf:page-15>>\n"
             "Read <<SRC:doc:nowhere>> too")
     citations = resolve_citations(connection, text)
     assert MarkdownIt("commonmark").render(render_answer_markdown(text, citations)) == (
-        "<p>Recommendation: <strong>ts-boosting</strong> [1]</p>\n"
+        '<p>Recommendation: <strong>ts-boosting</strong> <a href="source?id=registry:ts-boosting">[1]</a></p>\n'
         "<p>Why:</p>\n<ul>\n"
         f'<li>ROC AUC 0.997 &gt;= 0.98 <a href="{GUIDE_URL}">[2]</a></li>\n'
         '<li>p95 latency 4.2 ms <a href="https://docs.example.com/guide.pdf#page=15">[3]</a></li>\n</ul>\n'
@@ -156,10 +156,10 @@ def test_a_registry_url_cannot_break_out_of_its_link(connection):
     assert page.visible == "see [1]"
 
 
-def test_a_citation_with_a_non_web_url_is_plain_text():
+def test_a_citation_with_a_non_web_url_opens_the_source_page():
     citation = Citation(1, "doc:x", "X", "javascript:alert(1)", True)
     page = parse(render_answer_markdown("a <<SRC:doc:x>>", [citation]))
-    assert page.hrefs == [] and page.visible == "a [1]"
+    assert page.hrefs == ["source?id=doc:x"] and page.visible == "a [1]"
 
 
 def test_a_100_kb_output_with_300_character_markers_renders_quickly_and_whole(connection):
@@ -191,12 +191,13 @@ def test_cited_chunks_back_each_source_in_citation_order():
     assert [h.chunk_id for h in backing["doc:guide.pdf"]] == [1, 3]
 
 
-def test_sources_list_links_only_web_urls_and_escapes_names():
+def test_sources_list_links_like_the_citations_and_escapes_names():
     citations = [
         Citation(1, "criteria:tumor-screening", "Criteria ![](http://evil/p.png)", "https://wiki.example.com/c?a=1 b", True),
         Citation(2, "doc:x.pdf:page-2", "Handbook", None, True),
         Citation(3, "doc:gone", "doc:gone", None, False),
     ]
     rendered = sources_list(citations)
-    assert rendered.count("](") == 1 and "<https://wiki.example.com/c?a=1%20b>" in rendered
+    assert rendered.count("](") == 2 and "<https://wiki.example.com/c?a=1%20b>" in rendered
+    assert "(<source?id=doc:x.pdf:page-2>)" in rendered
     assert "![](" not in rendered and "unknown source" in rendered

@@ -1,0 +1,51 @@
+"""Source: what a citation points to — the cited knowledge, a model's metrics, and the original when linked."""
+
+import streamlit as st
+
+from engine.candidates import CandidatesUnavailable, fetch_candidates
+from engine.deep_links import through_entry_point
+from engine.source_view import parse_source_id, source_view
+from engine.sources import SourceError
+from engine.workspace import open_knowledge_base
+
+through_entry_point("pages/source.py")
+settings = st.session_state["settings"]
+
+try:
+    source_id = parse_source_id(st.query_params.get("id"))
+except SourceError as error:
+    st.title("Source")
+    st.error(f"This link does not name a source: {error}.")
+    st.stop()
+
+candidates, unavailable = (), None
+if source_id.startswith("registry:"):
+    try:
+        candidates = fetch_candidates(settings).candidates
+    except CandidatesUnavailable as error:
+        unavailable = str(error)
+
+kb = open_knowledge_base(settings)
+try:
+    view = source_view(kb, source_id, candidates)
+finally:
+    kb.connection.close()
+
+st.title(view.entry.display_name if view.entry else source_id)
+st.caption(f"Source id `{source_id}`" + (f" · {view.entry.kind}" if view.entry else " · not in the source registry"))
+if view.entry and view.entry.url:
+    st.link_button("Open the original", view.entry.url, icon=":material/open_in_new:")
+if view.candidate:
+    candidate = view.candidate
+    st.subheader(f"{candidate.name}, version {candidate.version}" + (" (champion)" if candidate.alias == "champion" else ""))
+    st.caption(" · ".join(part for part in (candidate.use_case, candidate.task, candidate.family, f"run {candidate.run_id}") if part))
+    if candidate.description:
+        st.text(candidate.description)
+    st.dataframe(view.metric_rows(), hide_index=True)
+elif unavailable:
+    st.warning(f"The model registry cannot be read now: {unavailable}")
+for number, chunk in enumerate(view.chunks, start=1):
+    st.caption(f"{chunk.document_title} · `{chunk.source_id}` · part {number} of {len(view.chunks)}")
+    st.text(chunk.text)
+if not view.found:
+    st.warning("deploywise knows nothing about this source: it is neither in the registry nor in the knowledge base.")
