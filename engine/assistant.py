@@ -21,7 +21,7 @@ from engine.decision import Decision, decide
 from engine.llm import LlmError
 from engine.prompting import MAX_QUESTION_CHARS, build_messages, retry_messages
 from engine.search import hybrid_search
-from engine.sources import resolve, upsert_sources
+from engine.sources import refresh_sources, resolve
 from engine.use_cases import UseCaseMatch, match_use_case
 from engine.verifier import Verification, verify_answer
 
@@ -108,7 +108,7 @@ def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
     timings = {"candidates_ms": _ms(step)}
     if snapshot.error:
         notices.append(age_text(snapshot))
-    upsert_sources(kb.connection, candidate_sources(snapshot), overwrite=False)
+    refresh_sources(kb.connection, candidate_sources(snapshot))  # a new champion version renames its entry
 
     step = time.perf_counter()
     match = match_use_case(question, snapshot.candidates, kb.embed)

@@ -60,6 +60,13 @@ def upsert_sources(connection, sources: list[Source], *, overwrite: bool = True)
         return write_sources(connection, sources, overwrite=overwrite)
 
 
+def refresh_sources(connection, sources: list[Source]) -> int:
+    """Bring entries whose truth lives elsewhere (candidates in MLflow) up to date, writing only what changed."""
+    current = resolve(connection, [source.source_id for source in sources])
+    stale = [source for source in sources if current.get(source.source_id) != source]
+    return upsert_sources(connection, stale) if stale else 0
+
+
 def write_sources(connection, sources: list[Source], *, overwrite: bool) -> int:
     """The write itself, for callers that are already inside a transaction; returns rows written."""
     verb = "INSERT OR REPLACE" if overwrite else "INSERT OR IGNORE"

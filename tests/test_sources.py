@@ -63,3 +63,13 @@ def test_only_web_urls_are_links():
     assert not sources.is_web_url("file:///etc/passwd")
     with pytest.raises(SourceError):
         Source("a:b", "x", url="data:text/html,<script>")
+
+
+def test_refresh_writes_only_the_entries_that_changed(kb):
+    first = Source("registry:ts-linear", "ts-linear v1", None, "model")
+    assert sources.refresh_sources(kb.connection, [first]) == 1
+    changes = kb.connection.total_changes
+    assert sources.refresh_sources(kb.connection, [first]) == 0 and kb.connection.total_changes == changes
+    promoted = Source("registry:ts-linear", "ts-linear v2", None, "model")
+    assert sources.refresh_sources(kb.connection, [promoted]) == 1
+    assert sources.resolve(kb.connection, ["registry:ts-linear"]) == {"registry:ts-linear": promoted}
