@@ -6,7 +6,10 @@ this catalog, so "higher is better" and "1% relative margin" are decided in one 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+MAX_DECIMALS = 8  # past this a value is written as 0 (scientific notation would not be read back as a metric)
 
 
 @dataclass(frozen=True)
@@ -19,8 +22,13 @@ class MetricSpec:
     decimals: int = 3
 
     def format(self, value: float) -> str:
-        """The value as the product writes it everywhere (prompt, answer, tables), unit included."""
-        text = f"{value:.{self.decimals}f}"
+        """The value as the product writes it everywhere (prompt, answer, tables), unit included.
+
+        A value too small for the usual decimals keeps two significant digits (0.0020 MB, not 0.00 MB)."""
+        decimals = self.decimals
+        if value and abs(value) < 10 ** -decimals:
+            decimals = min(MAX_DECIMALS, 1 - math.floor(math.log10(abs(value))))
+        text = f"{value:.{decimals}f}"
         return f"{text} {self.unit}" if self.unit else text
 
     def better(self, a: float, b: float) -> bool:

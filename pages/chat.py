@@ -64,8 +64,8 @@ def show_answer(record) -> None:
                         st.text(chunk["text"])
         if record.candidates:
             with st.expander("Candidates and criteria check"):
-                st.dataframe(candidates_frame(record), hide_index=True)
-                st.dataframe(criteria_frame(record), hide_index=True)
+                st.dataframe(candidates_frame(record), hide_index=True, width="stretch")
+                st.dataframe(criteria_frame(record), hide_index=True, width="stretch")
         st.caption(answer_caption(record))
         show_feedback(record.id)
 

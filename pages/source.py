@@ -41,7 +41,7 @@ if view.candidate:
     st.caption(" · ".join(part for part in (candidate.use_case, candidate.task, candidate.family, f"run {candidate.run_id}") if part))
     if candidate.description:
         st.text(candidate.description)
-    st.dataframe(view.metric_rows(), hide_index=True)
+    st.dataframe(view.metric_rows(), hide_index=True, width="stretch")
 elif unavailable:
     st.warning(f"The model registry cannot be read now: {unavailable}")
 for number, chunk in enumerate(view.chunks, start=1):
