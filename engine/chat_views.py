@@ -41,8 +41,10 @@ def criteria_frame(record) -> pd.DataFrame:
     rows = []
     for candidate in record.decision.get("candidates", []):
         for check in candidate["checks"]:
-            rows.append({"model": candidate["name"], "criterion": check["criterion"],
-                         "value": "missing" if check["value"] is None else f"{check['value']:g}",
+            value = check["value"]
+            if value is not None:  # written as everywhere else; answers stored before "metric" was recorded: %g
+                value = metric_spec(check["metric"]).format(value) if "metric" in check else f"{value:g}"
+            rows.append({"model": candidate["name"], "criterion": check["criterion"], "value": value or "missing",
                          "result": "pass" if check["passed"] else "FAIL"})
     return pd.DataFrame(rows)
 

@@ -81,7 +81,8 @@ class Decision:
             "candidates": [
                 {"name": a.candidate.name, "version": a.candidate.version, "passes_hard": a.passes_hard,
                  "near_best": a.near_best, "standing": a.standing,
-                 "checks": [{"criterion": check.criterion.label, "value": check.value, "passed": check.passed} for check in a.checks]}
+                 "checks": [{"criterion": check.criterion.label, "metric": check.criterion.metric, "value": check.value,
+                             "passed": check.passed} for check in a.checks]}
                 for a in self.assessments
             ],
         }

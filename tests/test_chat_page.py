@@ -78,6 +78,8 @@ def test_a_question_gets_a_verified_answer_with_links_and_evidence(llm):
     assert set(candidates["model"]) == {c["name"] for c in record.candidates} and len(candidates) == 4
     assert candidates.iloc[0]["model"] == record.recommended_model
     assert "FAIL" in set(checks["result"])  # the random forest breaks the latency budget
+    latencies = checks[checks["criterion"] == "latency_p95_ms <= 10 (hard)"]["value"]
+    assert len(latencies) == 4 and all(value.endswith(" ms") for value in latencies)  # written as the catalog writes them
     assert len(at.feedback) == 1
 
 
