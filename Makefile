@@ -32,6 +32,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/knowledge.py
+	$(BIN)/python bench/chat.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache

@@ -111,7 +111,7 @@ def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
     refresh_sources(kb.connection, candidate_sources(snapshot))  # a new champion version renames its entry
 
     step = time.perf_counter()
-    match = match_use_case(question, snapshot.candidates, kb.embed)
+    match = match_use_case(question, snapshot.candidates, kb.embed_queries)
     hits = hybrid_search(kb, question, k=settings.search_top_k)
     timings["search_ms"] = _ms(step)
     if match.use_case is None:

@@ -7,6 +7,8 @@ Each write is one transaction. Embeddings are computed before the transaction op
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +22,10 @@ from engine.sources import Source, upsert_sources, write_sources
 
 StoreStatus = Literal["added", "updated", "unchanged"]
 RULES_DOMAIN = "criteria:"  # chunks under this source domain hold acceptance criteria (engine.criteria)
+QUERY_VECTOR_CACHE = 4096  # questions and use-case descriptions, ~1.5 KB each
+
+_query_vectors: OrderedDict[tuple[int, str], tuple[object, np.ndarray]] = OrderedDict()
+_query_vectors_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,23 @@ class KnowledgeBase:
     def embed(self, texts: list[str]) -> np.ndarray:
         vectors = self.embedder.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
         return np.asarray(vectors, dtype=np.float32)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """`embed` with a process-wide memory of recent texts: a question is embedded once for the use-case
+        match and the search, and use-case descriptions once per process, not once per question."""
+        keys = [(id(self.embedder), text) for text in texts]
+        with _query_vectors_lock:
+            known = {key: _query_vectors[key][1] for key in keys if key in _query_vectors}
+        missing = list(dict.fromkeys(key for key in keys if key not in known))
+        if missing:
+            known.update(zip(missing, self.embed([text for _, text in missing]), strict=True))
+        with _query_vectors_lock:
+            for key in keys:  # the entry holds its embedder, so that no other model can reuse its id
+                _query_vectors[key] = (self.embedder, known[key])
+                _query_vectors.move_to_end(key)
+            while len(_query_vectors) > QUERY_VECTOR_CACHE:
+                _query_vectors.popitem(last=False)
+        return np.stack([known[key] for key in keys])
 
     def document_by_sha(self, sha256: str) -> int | None:
         row = self.connection.execute("SELECT id FROM documents WHERE sha256 = ?", (sha256,)).fetchone()

@@ -12,6 +12,7 @@ from engine.metric_catalog import CATALOG, metric_spec
 EXCERPT_CHARS = 700
 MAX_EXCERPTS = 4
 MAX_QUESTION_CHARS = 2000
+MAX_PROMPT_CANDIDATES = 8  # each row costs ~120 prompt tokens, and the CPU reads ~350 prompt tokens/s (bench/chat.py)
 
 SYSTEM_PROMPT = """You are deploywise, the ML platform team's assistant for choosing which model to deploy.
 Write a short recommendation in four parts: Recommendation, Why, Why not the others, Risks.
@@ -33,14 +34,18 @@ def metric_columns(decision: Decision, candidates) -> list[str]:
 
 
 def candidates_table(decision: Decision, candidates) -> str:
+    """The best-placed candidates (the decision's order: recommended, passing, then the closest failures)."""
     columns = metric_columns(decision, candidates)
     header = "| model | family | " + " | ".join(metric_spec(c).name for c in columns) + " | result |"
     lines = [header, "|" + "---|" * (len(columns) + 3)]
-    for assessment in decision.assessments:
+    for assessment in decision.assessments[:MAX_PROMPT_CANDIDATES]:
         candidate = assessment.candidate
         values = [metric_spec(c).format(candidate.metrics[c]) if c in candidate.metrics else "missing" for c in columns]
         lines.append(f"| {candidate.name} <<SRC:{candidate.source_id}>> | {candidate.family or '?'} | "
                      + " | ".join(values) + f" | {assessment.standing} |")
+    left_out = len(decision.assessments) - MAX_PROMPT_CANDIDATES
+    if left_out > 0:
+        lines.append(f"({left_out} more candidates rank lower or fail more hard criteria; they are not listed.)")
     return "\n".join(lines)
 
 

@@ -194,5 +194,5 @@ def _keyword_ranks(connection, index: VectorIndex, query: str, pool: int, source
 def _vector_ranks(kb, index: VectorIndex, query: str, pool: int, source_domains, document_ids) -> dict[int, int]:
     if not len(index.chunk_ids):
         return {}
-    nearest = index.nearest(kb.embed([query])[0], pool, source_domains, document_ids)
+    nearest = index.nearest(kb.embed_queries([query])[0], pool, source_domains, document_ids)
     return {chunk_id: rank for rank, chunk_id in enumerate(nearest, start=1)}

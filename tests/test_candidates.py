@@ -143,6 +143,22 @@ def test_reads_are_reused_for_the_ttl_then_refreshed(settings, registry):
     assert len(fetch_candidates(no_ttl).candidates) == 3
 
 
+def test_past_the_ttl_the_last_read_answers_at_once_while_mlflow_is_read_again(settings, registry):
+    short_ttl = load_settings(workspace=settings.workspace, candidates_ttl_s=0.2)
+    registry.register("first")
+    first = fetch_candidates(short_ttl)
+    registry.register("second")
+    time.sleep(0.3)
+
+    assert fetch_candidates(short_ttl) is first  # stale, returned without waiting for MLflow
+    deadline = time.monotonic() + 30
+    while [c.name for c in fetch_candidates(short_ttl).candidates] != ["first", "second"]:
+        assert time.monotonic() < deadline, "the background read never landed"
+        time.sleep(0.05)
+    assert not candidates_module.refreshing()
+    assert not any(key in os.environ for key in candidates_module.QUICK_HTTP)  # its settings were put back
+
+
 def test_the_last_good_read_is_saved_atomically(settings, registry):
     registry.register("tumor-screening-linear")
     snapshot = fetch_candidates(settings)
@@ -328,6 +344,22 @@ def test_unreachable_mlflow_falls_back_to_the_last_read_even_after_a_restart(tmp
     after_restart = json.loads(restarted.stdout.strip().splitlines()[-1])
     assert after_restart["error"] and after_restart["fetched_at"] == good.fetched_at.isoformat()
     assert after_restart["names"] == [c.name for c in good.candidates]
+
+
+def test_a_background_read_that_fails_keeps_the_last_metrics_and_says_why(tmp_path, proxy, server_registry):
+    settings = load_settings(workspace=tmp_path / "ws", mlflow_tracking_uri=proxy.url, candidates_ttl_s=0.2)
+    server_registry.register(f"background-{time.monotonic_ns()}")
+    good = fetch_candidates(settings)
+    proxy.close()
+    time.sleep(0.3)
+
+    assert fetch_candidates(settings) is good  # past the TTL: answered at once, MLflow asked in the background
+    deadline = time.monotonic() + 60
+    while (latest := fetch_candidates(settings)).error is None:
+        assert time.monotonic() < deadline, "the background read never reported the failure"
+        time.sleep(0.05)
+    assert "Connection refused" in latest.error
+    assert (latest.candidates, latest.fetched_at) == (good.candidates, good.fetched_at)
 
 
 def test_unreachable_with_nothing_saved_raises_quickly_and_keeps_files(tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import pytest
 
 from engine import store
@@ -94,3 +97,13 @@ def test_ingest_registers_document_sources_without_overwriting_admin_edits(kb, c
     document = parse_file("guide.md", b"# Guide\nText.")
     kb.store_document(document, chunker.split(document.sections))
     assert list_sources(kb.connection) == [Source("doc:guide.md", "Edited by admin", "https://wiki.example.com/guide", "guideline")]
+
+
+def test_query_vectors_are_remembered_and_equal_to_a_fresh_embedding(kb):
+    from engine import knowledge_base as module
+
+    question = f"which model for tumour screening, asked at {time.monotonic_ns()}?"
+    first, repeated = kb.embed_queries([question, question])
+    assert (id(kb.embedder), question) in module._query_vectors
+    assert np.array_equal(first, repeated) and np.array_equal(kb.embed_queries([question])[0], first)
+    assert np.allclose(first, kb.embed([question])[0], atol=1e-5)
