@@ -57,7 +57,6 @@ is printed: other processes on the 2 cores distort every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -79,7 +78,7 @@ sys.path.insert(0, str(BENCH))  # for bench/knowledge.py, which builds the synth
 import knowledge  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from knowledge import TASKS, latency, timed  # noqa: E402
+from knowledge import TASKS, finish_report, latency, start_report, timed  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 
@@ -517,10 +516,7 @@ def main() -> None:
     args = parse_args()
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
-    report = {"models": args.models, "use_cases": args.use_cases, "chunks": args.chunks, "questions": args.questions,
-              "quick": args.quick, "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()[0]}
-    print(f"load average at start {report['load_average_at_start']:.2f} on {os.cpu_count()} cores "
-          "(anything else running on them inflates every figure below)")
+    report = start_report(models=args.models, use_cases=args.use_cases, chunks=args.chunks, questions=args.questions, quick=args.quick)
     cases = use_cases(args.use_cases)
     with tempfile.TemporaryDirectory(prefix="deploywise-bench-") as folder:
         root = Path(folder)
@@ -544,14 +540,7 @@ def main() -> None:
         report["llm"] = bench_llm(warm_settings, prepared, args.llm_repeats, args.max_new_tokens)
         print_llm(report["llm"])
         kb.connection.close()
-    report["verdicts"] = verdicts(report)
-    print("\nTARGETS")
-    for item in report["verdicts"]:
-        print(f"  {'PASS' if item['pass'] else 'MISS'}  {item['target']}: {item['value']} (target {item['goal']})")
-    report["load_average_at_end"] = os.getloadavg()[0]
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    print(f"\nload average at end {report['load_average_at_end']:.2f}; total {report['seconds']} s")
-    print(json.dumps(report))
+    finish_report(report, verdicts(report), started)
 
 
 if __name__ == "__main__":

@@ -568,14 +568,31 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def start_report(**figures) -> dict:
+    """The report every bench script starts with: its parameters and the machine's load, printed first."""
+    report = {**figures, "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()[0]}
+    print(f"load average at start {report['load_average_at_start']:.2f} on {os.cpu_count()} cores "
+          "(anything else running on them inflates every figure below)")
+    return report
+
+
+def finish_report(report: dict, found: list[dict], started: float) -> None:
+    """PASS or MISS per target, the load at the end, then every figure as one JSON line."""
+    report["verdicts"] = found
+    print("\nTARGETS")
+    for item in found:
+        print(f"  {'PASS' if item['pass'] else 'MISS'}  {item['target']}: {item['value']} (target {item['goal']})")
+    report["load_average_at_end"] = os.getloadavg()[0]
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"\nload average at end {report['load_average_at_end']:.2f}; total {report['seconds']} s")
+    print(json.dumps(report))
+
+
 def main() -> None:
     args = parse_args()
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
-    report = {"sizes": args.sizes, "queries": args.queries, "chunk_sentences": args.chunk_sentences, "quick": args.quick,
-              "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()[0]}
-    print(f"load average at start {report['load_average_at_start']:.2f} on {os.cpu_count()} cores "
-          "(anything else running on them inflates every figure below)")
+    report = start_report(sizes=args.sizes, queries=args.queries, chunk_sentences=args.chunk_sentences, quick=args.quick)
     embedder, tokenizer = load_embedder(), load_tokenizer()
     with tempfile.TemporaryDirectory(prefix="deploywise-bench-") as folder:
         root = Path(folder)
@@ -593,14 +610,7 @@ def main() -> None:
             search = bench_search(root, rng, size, pool, args.chunk_sentences, queries, query_vectors, embedder, tokenizer)
             report["search"].append(search)
             print_search(search)
-    report["verdicts"] = verdicts(report)
-    print("\nTARGETS")
-    for item in report["verdicts"]:
-        print(f"  {'PASS' if item['pass'] else 'MISS'}  {item['target']}: {item['value']} (target {item['goal']})")
-    report["load_average_at_end"] = os.getloadavg()[0]
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    print(f"\nload average at end {report['load_average_at_end']:.2f}; total {report['seconds']} s")
-    print(json.dumps(report))
+    finish_report(report, verdicts(report), started)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import pytest
-from databricks_server import FakeDatabricks
 
 from engine.search import hybrid_search
 from engine.sources import SOURCE_ID_PATTERN
@@ -120,7 +118,7 @@ def test_failed_statement_is_a_clear_error_and_stores_nothing(databricks, client
     before = snapshot(kb.connection)
     outcomes = run_uc_import(kb, chunker, client, plans, WAREHOUSE, 100)
     assert [o.errors for o in outcomes] == [
-        [f"reading main.gold.eval_notes: the statement FAILED: [TABLE_OR_VIEW_NOT_FOUND] The table cannot be found."],
+        ["reading main.gold.eval_notes: the statement FAILED: [TABLE_OR_VIEW_NOT_FOUND] The table cannot be found."],
         [f"reading main.gold.deployment_reviews: the statement FAILED: {denied}"],
     ]
     assert snapshot(kb.connection) == before
