@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true")
     ask.set_defaults(handler=_ask)
 
+    snapshot = commands.add_parser("snapshot", help="freeze the knowledge base and replay text into a training dataset snapshot")
+    snapshot.add_argument("--replay-ratio", type=float, default=0.2, help="share of training tokens that is general replay text (default 0.2)")
+    snapshot.add_argument("--validation-share", type=float, default=0.1, help="share of documents held out for validation (default 0.1)")
+    snapshot.add_argument("--json", action="store_true")
+    snapshot.set_defaults(handler=_snapshot)
+
     demo = commands.add_parser("demo", help="prepare the embedded demo workspace")
     demo.add_argument("action", choices=["prepare"])
     demo.set_defaults(handler=_demo)
@@ -236,6 +242,37 @@ def _sources(args, settings) -> int:
         return EXIT_OK
     finally:
         connection.close()
+
+
+def _snapshot(args, settings) -> int:
+    from training.snapshot import SnapshotError, check_settings, snapshot_workspace
+
+    try:
+        check_settings(args.replay_ratio, args.validation_share)
+    except SnapshotError as error:
+        raise UsageError(str(error)) from None
+    try:
+        snapshot = snapshot_workspace(settings, replay_ratio=args.replay_ratio, validation_share=args.validation_share)
+    except SnapshotError as error:
+        print(f"deploywise: {error} (no snapshot written)", file=sys.stderr)
+        return EXIT_PARTIAL
+    splits = snapshot.manifest["splits"]
+    payload = {
+        "id": snapshot.id,
+        "directory": str(snapshot.directory),
+        "train": str(snapshot.train_path),
+        "validation": str(snapshot.validation_path),
+        "created_at": snapshot.manifest["created_at"],
+        "splits": splits,
+    }
+    lines = [f"snapshot {snapshot.id} ({snapshot.manifest['created_at']})", f"  {snapshot.directory}"]
+    lines += [
+        f"  {name}: {split['domain_documents']} documents, {split['domain_tokens']} domain tokens + "
+        f"{split['replay_tokens']} replay tokens ({split['replay_share']:.0%} replay)"
+        for name, split in splits.items()
+    ]
+    _print(args, payload, "\n".join(lines))
+    return EXIT_OK
 
 
 def _demo(args, settings) -> int:
