@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from engine.answers import AnswerRecord, save_answer
-from engine.candidates import CandidatesUnavailable, CandidateSnapshot, candidate_sources, fetch_candidates
+from engine.candidates import CandidatesUnavailable, CandidateSnapshot, candidate_source, fetch_candidates
 from engine.citations import Citation, cited_chunks, find_markers, resolve_citations
 from engine.composer import compose_answer
 from engine.criteria import criteria_for, policy_for
@@ -108,7 +108,6 @@ def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
     timings = {"candidates_ms": _ms(step)}
     if snapshot.error:
         notices.append(age_text(snapshot))
-    refresh_sources(kb.connection, candidate_sources(snapshot))  # a new champion version renames its entry
 
     step = time.perf_counter()
     match = match_use_case(question, snapshot.candidates, kb.embed_queries)
@@ -122,6 +121,7 @@ def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
 
     step = time.perf_counter()
     candidates = snapshot.for_use_case(match.use_case)
+    refresh_sources(kb.connection, [candidate_source(c) for c in candidates])  # a new champion version renames its entry
     criteria, policy = criteria_for(kb.connection, match.use_case), policy_for(kb.connection, match.use_case)
     if not criteria:
         notices.append(f"No acceptance criteria are recorded for {match.use_case}: every candidate passes by default.")

@@ -141,7 +141,12 @@ def _render_text(text: str) -> str:
 def _render_citation(source_id: str, citation: Citation | None) -> str:
     if citation is None or not citation.known:
         return escape_markdown(f"[unknown source: {source_id}]")
-    return f"[{escape_markdown(f'[{citation.number}]')}](<{quote(citation.link, safe=_URL_SAFE)}>)"
+    return _linked(escape_markdown(f"[{citation.number}]"), citation)
+
+
+def _linked(label: str, citation: Citation) -> str:
+    """Markdown link from an already escaped label to where a known citation opens."""
+    return f"[{label}](<{quote(citation.link, safe=_URL_SAFE)}>)"
 
 
 def sources_list(citations: list[Citation]) -> str:
@@ -151,8 +156,8 @@ def sources_list(citations: list[Citation]) -> str:
         if not citation.known:
             lines.append(f"{citation.number}\\. " + escape_markdown(f"unknown source: {citation.source_id}"))
             continue
-        name = f"[{escape_markdown(citation.display_name)}](<{quote(citation.link, safe=_URL_SAFE)}>)"
-        lines.append(f"{citation.number}\\. {name} " + escape_markdown(f"({citation.source_id})"))
+        lines.append(f"{citation.number}\\. {_linked(escape_markdown(citation.display_name), citation)} "
+                     + escape_markdown(f"({citation.source_id})"))
     return "  \n".join(lines)
 
 

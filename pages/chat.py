@@ -5,11 +5,11 @@ import time
 import streamlit as st
 
 from engine.access import current_user_is_admin
-from engine.deep_links import through_entry_point
 from engine.answers import feedback_for, load_answer, save_feedback
 from engine.assistant import QuestionError, draft_stream, finish_answer, prepare_answer
 from engine.chat_views import answer_caption, candidates_frame, criteria_frame
 from engine.citations import escape_markdown, render_answer_markdown, resolve_citations, sources_list
+from engine.deep_links import through_entry_point
 from engine.llm import LlmError, llm_backend
 from engine.workspace import open_knowledge_base
 

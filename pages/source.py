@@ -3,6 +3,7 @@
 import streamlit as st
 
 from engine.candidates import CandidatesUnavailable, fetch_candidates
+from engine.citations import escape_markdown
 from engine.deep_links import through_entry_point
 from engine.source_view import parse_source_id, source_view
 from engine.sources import SourceError
@@ -38,14 +39,14 @@ if view.entry and view.entry.url:
 if view.candidate:
     candidate = view.candidate
     st.subheader(f"{candidate.name}, version {candidate.version}" + (" (champion)" if candidate.alias == "champion" else ""))
-    st.caption(" · ".join(part for part in (candidate.use_case, candidate.task, candidate.family, f"run {candidate.run_id}") if part))
+    st.caption(escape_markdown(" · ".join(part for part in (candidate.use_case, candidate.task, candidate.family, f"run {candidate.run_id}") if part)))
     if candidate.description:
         st.text(candidate.description)
     st.dataframe(view.metric_rows(), hide_index=True, width="stretch")
 elif unavailable:
     st.warning(f"The model registry cannot be read now: {unavailable}")
 for number, chunk in enumerate(view.chunks, start=1):
-    st.caption(f"{chunk.document_title} · `{chunk.source_id}` · part {number} of {len(view.chunks)}")
+    st.caption(escape_markdown(f"{chunk.document_title} · {chunk.source_id} · part {number} of {len(view.chunks)}"))
     st.text(chunk.text)
 if not view.found:
     st.warning("deploywise knows nothing about this source: it is neither in the registry nor in the knowledge base.")
