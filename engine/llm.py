@@ -9,6 +9,7 @@ LLM versions in the MLflow registry (the CPT and SFT jobs write them this way):
   adapter, created with `run_id=` the training run;
 - that run holds the artifact folder `adapter/`: a PEFT adapter saved with `save_pretrained`;
 - the model version carries the tag `base_model`: 'bundled' or the path of a local Hugging Face folder;
+- a version trained on top of another one also carries `parent_version`: its adapter fits the parent merged;
 - the alias `champion` marks the version the chat uses; while no version holds it (before any training) the
   base model answers.
 A version is loaded as base model + adapter, merged (`merge_and_unload`) so it generates at base-model speed.
@@ -44,6 +45,8 @@ ROLES = ("system", "user", "assistant")
 CHAMPION = "champion"
 ADAPTER_ARTIFACT = "adapter"
 BASE_MODEL_TAG = "base_model"
+PARENT_VERSION_TAG = "parent_version"
+MAX_LINEAGE = 32  # parent_version links followed before a registry is taken for corrupt (a loop)
 ALIAS_RECHECK_S = 30.0
 ELISION = " [...] "
 
@@ -91,6 +94,7 @@ class LlmVersion:
     number: str | None = None  # None: the base model itself
     run_id: str | None = None  # the run holding the adapter/ artifact
     tracking_uri: str | None = None
+    parent: LlmVersion | None = None  # the version this one's adapter was trained on, merged
 
     @property
     def label(self) -> str:
@@ -120,18 +124,49 @@ def resolve_llm_version(settings, wanted: str | None = None) -> LlmVersion:
                 number = None
             if number is None:
                 return LlmVersion(settings.base_model)
+    except MlflowException as error:
+        raise LlmError(f"cannot read the LLM versions of {name} from the MLflow registry: {_first_line(error.message)}") from None
+    return registry_version(name, str(number), settings.tracking_uri, settings.mlflow_registry_uri)
+
+
+def registry_version(name: str, number: str, tracking_uri: str, registry_uri: str | None = None) -> LlmVersion:
+    """LLM version `number` of registered model `name`, with the versions it was trained on top of."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    try:
         try:
-            found = client.get_model_version(name, str(number))
+            found = client.get_model_version(name, number)
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
                 raise LlmError(f"the MLflow registry has no LLM version {name}/{number}") from None
             raise
+        return _version_with_lineage(client, name, found, tracking_uri)
     except MlflowException as error:
         raise LlmError(f"cannot read the LLM versions of {name} from the MLflow registry: {_first_line(error.message)}") from None
-    base_model = found.tags.get(BASE_MODEL_TAG)
-    if not base_model or not found.run_id:
-        raise LlmError(f"LLM version {name}/{found.version} needs a run and a '{BASE_MODEL_TAG}' tag to be loaded")
-    return LlmVersion(base_model, name, str(found.version), found.run_id, settings.tracking_uri)
+
+
+def _version_with_lineage(client, name: str, found, tracking_uri: str) -> LlmVersion:
+    """The found model version as an LlmVersion, with the chain of versions it was trained on top of."""
+    from mlflow.exceptions import MlflowException
+
+    chain = [found]
+    while parent := chain[-1].tags.get(PARENT_VERSION_TAG):
+        if len(chain) > MAX_LINEAGE or parent in {str(v.version) for v in chain}:
+            raise LlmError(f"LLM version {name}/{found.version}: its {PARENT_VERSION_TAG} tags form a loop")
+        try:
+            chain.append(client.get_model_version(name, parent))
+        except MlflowException as error:
+            raise LlmError(f"LLM version {name}/{chain[-1].version} names parent version {parent}, "
+                           f"which cannot be read: {_first_line(error)}") from None
+    version = None
+    for link in reversed(chain):
+        base_model = link.tags.get(BASE_MODEL_TAG)
+        if not base_model or not link.run_id:
+            raise LlmError(f"LLM version {name}/{link.version} needs a run and a '{BASE_MODEL_TAG}' tag to be loaded")
+        version = LlmVersion(base_model, name, str(link.version), link.run_id, tracking_uri, version)
+    return version
 
 
 # --- loading --------------------------------------------------------------------------------------------------
@@ -156,12 +191,15 @@ def load_llm(version: LlmVersion) -> LoadedLlm:
     with _loading:
         loaded = _loaded.get(version)
         if loaded is None:
-            model = load_base_model(version.base_model)
-            if version.number is not None:
-                model = _merge_adapter(model, version)
-            loaded = LoadedLlm(version, model.eval(), load_tokenizer(version.base_model))
+            loaded = LoadedLlm(version, build_model(version).eval(), load_tokenizer(version.base_model))
             _loaded[version] = loaded
         return loaded
+
+
+def build_model(version: LlmVersion):
+    """A fresh float32 model of the version: its base with every adapter of its lineage merged, oldest first."""
+    model = load_base_model(version.base_model) if version.parent is None else build_model(version.parent)
+    return model if version.number is None else _merge_adapter(model, version)
 
 
 def load_base_model(base_model: str = BUNDLED):

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = Field(None, description="Bearer token for the endpoint (a Databricks token, say)")
     llm_timeout_s: float = Field(60.0, gt=0, le=3600, description="Timeout of one call to the LLM endpoint")
     llm_max_retries: int = Field(2, ge=0, le=10, description="Retries of a failed call to the LLM endpoint")
+    ray_address: str | None = Field(None, description="Ray Jobs address of an existing cluster (http://head:8265); default RAY_ADDRESS, else a local head the app starts")
+    ray_dashboard_port: int = Field(8265, gt=0, lt=65536, description="Port of the local Ray head's dashboard (the Ray Jobs API)")
+    ray_num_cpus: int | None = Field(None, gt=0, description="CPUs the local Ray head offers to training (default: all)")
+    training_storage_path: str | None = Field(None, description="Where Ray Train keeps checkpoints (default <workspace>/runs; shared storage on a cluster)")
     llm_max_new_tokens: int = Field(320, gt=0, le=8192, description="Longest answer the LLM may generate")
 
     @classmethod
@@ -92,6 +96,13 @@ class Settings(BaseSettings):
     def _endpoint_is_http(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be the http(s) address of a Ray cluster's Jobs API, e.g. http://head:8265")
         return value
 
     @field_validator("llm_version")
@@ -122,6 +133,10 @@ class Settings(BaseSettings):
     @cached_property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{(self.workspace / 'mlflow.db').resolve()}"
+
+    @cached_property
+    def storage_path(self) -> str:
+        return self.training_storage_path or str((self.workspace / "runs").resolve())
 
     @property
     def max_upload_bytes(self) -> int:

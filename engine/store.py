@@ -141,6 +141,27 @@ MIGRATIONS: list[str] = [
         updated_at     TEXT NOT NULL
     );
     """,
+    """
+    CREATE TABLE training_jobs (
+        id             TEXT PRIMARY KEY,
+        kind           TEXT NOT NULL,
+        state          TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelling', 'cancelled')),
+        config         TEXT NOT NULL,
+        config_hash    TEXT NOT NULL,
+        snapshot_id    TEXT NOT NULL,
+        start_from     TEXT NOT NULL,
+        mlflow_run_id  TEXT NOT NULL,
+        ray_address    TEXT NOT NULL,
+        log_location   TEXT NOT NULL,
+        llm_version    TEXT,
+        message        TEXT,
+        created_by     TEXT,
+        created_at     TEXT NOT NULL,
+        updated_at     TEXT NOT NULL,
+        finished_at    TEXT
+    );
+    CREATE INDEX training_jobs_by_state ON training_jobs(state);
+    """,
 ]
 
 

@@ -1,0 +1,176 @@
+"""The Ray job of one training run: `python -m training.run`, started by `training.jobs` through Ray Jobs.
+
+It runs the recipe's worker loop in a Ray Train `TorchTrainer` sized from the cluster's hardware, with
+checkpoints under the storage path and a `FailureConfig`, so a killed worker restarts from its last checkpoint.
+The trainer's run name is the job id: a driver started again for the same job resumes from the same checkpoints
+(Ray Train V2 has no `restore`). On success it registers the adapter as a new LLM version with its lineage and
+ends the job's MLflow run; on failure or cancellation the run ends FAILED or KILLED with the reason as a tag.
+
+Everything the job needs travels in the `JobSpec` (environment variable DEPLOYWISE_JOB_SPEC) and the MLflow run
+(snapshot, config), so the same job runs on the app's local Ray head and on a remote cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from training.config import RaySettings
+
+SPEC_VARIABLE = "DEPLOYWISE_JOB_SPEC"
+KINDS = ("cpt",)
+VERSION_STATUS_TAG = "status"
+CANDIDATE = "candidate"
+LLM_VERSION_TAG = "llm_version"  # set on the run once its version is registered
+FAILURE_TAG = "failure"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: str  # also the Ray Jobs submission id and the Ray Train run name
+    kind: str
+    config: dict  # the recipe's checked configuration, as a mapping
+    config_hash: str
+    run_id: str
+    tracking_uri: str
+    registry_uri: str | None
+    registry_name: str
+    base_model: str  # 'bundled' or a model folder the workers can read
+    start_version: str | None  # LLM version trained on top of, merged; None: the base model
+    snapshot_id: str
+    storage_path: str  # Ray Train's checkpoints: a local folder here, shared storage (s3://, /dbfs) on a cluster
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JobSpec:
+        return cls(**data)
+
+
+def start_model_folder(spec: JobSpec, work: Path) -> Path:
+    """A Hugging Face folder of the model training starts from: the base model, or the start version merged."""
+    from engine.llm import build_model, registry_version
+    from engine.models import BUNDLED, bundled_model_folder
+
+    if spec.start_version is None:
+        return bundled_model_folder() if spec.base_model == BUNDLED else Path(spec.base_model)
+    folder = work / "start-model"
+    version = registry_version(spec.registry_name, spec.start_version, spec.tracking_uri, spec.registry_uri)
+    build_model(version).save_pretrained(folder)
+    return folder
+
+
+def scaling_config(settings: RaySettings, resources: dict):
+    """Workers and CPUs from the cluster's resources: one worker per GPU, else one CPU worker with the CPUs."""
+    from ray.train import ScalingConfig
+
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    workers = settings.num_workers if settings.num_workers != "auto" else max(1, gpus)
+    per_worker = settings.cpus_per_worker if settings.cpus_per_worker != "auto" else max(1, cpus // workers)
+    return ScalingConfig(num_workers=workers, use_gpu=bool(gpus), resources_per_worker={"CPU": per_worker})
+
+
+def run_job(spec: JobSpec) -> str:
+    """Train, register, finish the run; the new LLM version's number."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from training.config import load_cpt_config
+    from training.cpt import train_loop_per_worker
+
+    config = load_cpt_config(spec.config)
+    ray.init(ignore_reinit_error=True, log_to_driver=True)
+    scaling = scaling_config(config.ray, ray.cluster_resources())
+    print(f"deploywise: job {spec.job_id}: {scaling.num_workers} worker(s) x {scaling.resources_per_worker}", flush=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": asdict(spec), "threads": int(scaling.resources_per_worker["CPU"])},
+        scaling_config=scaling,
+        run_config=RunConfig(
+            name=spec.job_id,
+            storage_path=spec.storage_path,
+            failure_config=FailureConfig(max_failures=config.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    trainer.fit()
+    return register_version(spec)
+
+
+def register_version(spec: JobSpec) -> str:
+    """The run's adapter as a new version of the LLM, tagged with its lineage and status `candidate`."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from engine.llm import BASE_MODEL_TAG, PARENT_VERSION_TAG
+    from training.cpt import ADAPTER_ARTIFACT
+
+    client = MlflowClient(tracking_uri=spec.tracking_uri, registry_uri=spec.registry_uri)
+    try:
+        client.create_registered_model(spec.registry_name, description="LLM versions trained by deploywise")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    run = client.get_run(spec.run_id)
+    tags = {
+        BASE_MODEL_TAG: spec.base_model,
+        "snapshot_id": spec.snapshot_id,
+        "config_hash": spec.config_hash,
+        "job_id": spec.job_id,
+        "training": spec.kind,
+        VERSION_STATUS_TAG: CANDIDATE,
+    }
+    if spec.start_version is not None:
+        tags[PARENT_VERSION_TAG] = spec.start_version
+    version = client.create_model_version(
+        spec.registry_name, f"{run.info.artifact_uri}/{ADAPTER_ARTIFACT}", run_id=spec.run_id, tags=tags,
+        description=f"{spec.kind.upper()} job {spec.job_id} on snapshot {spec.snapshot_id}",
+    )
+    client.set_tag(spec.run_id, LLM_VERSION_TAG, str(version.version))
+    return str(version.version)
+
+
+class Cancelled(BaseException):
+    """SIGTERM from `ray job stop`: the job was cancelled."""
+
+
+def main() -> int:
+    from mlflow import MlflowClient
+
+    spec = JobSpec.from_dict(json.loads(os.environ[SPEC_VARIABLE]))
+    client = MlflowClient(tracking_uri=spec.tracking_uri)
+
+    def cancelled(signum, frame):
+        raise Cancelled()
+
+    signal.signal(signal.SIGTERM, cancelled)
+    try:
+        version = run_job(spec)
+    except Cancelled:
+        client.set_tag(spec.run_id, FAILURE_TAG, "cancelled")
+        client.set_terminated(spec.run_id, "KILLED")
+        print(f"deploywise: job {spec.job_id} cancelled", flush=True)
+        return 143
+    except BaseException as error:
+        client.set_tag(spec.run_id, FAILURE_TAG, _one_line(error))
+        client.set_terminated(spec.run_id, "FAILED")
+        raise
+    client.set_terminated(spec.run_id, "FINISHED")
+    print(f"deploywise: job {spec.job_id} registered {spec.registry_name} version {version}", flush=True)
+    return 0
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
