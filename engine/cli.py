@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     snapshot.add_argument("--json", action="store_true")
     snapshot.set_defaults(handler=_snapshot)
 
+    from training.commands import register as register_training
+
+    register_training(commands)
+
     demo = commands.add_parser("demo", help="prepare the embedded demo workspace")
     demo.add_argument("action", choices=["prepare"])
     demo.set_defaults(handler=_demo)

@@ -61,6 +61,7 @@ from engine.decision import decide
 from engine.documents import parse_file
 from engine.ingest import Progress
 from engine.metric_catalog import metric_spec
+from engine.tracking import ensure_experiment
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
 EXPERIMENT = "deploywise-demo-candidates"
@@ -163,7 +164,7 @@ def prepare_demo_registry(settings, on_progress: Progress | None = None) -> list
     pending = [u for u in USE_CASES if not {u.model_name(r) for r in u.recipes} <= current]
     if not pending:
         return []
-    experiment_id = _experiment_id(client, settings)
+    experiment_id = ensure_experiment(client, settings, EXPERIMENT)
     total, done = sum(len(u.recipes) for u in pending), 0
     for use_case in pending:
         X_train, X_test, y_train, y_test = split(use_case)
@@ -330,12 +331,6 @@ def demo_rules() -> ExtractedRules:
     return extract_rules([SimpleNamespace(source_id=s.source.source_id, text=s.text) for s in sections])
 
 
-def _experiment_id(client, settings) -> str:
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifacts = (settings.workspace / "mlartifacts").resolve()
-    return client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
 
 
 def report_path(settings) -> Path:

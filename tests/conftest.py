@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -90,3 +91,39 @@ def table_snapshot(connection) -> dict:
     snapshot["chunk_vectors"] = connection.execute("SELECT chunk_id FROM chunk_vectors ORDER BY 1").fetchall()
     snapshot["chunks_fts"] = connection.execute("SELECT rowid FROM chunks_fts ORDER BY 1").fetchall()
     return {table: [tuple(row) for row in rows] for table, rows in snapshot.items()}
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A real local Ray head with its Jobs API, started the way the app starts it, for the whole session; yields
+    the dashboard port to put in the settings. Any Ray left on this machine is stopped first (a stale session
+    makes `ray start` fail) and at the end; a lock file keeps two test sessions on one machine from doing that to
+    each other."""
+    import fcntl
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from training.jobs import start_local_head
+
+    lock = open(os.path.join(tempfile.gettempdir(), "deploywise-ray-tests.lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.environ.pop("RAY_ADDRESS", None)
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray, "stop", "--force"], capture_output=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start_local_head(load_settings(workspace=tmp_path_factory.mktemp("ray") / "workspace", ray_dashboard_port=port, ray_num_cpus=2))
+    yield port
+    subprocess.run([ray, "stop", "--force"], capture_output=True)
+    lock.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory):
+    """The tiny random Llama of tests/tiny_models.py, saved once per session."""
+    from tiny_models import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")

@@ -83,11 +83,9 @@ class CptConfig:
 
 
 def load_cpt_config(source: Path | str | dict | None = None, **overrides: Any) -> CptConfig:
-    """A checked CptConfig from a YAML file, its text as a mapping, or nothing (the defaults); `overrides` win.
-
-    Raises ConfigError naming every bad key."""
-    raw = _read(source)
-    raw.update(overrides)
+    """A checked CptConfig from a YAML file, its text as a mapping, or nothing (the defaults); `overrides` win
+    (a mapping value such as `lora={"r": 8}` changes only the keys it names). Raises ConfigError naming every bad key."""
+    raw = _merged(_read(source), overrides)
     problems: list[str] = []
     config = _build(CptConfig, raw, "", problems)
     if config is not None:
@@ -116,6 +114,16 @@ def _read(source) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the configuration must be a mapping of keys to values")
     return data
+
+
+def _merged(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 _NESTED = {"lora": LoraSettings, "ray": RaySettings}

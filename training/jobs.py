@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine import store
 from engine.store import transaction, utc_now
+from engine.tracking import ensure_experiment
 from training.config import CptConfig
 from training.cpt import SNAPSHOT_ARTIFACT
 from training.run import FAILURE_TAG, LLM_VERSION_TAG, SPEC_VARIABLE, JobSpec
@@ -122,9 +122,9 @@ def start_local_head(settings, timeout_s: float = 90.0) -> None:
         time.sleep(0.5)
 
 
-def _dashboard_up(address: str) -> bool:
+def _dashboard_up(address: str, timeout_s: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=2) as response:
+        with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=timeout_s) as response:
             return response.status == 200
     except OSError:
         return False
@@ -195,8 +195,7 @@ def submit_cpt(settings, connection, config: CptConfig, *, created_by: str | Non
 
 def _start_run(client, job_id: str, config: CptConfig, snapshot: DatasetSnapshot, settings) -> str:
     """The job's MLflow run, holding its parameters, lineage tags, snapshot manifest and data."""
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+    experiment_id = ensure_experiment(client, settings, EXPERIMENT)
     counts = snapshot.manifest["splits"]
     run = client.create_run(experiment_id, run_name=job_id, tags={
         "job_id": job_id, "training": "cpt", "snapshot_id": snapshot.id, "config_hash": config.config_hash,
@@ -269,11 +268,15 @@ def refresh_jobs(settings, connection) -> list[str]:
     try:
         client = jobs_client(settings, start_local=False)
     except JobError as error:
-        gone = [job for job in unfinished if job.ray_address == cluster_address(settings)]
-        for job in gone:  # the local head is down (a reboot, `ray stop`): its jobs died with it
-            _finish(connection, job.id, "failed", f"the Ray cluster at {job.ray_address} is gone ({error})")
-            _end_run(settings, job.mlflow_run_id, "FAILED", "the Ray cluster is gone")
-        return [] if gone else [str(error)]
+        address = cluster_address(settings)
+        local = not (settings.ray_address or os.environ.get("RAY_ADDRESS"))
+        if not local or _dashboard_up(address, timeout_s=10.0):  # a remote cluster may come back; a busy head is slow
+            return [str(error)]
+        for job in unfinished:  # the local head is down (a reboot, `ray stop`): its jobs died with it
+            if job.ray_address == address:
+                _finish(connection, job.id, "failed", f"the Ray cluster at {address} is gone ({error})")
+                _end_run(settings, job.mlflow_run_id, "FAILED", "the Ray cluster is gone")
+        return []
     problems = []
     for job in unfinished:
         try:
@@ -407,7 +410,3 @@ def _first_line(error: object) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:300] if text else type(error).__name__
 
-
-def open_jobs_database(settings):
-    """The knowledge database's connection, for the CLI and job tests that need nothing else of it."""
-    return store.connect(settings.ensure_workspace() / "knowledge.sqlite")

@@ -1,0 +1,170 @@
+"""`deploywise train cpt` and `deploywise jobs list|logs|cancel`: the console's launch and job controls for
+terminals and scripts (engine.cli registers them; exit codes as there)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import yaml
+
+from training.config import ConfigError, load_cpt_config
+from training.jobs import JobError, cancel_job, get_job, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+POLL_S = 5.0
+
+
+def register(commands) -> None:
+    train = commands.add_parser("train", help="launch a training job on Ray")
+    recipes = train.add_subparsers(dest="recipe", required=True)
+    cpt = recipes.add_parser("cpt", help="continual pretraining of a LoRA/QLoRA adapter on the knowledge base")
+    cpt.add_argument("--config", default="configs/cpt.yaml", help="recipe YAML (default configs/cpt.yaml)")
+    cpt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a key, YAML value syntax (repeatable): --set max_steps=50 --set lora.r=8")
+    cpt.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded")
+    cpt.add_argument("--json", action="store_true")
+    cpt.set_defaults(handler=_train_cpt)
+
+    jobs = commands.add_parser("jobs", help="list training jobs, show a job's log, cancel a job")
+    actions = jobs.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="recorded jobs, newest first, with their state refreshed from Ray")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_jobs_list)
+    logs = actions.add_parser("logs", help="the last lines of a job's log")
+    logs.add_argument("job_id")
+    logs.add_argument("--tail", type=int, default=200)
+    logs.set_defaults(handler=_jobs_logs)
+    cancel = actions.add_parser("cancel", help="stop a queued or running job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(handler=_jobs_cancel)
+
+
+def _usage(message: str):
+    from engine.cli import UsageError
+
+    return UsageError(message)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise _usage(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise _usage(f"--set {pair!r}: the value is not valid YAML") from None
+        *parents, name = key.strip().split(".")
+        target = overrides
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise _usage(f"--set {pair!r}: {parent} is set both as a value and as a mapping")
+        target[name] = parsed
+    return overrides
+
+
+def _database(settings):
+    from engine import store
+
+    return store.connect(settings.ensure_workspace() / "knowledge.sqlite")
+
+
+def _train_cpt(args, settings) -> int:
+    from training.snapshot import SnapshotError
+
+    try:
+        config = load_cpt_config(args.config, **_overrides(args.set))
+    except ConfigError as error:
+        raise _usage(str(error)) from None
+    connection = _database(settings)
+    try:
+        try:
+            job = submit_cpt(settings, connection, config)
+        except (JobError, SnapshotError) as error:
+            raise _usage(str(error)) from None
+        print(f"submitted {job.id} (snapshot {job.snapshot_id}, MLflow run {job.mlflow_run_id})", file=sys.stderr)
+        if args.wait:
+            job = _follow(settings, connection, job.id)
+        _print_job(args, job)
+        return EXIT_PARTIAL if args.wait and job.state != "succeeded" else EXIT_OK
+    finally:
+        connection.close()
+
+
+def _follow(settings, connection, job_id: str):
+    shown = None
+    while True:
+        for problem in refresh_jobs(settings, connection):
+            print(f"warning: {problem}", file=sys.stderr)
+        job = get_job(connection, job_id)
+        progress = job_progress(settings, job)
+        line = f"{job.state}: step {progress.step}/{progress.total_steps or '?'}"
+        if progress.loss:
+            line += f", loss {progress.loss[-1][1]:.4f}"
+        if progress.eta_s is not None:
+            line += f", about {progress.eta_s:.0f} s left"
+        if line != shown:
+            print(line, file=sys.stderr, flush=True)
+            shown = line
+        if job.finished:
+            return job
+        time.sleep(POLL_S)
+
+
+def _job_payload(job) -> dict:
+    return {key: getattr(job, key) for key in ("id", "kind", "state", "snapshot_id", "start_from", "mlflow_run_id",
+                                               "llm_version", "message", "created_at", "finished_at", "log_location")}
+
+
+def _print_job(args, job) -> None:
+    if args.json:
+        print(json.dumps(_job_payload(job), indent=2))
+        return
+    print(f"{job.id}: {job.state}" + (f", LLM version {job.llm_version}" if job.llm_version else "")
+          + (f" ({job.message})" if job.message and job.state != "succeeded" else ""))
+
+
+def _jobs_list(args, settings) -> int:
+    connection = _database(settings)
+    try:
+        problems = refresh_jobs(settings, connection)
+        jobs = list_jobs(connection)
+    finally:
+        connection.close()
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([_job_payload(job) for job in jobs], indent=2))
+    else:
+        for job in jobs:
+            version = f"v{job.llm_version}" if job.llm_version else "-"
+            print(f"{job.id}  {job.state:<10} {job.created_at}  snapshot {job.snapshot_id}  {version}  {job.message or ''}".rstrip())
+    return EXIT_PARTIAL if problems else EXIT_OK
+
+
+def _jobs_logs(args, settings) -> int:
+    connection = _database(settings)
+    try:
+        get_job(connection, args.job_id)
+        print(job_logs(settings, args.job_id, args.tail))
+    except JobError as error:
+        raise _usage(str(error)) from None
+    finally:
+        connection.close()
+    return EXIT_OK
+
+
+def _jobs_cancel(args, settings) -> int:
+    connection = _database(settings)
+    try:
+        job = cancel_job(settings, connection, args.job_id)
+    except JobError as error:
+        raise _usage(str(error)) from None
+    finally:
+        connection.close()
+    print(f"{job.id}: {job.state}")
+    return EXIT_OK
