@@ -21,8 +21,9 @@ pages = {"": [st.Page("pages/chat.py", title="Chat", icon=":material/chat:", def
               st.Page("pages/source.py", title="Source", icon=":material/link:", url_path="source", visibility="hidden")]}
 allowed = {"pages/chat.py", "pages/source.py"}
 if current_user_is_admin():
-    pages["Admin"] = [st.Page("pages/knowledge.py", title="Knowledge", icon=":material/library_books:")]
-    allowed.add("pages/knowledge.py")
+    pages["Admin"] = [st.Page("pages/knowledge.py", title="Knowledge", icon=":material/library_books:"),
+                      st.Page("pages/retraining.py", title="Retraining", icon=":material/model_training:")]
+    allowed |= {"pages/knowledge.py", "pages/retraining.py"}
 navigation = st.navigation(pages)
 resume_requested_page(allowed)
 navigation.run()

@@ -96,3 +96,19 @@ def test_import_sql_from_a_sqlite_file(workspace, tmp_path, capsys):
     assert outcome["table"] == "deployment_reviews" and outcome["added"] > 0
     assert main(["import-sql", "notaurl://", "--json"]) == 1
     assert capsys.readouterr().err.startswith("deploywise: ")
+
+
+def test_train_cpt_refuses_a_bad_config_or_override_before_anything_runs(workspace, tmp_path, capsys):
+    bad = write(tmp_path / "cpt.yaml", b"lora:\n  r: many\nlearning_rat: 1e-4\n")
+    assert main(["train", "cpt", "--config", str(bad)]) == 2
+    error = capsys.readouterr().err
+    assert "lora.r: must be a whole number (got 'many')" in error and "learning_rat: unknown key" in error
+    root = Path(__file__).resolve().parents[1]
+    assert main(["train", "cpt", "--config", str(root / "configs/cpt.yaml"), "--set", "quantization=8bit", "--set", "lora.dropout=1.5"]) == 2
+    assert "quantization: must be 'none' or '4bit'" in capsys.readouterr().err
+    assert main(["train", "cpt", "--set", "max_steps"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["jobs", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # nothing was recorded, nothing submitted
+    assert main(["jobs", "cancel", "cpt-none"]) == 2
+    assert "no training job cpt-none" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def finished_jobs(workspace):
     connection = store.connect(settings.knowledge_db)
     lora = submit_cpt(settings, connection, load_cpt_config(ROOT / "configs/cpt.yaml", max_steps=6, **TINY_RUN))
     qlora = submit_cpt(settings, connection, load_cpt_config(ROOT / "configs/cpt.yaml", max_steps=6, quantization="4bit",
-                                                             snapshot="latest", **TINY_RUN))
+                                                             **TINY_RUN))
     done = {job.id: wait_for(settings, connection, job.id) for job in (lora, qlora)}
     connection.close()
     return done[lora.id], done[qlora.id]
@@ -109,7 +109,7 @@ def test_a_registered_version_loads_as_base_plus_its_merged_adapter(settings_and
 def test_a_job_can_start_from_an_llm_version_and_records_its_parent(settings_and_db, finished_jobs):
     settings, connection = settings_and_db
     parent = finished_jobs[0][0].llm_version
-    job = submit_cpt(settings, connection, load_cpt_config(None, start_from=parent, snapshot="latest", max_steps=3, **TINY_RUN))
+    job = submit_cpt(settings, connection, load_cpt_config(None, start_from=parent, max_steps=3, **TINY_RUN))
     job, _ = wait_for(settings, connection, job.id)
     assert job.state == "succeeded", job.message
     version = resolve_llm_version(settings, job.llm_version)
@@ -121,10 +121,15 @@ def test_a_job_can_start_from_an_llm_version_and_records_its_parent(settings_and
 
 def test_a_killed_worker_resumes_from_its_last_checkpoint_in_the_same_run(settings_and_db):
     settings, connection = settings_and_db
-    config = load_cpt_config(None, snapshot="latest", max_steps=30, **{**TINY_RUN, "eval_steps": 5, "save_steps": 10})
+    config = load_cpt_config(None, max_steps=30, **{**TINY_RUN, "eval_steps": 5, "save_steps": 10})
     job = submit_cpt(settings, connection, config)
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    job, _ = wait_for(settings, connection, job.id, until=lambda job, progress: progress.step >= 13)
+    registered = Path(settings.storage_path) / job.id / "checkpoint_manager_snapshot.json"
+
+    def checkpoint_registered(job, progress) -> bool:  # Ray Train's controller has taken the step-10 checkpoint
+        return progress.step >= 11 and registered.is_file() and "checkpoint_" in registered.read_text()
+
+    job, _ = wait_for(settings, connection, job.id, until=checkpoint_registered)
     killed = int(client.get_run(job.mlflow_run_id).data.tags["ray.worker_pid"])
     os.kill(killed, signal.SIGKILL)
 
@@ -147,7 +152,7 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint_in_the_same_run(settin
 
 def test_a_cancelled_job_stops_and_its_run_is_killed(settings_and_db):
     settings, connection = settings_and_db
-    job = submit_cpt(settings, connection, load_cpt_config(None, snapshot="latest", max_steps=2000, **TINY_RUN))
+    job = submit_cpt(settings, connection, load_cpt_config(None, max_steps=2000, **TINY_RUN))
     wait_for(settings, connection, job.id, until=lambda job, progress: progress.step >= 1)
     assert cancel_job(settings, connection, job.id).state == "cancelling"
     job, _ = wait_for(settings, connection, job.id, timeout_s=60)

@@ -74,8 +74,6 @@ def _database(settings):
 
 
 def _train_cpt(args, settings) -> int:
-    from training.snapshot import SnapshotError
-
     try:
         config = load_cpt_config(args.config, **_overrides(args.set))
     except ConfigError as error:
@@ -84,7 +82,7 @@ def _train_cpt(args, settings) -> int:
     try:
         try:
             job = submit_cpt(settings, connection, config)
-        except (JobError, SnapshotError) as error:
+        except JobError as error:
             raise _usage(str(error)) from None
         print(f"submitted {job.id} (snapshot {job.snapshot_id}, MLflow run {job.mlflow_run_id})", file=sys.stderr)
         if args.wait:

@@ -30,7 +30,7 @@ from engine.tracking import ensure_experiment
 from training.config import CptConfig
 from training.cpt import SNAPSHOT_ARTIFACT
 from training.run import FAILURE_TAG, LLM_VERSION_TAG, SPEC_VARIABLE, JobSpec
-from training.snapshot import DatasetSnapshot, list_snapshots, load_snapshot, snapshot_workspace
+from training.snapshot import DatasetSnapshot, SnapshotError, list_snapshots, load_snapshot, snapshot_workspace
 
 EXPERIMENT = "deploywise-training"
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -133,22 +133,25 @@ def _dashboard_up(address: str, timeout_s: float = 2.0) -> bool:
 # --- launching --------------------------------------------------------------------------------------------------
 
 
-def choose_snapshot(settings, config: CptConfig) -> DatasetSnapshot:
-    """The snapshot the config asks for: made now ('new'), the newest written ('latest') or a given id."""
-    if config.snapshot == "new":
-        return snapshot_workspace(settings, replay_ratio=config.replay_ratio)
-    if config.snapshot == "latest":
+def choose_snapshot(settings, choice: str, replay_ratio: float, *, write: bool = True) -> DatasetSnapshot:
+    """The snapshot a job trains on: made now ('new'; only previewed unless `write`), the newest written
+    ('latest') or a given id. SnapshotError says why there is none."""
+    if choice == "new":
+        return snapshot_workspace(settings, replay_ratio=replay_ratio, write=write)
+    if choice == "latest":
         snapshots = list_snapshots(settings.workspace)
         if not snapshots:
-            raise JobError("snapshot: 'latest' but no snapshot has been written yet; use 'new'")
+            raise SnapshotError("'latest' but no snapshot has been written yet; use 'new'")
         return snapshots[0]
-    return load_snapshot(settings.workspace, config.snapshot)
+    return load_snapshot(settings.workspace, choice)
 
 
 def submit_cpt(settings, connection, config: CptConfig, *, created_by: str | None = None,
                snapshot: DatasetSnapshot | None = None) -> TrainingJob:
-    """Check, snapshot, create the MLflow run, record the job and submit it to Ray; the recorded job."""
+    """Check, snapshot, create the MLflow run, record the job and submit it to Ray; the recorded job.
+    Every refusal is a JobError naming what is wrong; nothing is recorded or submitted then."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from engine.llm import LlmError, registry_version
 
@@ -157,10 +160,16 @@ def submit_cpt(settings, connection, config: CptConfig, *, created_by: str | Non
             registry_version(settings.llm_registry_name, config.start_version, settings.tracking_uri, settings.mlflow_registry_uri)
         except LlmError as error:
             raise JobError(f"start_from: {error}") from None
-    snapshot = snapshot or choose_snapshot(settings, config)
+    try:
+        snapshot = snapshot or choose_snapshot(settings, config.snapshot, config.replay_ratio)
+    except SnapshotError as error:
+        raise JobError(f"snapshot: {error}") from None
     job_id = f"cpt-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    run_id = _start_run(client, job_id, config, snapshot, settings)
+    try:
+        run_id = _start_run(client, job_id, config, snapshot, settings)
+    except (MlflowException, OSError) as error:
+        raise JobError(f"cannot record the job's MLflow run at {settings.tracking_uri}: {_first_line(error)}") from None
     spec = JobSpec(
         job_id=job_id, kind="cpt", config=config.to_dict(), config_hash=config.config_hash, run_id=run_id,
         tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri,
@@ -292,10 +301,10 @@ def refresh_jobs(settings, connection) -> list[str]:
         if state == "running" and job.state == "cancelling":
             continue
         if state in FINAL_STATES:
-            _finish(connection, job.id, state, _outcome(settings, job, state, info.message))
-            if state == "succeeded":
+            if state == "succeeded":  # before the job is final: a final job is never refreshed again
                 _set_version(settings, connection, job)
-            else:
+            _finish(connection, job.id, state, _outcome(settings, job, state, info.message))
+            if state != "succeeded":
                 _end_run(settings, job.mlflow_run_id, "KILLED" if state == "cancelled" else "FAILED", info.message or state)
         elif state != job.state:
             with transaction(connection):

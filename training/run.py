@@ -77,7 +77,7 @@ def scaling_config(settings: RaySettings, resources: dict):
 
 
 def run_job(spec: JobSpec) -> str:
-    """Train, register, finish the run; the new LLM version's number."""
+    """Train and register (Ray is initialised); the new LLM version's number."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -86,7 +86,6 @@ def run_job(spec: JobSpec) -> str:
     from training.cpt import train_loop_per_worker
 
     config = load_cpt_config(spec.config)
-    ray.init(ignore_reinit_error=True, log_to_driver=True)
     scaling = scaling_config(config.ray, ray.cluster_resources())
     print(f"deploywise: job {spec.job_id}: {scaling.num_workers} worker(s) x {scaling.resources_per_worker}", flush=True)
     trainer = TorchTrainer(
@@ -146,19 +145,24 @@ def main() -> int:
 
     spec = JobSpec.from_dict(json.loads(os.environ[SPEC_VARIABLE]))
     client = MlflowClient(tracking_uri=spec.tracking_uri)
+    stopped = []
 
     def cancelled(signum, frame):
+        stopped.append(signum)
         raise Cancelled()
 
-    signal.signal(signal.SIGTERM, cancelled)
     try:
+        import ray
+
+        ray.init(log_to_driver=True)  # joins the job's cluster; installs its own SIGTERM handler, so ours goes after
+        signal.signal(signal.SIGTERM, cancelled)
         version = run_job(spec)
-    except Cancelled:
-        client.set_tag(spec.run_id, FAILURE_TAG, "cancelled")
-        client.set_terminated(spec.run_id, "KILLED")
-        print(f"deploywise: job {spec.job_id} cancelled", flush=True)
-        return 143
-    except BaseException as error:
+    except BaseException as error:  # Ray may wrap the Cancelled raised inside fit(): the flag says what happened
+        if stopped:
+            client.set_tag(spec.run_id, FAILURE_TAG, "cancelled")
+            client.set_terminated(spec.run_id, "KILLED")
+            print(f"deploywise: job {spec.job_id} cancelled", flush=True)
+            return 143
         client.set_tag(spec.run_id, FAILURE_TAG, _one_line(error))
         client.set_terminated(spec.run_id, "FAILED")
         raise

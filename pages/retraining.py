@@ -1,0 +1,305 @@
+"""Retraining (admin): continual pretraining (CPT) of the LLM on the knowledge base, launched and followed here.
+
+Choose the starting model and the settings (checked by `training.config` before anything runs), preview the
+dataset snapshot the job will learn from and what is new since the last run, launch; then follow the jobs: a
+table refreshed every few seconds while a job is unfinished, and for one job its progress, loss, learning rate and
+evaluation curves (from its MLflow run), its log tail, Cancel, and the LLM version it made.
+
+Layout only: the work happens in `training.jobs`, `training.snapshot` and `engine.retraining_views`. The database
+is opened for this run (and for each refresh of the jobs panel) and closed at its end. Errors reaching Ray or
+MLflow show as one warning line; the page stays up.
+"""
+
+import streamlit as st
+
+from engine import retraining_views as views
+from engine.access import current_user_is_admin
+from engine.deep_links import through_entry_point
+from engine.knowledge_base import KnowledgeBase
+from training.config import QUANTIZATIONS, ConfigError
+from training.jobs import JobError, cancel_job, choose_snapshot, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt
+from training.snapshot import SnapshotError, changes_since, list_snapshots
+
+BASE_KEY, YAML_KEY, FLASH_KEY, JOB_KEY = "cpt_base", "cpt_yaml", "cpt_flash", "cpt_job"
+
+
+def changed(message: str) -> None:
+    st.session_state[FLASH_KEY] = message
+    st.rerun()
+
+
+def use_config(config) -> None:
+    """Make a checked config the form's content (called before the form's widgets exist in the run)."""
+    st.session_state[BASE_KEY] = config.to_dict()
+    for key, value in views.form_values(config).items():
+        st.session_state[views.widget_key(key)] = value
+
+
+def uploaded_yaml() -> None:
+    upload = st.session_state.get("cpt_yaml_file")
+    if upload is None:
+        return
+    try:
+        st.session_state[YAML_KEY] = upload.getvalue().decode("utf-8")
+    except UnicodeDecodeError:
+        st.session_state["cpt_yaml_problem"] = f"{upload.name} is not UTF-8 text; the editor is unchanged."
+
+
+def apply_yaml() -> None:
+    try:
+        config = views.config_from_yaml_text(st.session_state.get(YAML_KEY, ""))
+    except ConfigError as error:
+        st.session_state["cpt_yaml_problem"] = views.problems_markdown("The YAML was not applied", error)
+    else:
+        use_config(config)
+        st.session_state[FLASH_KEY] = "The YAML configuration is in the form."
+
+
+def yaml_editor() -> None:
+    with st.expander("Upload or edit the YAML configuration"):
+        st.caption("Keys the form does not show (warmup, scheduler, target modules, Ray workers...) come from here. "
+                   "Apply puts the whole configuration into the form; every key is checked first.")
+        st.file_uploader("YAML file", type=["yaml", "yml"], key="cpt_yaml_file", on_change=uploaded_yaml)
+        st.session_state.setdefault(YAML_KEY, views.default_yaml_text())
+        st.text_area("Configuration (YAML)", key=YAML_KEY, height=320)
+        st.button("Apply to the form", on_click=apply_yaml)
+        if problem := st.session_state.pop("cpt_yaml_problem", None):
+            st.error(problem)
+
+
+def cpt_form(settings, snapshots) -> tuple[dict, bool, bool]:
+    """The form; returns its values by config key, and whether Check or Launch was pressed."""
+    key = views.widget_key
+    try:
+        versions, versions_problem = views.llm_versions(settings), None
+    except Exception as error:  # MLflow unreachable: training from the base model still works
+        versions, versions_problem = [], views.first_line(error)
+    if versions_problem:
+        st.warning(f"Cannot list the LLM versions ({versions_problem}); only the base model is offered.")
+    starts = views.start_options(versions, st.session_state[key("start_from")])
+    snapshot_choices = views.snapshot_options(snapshots, st.session_state[key("snapshot")])
+    with st.form("cpt_form"):
+        left, middle, right = st.columns(3)
+        left.selectbox("Start from", list(starts), key=key("start_from"), format_func=starts.get,
+                       help="The base model, or an LLM version to continue training (it is merged first).")
+        middle.selectbox("Snapshot", list(snapshot_choices), key=key("snapshot"), format_func=snapshot_choices.get,
+                         help="The frozen data the job learns from.")
+        right.number_input("Replay ratio", key=key("replay_ratio"), step=0.05, format="%.2f",
+                           help="Share of general text in the training tokens of a new snapshot (at least 0, below 1).")
+        st.markdown("**Adapter**")
+        columns = st.columns(4)
+        columns[0].selectbox("Quantization", QUANTIZATIONS, key=key("quantization"), help="4bit: QLoRA (NF4 base weights)")
+        columns[1].number_input("LoRA r", key=key("lora.r"), step=1)
+        columns[2].number_input("LoRA alpha", key=key("lora.alpha"), step=1)
+        columns[3].number_input("LoRA dropout", key=key("lora.dropout"), step=0.01, format="%.2f")
+        st.markdown("**Optimisation**")
+        columns = st.columns(4)
+        columns[0].text_input("Learning rate", key=key("learning_rate"), help="e.g. 2e-5")
+        columns[1].number_input("Epochs", key=key("epochs"), step=0.5, format="%.2f")
+        columns[2].number_input("Max steps", key=key("max_steps"), step=1, help="-1: no cap; otherwise the run stops there")
+        columns[3].number_input("Batch size", key=key("batch_size"), step=1, help="Sequences per step and worker")
+        columns = st.columns(4)
+        columns[0].number_input("Gradient accumulation", key=key("gradient_accumulation_steps"), step=1)
+        columns[1].number_input("Sequence length", key=key("max_seq_length"), step=64, help="Packed block length in tokens")
+        columns[2].number_input("Eval steps", key=key("eval_steps"), step=1, help="Validation loss and perplexity every N steps")
+        columns[3].number_input("Save steps", key=key("save_steps"), step=1, help="Checkpoint every N steps (a multiple of eval steps)")
+        check_column, launch_column = st.columns(2)
+        check = check_column.form_submit_button("Check and preview", width="stretch")
+        launch = launch_column.form_submit_button("Launch", type="primary", width="stretch")
+    values = {name: st.session_state[key(name)] for name in views.FORM_KEYS}
+    return values, check, launch
+
+
+def launch_job(settings, connection, config) -> None:
+    user = (st.user.get("email") or st.user.get("name")) if st.user.get("is_logged_in") else None  # None until login
+    with st.spinner("Launching: snapshot, MLflow run, Ray job (starting the local Ray head takes ~10 s the first time)"):
+        try:
+            job = submit_cpt(settings, connection, config, created_by=user)
+        except JobError as error:
+            st.error(f"Not launched: {views.first_line(error)}")
+            return
+        except Exception as error:  # MLflow or the disk said no
+            st.error(f"Not launched: {type(error).__name__}: {views.first_line(error)}")
+            return
+    st.session_state[JOB_KEY] = job.id
+    changed(f"Job {job.id} launched on snapshot {job.snapshot_id}.")
+
+
+def cached(name: str, key: tuple, compute):
+    """compute() once per key in this session; a failure is kept (and shown) as the result too."""
+    store = st.session_state.setdefault(name, {})
+    if key not in store:
+        if len(store) > 8:
+            store.clear()
+        try:
+            store[key] = compute()
+        except Exception as error:  # no documents, an unreadable snapshot or tokenizer: said, not crashed
+            store[key] = error
+    return store[key]
+
+
+def problem_text(error: Exception) -> str:
+    return views.first_line(error) if isinstance(error, SnapshotError) else f"{type(error).__name__}: {views.first_line(error)}"
+
+
+def snapshot_preview(settings, connection, config, jobs, snapshots) -> None:
+    st.subheader("Snapshot")
+    fingerprint = views.knowledge_fingerprint(connection)
+    if config is None:
+        st.info("The preview follows the form once its settings are valid.")
+    else:
+        with st.spinner("Counting the snapshot's documents and tokens"):
+            key = (config.snapshot, config.replay_ratio, fingerprint, settings.base_model, snapshots[0].id if snapshots else None)
+            preview = cached("cpt_previews", key,
+                             lambda: choose_snapshot(settings, config.snapshot, config.replay_ratio, write=False))
+        if isinstance(preview, Exception):
+            st.warning(f"No snapshot to train on: {problem_text(preview)}")
+        else:
+            summary = views.snapshot_summary(preview.manifest)
+            for column, (label, value) in zip(st.columns(len(summary)), summary.items(), strict=True):
+                column.metric(label, value)
+            st.dataframe(views.snapshot_table(preview.manifest), hide_index=True, width="stretch")
+            written = "already written: a job on it learns exactly this data" if preview.exists else "written at launch"
+            st.caption(f"Snapshot `{preview.id}` ({written}) · replay ratio {preview.manifest['config']['replay_ratio']:g} "
+                       f"of general text ({preview.manifest['config']['replay_source']['name']}).")
+    reference, job = views.reference_snapshot(jobs, snapshots)
+    if reference is None:
+        st.caption("No snapshot has been made yet: everything in the knowledge base is new.")
+        return
+    changes = cached("cpt_changes", (reference.id, fingerprint),
+                     lambda: changes_since(reference, KnowledgeBase(connection, embedder=None)))
+    if isinstance(changes, Exception):
+        st.warning(f"Cannot compare with snapshot `{reference.id}`: {problem_text(changes)}")
+        return
+    since = f"job {job.id}'s snapshot `{reference.id}`" if job else f"snapshot `{reference.id}`"
+    st.markdown(f"**New since {since}:** {views.changes_summary(changes)} document(s)")
+    if rows := views.changes_rows(changes):
+        with st.expander("Which documents"):
+            st.dataframe(rows, hide_index=True, width="stretch")
+
+
+def jobs_panel(settings, polling: bool) -> None:
+    """The jobs table and the chosen job; a fragment, rerun every few seconds while a job is unfinished."""
+    connection = views.open_database(settings)
+    try:
+        try:
+            problems = refresh_jobs(settings, connection)
+        except Exception as error:  # a Ray or MLflow failure must not take the page down
+            problems = [f"{type(error).__name__}: {views.first_line(error)}"]
+        for problem in problems:
+            st.warning(f"Job states may be out of date: {problem}")
+        jobs = list_jobs(connection)
+        if polling != bool(views.unfinished(jobs)):
+            st.rerun()  # start or stop polling
+        if not jobs:
+            st.info("No training job yet: launch one above.")
+            return
+        progress, problems = views.table_progress(settings, jobs, st.session_state.setdefault("cpt_progress", {}), job_progress)
+        if problems:
+            st.warning(f"Progress unavailable for {len(problems)} job(s): {problems[0]}")
+        st.dataframe(views.jobs_frame(jobs, progress, settings.llm_registry_name), hide_index=True, width="stretch")
+        by_id = {job.id: job for job in jobs}
+        if st.session_state.get(JOB_KEY) not in by_id:
+            st.session_state[JOB_KEY] = jobs[0].id
+        chosen = by_id[st.selectbox("Job", list(by_id), key=JOB_KEY, format_func=lambda i: views.job_label(by_id[i]))]
+        job_detail(settings, connection, chosen, progress.get(chosen.id))
+    finally:
+        connection.close()
+
+
+def job_detail(settings, connection, job, progress) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{job.id}** · {job.state} · started {views.format_time(job.created_at)}"
+                    + (f" by {job.created_by}" if job.created_by else "")
+                    + f" · from {'the base model' if job.start_from == 'base' else 'version ' + job.start_from}"
+                    + f" · snapshot `{job.snapshot_id}`")
+        if job.state == "succeeded":
+            version = views.version_label(settings.llm_registry_name, job) or "no version recorded"
+            url = views.model_version_url(settings, job.llm_version) if job.llm_version else None
+            st.success(f"LLM version **{f'[{version}]({url})' if url else version}** (candidate) · MLflow run `{job.mlflow_run_id}`")
+        elif job.state == "failed":
+            st.error(f"Failed: {job.message or 'no reason recorded'}")
+        elif job.state == "cancelled":
+            st.info(f"Cancelled: {job.message or ''}")
+        if progress is None:
+            st.warning("Its MLflow run cannot be read now; progress and curves are unavailable.")
+        else:
+            st.progress(views.progress_fraction(progress, job), text=views.progress_text(progress, job))
+            curves = {
+                "Training loss": views.curve_frame({"loss": progress.loss}),
+                "Learning rate": views.curve_frame({"learning rate": progress.learning_rate}),
+                "Evaluation perplexity": views.curve_frame(progress.eval_perplexity),
+            }
+            for column, (title, frame) in zip(st.columns(3), curves.items(), strict=True):
+                with column:
+                    st.markdown(f"**{title}**")
+                    if frame.empty:
+                        st.caption("Nothing logged yet.")
+                    else:
+                        st.line_chart(frame, x_label="step", height=220)
+        if not job.finished and job.state != "cancelling" and st.button("Cancel job", key=f"cancel_{job.id}"):
+            try:
+                cancel_job(settings, connection, job.id)
+            except JobError as error:
+                st.error(f"Not cancelled: {error}")
+            else:
+                changed(f"Job {job.id} is being cancelled.")
+        with st.expander("Log tail"):
+            try:
+                st.code(job_logs(settings, job.id, views.LOG_TAIL_LINES) or "(empty)", language=None, height=320)
+            except JobError as error:
+                st.caption(f"No log: {error}. The job's record says: `{job.log_location}`.")
+        with st.expander("Configuration"):
+            st.caption(f"config hash `{job.config_hash}` · MLflow run `{job.mlflow_run_id}` · Ray `{job.ray_address}`")
+            st.json(job.config, expanded=False)
+
+
+through_entry_point("pages/retraining.py")
+if not current_user_is_admin():
+    st.error("The Retraining page is for administrators.")
+    st.stop()
+
+settings = st.session_state["settings"]
+st.title("Retraining")
+st.caption("Continual pretraining (CPT) of the LLM on the knowledge base: a LoRA adapter trained as a Ray job; "
+           "each successful job registers a new candidate LLM version.")
+if message := st.session_state.pop(FLASH_KEY, None):
+    st.success(message)
+
+if BASE_KEY not in st.session_state:
+    default, problem = views.default_config()
+    if problem:
+        st.error(f"{views.DEFAULT_CONFIG_PATH.name} cannot be used ({problem}); the form starts from the built-in defaults.")
+    st.session_state[BASE_KEY] = default.to_dict()
+for name, value in views.form_values(views.config_from_form(st.session_state[BASE_KEY], {})).items():
+    st.session_state.setdefault(views.widget_key(name), value)  # kept while the admin edits; reset after navigation
+
+connection = views.open_database(settings)
+try:
+    try:
+        snapshots = list_snapshots(settings.workspace)
+    except Exception as error:  # a damaged snapshot folder must not hide the jobs
+        snapshots = []
+        st.warning(f"Cannot list the written snapshots: {problem_text(error)}")
+    st.subheader("New CPT job")
+    yaml_editor()
+    values, check, launch = cpt_form(settings, snapshots)
+    try:
+        config = views.config_from_form(st.session_state[BASE_KEY], values)
+    except ConfigError as error:
+        config = None
+        if check or launch:
+            st.error(views.problems_markdown("Not launched; fix these settings" if launch else "Fix these settings", error))
+    else:
+        if launch:
+            launch_job(settings, connection, config)
+        st.download_button("Download these settings as YAML", views.config_yaml(config), file_name="cpt.yaml",
+                           mime="application/yaml")
+    jobs = list_jobs(connection)
+    snapshot_preview(settings, connection, config, jobs, snapshots)
+finally:
+    connection.close()
+
+st.subheader("Jobs")
+polling = views.polling_interval(jobs)
+st.fragment(jobs_panel, run_every=polling)(settings, polling is not None)
