@@ -117,7 +117,7 @@ def test_malformed_values_are_named_and_nothing_is_launched(documents, workspace
     [error] = at.error
     assert error.value.startswith("Not launched; fix these settings:")
     assert "- batch_size: must be a whole number >= 1 (got 0)" in error.value
-    assert "- save_steps: must be a multiple of eval_steps (20)" in error.value
+    assert "- save_steps: must be a multiple of eval_steps (10)" in error.value
     assert "The preview follows the form once its settings are valid." in texts(at, "info")
     assert job_rows() == []
     assert not (workspace / "snapshots").exists()

@@ -56,13 +56,13 @@ class CptConfig:
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
-    epochs: float = 1.0
+    epochs: float = 3.0
     max_steps: int = -1  # > 0 caps the run (smoke tests, benchmarks)
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
     max_seq_length: int = 512
-    eval_steps: int = 20
-    save_steps: int = 20
+    eval_steps: int = 10
+    save_steps: int = 10
     logging_steps: int = 1
     seed: int = 42
     ray: RaySettings = field(default_factory=RaySettings)
