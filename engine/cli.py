@@ -90,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     from training.commands import register as register_training
 
     register_training(commands)
+    from eval.commands import register as register_eval; register_eval(commands)  # noqa: E702
+    from engine.versions_commands import register as register_versions
+
+    register_versions(commands)
+
+    from engine.local_admin import register as register_admin
+
+    register_admin(commands)
 
     demo = commands.add_parser("demo", help="prepare the embedded demo workspace")
     demo.add_argument("action", choices=["prepare"])

@@ -16,6 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from engine.access import require_admin
 from engine.sources import SOURCE_ID_PATTERN
 from engine.store import transaction, utc_now
 
@@ -155,6 +156,7 @@ def rebuild_extracted_rules(connection) -> ExtractedRules:
 
 def discard_review(connection, use_case: str) -> ExtractedRules:
     """Give a use case back to its document: drop the admin's rows and extract the rules afresh."""
+    require_admin("editing acceptance criteria")
     with transaction(connection):
         connection.execute("DELETE FROM acceptance_criteria WHERE use_case = ?", (use_case,))
         connection.execute("DELETE FROM use_case_policies WHERE use_case = ?", (use_case,))
@@ -187,6 +189,7 @@ def ruled_use_cases(connection) -> list[str]:
 
 def save_reviewed_rules(connection, use_case: str, criteria: list[AcceptanceCriterion], policy: UseCasePolicy | None) -> None:
     """An admin's reviewed version of one use case's rules replaces what was there, in one transaction."""
+    require_admin("editing acceptance criteria")
     if any(c.use_case != use_case for c in criteria) or (policy and policy.use_case != use_case):
         raise CriteriaError(f"every row must belong to use case {use_case!r}")
     keys = [(c.metric, c.comparison) for c in criteria]

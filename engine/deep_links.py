@@ -21,8 +21,10 @@ def through_entry_point(page: str) -> None:
     st.switch_page("streamlit_app.py")
 
 
-def resume_requested_page(allowed: set[str]) -> None:
-    """Call in the entry point after st.navigation: shows the page a deep link asked for, if allowed."""
+def resume_requested_page(allowed: set[str]) -> tuple[str, dict] | None:
+    """Call in the entry point after st.navigation: shows the page a deep link asked for, if allowed; returns a
+    request it refused (the page and its query parameters), None when there was none."""
     requested = st.session_state.pop(REQUEST_KEY, None)
     if requested and requested[0] in allowed:
         st.switch_page(requested[0], query_params=requested[1] or None)
+    return requested

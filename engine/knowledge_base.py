@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from engine import store
+from engine.access import require_admin
 from engine.chunking import Chunk
 from engine.criteria import rebuild_extracted_rules
 from engine.documents import ParsedDocument
@@ -104,6 +105,7 @@ class KnowledgeBase:
 
     def store_document(self, document: ParsedDocument, chunks: list[Chunk]) -> StoreOutcome:
         """Add a document, replace the older version from the same origin, or do nothing for known content."""
+        require_admin("ingesting documents")
         existing = self.document_by_sha(document.sha256)
         if existing is not None:
             count = self.connection.execute("SELECT count(*) FROM chunks WHERE document_id = ?", (existing,)).fetchone()[0]
@@ -138,6 +140,7 @@ class KnowledgeBase:
 
     def edit_chunk(self, chunk_id: int, text: str) -> StoredChunk:
         """Replace a chunk's text and re-index it (full text by trigger, vector here), marking it edited."""
+        require_admin("editing a chunk")
         text = text.strip()
         if not text:
             raise ValueError("a chunk cannot be empty; delete it instead")
@@ -159,6 +162,7 @@ class KnowledgeBase:
 
     def delete_chunk(self, chunk_id: int) -> None:
         """Delete one chunk (its index entries go by trigger); a document left without chunks goes too."""
+        require_admin("deleting a chunk")
         current = self.chunk(chunk_id)
         with store.transaction(self.connection):
             self.connection.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
@@ -170,6 +174,7 @@ class KnowledgeBase:
                 rebuild_extracted_rules(self.connection)
 
     def delete_document(self, document_id: int) -> bool:
+        require_admin("deleting a document")
         with store.transaction(self.connection):
             rules_change = self._holds_rules("d.id = ?", document_id)
             deleted = self.connection.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount > 0
@@ -242,6 +247,7 @@ class KnowledgeBase:
         return knowledge_stats(self.connection)
 
     def register_sources(self, sources: list[Source], *, overwrite: bool = True) -> int:
+        require_admin("editing the source registry")
         return upsert_sources(self.connection, sources, overwrite=overwrite)
 
 

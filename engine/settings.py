@@ -9,10 +9,10 @@ from __future__ import annotations
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "DEPLOYWISE_"
 SECRETS_FILE = Path(".streamlit/secrets.toml")
@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = Field(None, gt=0, description="CPUs the local Ray head offers to training (default: all)")
     training_storage_path: str | None = Field(None, description="Where Ray Train keeps checkpoints (default <workspace>/runs; shared storage on a cluster)")
     llm_max_new_tokens: int = Field(320, gt=0, le=8192, description="Longest answer the LLM may generate")
+    admin_emails: Annotated[list[str], NoDecode] = Field(
+        [], description="Emails of the administrators when users log in through OIDC (st.login), comma-separated")
+    admin_user: str = Field("admin", min_length=1, max_length=64, pattern=r"^[^\s]+$",
+                            description="User name of the local administrator account (when no OIDC provider is configured)")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -105,6 +109,17 @@ class Settings(BaseSettings):
             raise ValueError("must be the http(s) address of a Ray cluster's Jobs API, e.g. http://head:8265")
         return value
 
+    @field_validator("admin_emails", mode="before")
+    @classmethod
+    def _emails_from_list_or_commas(cls, value: Any) -> list[str]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError("must be comma-separated emails")
+        emails = [str(item).strip().lower() for item in items if str(item).strip()]
+        if bad := [email for email in emails if email.count("@") != 1 or email.startswith("@") or email.endswith("@")]:
+            raise ValueError(f"not an email: {', '.join(bad)}")
+        return emails
+
     @field_validator("llm_version")
     @classmethod
     def _version_is_known_form(cls, value: str) -> str:
@@ -129,6 +144,11 @@ class Settings(BaseSettings):
     @cached_property
     def knowledge_db(self) -> Path:
         return self.workspace / "knowledge.sqlite"
+
+    @cached_property
+    def admin_file(self) -> Path:
+        """The local administrator's account: user name and bcrypt hash, mode 600 (see engine/local_admin.py)."""
+        return self.workspace / "admin.json"
 
     @cached_property
     def tracking_uri(self) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from urllib.parse import urlparse
 
+from engine.access import require_admin
 from engine.store import transaction, utc_now
 
 SOURCE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]*:[A-Za-z0-9._\-:/]+$")
@@ -82,6 +83,7 @@ def write_sources(connection, sources: list[Source], *, overwrite: bool) -> int:
 
 def replace_sources(connection, upserts: list[Source], deletions: list[str]) -> tuple[int, int]:
     """An admin's registry edit as one transaction: rows written and rows deleted, or nothing at all."""
+    require_admin("editing the source registry")
     with transaction(connection):
         written = write_sources(connection, upserts, overwrite=True)
         deleted = sum(
@@ -202,4 +204,5 @@ def _cell(value) -> str:
 
 def import_csv(connection, data: bytes | str) -> int:
     """Replace or add registry entries from a CSV; a file with any bad row changes nothing."""
+    require_admin("importing the source registry")
     return upsert_sources(connection, parse_csv(data), overwrite=True)

@@ -162,6 +162,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX training_jobs_by_state ON training_jobs(state);
     """,
+    # 5: the admin's review of flagged answers (engine.feedback_review): one row per answer once reviewed
+    """
+    CREATE TABLE feedback_reviews (
+        answer_id   INTEGER PRIMARY KEY REFERENCES answers(id) ON DELETE CASCADE,
+        state       TEXT NOT NULL CHECK (state IN ('pending', 'accepted', 'rejected')),
+        correction  TEXT,
+        note        TEXT,
+        reviewer    TEXT,
+        reviewed_at TEXT NOT NULL,
+        CHECK (state != 'accepted' OR length(trim(coalesce(correction, ''))) > 0)
+    );
+    CREATE INDEX feedback_reviews_by_state ON feedback_reviews(state);
+    """,
 ]
 
 

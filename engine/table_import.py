@@ -8,6 +8,7 @@ from typing import Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from engine.access import require_admin
 from engine.ingest import Progress
 from engine.tables import TableImportError, TableOutcome, TablePlan
 
@@ -43,6 +44,7 @@ def table_source(kind: Literal["unity_catalog", "sql"], location: str, tables: s
 
 def plan_tables(settings, source: TableSource) -> list[TablePlan]:
     """Detect each table's columns and likely text columns; reads a small sample, stores nothing."""
+    require_admin("importing tables")
     tables = list(source.tables) if source.tables else None
     if source.kind == "unity_catalog":
         from engine.unity_catalog import plan_uc_import, workspace_client
@@ -75,6 +77,7 @@ def run_table_import(
     settings, kb, chunker, source: TableSource, plans: list[TablePlan], on_progress: Progress | None = None, row_limit: int | None = None
 ) -> list[TableOutcome]:
     """Read the planned tables' rows (up to the configured limit) into the knowledge base."""
+    require_admin("importing tables")
     limit = row_limit or settings.import_row_limit
     if source.kind == "unity_catalog":
         from engine.unity_catalog import run_uc_import, workspace_client

@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine import knowledge_views as views
 from engine import table_import
-from engine.access import current_user_is_admin
+from engine.access import require_admin_page
 from engine.criteria import COMPARISONS, CriteriaError, criteria_for, discard_review, policy_for, ruled_use_cases, save_reviewed_rules
 from engine.deep_links import through_entry_point
 from engine.documents import SUPPORTED_SUFFIXES
@@ -294,9 +294,7 @@ def criteria_tab(kb) -> None:
 
 
 through_entry_point("pages/knowledge.py")
-if not current_user_is_admin():
-    st.error("The Knowledge page is for administrators.")
-    st.stop()
+require_admin_page("Knowledge")
 
 settings = st.session_state["settings"]
 kb = open_knowledge_base(settings)

@@ -12,8 +12,9 @@ MLflow show as one warning line; the page stays up.
 
 import streamlit as st
 
+from engine import feedback_review as review
 from engine import retraining_views as views
-from engine.access import current_user_is_admin
+from engine.access import require_admin_page
 from engine.deep_links import through_entry_point
 from engine.knowledge_base import KnowledgeBase
 from training.config import QUANTIZATIONS, ConfigError
@@ -255,9 +256,7 @@ def job_detail(settings, connection, job, progress) -> None:
 
 
 through_entry_point("pages/retraining.py")
-if not current_user_is_admin():
-    st.error("The Retraining page is for administrators.")
-    st.stop()
+require_admin_page("Retraining")
 
 settings = st.session_state["settings"]
 st.title("Retraining")
@@ -281,6 +280,11 @@ try:
     except Exception as error:  # a damaged snapshot folder must not hide the jobs
         snapshots = []
         st.warning(f"Cannot list the written snapshots: {problem_text(error)}")
+    reference = review.trained_snapshot(list_jobs(connection), snapshots)  # what the last job learns from
+    changes = reference and cached("cpt_changes", (reference.id, views.knowledge_fingerprint(connection)),
+                                   lambda: changes_since(reference, KnowledgeBase(connection, embedder=None)))
+    if (suggestion := review.retraining_suggestion(connection, reference, changes)).due:
+        st.info(suggestion.message, icon=":material/tips_and_updates:")
     st.subheader("New CPT job")
     yaml_editor()
     values, check, launch = cpt_form(settings, snapshots)

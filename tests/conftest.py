@@ -28,6 +28,22 @@ def _isolated_settings(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def _admin_sessions(request, monkeypatch):
+    """Streamlit sessions in tests (AppTest) are a logged-in administrator, as the app's pages expect; tests of
+    access control itself ask for `real_access` and get real sessions (anonymous until they log in). Test-only:
+    the app has no setting that makes everyone an administrator."""
+    from engine import access
+
+    if "real_access" not in request.fixturenames:
+        monkeypatch.setattr(access, "session_identity", lambda: access.Identity("test-admin", "local", True))
+
+
+@pytest.fixture
+def real_access():
+    """Real access control in this test's Streamlit sessions (see `_admin_sessions`)."""
+
+
 @pytest.fixture
 def settings(tmp_path):
     settings = load_settings(workspace=tmp_path / "workspace")

@@ -25,6 +25,7 @@ from tests.openai_server import OpenAIServer, decided_model, faithful_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ADMIN_PASSWORD = "browser test password"
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 
 
@@ -81,6 +82,8 @@ def server(tmp_path):
         "# Tumour screening\nThe p95 latency budget is 10 ms; <script>alert('x')</script> stays text.\n"
     )
     assert all(o.ok for o in ingest_paths(load_settings(workspace=workspace), [tmp_path / "docs"]))
+    subprocess.run([str(Path(sys.executable).with_name("deploywise")), "admin", "set-password"], input=ADMIN_PASSWORD + "\n",
+                   env={**os.environ, "DEPLOYWISE_WORKSPACE": str(workspace)}, text=True, check=True, capture_output=True)
     with running_app(workspace) as url:
         yield url
 
@@ -118,7 +121,11 @@ def page():
 
 
 def test_deep_link_to_the_knowledge_page_and_search(server, page):
-    page.goto(f"{server}/knowledge")
+    page.goto(f"{server}/knowledge")  # an admin page: the Log in page first, then the page itself
+    page.get_by_text("The Knowledge page is for administrators. Log in as an administrator to open it.").wait_for(timeout=90_000)
+    assert page.get_by_role("heading", name="Knowledge").count() == 0
+    page.get_by_role("textbox", name="Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
     page.get_by_role("heading", name="Knowledge").wait_for(timeout=90_000)
     assert page.get_by_text("KeyError").count() == 0
     nav = page.get_by_test_id("stSidebarNav")

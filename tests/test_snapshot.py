@@ -6,13 +6,16 @@ import json
 
 import pytest
 
+from engine.answers import AnswerRecord, save_answer, save_feedback
 from engine.cli import main
+from engine.feedback_review import accept, reject, reopen, save_correction, text_digest
 from engine.ingest import ingest_one
 from engine.knowledge_base import KnowledgeBase
 from engine.models import load_tokenizer
 from engine.settings import load_settings
 from training.snapshot import (
     SnapshotError,
+    accepted_corrections,
     build_snapshot,
     changes_since,
     list_snapshots,
@@ -20,6 +23,7 @@ from training.snapshot import (
     read_split,
     snapshot_workspace,
     snapshots_dir,
+    tokenizer_name,
 )
 
 
@@ -156,3 +160,80 @@ def test_cli_refuses_a_bad_ratio_with_exit_code_2(demo_settings, monkeypatch, ca
     assert main(["snapshot", "--replay-ratio", "1.5"]) == 2
     assert "replay ratio" in capsys.readouterr().err
     assert not snapshots_dir(demo_settings.workspace).exists()
+
+
+# --- accepted corrections of flagged answers ------------------------------------------------------------------------
+
+
+def flag(connection, question: str, right: str) -> int:
+    """A stored answer with a thumbs-down and the user's right answer."""
+    answer_id = save_answer(connection, AnswerRecord(
+        id=None, asked_at="2025-03-01T09:30:00+00:00", question=question, use_case="tumor-screening",
+        answer="Recommendation: ts-forest.", answer_origin="llm", llm_version="base", recommended_model="ts-forest",
+        candidates=[{"name": "ts-boosting", "version": "2", "alias": "champion", "family": "gradient-boosting",
+                     "metrics": {"roc_auc": 0.9972}, "source_id": "registry:ts-boosting"}],
+        decision={"recommended": "ts-boosting", "candidates": [{"name": "ts-boosting", "standing": "recommended"}]}))
+    save_feedback(connection, answer_id, 0, "wrong model", right)
+    return answer_id
+
+
+def corrections_in(snapshot) -> dict[str, list[dict]]:
+    return {split: [r for r in read_split(snapshot, split) if r["kind"] == "correction"] for split in ("train", "validation")}
+
+
+def test_accepted_corrections_join_the_next_snapshots_train_split_and_change_its_id(demo_settings):
+    before = snapshot_workspace(demo_settings)
+    assert before.manifest["corrections"] == 0 and before.manifest["correction_documents"] == []
+    kb = KnowledgeBase.open(demo_settings)
+    try:
+        accepted = flag(kb.connection, "Which model for tumour screening?", "Deploy ts-boosting, the champion.")
+        rejected = flag(kb.connection, "Which model for digits?", "Deploy the CNN.")
+        pending = flag(kb.connection, "Which model for diabetes?", "Deploy the ridge model.")
+        reject(kb.connection, rejected)
+        save_correction(kb.connection, pending, "Deploy the ridge model, checked.")
+        assert preview_snapshot(kb, load_tokenizer("bundled"), demo_settings.workspace, tokenizer_label=tokenizer_name("bundled")).id == before.id
+        accept(kb.connection, accepted, note="matches the decision log")
+        [record] = accepted_corrections(kb.connection)
+    finally:
+        kb.connection.close()
+
+    after = snapshot_workspace(demo_settings)
+    assert after.id != before.id
+    found = corrections_in(after)
+    assert found == {"train": [record], "validation": []}  # train only: see training.snapshot
+    assert record == {"kind": "correction", "source_id": f"correction:answer-{accepted}", "document": f"correction:answer-{accepted}",
+                      "text": record["text"]}
+    assert record["text"].startswith("Question: Which model for tumour screening?")
+    assert record["text"].endswith("Deploy ts-boosting, the champion.") and "ts-boosting version 2 (champion)" in record["text"]
+    assert "Deploy the CNN" not in after.train_path.read_text() + after.validation_path.read_text()
+    assert "ridge" not in after.train_path.read_text() + after.validation_path.read_text()
+
+    tokens = token_count(record["text"])
+    assert after.manifest["corrections"] == 1
+    assert after.manifest["correction_documents"] == [{"document": f"correction:answer-{accepted}", "split": "train",
+                                                       "text_sha256": text_digest(record["text"]), "tokens": tokens}]
+    train, validation = after.manifest["splits"]["train"], after.manifest["splits"]["validation"]
+    assert (train["correction_documents"], train["correction_tokens"]) == (1, tokens)
+    assert train["domain"]["correction"] == {"documents": 1, "tokens": tokens}
+    assert (validation["correction_documents"], validation["correction_tokens"]) == (0, 0)
+    assert train["domain_tokens"] == before.manifest["splits"]["train"]["domain_tokens"] + tokens
+    assert validation == before.manifest["splits"]["validation"]
+    assert train["replay_share"] == pytest.approx(0.2, abs=0.01)  # replay stays 20% of the training tokens
+    assert [doc["origin"] for doc in after.manifest["documents"]] == [doc["origin"] for doc in before.manifest["documents"]]
+
+
+def test_reopening_a_correction_takes_it_out_and_gives_back_the_old_id(demo_settings):
+    before = snapshot_workspace(demo_settings, write=False)
+    kb = KnowledgeBase.open(demo_settings)
+    try:
+        answer_id = flag(kb.connection, "Which model for tumour screening?", "Deploy ts-boosting.")
+        accept(kb.connection, answer_id)
+        with_it = snapshot_workspace(demo_settings, write=False)
+        reopen(kb.connection, answer_id)
+        assert snapshot_workspace(demo_settings, write=False).id == before.id  # content-addressed: same data, same id
+        accept(kb.connection, answer_id, "Deploy ts-boosting after the calibration check.")
+        edited = snapshot_workspace(demo_settings)
+    finally:
+        kb.connection.close()
+    assert len({before.id, with_it.id, edited.id}) == 3
+    assert corrections_in(edited)["train"][0]["text"].endswith("Deploy ts-boosting after the calibration check.")

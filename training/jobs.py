@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.access import require_admin
 from engine.store import transaction, utc_now
 from engine.tracking import ensure_experiment
 from training.config import CptConfig
@@ -150,6 +151,7 @@ def submit_cpt(settings, connection, config: CptConfig, *, created_by: str | Non
                snapshot: DatasetSnapshot | None = None) -> TrainingJob:
     """Check, snapshot, create the MLflow run, record the job and submit it to Ray; the recorded job.
     Every refusal is a JobError naming what is wrong; nothing is recorded or submitted then."""
+    require_admin("launching a training job")
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -314,6 +316,7 @@ def refresh_jobs(settings, connection) -> list[str]:
 
 def cancel_job(settings, connection, job_id: str) -> TrainingJob:
     """Ask Ray to stop the job (its driver ends the MLflow run as KILLED); the state shows 'cancelling' until then."""
+    require_admin("cancelling a training job")
     job = get_job(connection, job_id)
     if job.finished:
         raise JobError(f"job {job_id} has already {job.state}")

@@ -9,6 +9,14 @@ document keeps its side as others come and go. Replay text is general English mi
 tokens of each split (seed 001: 20%), so that training on team knowledge does not erase general language;
 issue 5 measures general perplexity on the held-out replay.
 
+Accepted corrections of flagged answers (engine.feedback_review) are documents of kind "correction", cited as
+`correction:answer-<id>`, and go to the train split only: they are few and written to be learned, a held-out one
+would teach nothing, and the validation split measures held-out knowledge ("domain") and replay text, which
+CPT's evaluation reads by kind, so a correction there would be neither trained on nor measured. They count as
+domain text of the source domain "correction" (so the replay share is of all training tokens), and the split
+counts and the manifest also name them apart. Accepting, editing or reopening a correction changes the train
+file, hence the snapshot id.
+
 A document's text is its chunks joined in order, overlap included: the stored chunks do not record where the
 overlap ends (the splitter's pieces are stripped and chunks can be edited), so a suffix/prefix match cannot
 tell overlap from text that really repeats, and guessing could delete real text. The repeat is at most
@@ -26,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine import store
+from engine.feedback_review import accepted_training_texts, text_digest
 from engine.knowledge_base import KnowledgeBase
 from engine.models import BUNDLED, BUNDLED_LLM_GGUF, load_tokenizer
 
@@ -100,11 +109,14 @@ def check_settings(replay_ratio: float, validation_share: float) -> None:
 
 
 def accepted_corrections(connection) -> list[dict]:
-    """Reviewed corrections of flagged answers that may join the training data.
+    """Accepted corrections of flagged answers as snapshot records of kind "correction", by answer id.
 
-    None yet: feedback has no review or acceptance status until issue 5 adds it, and an unreviewed correction
-    must not teach the model. Issue 5 returns accepted ones here as snapshot records of kind "correction"."""
-    return []
+    Only accepted ones: a pending or rejected correction is unreviewed or refused and must not teach the model.
+    The text is engine.feedback_review.training_text: the question, the candidates then, the decision and the
+    corrected answer."""
+    return [{"text": text, "source_id": f"correction:answer-{answer_id}", "document": f"correction:answer-{answer_id}",
+             "kind": "correction"}
+            for answer_id, text in accepted_training_texts(connection)]
 
 
 def preview_snapshot(kb: KnowledgeBase, tokenizer, workspace: Path, *, tokenizer_label: str,
@@ -206,9 +218,10 @@ def _plan(kb, tokenizer, workspace, tokenizer_label, replay_ratio, validation_sh
     domain_split = _split(domain, validation_share)
     replay = _replay_documents(tokenizer)
     replay_split = _split(replay, validation_share)
+    corrections = _correction_documents(kb.connection, tokenizer)
     records, counts = {}, {}
     for split in SPLITS:
-        ours = [doc for doc in domain if domain_split[doc.split_key] == split]
+        ours = [doc for doc in domain if domain_split[doc.split_key] == split] + (corrections if split == "train" else [])
         domain_tokens = sum(doc.tokens for doc in ours)
         target = round(domain_tokens * replay_ratio / (1 - replay_ratio))
         mixed = _take_replay([doc for doc in replay if replay_split[doc.split_key] == split], target, tokenizer)
@@ -228,7 +241,9 @@ def _plan(kb, tokenizer, workspace, tokenizer_label, replay_ratio, validation_sh
         "id": snapshot_id,
         "config": config,
         "splits": counts,
-        "corrections": len(accepted_corrections(kb.connection)),
+        "corrections": len(corrections),
+        "correction_documents": [{"document": doc.document, "text_sha256": text_digest(doc.text), "tokens": doc.tokens,
+                                  "split": "train"} for doc in corrections],
         "documents": sorted(
             ({"origin": doc.origin, "title": doc.title, "sha256": doc.sha256, "text_sha256": _sha256(rec.text),
               "source_id": rec.source_id, "split": domain_split[rec.split_key], "tokens": rec.tokens}
@@ -250,6 +265,16 @@ def _domain_documents(kb, stored, tokenizer) -> list[_Document]:
         _Document(text, source_id, doc.origin, "domain", f"domain:{doc.sha256}", tokens)
         for doc, text, source_id, tokens in zip(stored, texts, source_ids, lengths, strict=True)
     ]
+
+
+def _correction_documents(connection, tokenizer) -> list[_Document]:
+    records = accepted_corrections(connection)
+    if not records:
+        return []
+    lengths = [len(ids) for ids in tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"]]
+    return [_Document(record["text"], record["source_id"], record["document"], "correction",
+                      record["document"], tokens)
+            for record, tokens in zip(records, lengths, strict=True)]
 
 
 def _document_text(kb, document_id: int, chunk_count: int) -> str:
@@ -320,10 +345,13 @@ def _counts(domain: list[_Document], replay: list[_Document]) -> dict:
     domain_tokens = sum(doc.tokens for doc in domain)
     replay_tokens = sum(doc.tokens for doc in replay)
     total = domain_tokens + replay_tokens
+    corrections = [doc for doc in domain if doc.kind == "correction"]
     return {
         "domain": dict(sorted(by_domain.items())),
         "domain_documents": len(domain),
         "domain_tokens": domain_tokens,
+        "correction_documents": len(corrections),
+        "correction_tokens": sum(doc.tokens for doc in corrections),
         "replay_documents": len(replay),
         "replay_tokens": replay_tokens,
         "tokens": total,

@@ -1,0 +1,428 @@
+"""Evaluate LLM versions side by side: perplexity on held-out text, the golden set through the real chat, the gate.
+
+`evaluate_versions(settings, ["base", "3", "4"], golden_path)` does, for every version in one run:
+1. domain perplexity on a dataset snapshot's held-out documents and general perplexity on its held-out replay
+   text (the forgetting check, against the base model's on the same text);
+2. every golden item asked through `engine.assistant.ask`, the chat's own pipeline (candidates, decision, prompt,
+   draft, verification, one retry, composed fallback), and scored by `eval.scoring`;
+3. the gate's verdict (`eval.gate`), then one MLflow run in the experiment `deploywise-evaluation` and, for a
+   registry version, the `gate_*` tags on its model version (`eval.results`).
+
+Everything that can be wrong with the request (a version the registry lacks, a malformed golden file or gate
+configuration, no held-out text, a registry without the golden set's use cases) is found by `plan_evaluation`
+before anything is loaded or written: one `EvaluationError` line. Answers are asked against a private copy of
+the knowledge base, so an evaluation adds no answers or unknown-source entries to the workspace's. The candidates
+are read once per process, so every version is judged against the same registry.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine.llm import CHAMPION, LlmError, LlmVersion, resolve_llm_version
+from eval.gate import DEFAULT_GATE, GateConfig, GateError, GateVerdict, judge, load_gate_config
+from eval.golden import (DEFAULT_GOLDEN, Expectation, GoldenError, GoldenItem, GoldenSet, NotApplicable, load_golden,
+                         resolve_item)
+from eval.perplexity import NAMES, SEQUENCE_LENGTH, Perplexity, held_out_blocks, perplexity
+from eval.scoring import ItemResult, metrics, score
+
+BASE = "base"
+Progress = Callable[[int, int, str], None]
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run as asked; one line saying why. Nothing was loaded or written."""
+
+
+@dataclass(frozen=True)
+class PlannedVersion:
+    wanted: str  # "base" or the registry version number: the runs' `llm_version` tag
+    version: LlmVersion
+
+    @property
+    def label(self) -> str:
+        return BASE if self.wanted == BASE else f"v{self.wanted}"
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    evaluation_id: str
+    settings: object  # the workspace's settings, with the candidates cached for the whole run
+    versions: tuple[PlannedVersion, ...]
+    golden: GoldenSet
+    items: tuple[GoldenItem, ...]
+    gate: GateConfig
+    snapshot_id: str
+    held_out: list[dict]  # the snapshot's validation records
+    max_new_tokens: int
+    created_by: str | None = None
+
+    @property
+    def subset(self) -> bool:
+        return len(self.items) < len(self.golden.items)
+
+    def units(self) -> int:
+        """Progress steps: a perplexity step per version and per reference-only base model, one per item."""
+        return sum(1 + len(self.items) for _ in self.versions) + len(reference_bases(self))
+
+
+@dataclass
+class VersionResult:
+    planned: PlannedVersion
+    llm_label: str  # as the chat records it: "base:SmolLM2-135M-Instruct", "deploywise-llm/3"
+    perplexities: dict[str, Perplexity]
+    items: list[ItemResult]
+    metrics: dict[str, float]
+    verdict: GateVerdict
+    run_id: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"llm_version": self.planned.wanted, "label": self.planned.label, "llm_label": self.llm_label,
+                "verdict": self.verdict.verdict, "reasons": list(self.verdict.reasons), "metrics": self.metrics,
+                "mlflow_run_id": self.run_id, "items": [item.to_dict() for item in self.items]}
+
+
+@dataclass
+class EvaluationResult:
+    plan: EvaluationPlan
+    versions: list[VersionResult] = field(default_factory=list)
+
+    @property
+    def all_go(self) -> bool:
+        return bool(self.versions) and all(v.verdict.go for v in self.versions)
+
+    def to_dict(self) -> dict:
+        plan = self.plan
+        return {"evaluation_id": plan.evaluation_id, "golden": str(plan.golden.path), "golden_sha256": plan.golden.sha256,
+                "items_evaluated": len(plan.items), "items_total": len(plan.golden.items), "snapshot_id": plan.snapshot_id,
+                "gate": plan.gate.to_dict(), "all_go": self.all_go, "versions": [v.to_dict() for v in self.versions]}
+
+
+def new_evaluation_id() -> str:
+    return f"eval-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def parse_versions(text: str) -> list[str]:
+    """'base,3, 4' -> ['base', '3', '4']; EvaluationError for an empty list or a malformed entry."""
+    versions = [part.strip() for part in (text or "").split(",") if part.strip()]
+    if not versions:
+        raise EvaluationError("no LLM version to evaluate: give e.g. --versions base,3")
+    for version in versions:
+        if version not in (BASE, CHAMPION) and not version.isdigit():
+            raise EvaluationError(f"unknown LLM version {version!r}: use base, champion or a version number")
+    return versions
+
+
+# --- planning: everything checked, nothing loaded or written ------------------------------------------------------
+
+
+def plan_evaluation(settings, versions: list[str], golden_path: Path | str = DEFAULT_GOLDEN, *,
+                    gate: Path | str | dict | None = DEFAULT_GATE, snapshot_id: str | None = None,
+                    per_category: int | None = None, item_ids: list[str] | None = None,
+                    max_new_tokens: int | None = None, evaluation_id: str | None = None,
+                    created_by: str | None = None) -> EvaluationPlan:
+    from engine.candidates import CandidatesUnavailable, fetch_candidates
+
+    if max_new_tokens is not None and not 0 < max_new_tokens <= 8192:
+        raise EvaluationError(f"max new tokens must be between 1 and 8192 (got {max_new_tokens})")
+    planned = _plan_versions(settings, versions)
+    try:
+        golden = load_golden(golden_path)
+        items = golden.select(per_category=per_category, ids=item_ids)
+        gate_config = load_gate_config(gate)
+    except (GoldenError, GateError) as error:
+        raise EvaluationError(str(error)) from None
+    if not settings.knowledge_db.is_file():
+        raise EvaluationError(f"no knowledge base in {settings.workspace}: run `deploywise demo prepare` or ingest documents first")
+    run_settings = settings.model_copy(update={"candidates_ttl_s": 86_400.0,  # one registry read for the whole run
+                                               "llm_max_new_tokens": max_new_tokens or settings.llm_max_new_tokens})
+    wanted_cases = {item.use_case for item in items if item.use_case}
+    if wanted_cases:
+        try:
+            known = set(fetch_candidates(run_settings).use_cases())
+        except CandidatesUnavailable as error:
+            raise EvaluationError(str(error)) from None
+        if not wanted_cases & known:
+            raise EvaluationError(f"none of the golden set's use cases ({', '.join(sorted(wanted_cases))}) has candidates "
+                                  f"in the registry at {settings.tracking_uri}: choose a golden set written for it")
+    snapshot, held_out = _held_out_text(settings, planned, snapshot_id)
+    return EvaluationPlan(evaluation_id or new_evaluation_id(), run_settings, tuple(planned), golden, items,
+                          gate_config, snapshot, held_out, run_settings.llm_max_new_tokens, created_by)
+
+
+def _plan_versions(settings, versions: list[str]) -> list[PlannedVersion]:
+    if isinstance(versions, str):
+        versions = parse_versions(versions)
+    if not versions:
+        raise EvaluationError("no LLM version to evaluate")
+    planned: list[PlannedVersion] = []
+    for wanted in versions:
+        wanted = str(wanted).strip()
+        if wanted not in (BASE, CHAMPION) and not wanted.isdigit():
+            raise EvaluationError(f"unknown LLM version {wanted!r}: use base, champion or a version number")
+        try:
+            version = resolve_llm_version(settings, wanted)
+        except LlmError as error:
+            raise EvaluationError(f"LLM version {wanted}: {error}") from None
+        tag = version.number or BASE
+        if any(p.wanted == tag for p in planned):
+            raise EvaluationError(f"LLM version {tag} is listed twice" + (" (champion is that version)" if wanted == CHAMPION else ""))
+        planned.append(PlannedVersion(tag, version))
+    return sorted(planned, key=lambda p: (p.wanted != BASE, int(p.wanted) if p.wanted.isdigit() else 0))
+
+
+def _held_out_text(settings, planned: list[PlannedVersion], snapshot_id: str | None) -> tuple[str, list[dict]]:
+    """The snapshot whose validation split is measured: the one given, else the newest evaluated version's
+    training snapshot (from the workspace or its training run), else the newest written, else one made now."""
+    from training.snapshot import SnapshotError, list_snapshots, load_snapshot, read_split, snapshot_workspace
+
+    trained = sorted((p for p in planned if p.version.number), key=lambda p: -int(p.wanted))
+    try:
+        if snapshot_id:
+            try:
+                return snapshot_id, read_split(load_snapshot(settings.workspace, snapshot_id), "validation")
+            except SnapshotError:  # not in this workspace: perhaps in an evaluated version's training run
+                found = next((f for p in trained if (f := _version_snapshot(settings, p.version)) and f[0] == snapshot_id), None)
+                if found is None:
+                    raise
+                return found
+        for candidate in trained:
+            found = _version_snapshot(settings, candidate.version)
+            if found:
+                return found
+        written = list_snapshots(settings.workspace)
+        snapshot = written[0] if written else snapshot_workspace(settings)
+        return snapshot.id, read_split(snapshot, "validation")
+    except SnapshotError as error:
+        raise EvaluationError(f"no held-out text for perplexity: {error}") from None
+
+
+def _version_snapshot(settings, version: LlmVersion) -> tuple[str, list[dict]] | None:
+    """The validation split a version's training job held out, from the workspace or the job's MLflow run."""
+    import json
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from training.cpt import SNAPSHOT_ARTIFACT
+    from training.snapshot import SnapshotError, load_snapshot, read_split
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+    try:
+        snapshot_id = client.get_model_version(version.registry_name, version.number).tags.get("snapshot_id")
+    except MlflowException:
+        return None
+    if not snapshot_id:
+        return None
+    try:
+        return snapshot_id, read_split(load_snapshot(settings.workspace, snapshot_id), "validation")
+    except SnapshotError:
+        pass
+    with tempfile.TemporaryDirectory(prefix="deploywise-snapshot-") as folder:
+        try:
+            path = client.download_artifacts(version.run_id, f"{SNAPSHOT_ARTIFACT}/validation.jsonl", folder)
+            text = Path(path).read_text(encoding="utf-8")
+        except (MlflowException, OSError):
+            return None
+    return snapshot_id, [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def reference_bases(plan: EvaluationPlan) -> list[str]:
+    """Base models whose general perplexity the retention check needs but that are not evaluated themselves."""
+    evaluated = {p.version.base_model for p in plan.versions if p.wanted == BASE}
+    return sorted({p.version.base_model for p in plan.versions} - evaluated)
+
+
+# --- running ------------------------------------------------------------------------------------------------------
+
+
+def evaluate_versions(settings, versions: list[str], golden_path: Path | str = DEFAULT_GOLDEN, *,
+                      on_progress: Progress | None = None, log: bool = True, **options) -> EvaluationResult:
+    """Plan (every check first), then evaluate each version and log it; see the module docstring.
+    `options`: gate, snapshot_id, per_category, item_ids, max_new_tokens, evaluation_id, created_by."""
+    plan = plan_evaluation(settings, versions, golden_path, **options)
+    return run_evaluation(plan, on_progress=on_progress, log=log)
+
+
+def run_evaluation(plan: EvaluationPlan, *, on_progress: Progress | None = None, log: bool = True,
+                   on_version: Callable[[VersionResult], None] | None = None) -> EvaluationResult:
+    """Evaluate the planned versions one after the other; each is logged to MLflow as soon as it is done."""
+    from engine.access import require_admin
+    from engine.llm import load_llm
+    from eval.results import log_version
+
+    require_admin("evaluating LLM versions")
+    progress = _Counter(plan.units(), on_progress)
+    result = EvaluationResult(plan)
+    references: dict[str, dict[str, Perplexity]] = {}  # base model -> its perplexities: what versions are compared to
+    for base_model in reference_bases(plan):
+        progress.note("base model: perplexity on the held-out text (the retention reference)")
+        references[base_model] = _perplexities(load_llm(LlmVersion(base_model)), plan)
+        progress.step()
+    with tempfile.TemporaryDirectory(prefix="deploywise-eval-") as folder:
+        kb = _knowledge_copy(plan.settings, Path(folder))
+        try:
+            expectations = _expectations(plan, kb)
+            for planned in plan.versions:
+                progress.note(f"{planned.label}: loading the model and measuring perplexity")
+                try:
+                    loaded = load_llm(planned.version)
+                except LlmError as error:
+                    raise EvaluationError(f"{planned.label}: {error}") from None
+                found = _perplexities(loaded, plan)
+                progress.step()
+                if planned.wanted == BASE:
+                    references[planned.version.base_model] = found
+                items = _golden(plan, planned, kb, expectations, progress)
+                del loaded  # the next version's weights replace these
+                version_result = _judge(plan, planned, found, items, references.get(planned.version.base_model, {}))
+                if log:
+                    version_result.run_id = log_version(plan, version_result)
+                result.versions.append(version_result)
+                if on_version:
+                    on_version(version_result)
+        finally:
+            kb.connection.close()
+    progress.note("done")
+    return result
+
+
+class _Counter:
+    def __init__(self, total: int, report: Progress | None):
+        self.total, self.done, self.report, self.message = total, 0, report, ""
+
+    def note(self, message: str) -> None:
+        self.message = message
+        if self.report:
+            self.report(self.done, self.total, message)
+
+    def step(self) -> None:
+        self.done += 1
+        if self.report:
+            self.report(self.done, self.total, self.message)
+
+
+def _perplexities(loaded, plan: EvaluationPlan, kinds=("domain", "replay")) -> dict[str, Perplexity]:
+    blocks = held_out_blocks(plan.held_out, loaded.tokenizer, SEQUENCE_LENGTH)
+    with loaded.lock:
+        return {kind: perplexity(loaded.model, loaded.tokenizer, blocks[kind]) for kind in kinds if blocks.get(kind)}
+
+
+def _knowledge_copy(settings, folder: Path):
+    """A private copy of the knowledge base (SQLite's backup: consistent while others write) with the embedder."""
+    import sqlean
+
+    from engine import store
+    from engine.knowledge_base import KnowledgeBase
+    from engine.models import load_embedder
+
+    source = store.connect(settings.knowledge_db)
+    target = sqlean.connect(str(folder / "knowledge.sqlite"))
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    return KnowledgeBase(store.connect(folder / "knowledge.sqlite"), load_embedder(settings.embedding_model))
+
+
+def _expectations(plan: EvaluationPlan, kb) -> dict[str, Expectation]:
+    """The decision engine's decision per use case of the golden set, on the registry every version is asked about."""
+    from engine.candidates import candidate_sources, fetch_candidates
+    from engine.criteria import criteria_for, policy_for
+    from engine.decision import decide
+    from engine.sources import refresh_sources
+
+    snapshot = fetch_candidates(plan.settings)
+    refresh_sources(kb.connection, candidate_sources(snapshot))  # registry:<model> citations resolve
+    expectations = {}
+    for use_case in sorted({item.use_case for item in plan.items if item.use_case} & set(snapshot.use_cases())):
+        decision = decide(use_case, snapshot.for_use_case(use_case), criteria_for(kb.connection, use_case),
+                          policy_for(kb.connection, use_case))
+        expectations[use_case] = Expectation.from_decision(decision)
+    return expectations
+
+
+class _Recording:
+    """The version's backend, keeping every text it generates (the draft, then the retry) for the scoring."""
+
+    def __init__(self, inner):
+        self.inner, self.attempts = inner, []
+
+    @property
+    def version(self) -> str:
+        return self.inner.version
+
+    def stream(self, messages, *, max_new_tokens: int, temperature: float = 0.0):
+        pieces: list[str] = []
+        self.attempts.append(pieces)
+        for piece in self.inner.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature):
+            pieces.append(piece)
+            yield piece
+
+
+def _golden(plan: EvaluationPlan, planned: PlannedVersion, kb, expectations: dict[str, Expectation],
+            progress: _Counter) -> list[ItemResult]:
+    from engine.assistant import ask
+    from engine.candidates import fetch_candidates
+    from engine.llm import InProcessLlm
+    from engine.sources import resolve
+
+    backend = _Recording(InProcessLlm(plan.settings, planned.wanted))
+    names = sorted({c.name for c in fetch_candidates(plan.settings).candidates})
+    results = []
+    for number, item in enumerate(plan.items, start=1):
+        progress.note(f"{planned.label}: golden item {number}/{len(plan.items)} ({item.id})")
+        result = ItemResult(item.id, item.question, item.type, item.category, item.use_case)
+        expectation = expectations.get(item.use_case) if item.use_case else None
+        try:
+            resolved = resolve_item(item, expectation) if (expectation or not item.use_case) else None
+            if resolved is None:
+                raise NotApplicable(f"its use case {item.use_case} has no candidates in the registry")
+        except NotApplicable as reason:
+            result.status, result.skip_reason = "skipped", str(reason)
+            results.append(result)
+            progress.step()
+            continue
+        backend.attempts = []
+        answer = ask(plan.settings, kb, backend, item.question)
+        attempts = ["".join(pieces) for pieces in backend.attempts]
+        result.llm_asked = answer.prepared.messages is not None
+        result.origin, result.shown, result.attempts = answer.origin, answer.text, attempts
+        result.answer = (answer.text if answer.origin in ("llm", "llm-retry") else attempts[-1] if attempts else answer.text)
+        result.latency_ms = answer.timings.get("total_ms")
+        result.verification_problems = list(answer.verification.problems) if answer.verification else []
+        cited_ids = set(_cited(result.answer)) | set(resolved.sources)
+        known = set(resolve(kb.connection, sorted(cited_ids)))
+        results.append(score(result, resolved, candidate_names=names, known_sources=known,
+                             expected_recommendation=expectation.recommended if expectation else None))
+        progress.step()
+    return results
+
+
+def _cited(text: str) -> list[str]:
+    from engine.citations import find_markers
+
+    return find_markers(text)
+
+
+def _judge(plan: EvaluationPlan, planned: PlannedVersion, found: dict[str, Perplexity], items: list[ItemResult],
+           reference: dict[str, Perplexity]) -> VersionResult:
+    values = metrics(items)
+    for kind, name in NAMES.items():
+        if kind in found:
+            values[name] = found[kind].value
+            values[name.replace("perplexity", "tokens")] = float(found[kind].tokens)
+            if kind in reference:
+                values[f"{name}_change_pct"] = (found[kind].value / reference[kind].value - 1) * 100
+    scored = sum(1 for item in items if item.status == "scored")
+    base_general = reference["replay"].value if "replay" in reference else None
+    verdict = judge(values, plan.gate, base_general_perplexity=base_general, items_evaluated=scored,
+                    items_total=len(plan.golden.items))
+    return VersionResult(planned, planned.version.label, found, items, values, verdict)

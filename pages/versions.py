@@ -1,0 +1,134 @@
+"""LLM versions (admin): every version of the registry with its lineage, status, gate verdict, evaluation and the
+answers and flags it got; promote one to champion (the chat follows without a restart), roll back, archive.
+
+Layout only: the work happens in `engine.llm_versions`, which also refuses what must not happen (promoting
+without a GO and without a reason, archiving the champion...); a refusal or an MLflow failure shows as one line
+and the page stays up. A change is stored, then the page reruns so the table shows it.
+"""
+
+import streamlit as st
+
+from engine import llm_versions as versions
+from engine.access import current_identity, require_admin_page
+from engine.citations import escape_markdown
+from engine.deep_links import through_entry_point
+from engine.llm_versions import VersionError
+
+FLASH_KEY, CHOSEN_KEY = "versions_flash", "versions_chosen"
+
+
+def changed(message: str) -> None:
+    st.session_state[FLASH_KEY] = message
+    st.rerun()
+
+
+def actor() -> str:
+    """Who acts, as recorded with the action: the logged-in administrator's email or user name."""
+    return current_identity().name or "admin"
+
+
+def target_text(view, target: str) -> str:
+    return versions.target_text(view.registry_name, target, view.base_label)
+
+
+def act(action, success) -> None:
+    """Run an engine action; on success rerun with success(outcome) as the message, else show why not."""
+    try:
+        outcome = action()
+    except VersionError as error:
+        st.error(str(error))
+    except Exception as error:  # MLflow or the disk said no: one line, the page stays up
+        st.error(f"{type(error).__name__}: {versions.first_line(error)}")
+    else:
+        changed(success(outcome))
+
+
+def champion_panel(settings, view) -> None:
+    st.markdown(f"**The chat serves** `{view.serving}`"
+                + ("" if view.champion else " (no version holds the champion alias yet)"))
+    if view.rollback_target:
+        target = target_text(view, view.rollback_target)
+        if st.button(f"Roll back to {target}", key="rollback",
+                     help=f"Gives the champion alias back to {target}, which {view.serving} replaced."):
+            act(lambda: versions.rollback(settings, actor()),
+                lambda served: f"Rolled back: the chat serves {target_text(view, served)} within a minute.")
+
+
+def detail(settings, view, record) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{record.label}** · {record.status}"
+                    + (f" · {record.training.upper()}" if record.training else "")
+                    + f" · registered {versions.format_time(record.created_at)}"
+                    + (f" by {record.created_by}" if record.created_by else ""))
+        st.markdown(
+            f"Base `{record.base_model or '?'}` · parent {f'version {record.parent_version}' if record.parent_version else 'none (trained on the base)'}"
+            f" · snapshot `{record.snapshot_id or '?'}` · config `{record.config_hash or '?'}`\n\n"
+            f"Job `{record.job_id or '?'}`" + (f" ({record.job_state})" if record.job_state else "")
+            + f" · MLflow run `{record.run_id or '?'}`" + (f" ({record.run_status})" if record.run_status else ""))
+        gate = record.gate
+        reasons = "".join(f"\n- {escape_markdown(reason)}" for reason in gate.reasons)
+        if gate.verdict is None:
+            st.info("Not evaluated yet: promoting it needs a written reason.")
+        elif gate.passed:
+            st.success(f"Gate: GO (evaluation `{gate.evaluation_id}`){reasons}")
+        else:
+            st.error(f"Gate: {gate.verdict} (evaluation `{gate.evaluation_id}`){reasons}")
+        if rows := versions.metrics_rows(view, record):
+            st.dataframe(rows, hide_index=True)
+        usage = record.usage
+        st.caption(f"{usage.answers} chat answers · {usage.thumbs_up} thumbs up · {usage.flags} flags")
+        if record.promoted_at:
+            st.caption(f"Last promoted {versions.format_time(record.promoted_at)} by {record.promoted_by} past gate "
+                       f"{record.promotion_gate}" + (f": “{escape_markdown(record.promotion_reason)}”" if record.promotion_reason else ""))
+        if record.status == versions.CANDIDATE:
+            reason = st.text_area("Reason for promoting" + ("" if gate.passed else " (required: no GO verdict)"),
+                                  key=f"reason_{record.number}", max_chars=versions.MAX_REASON_CHARS)
+            if st.button("Promote to champion", key=f"promote_{record.number}", type="primary"):
+                act(lambda: versions.promote(settings, record.number, actor=actor(), reason=reason),
+                    lambda _: f"{record.label} is the champion; the chat switches to it within a minute.")
+        if record.status in (versions.CANDIDATE, versions.FAILED):
+            if st.button("Archive", key=f"archive_{record.number}", help="Retire it: it is no longer promoted or rolled back to."):
+                act(lambda: versions.archive(settings, record.number, actor()), lambda _: f"{record.label} archived.")
+        elif record.status == versions.ARCHIVED:
+            st.caption(f"Archived {versions.format_time(record.archived_at)} by {record.archived_by or '?'}.")
+
+
+through_entry_point("pages/versions.py")
+require_admin_page("LLM versions")
+
+settings = st.session_state["settings"]
+st.title("LLM versions")
+st.caption("Every LLM version trained for the chat, with its lineage, gate verdict and the answers it wrote. "
+           "Promoting moves the champion alias; the chat switches to it without a restart.")
+if message := st.session_state.pop(FLASH_KEY, None):
+    st.success(message)
+
+try:
+    view = versions.overview(settings)
+except VersionError as error:
+    st.error(str(error))
+    st.stop()
+except Exception as error:  # anything else MLflow may raise: said, not crashed
+    st.error(f"Cannot read the LLM versions: {type(error).__name__}: {versions.first_line(error)}")
+    st.stop()
+
+for notice in view.notices:
+    st.warning(notice)
+champion_panel(settings, view)
+if not view.versions:
+    st.info("No LLM version yet: a CPT job on the Retraining page registers one.")
+else:
+    st.dataframe(versions.versions_table(view), hide_index=True, width="stretch")
+base = view.base_usage
+st.caption(f"Base model `{view.base_label}`: {base.answers} answers, {base.flags} flags"
+           + "".join(f" · `{label}`: {usage.answers} answers, {usage.flags} flags" for label, usage in view.other_usage.items()))
+if view.versions:
+    numbers = [record.number for record in view.versions]
+    if st.session_state.get(CHOSEN_KEY) not in numbers:
+        st.session_state[CHOSEN_KEY] = numbers[0]
+    chosen = st.selectbox("Version", numbers, key=CHOSEN_KEY,
+                          format_func=lambda n: f"{view.version(n).label} · {view.version(n).status}")
+    detail(settings, view, view.version(chosen))
+if view.history:
+    with st.expander("History"):
+        st.dataframe(versions.history_table(view), hide_index=True, width="stretch")

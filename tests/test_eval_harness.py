@@ -1,0 +1,267 @@
+"""The evaluation harness on a copy of the demo workspace with the tiny random Llama as the base model and a LoRA
+version of it in the registry: perplexities, the golden set through the real chat pipeline, the gate, the MLflow
+runs and the model version's gate tags; bad requests refused before anything is written; evaluations out of
+process."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from peft import LoraConfig, get_peft_model
+
+from engine import access, store
+from engine.llm import load_base_model
+from engine.settings import load_settings
+from eval import jobs, views
+from eval.harness import EvaluationError, evaluate_versions, plan_evaluation
+from eval.results import EXPERIMENT, evaluation_history, load_evaluation, load_items
+from training.snapshot import snapshot_workspace
+
+ITEMS = ["ts-rec-1", "dr-rej-2", "dp-crit-1", "ref-offtopic-1"]  # in the file's order
+
+
+def register_adapter(settings, base_model, *, seed: int = 1, tags: dict | None = None) -> str:
+    """A LoRA adapter of the base model (non-zero, so the version differs from it) registered as the next LLM version."""
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name("deploywise-training") or client.get_experiment(
+        client.create_experiment("deploywise-training", artifact_location=(settings.workspace / "mlartifacts").as_uri()))
+    model = get_peft_model(load_base_model(str(base_model)), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.05)
+    folder = settings.workspace / f"adapter-{seed}"
+    model.save_pretrained(folder)
+    run = client.create_run(experiment.experiment_id)
+    client.log_artifacts(run.info.run_id, str(folder), "adapter")
+    client.set_terminated(run.info.run_id)
+    if not client.search_registered_models(filter_string="name = 'deploywise-llm'"):
+        client.create_registered_model("deploywise-llm")
+    version = client.create_model_version("deploywise-llm", f"{run.info.artifact_uri}/adapter", run_id=run.info.run_id,
+                                          tags={"base_model": str(base_model), **(tags or {})})
+    return str(version.version)
+
+
+@pytest.fixture(scope="module")
+def workspace(demo_copy, tiny_llama_folder):
+    """The demo copy with version 1 (trained, says its tag, on the workspace's snapshot) and one evaluation of base and 1."""
+    path = demo_copy()
+    settings = load_settings(workspace=path, base_model=str(tiny_llama_folder))
+    snapshot = snapshot_workspace(settings)
+    number = register_adapter(settings, tiny_llama_folder, tags={"snapshot_id": snapshot.id})
+    progress = []
+    result = evaluate_versions(settings, ["base", number], item_ids=ITEMS, max_new_tokens=8,
+                               on_progress=lambda done, total, message: progress.append((done, total, message)))
+    return settings, number, snapshot, result, progress
+
+
+def answers_stored(settings) -> int:
+    connection = store.connect(settings.knowledge_db)
+    try:
+        return connection.execute("SELECT count(*) FROM answers").fetchone()[0]
+    finally:
+        connection.close()
+
+
+def evaluation_runs(settings) -> list:
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_perplexity_is_measured_on_the_held_out_text_for_every_version(workspace):
+    settings, number, snapshot, result, _ = workspace
+    base, version = result.versions
+    assert (base.planned.wanted, version.planned.wanted) == ("base", number)
+    assert result.plan.snapshot_id == snapshot.id  # the version's training snapshot
+    for evaluated in (base, version):
+        assert set(evaluated.perplexities) == {"domain", "replay"}
+        for found in evaluated.perplexities.values():
+            assert 1 < found.value < 1e6 and found.tokens > 0
+    assert base.perplexities["domain"].tokens == version.perplexities["domain"].tokens  # the same text
+    assert version.perplexities["domain"].value != base.perplexities["domain"].value  # the adapter changed the model
+    assert base.metrics["general_perplexity_change_pct"] == 0.0
+    expected = (version.metrics["general_perplexity"] / base.metrics["general_perplexity"] - 1) * 100
+    assert version.metrics["general_perplexity_change_pct"] == pytest.approx(expected)
+
+
+def test_every_golden_item_goes_through_the_chat_and_is_scored(workspace):
+    settings, _, _, result, progress = workspace
+    for evaluated in result.versions:
+        items = {item.id: item for item in evaluated.items}
+        assert list(items) == ITEMS and all(item.status == "scored" for item in items.values())
+        refusal = items["ref-offtopic-1"]
+        assert not refusal.llm_asked and refusal.refused and refusal.attempts == []
+        for item_id in ("ts-rec-1", "dp-crit-1", "dr-rej-2"):
+            item = items[item_id]
+            assert item.llm_asked and item.attempts and item.latency_ms > 0
+            # gibberish fails verification twice: the draft and the retry were the LLM's, the composed answer was shown
+            assert item.origin == "deterministic" and len(item.attempts) == 2 and item.answer == item.attempts[-1]
+            assert item.shown.startswith("Recommendation:") and item.accurate is False and item.shown_correct
+        assert evaluated.metrics["refusal_accuracy"] == 1.0 and evaluated.metrics["fallback_rate"] == 1.0
+        assert evaluated.metrics["accuracy"] == 0.0 and evaluated.metrics["shown_accuracy"] == 1.0
+        assert evaluated.metrics["latency_p95_ms"] >= evaluated.metrics["latency_p50_ms"] > 0
+        assert {"accuracy_recommendation", "accuracy_criteria", "accuracy_rejection", "accuracy_off_topic"} <= set(evaluated.metrics)
+    assert progress[-1][0] == progress[-1][1] == result.plan.units() == 2 * (1 + len(ITEMS))
+    assert answers_stored(settings) == 0  # asked on a private copy of the knowledge base
+
+
+def test_the_gate_says_no_go_with_its_reasons(workspace):
+    _, _, _, result, _ = workspace
+    for evaluated in result.versions:
+        reasons = evaluated.verdict.reasons
+        assert evaluated.verdict.verdict == "NO-GO" and not result.all_go
+        assert reasons[0].startswith(f"only 4 of the {len(result.plan.golden.items)} golden items were scored")
+        assert "accuracy 0% is below the gate's 95%" in reasons and "citation presence 0% is below the gate's 90%" in reasons
+        assert not any("refusal accuracy" in reason for reason in reasons)  # that check passed
+
+
+def test_each_version_is_one_mlflow_run_and_the_registry_version_carries_the_gate(workspace):
+    settings, number, snapshot, result, _ = workspace
+    runs = {run.data.tags["llm_version"]: run for run in evaluation_runs(settings)}
+    assert set(runs) == {"base", number}
+    for evaluated in result.versions:
+        run = runs[evaluated.planned.wanted]
+        tags, metrics = run.data.tags, run.data.metrics
+        assert run.info.run_id == evaluated.run_id and run.info.status == "FINISHED"
+        assert tags["evaluation_id"] == result.plan.evaluation_id and tags["verdict"] == "NO-GO"
+        assert json.loads(tags["verdict_reasons"]) == list(evaluated.verdict.reasons)
+        assert (tags["snapshot_id"], tags["items_evaluated"], tags["items_total"]) == (snapshot.id, "4", str(len(result.plan.golden.items)))
+        for name in ("domain_perplexity", "general_perplexity", "accuracy", "citation_presence", "citation_correctness",
+                     "refusal_accuracy", "latency_p50_ms", "latency_p95_ms", "agreement", "accuracy_criteria"):
+            assert metrics[name] == pytest.approx(evaluated.metrics[name]), name
+        assert run.data.params["gate.accuracy_min"] == "0.95" and run.data.params["max_new_tokens"] == "8"
+        stored = load_items(settings, run.info.run_id)
+        assert [item["id"] for item in stored] == ITEMS and stored[0]["attempts"] == evaluated.items[0].attempts
+    tags = MlflowClient(tracking_uri=settings.tracking_uri).get_model_version("deploywise-llm", number).tags
+    assert tags["gate_verdict"] == "NO-GO" and tags["gate_evaluation_id"] == result.plan.evaluation_id
+    assert json.loads(tags["gate_reasons"]) == list(result.versions[1].verdict.reasons)
+    assert all(isinstance(reason, str) for reason in json.loads(tags["gate_reasons"]))
+
+
+def test_the_history_and_the_side_by_side_views(workspace):
+    settings, number, _, result, _ = workspace
+    [summary] = evaluation_history(settings)
+    assert summary.evaluation_id == result.plan.evaluation_id and [v.label for v in summary.versions] == ["base", f"v{number}"]
+    logged = load_evaluation(settings, summary.evaluation_id)
+    table = views.comparison_frame(logged).set_index("metric")
+    assert list(table.columns) == ["base (NO-GO)", f"v{number} (NO-GO)"]
+    assert table.loc["refusal accuracy"].tolist() == ["100%", "100%"] and table.loc["golden items scored"].tolist() == ["4", "4"]
+    assert table.loc["general perplexity vs base (forgetting)", "base (NO-GO)"] == "+0.0%"
+    changes = views.perplexity_change_frame(logged)
+    assert list(changes.index) == [f"v{number}"] and list(changes.columns) == ["domain", "general (forgetting)"]
+    assert list(views.category_frame(logged).index) == ["criteria", "off-topic", "recommendation", "rejection"]
+    items = {version.label: load_items(settings, version.run_id) for version in logged}
+    matrix = views.items_frame(items).set_index("item")
+    assert matrix.loc["ref-offtopic-1", "base"] == "✓" and matrix.loc["ts-rec-1", f"v{number}"] == "✗"
+    detail = views.item_detail(items, "ts-rec-1")
+    assert [d["version"] for d in detail] == ["base", f"v{number}"] and detail[0]["facts"] == [
+        {"fact": "tumor-screening-linear", "found": "✗"}]
+
+
+@pytest.mark.parametrize("request_, problem", [
+    ({"versions": ["7"]}, "LLM version 7: the MLflow registry has no LLM version deploywise-llm/7"),
+    ({"versions": ["latest"]}, "unknown LLM version 'latest': use base, champion or a version number"),
+    ({"versions": []}, "no LLM version to evaluate"),
+    ({"versions": ["base", "base"]}, "LLM version base is listed twice"),
+    ({"item_ids": ["nope"]}, "no golden item nope"),
+    ({"gate": {"accuracy_min": 2}}, "accuracy_min: must be a share between 0 and 1 (got 2)"),
+    ({"snapshot_id": "0000000000000000"}, "no held-out text for perplexity: no snapshot 0000000000000000"),
+    ({"max_new_tokens": 0}, "max new tokens must be between 1 and 8192"),
+])
+def test_a_bad_request_is_one_error_and_writes_nothing(workspace, request_, problem):
+    settings = workspace[0]
+    before = len(evaluation_runs(settings))
+    arguments = {"versions": ["base"], **request_}
+    with pytest.raises(EvaluationError) as raised:
+        evaluate_versions(settings, arguments.pop("versions"), **arguments)
+    assert problem in str(raised.value) and "\n" not in str(raised.value)
+    assert len(evaluation_runs(settings)) == before
+
+
+def test_a_malformed_golden_file_or_one_for_another_registry_is_refused(workspace, tmp_path):
+    settings = workspace[0]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "a", "question": "q", "type": "static"}\n', encoding="utf-8")
+    with pytest.raises(EvaluationError, match=r"broken.jsonl, line 1 \(a\): category must be a non-empty string"):
+        plan_evaluation(settings, ["base"], broken)
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text(json.dumps({"id": "f", "question": "Which fraud model?", "type": "static", "category": "c",
+                                   "use_case": "fraud", "key_facts": ["x"], "expected_sources": ["criteria:fraud"]}) + "\n")
+    with pytest.raises(EvaluationError, match=r"none of the golden set's use cases \(fraud\) has candidates in the registry"):
+        plan_evaluation(settings, ["base"], foreign)
+
+
+def test_champion_names_the_version_holding_the_alias(workspace):
+    settings, number, _, _, _ = workspace
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    with pytest.raises(EvaluationError, match="LLM version base is listed twice \\(champion is that version\\)"):
+        plan_evaluation(settings, ["base", "champion"], item_ids=ITEMS)  # no champion yet: the base model serves
+    client.set_registered_model_alias("deploywise-llm", "champion", number)
+    try:
+        plan = plan_evaluation(settings, ["champion", "base"], item_ids=ITEMS)
+        assert [p.wanted for p in plan.versions] == ["base", number]
+    finally:
+        client.delete_registered_model_alias("deploywise-llm", "champion")
+
+
+def test_only_administrators_evaluate(workspace, monkeypatch):
+    settings = workspace[0]
+    monkeypatch.setattr(access, "current_user_is_admin", lambda: False)
+    with pytest.raises(access.AccessDenied):
+        evaluate_versions(settings, ["base"], item_ids=ITEMS)
+    with pytest.raises(access.AccessDenied):
+        jobs.start_evaluation(settings, ["base"], item_ids=ITEMS)
+    assert not jobs.jobs_dir(settings).exists()
+
+
+# --- out of process ---------------------------------------------------------------------------------------------
+
+
+def wait_for(settings, evaluation_id: str, states, timeout_s: float = 180):
+    deadline = time.monotonic() + timeout_s
+    while (job := jobs.get_evaluation_job(settings, evaluation_id)).state not in states:
+        assert time.monotonic() < deadline, f"{evaluation_id} still {job.state}: {job.progress}"
+        time.sleep(0.5)
+    return job
+
+
+@pytest.mark.slow
+def test_an_evaluation_runs_out_of_process_and_can_be_cancelled(workspace):
+    settings = workspace[0]
+    started = jobs.start_evaluation(settings, ["base"], item_ids=["ts-rec-1", "ref-offtopic-1"], max_new_tokens=4,
+                                    created_by="test-admin")
+    assert started.state in ("queued", "running") and jobs.log_path(settings, started.id).is_file()
+    done = wait_for(settings, started.id, jobs.FINAL_STATES)
+    assert done.state == "succeeded", (done.error, jobs.log_path(settings, started.id).read_text()[-2000:])
+    assert done.progress["done"] == done.progress["total"] == 3 and done.results[0]["verdict"] == "NO-GO"
+    [run] = [run for run in evaluation_runs(settings) if run.data.tags["evaluation_id"] == started.id]
+    assert run.data.tags["evaluated_by"] == "test-admin" and run.info.run_id == done.results[0]["run_id"]
+
+    long = jobs.start_evaluation(settings, ["base"], max_new_tokens=4)  # the whole golden set: long enough to cancel
+    running = wait_for(settings, long.id, ("running",))
+    while jobs.get_evaluation_job(settings, long.id).progress["done"] < 2:
+        time.sleep(0.2)
+    jobs.cancel_evaluation(settings, running.id)
+    cancelled = wait_for(settings, long.id, jobs.FINAL_STATES, timeout_s=60)
+    assert cancelled.state == "cancelled" and cancelled.error == "cancelled by an administrator"
+    assert [job.id for job in jobs.list_evaluation_jobs(settings)] == [long.id, started.id]
+    with pytest.raises(ValueError, match="has already cancelled"):
+        jobs.cancel_evaluation(settings, long.id)
+
+
+def test_a_worker_that_died_silently_is_marked_failed(workspace, tmp_path):
+    settings = load_settings(workspace=tmp_path / "workspace")
+    folder = jobs.jobs_dir(settings)
+    folder.mkdir(parents=True)
+    job = jobs.EvaluationJob("eval-20250101-000000-abcdef", "running", {"versions": ["base"]}, {}, "2025-01-01T00:00:00+00:00",
+                             pid=os.getpid())  # a live process, but not this evaluation's worker
+    jobs._write(jobs.status_path(settings, job.id), job)
+    [found] = jobs.list_evaluation_jobs(settings)
+    assert found.state == "failed" and "ended without finishing" in found.error and found.finished_at
+    assert views.jobs_frame([found]).loc[0, "state"] == "failed" and not views.unfinished([found])
