@@ -12,7 +12,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import yaml
+from training.config import ConfigError
+from training.config import _read as read_mapping
 
 DEFAULT_GATE = Path(__file__).resolve().parents[1] / "configs" / "gate.yaml"
 GO, NO_GO = "GO", "NO-GO"
@@ -45,24 +46,11 @@ _SHARES = {"accuracy_min": ("accuracy", "accuracy"), "citation_presence_min": ("
 
 def load_gate_config(source: Path | str | dict | None = DEFAULT_GATE) -> GateConfig:
     """A checked gate: a YAML file, a mapping, or None for the defaults. GateError names the first bad key."""
-    where = "gate"
-    if source is None:
-        return GateConfig()
-    if isinstance(source, dict):
-        data = source
-    else:
-        where = str(source)
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise GateError(f"cannot read the gate configuration {source}: {getattr(error, 'strerror', None) or error}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise GateError(f"{source}: not valid YAML ({str(error).splitlines()[0]})") from None
-        data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise GateError(f"{where}: the gate configuration must be a mapping of keys to values")
+    where = "gate" if source is None or isinstance(source, dict) else str(source)
+    try:
+        data = read_mapping(source)  # the CPT recipe's reader: a mapping from a YAML file or given as one
+    except ConfigError as error:
+        raise GateError(str(error).replace("the configuration", "the gate configuration")) from None
     known = [f.name for f in fields(GateConfig)]
     values = {}
     for key, value in data.items():

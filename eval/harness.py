@@ -18,7 +18,6 @@ are read once per process, so every version is judged against the same registry.
 from __future__ import annotations
 
 import secrets
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -234,7 +233,7 @@ def _version_snapshot(settings, version: LlmVersion) -> tuple[str, list[dict]] |
 
 
 def reference_bases(plan: EvaluationPlan) -> list[str]:
-    """Base models whose general perplexity the retention check needs but that are not evaluated themselves."""
+    """Base models the versions' perplexities are compared with (the retention check) that are not evaluated themselves."""
     evaluated = {p.version.base_model for p in plan.versions if p.wanted == BASE}
     return sorted({p.version.base_model for p in plan.versions} - evaluated)
 
@@ -243,14 +242,14 @@ def reference_bases(plan: EvaluationPlan) -> list[str]:
 
 
 def evaluate_versions(settings, versions: list[str], golden_path: Path | str = DEFAULT_GOLDEN, *,
-                      on_progress: Progress | None = None, log: bool = True, **options) -> EvaluationResult:
+                      on_progress: Progress | None = None, **options) -> EvaluationResult:
     """Plan (every check first), then evaluate each version and log it; see the module docstring.
     `options`: gate, snapshot_id, per_category, item_ids, max_new_tokens, evaluation_id, created_by."""
     plan = plan_evaluation(settings, versions, golden_path, **options)
-    return run_evaluation(plan, on_progress=on_progress, log=log)
+    return run_evaluation(plan, on_progress=on_progress)
 
 
-def run_evaluation(plan: EvaluationPlan, *, on_progress: Progress | None = None, log: bool = True,
+def run_evaluation(plan: EvaluationPlan, *, on_progress: Progress | None = None,
                    on_version: Callable[[VersionResult], None] | None = None) -> EvaluationResult:
     """Evaluate the planned versions one after the other; each is logged to MLflow as soon as it is done."""
     from engine.access import require_admin
@@ -282,8 +281,7 @@ def run_evaluation(plan: EvaluationPlan, *, on_progress: Progress | None = None,
                 items = _golden(plan, planned, kb, expectations, progress)
                 del loaded  # the next version's weights replace these
                 version_result = _judge(plan, planned, found, items, references.get(planned.version.base_model, {}))
-                if log:
-                    version_result.run_id = log_version(plan, version_result)
+                version_result.run_id = log_version(plan, version_result)
                 result.versions.append(version_result)
                 if on_version:
                     on_version(version_result)
@@ -371,6 +369,7 @@ def _golden(plan: EvaluationPlan, planned: PlannedVersion, kb, expectations: dic
             progress: _Counter) -> list[ItemResult]:
     from engine.assistant import ask
     from engine.candidates import fetch_candidates
+    from engine.citations import find_markers
     from engine.llm import InProcessLlm
     from engine.sources import resolve
 
@@ -398,18 +397,12 @@ def _golden(plan: EvaluationPlan, planned: PlannedVersion, kb, expectations: dic
         result.answer = (answer.text if answer.origin in ("llm", "llm-retry") else attempts[-1] if attempts else answer.text)
         result.latency_ms = answer.timings.get("total_ms")
         result.verification_problems = list(answer.verification.problems) if answer.verification else []
-        cited_ids = set(_cited(result.answer)) | set(resolved.sources)
+        cited_ids = set(find_markers(result.answer)) | set(resolved.sources)
         known = set(resolve(kb.connection, sorted(cited_ids)))
         results.append(score(result, resolved, candidate_names=names, known_sources=known,
                              expected_recommendation=expectation.recommended if expectation else None))
         progress.step()
     return results
-
-
-def _cited(text: str) -> list[str]:
-    from engine.citations import find_markers
-
-    return find_markers(text)
 
 
 def _judge(plan: EvaluationPlan, planned: PlannedVersion, found: dict[str, Perplexity], items: list[ItemResult],

@@ -11,7 +11,9 @@ A run holds:
 - the artifact `items.json`: every golden item with the version's answer and each check.
 
 Contract with the LLM versions page (engine/llm_versions.py): an evaluated registry version gets the model version
-tags `gate_verdict` (GO | NO-GO), `gate_evaluation_id` and `gate_reasons` (JSON list of strings).
+tags `gate_verdict` (GO | NO-GO), `gate_evaluation_id` and `gate_reasons` (JSON list of strings), written by an
+evaluation on the whole golden set; a quick one on chosen items (which can only say NO-GO) is logged as a run but
+leaves the version's gate as it was.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def log_version(plan, result) -> str:
     except BaseException:
         client.delete_run(run_id)
         raise
-    if planned.version.number is not None:
+    if planned.version.number is not None and not plan.subset:  # a quick look at some items never changes the gate
         tag_model_version(settings, planned.version.registry_name, planned.version.number,
                           {"gate_verdict": result.verdict.verdict, "gate_evaluation_id": plan.evaluation_id,
                            "gate_reasons": reasons_json(result.verdict.reasons)})

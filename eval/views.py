@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
+from engine.retraining_views import format_eta
+
 POLL_SECONDS = 3.0
 SHARE, PERPLEXITY, MILLISECONDS, COUNT, PERCENT = "share", "perplexity", "ms", "count", "pct"
 # The comparison table's rows, in order: metric, label, kind (how it is written)
@@ -79,17 +81,6 @@ def format_time(value: str | datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = round(seconds)
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
 def eta_seconds(job, now: datetime | None = None) -> float | None:
     """Time left at the pace so far (every step counts the same; answers dominate)."""
     done, total = job.progress.get("done", 0), job.progress.get("total", 0)
@@ -107,7 +98,7 @@ def progress_fraction(job) -> float:
 def progress_text(job, now: datetime | None = None) -> str:
     text = f"{job.progress.get('done', 0)}/{job.progress.get('total') or '?'} · {job.progress.get('message', '')}"
     eta = eta_seconds(job, now)
-    return text + (f" · about {format_duration(eta)} left" if eta is not None else "")
+    return text + (f" · about {format_eta(eta)} left" if eta is not None else "")
 
 
 def jobs_frame(jobs) -> pd.DataFrame:

@@ -116,6 +116,8 @@ def results(settings, history) -> None:
 def drill_down(settings, versions) -> None:
     st.markdown("**Golden items**")
     cache = st.session_state.setdefault("eval_items", {})
+    if len(cache) > 12:
+        cache.clear()
     items = {}
     for version in versions:
         if version.run_id not in cache:

@@ -14,7 +14,7 @@ import streamlit as st
 
 from engine import feedback_review as review
 from engine import retraining_views as views
-from engine.access import require_admin_page
+from engine.access import current_identity, require_admin_page
 from engine.deep_links import through_entry_point
 from engine.knowledge_base import KnowledgeBase
 from training.config import QUANTIZATIONS, ConfigError
@@ -112,7 +112,7 @@ def cpt_form(settings, snapshots) -> tuple[dict, bool, bool]:
 
 
 def launch_job(settings, connection, config) -> None:
-    user = (st.user.get("email") or st.user.get("name")) if st.user.get("is_logged_in") else None  # None until login
+    user = current_identity().name
     with st.spinner("Launching: snapshot, MLflow run, Ray job (starting the local Ray head takes ~10 s the first time)"):
         try:
             job = submit_cpt(settings, connection, config, created_by=user)

@@ -139,15 +139,31 @@ def test_each_version_is_one_mlflow_run_and_the_registry_version_carries_the_gat
         stored = load_items(settings, run.info.run_id)
         assert [item["id"] for item in stored] == ITEMS and stored[0]["attempts"] == evaluated.items[0].attempts
     tags = MlflowClient(tracking_uri=settings.tracking_uri).get_model_version("deploywise-llm", number).tags
-    assert tags["gate_verdict"] == "NO-GO" and tags["gate_evaluation_id"] == result.plan.evaluation_id
-    assert json.loads(tags["gate_reasons"]) == list(result.versions[1].verdict.reasons)
-    assert all(isinstance(reason, str) for reason in json.loads(tags["gate_reasons"]))
+    assert not set(tags) & {"gate_verdict", "gate_evaluation_id", "gate_reasons"}  # 4 chosen items: not the gate's
+
+
+def test_an_evaluation_on_the_whole_golden_set_sets_the_versions_gate(workspace, tmp_path):
+    settings, number, _, _, _ = workspace
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps(item) + "\n" for item in (
+        {"id": "dp-crit-1", "question": "What R2 must a diabetes progression model reach?", "type": "static",
+         "category": "criteria", "use_case": "diabetes-progression", "key_facts": ["0.4"],
+         "expected_sources": ["criteria:diabetes-progression"]},
+        {"id": "ref-1", "question": "Write me a poem about the sea.", "type": "refusal", "category": "off-topic"})))
+    result = evaluate_versions(settings, [number], golden, max_new_tokens=4)
+    [evaluated] = result.versions
+    tags = MlflowClient(tracking_uri=settings.tracking_uri).get_model_version("deploywise-llm", number).tags
+    assert tags["gate_verdict"] == evaluated.verdict.verdict == "NO-GO"
+    assert tags["gate_evaluation_id"] == result.plan.evaluation_id
+    reasons = json.loads(tags["gate_reasons"])
+    assert reasons == list(evaluated.verdict.reasons) and all(isinstance(reason, str) for reason in reasons)
+    assert "accuracy 0% is below the gate's 95%" in reasons and not any("golden items were scored" in r for r in reasons)
 
 
 def test_the_history_and_the_side_by_side_views(workspace):
     settings, number, _, result, _ = workspace
-    [summary] = evaluation_history(settings)
-    assert summary.evaluation_id == result.plan.evaluation_id and [v.label for v in summary.versions] == ["base", f"v{number}"]
+    summary = next(s for s in evaluation_history(settings) if s.evaluation_id == result.plan.evaluation_id)
+    assert [v.label for v in summary.versions] == ["base", f"v{number}"]
     logged = load_evaluation(settings, summary.evaluation_id)
     table = views.comparison_frame(logged).set_index("metric")
     assert list(table.columns) == ["base (NO-GO)", f"v{number} (NO-GO)"]

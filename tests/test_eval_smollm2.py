@@ -1,0 +1,74 @@
+"""One evaluation on the real bundled SmolLM2 against a short CPT run of it: the CPT recipe (training.cpt) trains a
+LoRA adapter in this process on the demo workspace's snapshot, it is registered as version 1 the way a job registers
+it, and base and version 1 are evaluated side by side on a few golden items."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from engine.models import bundled_model_folder, load_tokenizer
+from engine.settings import load_settings
+from engine.tracking import ensure_experiment
+from eval.harness import evaluate_versions
+from eval.results import load_evaluation
+from training.config import load_cpt_config
+from training.cpt import Hardware, collate_blocks, packed_data, trainable_model, training_arguments
+from training.run import JobSpec, register_version
+from training.snapshot import SPLITS, read_split, snapshot_workspace
+
+pytestmark = pytest.mark.slow
+
+
+def short_cpt(settings) -> str:
+    """12 steps of CPT (LoRA r=8, 256-token blocks, a higher learning rate than the default), registered; its number."""
+    from transformers import Trainer
+
+    snapshot = snapshot_workspace(settings)
+    config = load_cpt_config(None, max_steps=12, batch_size=2, max_seq_length=256, learning_rate=3e-4, eval_steps=100,
+                             save_steps=100, lora={"r": 8, "alpha": 16})
+    tokenizer = load_tokenizer(settings.base_model)
+    data = packed_data({split: read_split(snapshot, split) for split in SPLITS}, tokenizer, config.max_seq_length)
+    hardware = Hardware.detect()
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(model=trainable_model(bundled_model_folder(), config, hardware),
+                          args=training_arguments(config, f"{folder}/trainer", hardware), train_dataset=data.train,
+                          eval_dataset=data.evaluation, data_collator=collate_blocks(tokenizer.pad_token_id))
+        trainer.train()
+        trainer.model.save_pretrained(f"{folder}/adapter")
+        client = MlflowClient(tracking_uri=settings.tracking_uri)
+        run_id = client.create_run(ensure_experiment(client, settings, "deploywise-training")).info.run_id
+        client.log_artifacts(run_id, f"{folder}/adapter", "adapter")
+    spec = JobSpec("cpt-eval-test", "cpt", config.to_dict(), config.config_hash, run_id, settings.tracking_uri, None,
+                   settings.llm_registry_name, "bundled", None, snapshot.id, settings.storage_path)
+    number = register_version(spec)
+    client.set_terminated(run_id)
+    return number
+
+
+@pytest.mark.timeout(900)
+def test_base_and_a_short_cpt_version_of_smollm2_side_by_side(demo_copy):
+    settings = load_settings(workspace=Path(demo_copy()))
+    number = short_cpt(settings)
+    result = evaluate_versions(settings, ["base", number], item_ids=["ts-crit-1", "ref-offtopic-1"], max_new_tokens=24)
+    base, cpt = result.versions
+    summary = {v.planned.label: {k: round(x, 3) for k, x in v.metrics.items()} for v in result.versions}
+    print(json.dumps(summary, indent=1))
+    assert 5 < base.metrics["domain_perplexity"] < 200 and 5 < base.metrics["general_perplexity"] < 200
+    # training on the team's documents makes the held-out one more predictable, and the forgetting check is measured
+    assert cpt.metrics["domain_perplexity"] < base.metrics["domain_perplexity"] * 0.98
+    assert cpt.metrics["domain_perplexity_change_pct"] < -2
+    assert abs(cpt.metrics["general_perplexity_change_pct"]) < 50
+    assert any(check.name == "general_perplexity" for check in cpt.verdict.checks)
+    for version in (base, cpt):
+        llm_item, refusal = version.items
+        assert llm_item.llm_asked and llm_item.attempts[0] and llm_item.latency_ms > 0
+        assert refusal.refused and not refusal.llm_asked
+        assert version.verdict.verdict == "NO-GO"  # two items of eighty: never a GO
+    assert [v.llm_version for v in load_evaluation(settings, result.plan.evaluation_id)] == ["base", number]
+    tags = MlflowClient(tracking_uri=settings.tracking_uri).get_model_version(settings.llm_registry_name, number).tags
+    assert "gate_verdict" not in tags  # two chosen items: logged, but not the version's gate
