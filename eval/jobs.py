@@ -158,9 +158,12 @@ def _started_pid(path: Path) -> int | None:
         return None
 
 
+STARTING_S = 120.0  # a queued worker may still be between fork and exec: its /proc cmdline is the app's
+
+
 def _refreshed(path: Path, job: EvaluationJob) -> EvaluationJob:
     pid = job.pid or _started_pid(path)
-    if job.finished or pid is None or _is_worker(pid, job.id):
+    if job.finished or pid is None or _is_worker(pid, job.id) or _starting(job, pid):
         return job
     job = _read(path)  # it may have finished between the two reads
     if not job.finished:
@@ -168,6 +171,20 @@ def _refreshed(path: Path, job: EvaluationJob) -> EvaluationJob:
         job.error = job.error or "the evaluation process ended without finishing (killed, or the machine restarted); see its log"
         _write(path, job)
     return job
+
+
+def _starting(job: EvaluationJob, pid: int) -> bool:
+    """A worker started moments ago that has not yet written its own state (a reused pid is not waited on forever)."""
+    from datetime import UTC, datetime
+
+    if job.state != "queued":
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    age = (datetime.now(UTC) - datetime.fromisoformat(job.created_at)).total_seconds()
+    return age < STARTING_S
 
 
 def _is_worker(pid: int, evaluation_id: str) -> bool:

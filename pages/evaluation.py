@@ -59,6 +59,9 @@ def new_evaluation(settings) -> None:
             except EvaluationError as error:
                 st.error(f"Not started: {error}")
                 return
+            except Exception as error:  # MLflow or the disk said no
+                st.error(f"Not started: {type(error).__name__}: {views.first_line(error)}")
+                return
         changed(f"Evaluation {job.id} started: {', '.join(job.request['versions'])}.")
 
 
