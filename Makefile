@@ -33,6 +33,7 @@ test: install
 bench: install
 	$(BIN)/python bench/knowledge.py
 	$(BIN)/python bench/chat.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache
