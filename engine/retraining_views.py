@@ -88,7 +88,7 @@ def config_from_yaml_text(text: str) -> CptConfig:
 
 def form_values(config: CptConfig) -> dict[str, Any]:
     """The form widgets' values for a config, by config key."""
-    flat = _flatten(config.to_dict())
+    flat = config.flat()
     values = {key: flat[key] for key in FORM_KEYS}
     for key in TEXT_KEYS:
         values[key] = f"{values[key]:g}"
@@ -122,16 +122,6 @@ def problems_markdown(intro: str, error: ConfigError) -> str:
     if len(problems) == 1:
         return f"{intro}: {problems[0]}"
     return f"{intro}:\n\n" + "\n".join(f"- {problem}" for problem in problems)
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 # --- choices ----------------------------------------------------------------------------------------------------

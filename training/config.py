@@ -72,6 +72,16 @@ class CptConfig:
         data["lora"]["target_modules"] = list(self.lora.target_modules)
         return data
 
+    def flat(self) -> dict[str, Any]:
+        """Keys as dotted paths (`lora.r`): the form's fields and the MLflow params."""
+        def walk(data: dict, prefix: str) -> dict:
+            flat = {}
+            for key, value in data.items():
+                flat.update(walk(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+            return flat
+
+        return walk(self.to_dict(), "")
+
     @property
     def config_hash(self) -> str:
         """Same settings, same hash: the lineage tag that says which recipe made a version."""

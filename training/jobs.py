@@ -215,7 +215,7 @@ def _start_run(client, job_id: str, config: CptConfig, snapshot: DatasetSnapshot
     run_id = run.info.run_id
     from mlflow.entities import Metric, Param
 
-    params = [Param(key, str(value)[:500]) for key, value in _flatten(config.to_dict()).items()]
+    params = [Param(key, (",".join(value) if isinstance(value, list) else str(value))[:500]) for key, value in config.flat().items()]
     params.append(Param("snapshot_id", snapshot.id))
     stats = {f"snapshot_{split}_{key}": counts[split][key] for split in counts
              for key in ("domain_documents", "domain_tokens", "replay_documents", "replay_tokens", "tokens")}
@@ -238,16 +238,6 @@ def _job_python(settings) -> str:
 
 def _passed_environment() -> dict[str, str]:
     return {name: os.environ[name] for name in _JOB_ENVIRONMENT if name in os.environ}
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = ",".join(value) if isinstance(value, list) else value
-    return flat
 
 
 # --- following --------------------------------------------------------------------------------------------------
