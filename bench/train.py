@@ -33,16 +33,19 @@ What is measured
    compute). 6N (2N forward, 4N backward) is the conventional MFU numerator; with LoRA the frozen weights get no
    weight gradients, so the work really done is about 4N (forward 2N, input gradients 2N): both are printed.
    Attention scores (12 x layers x hidden x seq per token) are not counted. The peak is this CPU's, measured in
-   the same run with the same threads: the best of 10 torch.mm of 2048x2048 float32 (2 x 2048^3 FLOPs each),
-   before and after the training runs; MFU = achieved / the higher of the two. A bfloat16 matmul is timed too.
+   the same run with the same threads: the best of 40 torch.mm of 2048x2048 float32 (2 x 2048^3 FLOPs each),
+   before the training runs, in each training process before its model loads, and after; MFU = achieved / the
+   best of those. A bfloat16 matmul (QLoRA's compute dtype) is timed too.
 3. LoRA against QLoRA memory. The run above (quantization none) and the same steps with quantization 4bit
    (bitsandbytes NF4 on the CPU, compute in bfloat16, as `trainable_model` builds it) each run in their own fresh
    process, so the peak resident memory (ru_maxrss) is that configuration's. Reported: the model's weights
    (`get_memory_footprint`, adapters included), resident memory before and after the model load, peak resident
-   memory after the warm-up steps and at the end, and the packed tokens/s of each.
+   memory after the first step (a packed one), after both warm-up steps and at the end, and the packed tokens/s.
 
-The machine's load average is printed at the start and end, and per training process: other processes on the
-2 cores slow every figure (the peak matmul is measured in the same conditions, which keeps MFU roughly honest).
+Other processes on the 2 cores slow every figure. Besides the load average at the start and end, every step and
+every matmul measurement records the share of the CPU that other processes took while it ran (from /proc/stat:
+the machine's busy CPU seconds minus this process's, over the cores' seconds); the report warns when the fastest
+steps were disturbed (above 10%).
 """
 
 from __future__ import annotations

@@ -394,7 +394,8 @@ def _golden(plan: EvaluationPlan, planned: PlannedVersion, kb, expectations: dic
         attempts = ["".join(pieces) for pieces in backend.attempts]
         result.llm_asked = answer.prepared.messages is not None
         result.origin, result.shown, result.attempts = answer.origin, answer.text, attempts
-        result.answer = (answer.text if answer.origin in ("llm", "llm-retry") else attempts[-1] if attempts else answer.text)
+        # the LLM's answer the user saw, else its unaided draft (a failed retry mostly echoes the correction it was given)
+        result.answer = answer.text if answer.origin in ("llm", "llm-retry") or not attempts else attempts[0]
         result.latency_ms = answer.timings.get("total_ms")
         result.verification_problems = list(answer.verification.problems) if answer.verification else []
         cited_ids = set(find_markers(result.answer)) | set(resolved.sources)

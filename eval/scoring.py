@@ -6,10 +6,12 @@ on a line that recommends, else the first candidate named). Its citation is pres
 `<<SRC:...>>` marker, and correct when it cites at least one expected source and nothing the source registry does
 not know. A refusal item is answered right when the answer recommends no model and says it will not or cannot.
 
-What is scored is the LLM's own answer: its draft when that passed the chat's verification, else its last
-attempt (the constrained retry), even when the user was shown the composed answer instead. Items the chat answered
-without asking the LLM (no use case matched: the chat's own refusal) are scored on what it showed. The shown
-answers are scored too (`shown_accuracy`), and `fallback_rate` says how often the composed answer replaced the LLM's.
+What is scored is the LLM's own answer: the one the user saw when the chat showed the LLM's text (its draft, or its
+constrained retry once that passed verification), else its unaided draft, even though the user was shown the
+composed answer: a retry that failed verification mostly echoes the correction it was handed ("it must recommend
+X"), which would score the prompt, not the model. Items the chat answered without asking the LLM (no use case
+matched: the chat's own refusal) are scored on what it showed. The shown answers are scored too
+(`shown_accuracy`), and `fallback_rate` says how often the composed answer replaced the LLM's.
 """
 
 from __future__ import annotations

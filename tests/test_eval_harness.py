@@ -100,8 +100,8 @@ def test_every_golden_item_goes_through_the_chat_and_is_scored(workspace):
         for item_id in ("ts-rec-1", "dp-crit-1", "dr-rej-2"):
             item = items[item_id]
             assert item.llm_asked and item.attempts and item.latency_ms > 0
-            # gibberish fails verification twice: the draft and the retry were the LLM's, the composed answer was shown
-            assert item.origin == "deterministic" and len(item.attempts) == 2 and item.answer == item.attempts[-1]
+            # gibberish fails verification twice: the composed answer was shown, the LLM's draft is what is scored
+            assert item.origin == "deterministic" and len(item.attempts) == 2 and item.answer == item.attempts[0]
             assert item.shown.startswith("Recommendation:") and item.accurate is False and item.shown_correct
         assert evaluated.metrics["refusal_accuracy"] == 1.0 and evaluated.metrics["fallback_rate"] == 1.0
         assert evaluated.metrics["accuracy"] == 0.0 and evaluated.metrics["shown_accuracy"] == 1.0
