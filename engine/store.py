@@ -175,6 +175,42 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX feedback_reviews_by_state ON feedback_reviews(state);
     """,
+    # 6: named SFT datasets (training.sft_data): generation run state, drops by reason, and their reviewed pairs
+    """
+    CREATE TABLE sft_datasets (
+        name          TEXT PRIMARY KEY,
+        state         TEXT NOT NULL CHECK (state IN ('queued', 'generating', 'ready', 'failed', 'cancelled')),
+        config        TEXT NOT NULL DEFAULT '{}',
+        drops         TEXT NOT NULL DEFAULT '{}',
+        progress      TEXT NOT NULL DEFAULT '{}',
+        error         TEXT,
+        pid           INTEGER,
+        exported_hash TEXT,
+        created_by    TEXT,
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL
+    );
+    CREATE TABLE sft_pairs (
+        id                 INTEGER PRIMARY KEY,
+        dataset            TEXT NOT NULL REFERENCES sft_datasets(name) ON DELETE CASCADE,
+        style              TEXT NOT NULL,
+        question           TEXT NOT NULL,
+        question_key       TEXT NOT NULL,
+        instruction        TEXT NOT NULL,
+        output             TEXT NOT NULL,
+        edited_instruction TEXT,
+        edited_output      TEXT,
+        chunk_ids          TEXT NOT NULL DEFAULT '[]',
+        source_ids         TEXT NOT NULL DEFAULT '[]',
+        generator          TEXT NOT NULL,
+        state              TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'accepted', 'rejected')),
+        created_at         TEXT NOT NULL,
+        reviewed_by        TEXT,
+        reviewed_at        TEXT,
+        UNIQUE (dataset, question_key)
+    );
+    CREATE INDEX sft_pairs_by_dataset ON sft_pairs(dataset, state);
+    """,
 ]
 
 
