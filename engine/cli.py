@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.versions_commands import register as register_versions
 
     register_versions(commands)
+    from training.sft_commands import register as register_sft
+
+    register_sft(commands)
 
     from engine.local_admin import register as register_admin
 

@@ -54,7 +54,7 @@ DROP_REASONS = {
     "unknown_marker": "a <<SRC>> marker the source registry does not know",
     "duplicate": "same or nearly the same question as a pair already in the dataset",
     "golden_overlap": "same or nearly the same question as an evaluation (golden set) question",
-    "off_topic": "a paraphrased question no longer asks about its use case",
+    "use_case_mismatch": "the chat would take the question for another use case (or, for a refusal, for a use case)",
     "not_verified": "the answer does not pass the chat's verifier",
 }
 
