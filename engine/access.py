@@ -44,6 +44,7 @@ ADMIN_PAGES: tuple[AdminPage, ...] = (  # the navigation's Admin section, in thi
     AdminPage("pages/evaluation.py", "Evaluation", ":material/analytics:"),
     AdminPage("pages/versions.py", "LLM versions", ":material/deployed_code:"),
     AdminPage("pages/feedback.py", "Feedback review", ":material/rate_review:"),
+    AdminPage("pages/sft_data.py", "SFT data", ":material/dataset:"),
 )
 
 

@@ -91,7 +91,7 @@ PARAPHRASE_PROMPT = ("Rewrite this question in other words, as a colleague would
                      "case it names. Reply with the rewritten question only.\n\nQuestion: {question}")
 _QA = re.compile(r"QUESTION\s*:\s*(?P<question>.+?)\s*\n\s*ANSWER\s*:\s*(?P<answer>.+)", re.S | re.I)
 _OPTION = re.compile(r"^\s*\(?([A-D])[).:]\s+\S", re.M)
-_ANSWER_LETTER = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-D])\b", re.I)
+_ANSWER_LETTER = re.compile(r"^\W*(?:(?i:answer)\s*(?:(?i:is))?\s*:?\s*)?\(?([A-D])\b")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Progress = Callable[[int, int, str], None]
