@@ -1,5 +1,5 @@
-"""What the Retraining page shows and checks, as plain functions: the CPT form's values, the snapshot preview's
-tables, the jobs table, progress texts and curves.
+"""What the Retraining page shows and checks, as plain functions: the CPT and SFT forms' values, the snapshot
+preview's tables, the SFT datasets' table, the jobs table, progress texts and curves.
 
 Pages keep only widgets and layout; everything here runs (and is tested) without a browser or Streamlit. The work
 itself (configs, snapshots, jobs) is done by `training.config`, `training.snapshot` and `training.jobs`.
@@ -16,21 +16,23 @@ import pandas as pd
 import yaml
 
 from engine import store
-from training.config import ConfigError, CptConfig, load_cpt_config
-from training.jobs import FINAL_STATES, JobProgress, TrainingJob
+from training.config import LATEST, AdapterTraining, ConfigError, load_config
+from training.jobs import FINAL_STATES, JobProgress, TrainingJob, starts_sft
 from training.snapshot import SPLITS, DatasetSnapshot, SnapshotChanges
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "cpt.yaml"
+CONFIG_FOLDER = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = {"cpt": "CPT: continual pretraining on the knowledge base", "sft": "SFT: fine-tuning a CPT version on an SFT dataset"}
 POLL_SECONDS = 3.0  # how often the jobs table refreshes while a job is unfinished
 LOG_TAIL_LINES = 200
 
-# The CPT settings the form shows, in its order; the other keys come from the YAML (file, upload or edit).
-FORM_KEYS = (
-    "start_from", "snapshot", "replay_ratio",
+# The settings each recipe's form shows, in its order; the other keys come from the YAML (file, upload or edit).
+TRAINING_KEYS = (
     "quantization", "lora.r", "lora.alpha", "lora.dropout",
     "learning_rate", "epochs", "max_steps", "batch_size",
     "gradient_accumulation_steps", "max_seq_length", "eval_steps", "save_steps",
 )
+FORM_KEYS = {"cpt": ("start_from", "snapshot", "replay_ratio", *TRAINING_KEYS),
+             "sft": ("start_from", "dataset", "validation_share", *TRAINING_KEYS)}
 TEXT_KEYS = ("learning_rate",)  # typed as text so that 2e-5 can be written as such
 
 
@@ -40,9 +42,13 @@ def open_database(settings):
     return store.connect(settings.knowledge_db)
 
 
-def widget_key(config_key: str) -> str:
-    """The Streamlit key of a config key's form widget: `lora.r` -> `cpt_lora_r`."""
-    return "cpt_" + config_key.replace(".", "_")
+def widget_key(config_key: str, kind: str = "cpt") -> str:
+    """The Streamlit key of a config key's widget in a recipe's form: `lora.r` -> `cpt_lora_r`, `sft_lora_r`."""
+    return f"{kind}_" + config_key.replace(".", "_")
+
+
+def config_path(kind: str) -> Path:
+    return CONFIG_FOLDER / f"{kind}.yaml"
 
 
 def first_line(error: object) -> str:
@@ -53,27 +59,27 @@ def first_line(error: object) -> str:
 # --- the form ---------------------------------------------------------------------------------------------------
 
 
-def default_config(path: Path = DEFAULT_CONFIG_PATH) -> tuple[CptConfig, str | None]:
-    """The form's starting point: configs/cpt.yaml, or the built-in defaults and why the file could not be used."""
+def default_config(kind: str = "cpt") -> tuple[AdapterTraining, str | None]:
+    """The form's starting point: configs/<kind>.yaml, or the built-in defaults and why the file could not be used."""
     try:
-        return load_cpt_config(path), None
+        return load_config(kind, config_path(kind)), None
     except ConfigError as error:
-        return load_cpt_config(None), str(error)
+        return load_config(kind, None), str(error)
 
 
-def default_yaml_text(path: Path = DEFAULT_CONFIG_PATH) -> str:
+def default_yaml_text(kind: str = "cpt") -> str:
     """The YAML editor's first text: the commented default file, else the defaults written out."""
     try:
-        return path.read_text(encoding="utf-8")
+        return config_path(kind).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        return config_yaml(load_cpt_config(None))
+        return config_yaml(load_config(kind, None))
 
 
-def config_yaml(config: CptConfig) -> str:
+def config_yaml(config: AdapterTraining) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def config_from_yaml_text(text: str) -> CptConfig:
+def config_from_yaml_text(text: str, kind: str = "cpt") -> AdapterTraining:
     """A checked config from YAML text (an upload or the editor); ConfigError names every problem."""
     try:
         data = yaml.safe_load(text)
@@ -83,19 +89,19 @@ def config_from_yaml_text(text: str) -> CptConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping of keys to values")
-    return load_cpt_config(data)
+    return load_config(kind, data)
 
 
-def form_values(config: CptConfig) -> dict[str, Any]:
+def form_values(config: AdapterTraining) -> dict[str, Any]:
     """The form widgets' values for a config, by config key."""
     flat = config.flat()
-    values = {key: flat[key] for key in FORM_KEYS}
+    values = {key: flat[key] for key in FORM_KEYS[config.kind]}
     for key in TEXT_KEYS:
         values[key] = f"{values[key]:g}"
     return values
 
 
-def config_from_form(base: dict, values: dict[str, Any]) -> CptConfig:
+def config_from_form(base: dict, values: dict[str, Any], kind: str = "cpt") -> AdapterTraining:
     """The config to launch: the base mapping (YAML) with the form's values on top; ConfigError names every bad key."""
     merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
     for key, value in values.items():
@@ -109,7 +115,7 @@ def config_from_form(base: dict, values: dict[str, Any]) -> CptConfig:
             target[name] = value
         else:
             merged[name] = value
-    return load_cpt_config(merged)
+    return load_config(kind, merged)
 
 
 def config_problems(error: ConfigError) -> list[str]:
@@ -131,6 +137,7 @@ def problems_markdown(intro: str, error: ConfigError) -> str:
 class VersionChoice:
     number: str
     label: str
+    starts_sft: bool = False  # a CPT version SFT's 'latest' may pick
 
 
 def llm_versions(settings) -> list[VersionChoice]:
@@ -150,7 +157,8 @@ def llm_versions(settings) -> list[VersionChoice]:
     for version in sorted(found, key=lambda v: int(v.version), reverse=True):
         tags = version.tags or {}
         details = [part for part in (tags.get("training", "").upper(), tags.get("status"), tags.get("job_id")) if part]
-        choices.append(VersionChoice(str(version.version), f"{name}/{version.version}" + (f" · {' · '.join(details)}" if details else "")))
+        choices.append(VersionChoice(str(version.version), f"{name}/{version.version}" + (f" · {' · '.join(details)}" if details else ""),
+                                     starts_sft(tags)))
     return choices
 
 
@@ -160,6 +168,51 @@ def start_options(versions: list[VersionChoice], current: str) -> dict[str, str]
     if current not in options:
         options[current] = f"version {current} (not in the registry)"
     return options
+
+
+def sft_start_options(versions: list[VersionChoice], current: str) -> dict[str, str]:
+    """SFT's start choices: the newest CPT version (the default), every CPT version, the base model."""
+    cpt = [version for version in versions if version.starts_sft]
+    options = {LATEST: f"Newest CPT version ({cpt[0].label})" if cpt else "Newest CPT version (none yet: train one first)"}
+    options |= {version.number: version.label for version in cpt} | {"base": "Base model (no CPT)"}
+    if current not in options:
+        options[current] = f"version {current} (not a CPT version of the registry)"
+    return options
+
+
+def dataset_options(datasets, current: str) -> dict[str, str]:
+    """SFT dataset choices (value -> label) with their accepted pairs; 'latest' is the newest with any."""
+    usable = [dataset for dataset in datasets if dataset.accepted]
+    options = {LATEST: f"Newest with accepted pairs ({usable[0].name})" if usable else "Newest with accepted pairs (none yet)"}
+    options |= {dataset.name: f"{dataset.name} · {dataset.accepted} accepted" + (f", {dataset.pending} pending" if dataset.pending else "")
+                for dataset in datasets}
+    if current not in options:
+        options[current] = f"{current} (not found)"
+    return options
+
+
+def datasets_frame(datasets) -> pd.DataFrame:
+    """The SFT datasets (training.sft_data.SftDataset), newest first: review counts and styles."""
+    rows = [{"dataset": dataset.name, "state": dataset.state, "accepted": dataset.accepted, "pending": dataset.pending,
+             "rejected": dataset.rejected, "styles": ", ".join(f"{style} {count}" for style, count in dataset.styles.items()),
+             "created": format_time(dataset.created_at)} for dataset in datasets]
+    return pd.DataFrame(rows, columns=["dataset", "state", "accepted", "pending", "rejected", "styles", "created"])
+
+
+def dataset_caption(datasets, config) -> str:
+    """What an SFT config trains on, in one line: the dataset, its accepted pairs and about how many are held out."""
+    name = config.dataset
+    if name == LATEST:
+        usable = [dataset for dataset in datasets if dataset.accepted]
+        if not usable:
+            return "No dataset has accepted pairs yet: accept some in the dataset's review first."
+        name = usable[0].name
+    found = next((dataset for dataset in datasets if dataset.name == name), None)
+    if found is None:
+        return f"There is no SFT dataset named {name}."
+    held_out = min(found.accepted - 1, max(1, round(config.validation_share * found.accepted))) if found.accepted > 1 else 0
+    return (f"The job trains on the {found.accepted} accepted pair(s) of `{name}` (exported at launch), about {held_out} "
+            f"of them held out for the evaluation loss; pending and rejected pairs are left out.")
 
 
 def snapshot_options(snapshots: list[DatasetSnapshot], current: str) -> dict[str, str]:
@@ -303,16 +356,17 @@ def jobs_frame(jobs: list[TrainingJob], progress: dict[str, JobProgress | None],
         done = progress.get(job.id)
         rows.append({
             "job": job.id,
+            "kind": job.kind.upper(),
             "state": job.state,
             "started": format_time(job.created_at),
             "start from": job.start_from,
-            "snapshot": job.snapshot_id,
+            "data": job.data,
             "step": steps_text(done),
             "ETA": format_eta(done.eta_s) if done and not job.finished else "",
             "LLM version": version_label(registry_name, job),
             "message": job.message or "",
         })
-    return pd.DataFrame(rows, columns=["job", "state", "started", "start from", "snapshot", "step", "ETA", "LLM version", "message"])
+    return pd.DataFrame(rows, columns=["job", "kind", "state", "started", "start from", "data", "step", "ETA", "LLM version", "message"])
 
 
 def job_label(job: TrainingJob) -> str:

@@ -1,13 +1,15 @@
-"""Retraining (admin): continual pretraining (CPT) of the LLM on the knowledge base, launched and followed here.
+"""Retraining (admin): continual pretraining (CPT) of the LLM on the knowledge base, and supervised fine-tuning (SFT)
+of a CPT version on an SFT dataset, launched and followed here.
 
-Choose the starting model and the settings (checked by `training.config` before anything runs), preview the
-dataset snapshot the job will learn from and what is new since the last run, launch; then follow the jobs: a
-table refreshed every few seconds while a job is unfinished, and for one job its progress, loss, learning rate and
-evaluation curves (from its MLflow run), its log tail, Cancel, and the LLM version it made.
+Choose the recipe, the starting model and the settings (checked by `training.config` before anything runs), preview
+the data the job will learn from (CPT: the dataset snapshot and what is new since the last run; SFT: the datasets and
+their accepted pairs), launch; then follow the jobs of both recipes: a table refreshed every few seconds while a job
+is unfinished, and for one job its progress, loss, learning rate and evaluation curves (from its MLflow run), its
+log tail, Cancel, and the LLM version it made.
 
-Layout only: the work happens in `training.jobs`, `training.snapshot` and `engine.retraining_views`. The database
-is opened for this run (and for each refresh of the jobs panel) and closed at its end. Errors reaching Ray or
-MLflow show as one warning line; the page stays up.
+Layout only: the work happens in `training.jobs`, `training.snapshot`, `training.sft_data` and
+`engine.retraining_views`. The database is opened for this run (and for each refresh of the jobs panel) and closed at
+its end. Errors reaching Ray or MLflow show as one warning line; the page stays up.
 """
 
 import streamlit as st
@@ -18,10 +20,17 @@ from engine.access import current_identity, require_admin_page
 from engine.deep_links import through_entry_point
 from engine.knowledge_base import KnowledgeBase
 from training.config import QUANTIZATIONS, ConfigError
-from training.jobs import JobError, cancel_job, choose_snapshot, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt
+from training.jobs import (JobError, cancel_job, choose_snapshot, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt,
+                           submit_sft)
+from training.sft_data import list_datasets
 from training.snapshot import SnapshotError, changes_since, list_snapshots
 
-BASE_KEY, YAML_KEY, FLASH_KEY, JOB_KEY = "cpt_base", "cpt_yaml", "cpt_flash", "cpt_job"
+FLASH_KEY, JOB_KEY, RECIPE_KEY = "training_flash", "training_job", "training_recipe"
+
+
+def base_key(kind: str) -> str:
+    """The session key of the recipe's configuration mapping under the form (the YAML's keys the form lacks)."""
+    return f"{kind}_base"
 
 
 def changed(message: str) -> None:
@@ -31,62 +40,59 @@ def changed(message: str) -> None:
 
 def use_config(config) -> None:
     """Make a checked config the form's content (called before the form's widgets exist in the run)."""
-    st.session_state[BASE_KEY] = config.to_dict()
+    st.session_state[base_key(config.kind)] = config.to_dict()
     for key, value in views.form_values(config).items():
-        st.session_state[views.widget_key(key)] = value
+        st.session_state[views.widget_key(key, config.kind)] = value
 
 
-def uploaded_yaml() -> None:
-    upload = st.session_state.get("cpt_yaml_file")
+def uploaded_yaml(kind: str) -> None:
+    upload = st.session_state.get(f"{kind}_yaml_file")
     if upload is None:
         return
     try:
-        st.session_state[YAML_KEY] = upload.getvalue().decode("utf-8")
+        st.session_state[f"{kind}_yaml"] = upload.getvalue().decode("utf-8")
     except UnicodeDecodeError:
-        st.session_state["cpt_yaml_problem"] = f"{upload.name} is not UTF-8 text; the editor is unchanged."
+        st.session_state[f"{kind}_yaml_problem"] = f"{upload.name} is not UTF-8 text; the editor is unchanged."
 
 
-def apply_yaml() -> None:
+def apply_yaml(kind: str) -> None:
     try:
-        config = views.config_from_yaml_text(st.session_state.get(YAML_KEY, ""))
+        config = views.config_from_yaml_text(st.session_state.get(f"{kind}_yaml", ""), kind)
     except ConfigError as error:
-        st.session_state["cpt_yaml_problem"] = views.problems_markdown("The YAML was not applied", error)
+        st.session_state[f"{kind}_yaml_problem"] = views.problems_markdown("The YAML was not applied", error)
     else:
         use_config(config)
         st.session_state[FLASH_KEY] = "The YAML configuration is in the form."
 
 
-def yaml_editor() -> None:
+def yaml_editor(kind: str) -> None:
     with st.expander("Upload or edit the YAML configuration"):
         st.caption("Keys the form does not show (warmup, scheduler, target modules, Ray workers...) come from here. "
                    "Apply puts the whole configuration into the form; every key is checked first.")
-        st.file_uploader("YAML file", type=["yaml", "yml"], key="cpt_yaml_file", on_change=uploaded_yaml)
-        st.session_state.setdefault(YAML_KEY, views.default_yaml_text())
-        st.text_area("Configuration (YAML)", key=YAML_KEY, height=320)
-        st.button("Apply to the form", on_click=apply_yaml)
-        if problem := st.session_state.pop("cpt_yaml_problem", None):
+        st.file_uploader("YAML file", type=["yaml", "yml"], key=f"{kind}_yaml_file", on_change=uploaded_yaml, args=(kind,))
+        st.session_state.setdefault(f"{kind}_yaml", views.default_yaml_text(kind))
+        st.text_area("Configuration (YAML)", key=f"{kind}_yaml", height=320)
+        st.button("Apply to the form", on_click=apply_yaml, args=(kind,))
+        if problem := st.session_state.pop(f"{kind}_yaml_problem", None):
             st.error(problem)
 
 
-def cpt_form(settings, snapshots) -> tuple[dict, bool, bool]:
-    """The form; returns its values by config key, and whether Check or Launch was pressed."""
-    key = views.widget_key
+def registry_versions(settings) -> list:
     try:
-        versions, versions_problem = views.llm_versions(settings), None
+        return views.llm_versions(settings)
     except Exception as error:  # MLflow unreachable: training from the base model still works
-        versions, versions_problem = [], views.first_line(error)
-    if versions_problem:
-        st.warning(f"Cannot list the LLM versions ({versions_problem}); only the base model is offered.")
-    starts = views.start_options(versions, st.session_state[key("start_from")])
-    snapshot_choices = views.snapshot_options(snapshots, st.session_state[key("snapshot")])
-    with st.form("cpt_form"):
-        left, middle, right = st.columns(3)
-        left.selectbox("Start from", list(starts), key=key("start_from"), format_func=starts.get,
-                       help="The base model, or an LLM version to continue training (it is merged first).")
-        middle.selectbox("Snapshot", list(snapshot_choices), key=key("snapshot"), format_func=snapshot_choices.get,
-                         help="The frozen data the job learns from.")
-        right.number_input("Replay ratio", key=key("replay_ratio"), step=0.05, format="%.2f",
-                           help="Share of general text in the training tokens of a new snapshot (at least 0, below 1).")
+        st.warning(f"Cannot list the LLM versions ({views.first_line(error)}); only the base model is offered.")
+        return []
+
+
+def recipe_form(kind: str, first_row, sequence_help: str) -> tuple[dict, bool, bool]:
+    """A recipe's form: its own first row (`first_row(left, middle, right)` draws it), then the adapter and
+    optimisation settings both recipes share. Returns the values by config key, and whether Check or Launch was pressed."""
+    def key(name):
+        return views.widget_key(name, kind)
+
+    with st.form(f"{kind}_form"):
+        first_row(*st.columns(3))
         st.markdown("**Adapter**")
         columns = st.columns(4)
         columns[0].selectbox("Quantization", QUANTIZATIONS, key=key("quantization"), help="4bit: QLoRA (NF4 base weights)")
@@ -98,24 +104,58 @@ def cpt_form(settings, snapshots) -> tuple[dict, bool, bool]:
         columns[0].text_input("Learning rate", key=key("learning_rate"), help="e.g. 2e-5")
         columns[1].number_input("Epochs", key=key("epochs"), step=0.5, format="%.2f")
         columns[2].number_input("Max steps", key=key("max_steps"), step=1, help="-1: no cap; otherwise the run stops there")
-        columns[3].number_input("Batch size", key=key("batch_size"), step=1, help="Sequences per step and worker")
+        columns[3].number_input("Batch size", key=key("batch_size"), step=1, help="Rows per step and worker")
         columns = st.columns(4)
         columns[0].number_input("Gradient accumulation", key=key("gradient_accumulation_steps"), step=1)
-        columns[1].number_input("Sequence length", key=key("max_seq_length"), step=64, help="Packed block length in tokens")
+        columns[1].number_input("Sequence length", key=key("max_seq_length"), step=64, help=sequence_help)
         columns[2].number_input("Eval steps", key=key("eval_steps"), step=1, help="Validation loss and perplexity every N steps")
         columns[3].number_input("Save steps", key=key("save_steps"), step=1, help="Checkpoint every N steps (a multiple of eval steps)")
         check_column, launch_column = st.columns(2)
         check = check_column.form_submit_button("Check and preview", width="stretch")
         launch = launch_column.form_submit_button("Launch", type="primary", width="stretch")
-    values = {name: st.session_state[key(name)] for name in views.FORM_KEYS}
-    return values, check, launch
+    return {name: st.session_state[key(name)] for name in views.FORM_KEYS[kind]}, check, launch
+
+
+def cpt_form(settings, snapshots) -> tuple[dict, bool, bool]:
+    key = views.widget_key
+    starts = views.start_options(registry_versions(settings), st.session_state[key("start_from")])
+    snapshot_choices = views.snapshot_options(snapshots, st.session_state[key("snapshot")])
+
+    def first_row(left, middle, right):
+        left.selectbox("Start from", list(starts), key=key("start_from"), format_func=starts.get,
+                       help="The base model, or an LLM version to continue training (it is merged first).")
+        middle.selectbox("Snapshot", list(snapshot_choices), key=key("snapshot"), format_func=snapshot_choices.get,
+                         help="The frozen data the job learns from.")
+        right.number_input("Replay ratio", key=key("replay_ratio"), step=0.05, format="%.2f",
+                           help="Share of general text in the training tokens of a new snapshot (at least 0, below 1).")
+
+    return recipe_form("cpt", first_row, "Packed block length in tokens")
+
+
+def sft_form(settings, datasets) -> tuple[dict, bool, bool]:
+    def key(name):
+        return views.widget_key(name, "sft")
+
+    starts = views.sft_start_options(registry_versions(settings), st.session_state[key("start_from")])
+    choices = views.dataset_options(datasets, st.session_state[key("dataset")])
+
+    def first_row(left, middle, right):
+        left.selectbox("Start from", list(starts), key=key("start_from"), format_func=starts.get,
+                       help="A CPT version (merged into the base model first); the newest by default.")
+        middle.selectbox("Dataset", list(choices), key=key("dataset"), format_func=choices.get,
+                         help="The SFT dataset whose accepted pairs the job learns to answer.")
+        right.number_input("Validation share", key=key("validation_share"), step=0.05, format="%.2f",
+                           help="Share of the pairs held out for the evaluation loss (above 0, at most 0.5).")
+
+    return recipe_form("sft", first_row, "System prompt, instruction and answer in tokens; a longer pair loses its answer's end")
 
 
 def launch_job(settings, connection, config) -> None:
     user = current_identity().name
-    with st.spinner("Launching: snapshot, MLflow run, Ray job (starting the local Ray head takes ~10 s the first time)"):
+    submit = submit_cpt if config.kind == "cpt" else submit_sft
+    with st.spinner("Launching: data, MLflow run, Ray job (starting the local Ray head takes ~10 s the first time)"):
         try:
-            job = submit_cpt(settings, connection, config, created_by=user)
+            job = submit(settings, connection, config, created_by=user)
         except JobError as error:
             st.error(f"Not launched: {views.first_line(error)}")
             return
@@ -123,7 +163,32 @@ def launch_job(settings, connection, config) -> None:
             st.error(f"Not launched: {type(error).__name__}: {views.first_line(error)}")
             return
     st.session_state[JOB_KEY] = job.id
-    changed(f"Job {job.id} launched on snapshot {job.snapshot_id}.")
+    changed(f"Job {job.id} launched on {job.data}.")
+
+
+def checked_config(settings, connection, kind: str, values: dict, check: bool, launch: bool):
+    """The form's config, launched when asked; None (and the problems, when a button was pressed) if it is invalid."""
+    try:
+        config = views.config_from_form(st.session_state[base_key(kind)], values, kind)
+    except ConfigError as error:
+        if check or launch:
+            st.error(views.problems_markdown("Not launched; fix these settings" if launch else "Fix these settings", error))
+        return None
+    if launch:
+        launch_job(settings, connection, config)
+    st.download_button("Download these settings as YAML", views.config_yaml(config), file_name=f"{kind}.yaml",
+                       mime="application/yaml")
+    return config
+
+
+def dataset_preview(datasets, config) -> None:
+    st.subheader("Dataset")
+    if not datasets:
+        st.info("No SFT dataset yet: generate and review one first; the job trains on its accepted pairs.")
+        return
+    st.dataframe(views.datasets_frame(datasets), hide_index=True, width="stretch")
+    if config is not None:
+        st.caption(views.dataset_caption(datasets, config))
 
 
 def cached(name: str, key: tuple, compute):
@@ -195,7 +260,7 @@ def jobs_panel(settings, polling: bool) -> None:
         if not jobs:
             st.info("No training job yet: launch one above.")
             return
-        progress, problems = views.table_progress(settings, jobs, st.session_state.setdefault("cpt_progress", {}), job_progress)
+        progress, problems = views.table_progress(settings, jobs, st.session_state.setdefault("training_progress", {}), job_progress)
         if problems:
             st.warning(f"Progress unavailable for {len(problems)} job(s): {problems[0]}")
         st.dataframe(views.jobs_frame(jobs, progress, settings.llm_registry_name), hide_index=True, width="stretch")
@@ -213,7 +278,7 @@ def job_detail(settings, connection, job, progress) -> None:
         st.markdown(f"**{job.id}** · {job.state} · started {views.format_time(job.created_at)}"
                     + (f" by {job.created_by}" if job.created_by else "")
                     + f" · from {'the base model' if job.start_from == 'base' else 'version ' + job.start_from}"
-                    + f" · snapshot `{job.snapshot_id}`")
+                    + f" · {job.kind.upper()} on {job.data}")
         if job.state == "succeeded":
             version = views.version_label(settings.llm_registry_name, job) or "no version recorded"
             url = views.model_version_url(settings, job.llm_version) if job.llm_version else None
@@ -260,18 +325,20 @@ require_admin_page("Retraining")
 
 settings = st.session_state["settings"]
 st.title("Retraining")
-st.caption("Continual pretraining (CPT) of the LLM on the knowledge base: a LoRA adapter trained as a Ray job; "
-           "each successful job registers a new candidate LLM version.")
+st.caption("Continual pretraining (CPT) teaches the LLM the knowledge base; supervised fine-tuning (SFT) then teaches a "
+           "CPT version how to answer, from an SFT dataset. Each is a LoRA adapter trained as a Ray job; each successful "
+           "job registers a new candidate LLM version.")
 if message := st.session_state.pop(FLASH_KEY, None):
     st.success(message)
 
-if BASE_KEY not in st.session_state:
-    default, problem = views.default_config()
+recipe = st.radio("Recipe", list(views.RECIPES), key=RECIPE_KEY, format_func=views.RECIPES.get, horizontal=True)
+if base_key(recipe) not in st.session_state:
+    default, problem = views.default_config(recipe)
     if problem:
-        st.error(f"{views.DEFAULT_CONFIG_PATH.name} cannot be used ({problem}); the form starts from the built-in defaults.")
-    st.session_state[BASE_KEY] = default.to_dict()
-for name, value in views.form_values(views.config_from_form(st.session_state[BASE_KEY], {})).items():
-    st.session_state.setdefault(views.widget_key(name), value)  # kept while the admin edits; reset after navigation
+        st.error(f"{views.config_path(recipe).name} cannot be used ({problem}); the form starts from the built-in defaults.")
+    st.session_state[base_key(recipe)] = default.to_dict()
+for name, value in views.form_values(views.config_from_form(st.session_state[base_key(recipe)], {}, recipe)).items():
+    st.session_state.setdefault(views.widget_key(name, recipe), value)  # kept while the admin edits; reset after navigation
 
 connection = views.open_database(settings)
 try:
@@ -285,22 +352,15 @@ try:
                                    lambda: changes_since(reference, KnowledgeBase(connection, embedder=None)))
     if (suggestion := review.retraining_suggestion(connection, reference, changes)).due:
         st.info(suggestion.message, icon=":material/tips_and_updates:")
-    st.subheader("New CPT job")
-    yaml_editor()
-    values, check, launch = cpt_form(settings, snapshots)
-    try:
-        config = views.config_from_form(st.session_state[BASE_KEY], values)
-    except ConfigError as error:
-        config = None
-        if check or launch:
-            st.error(views.problems_markdown("Not launched; fix these settings" if launch else "Fix these settings", error))
+    st.subheader(f"New {recipe.upper()} job")
+    yaml_editor(recipe)
+    if recipe == "cpt":
+        config = checked_config(settings, connection, recipe, *cpt_form(settings, snapshots))
+        snapshot_preview(settings, connection, config, list_jobs(connection), snapshots)
     else:
-        if launch:
-            launch_job(settings, connection, config)
-        st.download_button("Download these settings as YAML", views.config_yaml(config), file_name="cpt.yaml",
-                           mime="application/yaml")
+        datasets = list_datasets(connection)
+        dataset_preview(datasets, checked_config(settings, connection, recipe, *sft_form(settings, datasets)))
     jobs = list_jobs(connection)
-    snapshot_preview(settings, connection, config, jobs, snapshots)
 finally:
     connection.close()
 

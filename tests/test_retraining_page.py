@@ -248,14 +248,14 @@ def test_recorded_jobs_show_progress_curves_and_the_version(recorded_jobs):
     assert table.loc[running.id, "ETA"] == "12 s"  # 6 steps left at 2 s a step
     assert table.loc[done.id, "step"] == "10/10" and table.loc[done.id, "LLM version"] == "deploywise-llm/3"
 
-    assert at.selectbox(key="cpt_job").value == running.id  # the newest job is shown first
+    assert at.selectbox(key="training_job").value == running.id  # the newest job is shown first
     progress = at.get("progress")[0]
     assert progress.value == 40 and "step 4/10 · ETA 12 s" in progress.proto.text
     assert len(charts(at)) == 3  # loss, learning rate, evaluation perplexity (domain and replay)
     assert "Cancel job" in [b.label for b in at.button]
     assert any(text.startswith("No log: cannot read the logs") for text in texts(at, "caption"))
 
-    at.selectbox(key="cpt_job").select(done.id).run()
+    at.selectbox(key="training_job").select(done.id).run()
     assert not at.exception
     assert any("LLM version **deploywise-llm/3** (candidate)" in text for text in texts(at, "success"))
     assert "Cancel job" not in [b.label for b in at.button]

@@ -1,4 +1,4 @@
-"""`deploywise train cpt` and `deploywise jobs list|logs|cancel`: the console's launch and job controls for
+"""`deploywise train cpt|sft` and `deploywise jobs list|logs|cancel`: the console's launch and job controls for
 terminals and scripts (engine.cli registers them; exit codes as there)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 
 import yaml
 
-from training.config import ConfigError, load_cpt_config
-from training.jobs import JobError, cancel_job, get_job, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt
+from training.config import ConfigError, load_config
+from training.jobs import JobError, cancel_job, get_job, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt, submit_sft
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 POLL_S = 5.0
@@ -19,13 +19,15 @@ POLL_S = 5.0
 def register(commands) -> None:
     train = commands.add_parser("train", help="launch a training job on Ray")
     recipes = train.add_subparsers(dest="recipe", required=True)
-    cpt = recipes.add_parser("cpt", help="continual pretraining of a LoRA/QLoRA adapter on the knowledge base")
-    cpt.add_argument("--config", default="configs/cpt.yaml", help="recipe YAML (default configs/cpt.yaml)")
-    cpt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a key, YAML value syntax (repeatable): --set max_steps=50 --set lora.r=8")
-    cpt.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded")
-    cpt.add_argument("--json", action="store_true")
-    cpt.set_defaults(handler=_train_cpt)
+    for kind, help_text in (("cpt", "continual pretraining of a LoRA/QLoRA adapter on the knowledge base"),
+                            ("sft", "supervised fine-tuning of a CPT version on an SFT dataset (loss on the answers)")):
+        recipe = recipes.add_parser(kind, help=help_text)
+        recipe.add_argument("--config", default=f"configs/{kind}.yaml", help=f"recipe YAML (default configs/{kind}.yaml)")
+        recipe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a key, YAML value syntax (repeatable): --set max_steps=50 --set lora.r=8")
+        recipe.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded")
+        recipe.add_argument("--json", action="store_true")
+        recipe.set_defaults(handler=_train)
 
     jobs = commands.add_parser("jobs", help="list training jobs, show a job's log, cancel a job")
     actions = jobs.add_subparsers(dest="action", required=True)
@@ -73,18 +75,18 @@ def _database(settings):
     return store.connect(settings.ensure_workspace() / "knowledge.sqlite")
 
 
-def _train_cpt(args, settings) -> int:
+def _train(args, settings) -> int:
     try:
-        config = load_cpt_config(args.config, **_overrides(args.set))
+        config = load_config(args.recipe, args.config, **_overrides(args.set))
     except ConfigError as error:
         raise _usage(str(error)) from None
     connection = _database(settings)
     try:
         try:
-            job = submit_cpt(settings, connection, config)
+            job = (submit_cpt if args.recipe == "cpt" else submit_sft)(settings, connection, config)
         except JobError as error:
             raise _usage(str(error)) from None
-        print(f"submitted {job.id} (snapshot {job.snapshot_id}, MLflow run {job.mlflow_run_id})", file=sys.stderr)
+        print(f"submitted {job.id} ({job.data}, from {job.start_from}, MLflow run {job.mlflow_run_id})", file=sys.stderr)
         if args.wait:
             job = _follow(settings, connection, job.id)
         _print_job(args, job)
@@ -114,7 +116,7 @@ def _follow(settings, connection, job_id: str):
 
 
 def _job_payload(job) -> dict:
-    return {key: getattr(job, key) for key in ("id", "kind", "state", "snapshot_id", "start_from", "mlflow_run_id",
+    return {key: getattr(job, key) for key in ("id", "kind", "state", "data", "snapshot_id", "start_from", "mlflow_run_id",
                                                "llm_version", "message", "created_at", "finished_at", "log_location")}
 
 
@@ -140,7 +142,7 @@ def _jobs_list(args, settings) -> int:
     else:
         for job in jobs:
             version = f"v{job.llm_version}" if job.llm_version else "-"
-            print(f"{job.id}  {job.state:<10} {job.created_at}  snapshot {job.snapshot_id}  {version}  {job.message or ''}".rstrip())
+            print(f"{job.id}  {job.state:<10} {job.created_at}  {job.data}  {version}  {job.message or ''}".rstrip())
     return EXIT_PARTIAL if problems else EXIT_OK
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -20,6 +20,7 @@ from training.snapshot import DEFAULT_REPLAY_RATIO
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUANTIZATIONS = ("none", "4bit")
 AUTO = "auto"
+LATEST = "latest"
 
 
 class ConfigError(ValueError):
@@ -44,12 +45,11 @@ class RaySettings:
 
 
 @dataclass(frozen=True)
-class CptConfig:
-    """Continual pretraining: raw-text causal LM training of a LoRA (or QLoRA) adapter on a dataset snapshot."""
+class AdapterTraining:
+    """What every recipe sets: where it starts, the adapter, the optimisation and the Ray job; a recipe adds its data."""
 
+    kind: ClassVar[str]
     start_from: str = "base"  # 'base' (the workspace's base model) or an LLM version number of the registry
-    snapshot: str = "new"  # 'new' (snapshot the knowledge base at launch), 'latest' or a snapshot id
-    replay_ratio: float = DEFAULT_REPLAY_RATIO
     quantization: str = "none"
     lora: LoraSettings = field(default_factory=LoraSettings)
     learning_rate: float = 2e-5
@@ -89,17 +89,53 @@ class CptConfig:
 
     @property
     def start_version(self) -> str | None:
-        return None if self.start_from == "base" else self.start_from
+        return self.start_from if self.start_from.isdigit() else None
+
+
+@dataclass(frozen=True)
+class CptConfig(AdapterTraining):
+    """Continual pretraining: raw-text causal LM training of a LoRA (or QLoRA) adapter on a dataset snapshot."""
+
+    kind: ClassVar[str] = "cpt"
+    snapshot: str = "new"  # 'new' (snapshot the knowledge base at launch), 'latest' or a snapshot id
+    replay_ratio: float = DEFAULT_REPLAY_RATIO
+
+
+@dataclass(frozen=True)
+class SftConfig(AdapterTraining):
+    """Supervised fine-tuning: a LoRA adapter on a CPT version (merged), trained on the answers of an SFT dataset."""
+
+    kind: ClassVar[str] = "sft"
+    start_from: str = LATEST  # 'latest' (the newest CPT version), 'base' or an LLM version number
+    dataset: str = LATEST  # 'latest' (the newest SFT dataset) or a dataset's name
+    validation_share: float = 0.1  # pairs held out (chosen by their instruction's hash) for the evaluation loss
+    learning_rate: float = 2e-4
+    epochs: float = 2.0
+    max_seq_length: int = 1024
 
 
 def load_cpt_config(source: Path | str | dict | None = None, **overrides: Any) -> CptConfig:
     """A checked CptConfig from a YAML file, its text as a mapping, or nothing (the defaults); `overrides` win
     (a mapping value such as `lora={"r": 8}` changes only the keys it names). Raises ConfigError naming every bad key."""
+    return _load(CptConfig, source, overrides)
+
+
+def load_sft_config(source: Path | str | dict | None = None, **overrides: Any) -> SftConfig:
+    """A checked SftConfig, read as load_cpt_config reads a CptConfig."""
+    return _load(SftConfig, source, overrides)
+
+
+def load_config(kind: str, source: Path | str | dict | None = None, **overrides: Any) -> AdapterTraining:
+    """The checked configuration of recipe `kind` ('cpt' or 'sft')."""
+    return _load(RECIPES[kind], source, overrides)
+
+
+def _load(cls, source, overrides: dict):
     raw = _merged(_read(source), overrides)
     problems: list[str] = []
-    config = _build(CptConfig, raw, "", problems)
+    config = _build(cls, raw, "", problems)
     if config is not None:
-        _check_cpt(config, problems)
+        _check(config, problems)
     if problems:
         raise ConfigError("; ".join(problems))
     return config
@@ -137,6 +173,7 @@ def _merged(base: dict, overrides: dict) -> dict:
 
 
 _NESTED = {"lora": LoraSettings, "ray": RaySettings}
+RECIPES = {config.kind: config for config in (CptConfig, SftConfig)}
 
 
 def _build(cls, raw: Any, prefix: str, problems: list[str]):
@@ -152,7 +189,7 @@ def _build(cls, raw: Any, prefix: str, problems: list[str]):
         if name not in raw:
             continue
         key, value = f"{prefix}{name}", raw[name]
-        if name in _NESTED and cls is CptConfig:
+        if name in _NESTED:
             values[name] = _build(_NESTED[name], value, f"{key}.", problems)
             continue
         values[name] = _coerce(key, value, spec.default, problems)
@@ -198,15 +235,22 @@ def _coerce(key: str, value: Any, default: Any, problems: list[str]):
     return None
 
 
-def _check_cpt(config: CptConfig, problems: list[str]) -> None:
+def _check(config: AdapterTraining, problems: list[str]) -> None:
     def need(ok: bool, key: str, rule: str, value: Any) -> None:
         if not ok:
             problems.append(f"{key}: must be {rule} (got {value!r})")
 
-    need(config.start_from == "base" or config.start_from.isdigit(), "start_from", "'base' or an LLM version number", config.start_from)
-    need(config.snapshot in ("new", "latest") or _is_snapshot_id(config.snapshot), "snapshot",
-         "'new', 'latest' or a snapshot id (16 hex digits)", config.snapshot)
-    need(0 <= config.replay_ratio < 1, "replay_ratio", "at least 0 and below 1", config.replay_ratio)
+    if isinstance(config, CptConfig):
+        need(config.start_from == "base" or config.start_from.isdigit(), "start_from", "'base' or an LLM version number",
+             config.start_from)
+        need(config.snapshot in ("new", LATEST) or _is_snapshot_id(config.snapshot), "snapshot",
+             "'new', 'latest' or a snapshot id (16 hex digits)", config.snapshot)
+        need(0 <= config.replay_ratio < 1, "replay_ratio", "at least 0 and below 1", config.replay_ratio)
+    else:
+        need(config.start_from in (LATEST, "base") or config.start_from.isdigit(), "start_from",
+             "'latest' (the newest CPT version), 'base' or an LLM version number", config.start_from)
+        need(bool(config.dataset), "dataset", "'latest' or the name of an SFT dataset", config.dataset)
+        need(0 < config.validation_share <= 0.5, "validation_share", "above 0 and at most 0.5", config.validation_share)
     need(config.quantization in QUANTIZATIONS, "quantization", " or ".join(map(repr, QUANTIZATIONS)), config.quantization)
     need(config.lora.r >= 1, "lora.r", "a whole number >= 1", config.lora.r)
     need(config.lora.alpha >= 1, "lora.alpha", "a whole number >= 1", config.lora.alpha)

@@ -1,8 +1,9 @@
-"""The continual pretraining recipe: a LoRA or QLoRA adapter trained by Hugging Face's Trainer on packed raw text.
+"""The continual pretraining recipe: a LoRA or QLoRA adapter trained by Hugging Face's Trainer on packed raw text,
+and the adapter training both recipes share (`fit_adapter`; the SFT recipe, training.sft, brings other data).
 
 `train_loop_per_worker` is what each Ray Train worker runs (`training.run` starts it in a `TorchTrainer`). The
-worker fetches the dataset snapshot from the job's MLflow run, so it runs the same on this machine and on any node
-of a cluster. Checkpoints go to Ray's storage through `RayTrainReportCallback` every `save_steps`; a restarted
+worker fetches its data (the dataset snapshot here) from the job's MLflow run, so it runs the same on this machine
+and on any node of a cluster. Checkpoints go to Ray's storage through `RayTrainReportCallback` every `save_steps`; a restarted
 worker finds the last one with `ray.train.get_checkpoint()` and the Trainer resumes at that step (weights,
 optimizer, scheduler and data order), logging into the same MLflow run.
 
@@ -14,13 +15,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.config import CptConfig, load_cpt_config
+from training.config import AdapterTraining, load_config
 from training.packing import PackingReport, pack
 from training.snapshot import SPLITS
 
@@ -66,8 +69,9 @@ def packed_data(records: dict[str, list[dict]], tokenizer, max_seq_length: int) 
 
 
 def collate_blocks(pad_token_id: int):
-    """Batch packed blocks: only the stream's last block is short; its padding is masked out of attention and loss
-    (DataCollatorForLanguageModeling would also mask every real EOS when pad and EOS are the same token)."""
+    """Batch rows of token ids, padded on the right; the padding is masked out of attention and loss. A row's
+    `labels` (SFT: its prompt masked) default to its ids (CPT: a packed block, of which only the stream's last is
+    short; DataCollatorForLanguageModeling would also mask every real EOS when pad and EOS are the same token)."""
     import torch
 
     def collate(rows: list[dict]) -> dict:
@@ -76,15 +80,16 @@ def collate_blocks(pad_token_id: int):
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
-            ids = torch.tensor(row["input_ids"], dtype=torch.long)
-            input_ids[i, : len(ids)] = labels[i, : len(ids)] = ids
-            attention_mask[i, : len(ids)] = 1
+            length = len(row["input_ids"])
+            input_ids[i, :length] = torch.tensor(row["input_ids"], dtype=torch.long)
+            labels[i, :length] = torch.tensor(row.get("labels", row["input_ids"]), dtype=torch.long)
+            attention_mask[i, :length] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
     return collate
 
 
-def trainable_model(model_folder: str | Path, config: CptConfig, hardware: Hardware):
+def trainable_model(model_folder: str | Path, config: AdapterTraining, hardware: Hardware):
     """The model in `model_folder` with a fresh LoRA adapter; base weights in NF4 when quantization is 4bit."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -114,7 +119,7 @@ def trainable_model(model_folder: str | Path, config: CptConfig, hardware: Hardw
         raise ValueError(f"lora.target_modules: {str(error).splitlines()[0]}") from None
 
 
-def training_arguments(config: CptConfig, output_dir: str, hardware: Hardware):
+def training_arguments(config: AdapterTraining, output_dir: str, hardware: Hardware):
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -148,7 +153,7 @@ def training_arguments(config: CptConfig, output_dir: str, hardware: Hardware):
 
 
 def make_mlflow_callback(run_id: str, tracking_uri: str):
-    """Every logged step's loss, learning rate and token throughput, and every evaluation's loss and perplexity,
+    """Every logged step's loss, learning rate and token throughput, and each evaluation set's loss and perplexity,
     into the job's MLflow run (rank 0 only). After a restart the resumed steps log again: the console keeps the
     last value of each step."""
     from mlflow import MlflowClient
@@ -185,11 +190,10 @@ def make_mlflow_callback(run_id: str, tracking_uri: str):
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             values = {}
-            for kind in EVAL_SETS:
-                loss = (metrics or {}).get(f"eval_{kind}_loss")
-                if loss is not None:
-                    values[f"eval_{kind}_loss"] = loss
-                    values[f"eval_{kind}_perplexity"] = math.exp(min(loss, 50.0))
+            for key, loss in (metrics or {}).items():
+                if found := _EVAL_LOSS.fullmatch(key):
+                    values[key] = loss
+                    values[f"eval_{found[1]}_perplexity"] = math.exp(min(loss, 50.0))
             self._log(state.global_step, values)
             if self.clock is not None:  # evaluation time is not training throughput
                 self.clock = (time.monotonic(), state.num_input_tokens_seen)
@@ -197,12 +201,51 @@ def make_mlflow_callback(run_id: str, tracking_uri: str):
     return MlflowCallback()
 
 
+_EVAL_LOSS = re.compile(r"eval_(\w+)_loss")  # the Trainer's name for the loss on evaluation set \1
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """A recipe's data ready for the Trainer: training rows, evaluation sets by name, the collator that batches
+    them, and a report of how they were made (logged to the run as `report_name`)."""
+
+    train: list[dict]
+    evaluation: dict[str, list[dict]]
+    collate: Callable[[list[dict]], dict]
+    report_name: str
+    report: dict
+
+
 def train_loop_per_worker(loop: dict) -> None:
     """One Ray Train worker's part of a CPT job. `loop` holds the job spec (see training.run.JobSpec)."""
+    fit_adapter(loop, _packed_snapshot)
+
+
+def _packed_snapshot(spec, config, tokenizer, work: Path) -> TrainingData:
+    """The snapshot of the job's run, packed into blocks: the training split, and the held-out text by kind."""
+    import mlflow
+
+    snapshot = Path(mlflow.artifacts.download_artifacts(
+        run_id=spec.run_id, artifact_path=SNAPSHOT_ARTIFACT, dst_path=str(work), tracking_uri=spec.tracking_uri))
+    records = {split: _read_jsonl(snapshot / f"{split}.jsonl") for split in SPLITS}
+    data = packed_data(records, tokenizer, config.max_seq_length)
+    return TrainingData(data.train, data.evaluation, collate_blocks(pad_token_id(tokenizer)), "packing.json",
+                        {name: report.__dict__ for name, report in data.reports.items()})
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def fit_adapter(loop: dict, prepare: Callable[..., TrainingData]) -> None:
+    """Train a fresh LoRA adapter on the job's start model, the same for every recipe: `prepare(spec, config,
+    tokenizer, work)` gives the recipe's data. Evaluates at step 0, every `eval_steps` and at the end; checkpoints
+    through Ray Train every `save_steps` and resumes from the last one after a restart; rank 0 logs into the job's
+    MLflow run and leaves the adapter, tokenizer and config there as artifacts."""
     import mlflow
     import ray.train
     import torch
@@ -215,7 +258,7 @@ def train_loop_per_worker(loop: dict) -> None:
     from training.run import JobSpec, start_model_folder
 
     spec = JobSpec.from_dict(loop["spec"])
-    config = load_cpt_config(spec.config)
+    config = load_config(spec.kind, spec.config)
     torch.set_num_threads(loop["threads"])
     hardware = Hardware.detect()
     rank = ray.train.get_context().get_world_rank()
@@ -223,24 +266,23 @@ def train_loop_per_worker(loop: dict) -> None:
     mlflow.set_tracking_uri(spec.tracking_uri)  # the system metrics monitor logs through the fluent API
     work = Path(tempfile.mkdtemp(prefix=f"deploywise-{spec.job_id}-"))
 
-    snapshot = Path(mlflow.artifacts.download_artifacts(
-        run_id=spec.run_id, artifact_path=SNAPSHOT_ARTIFACT, dst_path=str(work), tracking_uri=spec.tracking_uri))
-    records = {split: _read_jsonl(snapshot / f"{split}.jsonl") for split in SPLITS}
     tokenizer = load_tokenizer(spec.base_model)
-    data = packed_data(records, tokenizer, config.max_seq_length)
+    data = prepare(spec, config, tokenizer, work)
+    if not data.train or not data.evaluation:
+        raise ValueError(f"nothing to {'train' if not data.train else 'evaluate'} on: see {data.report_name} in the run")
     model = trainable_model(start_model_folder(spec, work), config, hardware)
 
     callbacks = [RayTrainReportCallback()]
     if rank == 0:
         callbacks.insert(0, make_mlflow_callback(spec.run_id, spec.tracking_uri))
         client.set_tag(spec.run_id, "ray.worker_pid", str(os.getpid()))
-        client.log_dict(spec.run_id, {name: report.__dict__ for name, report in data.reports.items()}, "packing.json")
+        client.log_dict(spec.run_id, data.report, data.report_name)
     trainer = prepare_trainer(Trainer(
         model=model,
         args=training_arguments(config, str(work / "trainer"), hardware),
         train_dataset=data.train,
         eval_dataset=data.evaluation,
-        data_collator=collate_blocks(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id),
+        data_collator=data.collate,
         callbacks=callbacks,
     ))
     monitor = SystemMetricsMonitor(spec.run_id, sampling_interval=5, samples_before_logging=1) if rank == 0 else None
@@ -249,7 +291,7 @@ def train_loop_per_worker(loop: dict) -> None:
     try:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            trainer.evaluate()  # step 0: the starting model's perplexities, the curve's first point
+            trainer.evaluate()  # step 0: the starting model's losses, the curves' first point
             trainer.train()
         else:
             with checkpoint.as_directory() as folder:
@@ -259,14 +301,14 @@ def train_loop_per_worker(loop: dict) -> None:
                     client.log_metric(spec.run_id, "resumed_from_step", step, step=step)
                 trainer.train(resume_from_checkpoint=str(resumed))
         if trainer.state.global_step % config.eval_steps:
-            trainer.evaluate()  # the final weights' perplexities
+            trainer.evaluate()  # the final weights' losses
         if rank == 0:
             adapter = work / ADAPTER_ARTIFACT
             trainer.model.save_pretrained(adapter)
             tokenizer.save_pretrained(work / "tokenizer")
             client.log_artifacts(spec.run_id, str(adapter), ADAPTER_ARTIFACT)
             client.log_artifacts(spec.run_id, str(work / "tokenizer"), "tokenizer")
-            client.log_dict(spec.run_id, config.to_dict(), "config/cpt.json")
+            client.log_dict(spec.run_id, config.to_dict(), f"config/{spec.kind}.json")
     finally:
         if monitor is not None:
             monitor.finish()

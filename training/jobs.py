@@ -6,8 +6,10 @@ that the app starts once and leaves running, so jobs outlive the Streamlit proce
 curves are read from its MLflow run. Page reloads and app restarts lose nothing: the row, the Ray job and the run
 are all outside the session.
 
-Before anything is submitted the configuration is checked, the start version is looked up and the snapshot is
-made, so a bad launch fails in the form, not minutes later in a log.
+Both recipes launch the same way: CPT (`submit_cpt`) on a dataset snapshot, SFT (`submit_sft`) on an exported SFT
+dataset, each logged to the job's MLflow run for the workers to fetch. Before anything is submitted the
+configuration is checked, the start version is looked up and the data is made, so a bad launch fails in the form,
+not minutes later in a log.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -28,9 +31,10 @@ from pathlib import Path
 from engine.access import require_admin
 from engine.store import transaction, utc_now
 from engine.tracking import ensure_experiment
-from training.config import CptConfig
+from training.config import LATEST, AdapterTraining, CptConfig, SftConfig
 from training.cpt import SNAPSHOT_ARTIFACT
 from training.run import FAILURE_TAG, LLM_VERSION_TAG, SPEC_VARIABLE, JobSpec
+from training.sft import DATASET_FILE, SFT_DATASET_ARTIFACT, split_pairs
 from training.snapshot import DatasetSnapshot, SnapshotError, list_snapshots, load_snapshot, snapshot_workspace
 
 EXPERIMENT = "deploywise-training"
@@ -66,6 +70,11 @@ class TrainingJob:
     def finished(self) -> bool:
         return self.state in FINAL_STATES
 
+    @property
+    def data(self) -> str:
+        """What the job learns from: 'snapshot <id>' (CPT) or 'dataset <name> (<hash>)' (SFT)."""
+        return f"dataset {self.config.get('dataset')} ({self.snapshot_id})" if self.kind == "sft" else f"snapshot {self.snapshot_id}"
+
 
 @dataclass(frozen=True)
 class JobProgress:
@@ -76,7 +85,7 @@ class JobProgress:
     eta_s: float | None = None
     loss: list[tuple[int, float]] = field(default_factory=list)  # (step, value), the last value of each step
     learning_rate: list[tuple[int, float]] = field(default_factory=list)
-    eval_perplexity: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # domain / replay
+    eval_perplexity: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # CPT: domain, replay; SFT: answers
     tokens_per_s: float | None = None
     resumed_from_step: int | None = None
 
@@ -152,31 +161,138 @@ def submit_cpt(settings, connection, config: CptConfig, *, created_by: str | Non
     """Check, snapshot, create the MLflow run, record the job and submit it to Ray; the recorded job.
     Every refusal is a JobError naming what is wrong; nothing is recorded or submitted then."""
     require_admin("launching a training job")
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from engine.llm import LlmError, registry_version
-
-    if config.start_version is not None:
-        try:
-            registry_version(settings.llm_registry_name, config.start_version, settings.tracking_uri, settings.mlflow_registry_uri)
-        except LlmError as error:
-            raise JobError(f"start_from: {error}") from None
+    start = _start_version(settings, config.start_version)
     try:
         snapshot = snapshot or choose_snapshot(settings, config.snapshot, config.replay_ratio)
     except SnapshotError as error:
         raise JobError(f"snapshot: {error}") from None
-    job_id = f"cpt-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    counts = snapshot.manifest["splits"]
+    stats = {f"snapshot_{split}_{key}": counts[split][key] for split in counts
+             for key in ("domain_documents", "domain_tokens", "replay_documents", "replay_tokens", "tokens")}
+    files = [snapshot.directory / name for name in ("manifest.json", "train.jsonl", "validation.jsonl")]
+    return _launch(settings, connection, config, start, created_by=created_by, data_id=snapshot.id, dataset=None,
+                   data_tags={"snapshot_id": snapshot.id}, stats=stats, artifacts=(SNAPSHOT_ARTIFACT, files))
+
+
+def submit_sft(settings, connection, config: SftConfig, *, created_by: str | None = None) -> TrainingJob:
+    """Check, resolve the start version ('latest': the newest CPT version) and the dataset, export the dataset into
+    the job's MLflow run, record the job and submit it to Ray; the recorded job. The recorded configuration names
+    the version and dataset actually used. Every refusal is a JobError; nothing is recorded or submitted then."""
+    require_admin("launching a training job")
+    from dataclasses import replace
+
+    from training.sft_data import SftDataError, export_dataset, list_datasets
+
+    number = newest_cpt_version(settings) if config.start_from == LATEST else config.start_from
+    start = _start_version(settings, None if number == "base" else number, cpt_only=True)
+    name = config.dataset
+    if name == LATEST:
+        datasets = [dataset for dataset in list_datasets(connection) if dataset.accepted]
+        if not datasets:
+            raise JobError("dataset: 'latest' but no SFT dataset has an accepted pair yet")
+        name = datasets[0].name
+    config = replace(config, start_from=number, dataset=name)
+    with tempfile.TemporaryDirectory(prefix="deploywise-sft-") as folder:
+        try:
+            export = export_dataset(settings, connection, name, Path(folder))
+        except SftDataError as error:
+            raise JobError(f"dataset: {error}") from None
+        pairs = [json.loads(line) for line in export.path.read_text(encoding="utf-8").splitlines()]
+        train, held_out = split_pairs(pairs, config.validation_share)
+        if not train or not held_out:
+            distinct = len({pair["instruction"] for pair in pairs})
+            raise JobError(f"dataset: {name} has {export.pair_count} accepted pair(s) with {distinct} distinct instruction(s); "
+                           "SFT needs at least 2, one of them held out for the evaluation loss")
+        data_file = export.path.rename(export.path.with_name(DATASET_FILE))
+        stats = {"sft_pairs": export.pair_count, "sft_train_pairs": len(train), "sft_held_out_pairs": len(held_out),
+                 **{f"sft_style_{style}": count for style, count in export.styles.items()}}
+        return _launch(settings, connection, config, start, created_by=created_by, data_id=export.dataset_hash, dataset=name,
+                       data_tags={"sft_dataset": name, "sft_dataset_hash": export.dataset_hash}, stats=stats,
+                       artifacts=(SFT_DATASET_ARTIFACT, [data_file]))
+
+
+def newest_cpt_version(settings) -> str:
+    """The number of the newest CPT version that is neither archived nor failed: what SFT starts from by default."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from engine.candidates import all_pages
+
+    name = settings.llm_registry_name
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+    quoted = f'"{name}"' if "'" in name else f"'{name}'"
+    try:
+        found = all_pages(client.search_model_versions, filter_string=f"name = {quoted}")
+    except MlflowException as error:
+        raise JobError(f"start_from: cannot read the LLM versions of {name}: {_first_line(error.message)}") from None
+    cpt = [int(version.version) for version in found if starts_sft(version.tags or {})]
+    if not cpt:
+        raise JobError(f"start_from: 'latest' but {name} has no CPT version yet; train one first, or start from 'base'")
+    return str(max(cpt))
+
+
+def starts_sft(tags: dict) -> bool:
+    """Whether SFT's 'latest' may start from a version with these tags: a CPT version neither archived nor failed."""
+    return tags.get("training") == "cpt" and tags.get("status") not in ("archived", "failed")
+
+
+def _start_version(settings, number: str | None, *, cpt_only: bool = False):
+    """The registry's LLM version `number` with its lineage (None: the base model, None); JobError when there is no
+    such version, or when `cpt_only` and it was not made by CPT."""
+    from mlflow import MlflowClient
+
+    from engine.llm import LlmError, registry_version
+
+    if number is None:
+        return None
+    try:
+        version = registry_version(settings.llm_registry_name, number, settings.tracking_uri, settings.mlflow_registry_uri)
+    except LlmError as error:
+        raise JobError(f"start_from: {error}") from None
+    if cpt_only:
+        client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+        training = client.get_model_version(settings.llm_registry_name, number).tags.get("training")
+        if training != "cpt":
+            raise JobError(f"start_from: version {number} was made by {(training or 'no').upper()} training; "
+                           "SFT starts from a CPT version (or 'base')")
+    return version
+
+
+def _launch(settings, connection, config: AdapterTraining, start, *, created_by: str | None, data_id: str,
+            dataset: str | None, data_tags: dict[str, str], stats: dict[str, float],
+            artifacts: tuple[str, list[Path]]) -> TrainingJob:
+    """Create the job's MLflow run (params, lineage tags, data statistics, the data as artifacts), record the job and
+    submit it to Ray. `start` is the LlmVersion trained on top of (None: the base model): its base model is the
+    job's, whatever the workspace's base model is now. A cluster refusing the job leaves it recorded as failed, and
+    raises JobError."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
+
+    kind = config.kind
+    job_id = f"{kind}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    base_model = start.base_model if start is not None else _portable_base_model(settings.base_model)
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     try:
-        run_id = _start_run(client, job_id, config, snapshot, settings)
+        experiment_id = ensure_experiment(client, settings, EXPERIMENT)
+        run_id = client.create_run(experiment_id, run_name=job_id, tags={
+            "job_id": job_id, "training": kind, "config_hash": config.config_hash, "base_model": base_model,
+            "start_from": config.start_from, **data_tags}).info.run_id
+        params = [Param(key, (",".join(value) if isinstance(value, list) else str(value))[:500])
+                  for key, value in config.flat().items()]
+        params += [Param(key, value) for key, value in data_tags.items() if key not in config.flat()]
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, params=params, metrics=[Metric(key, float(value), now, 0) for key, value in stats.items()])
+        folder, files = artifacts
+        for path in files:
+            client.log_artifact(run_id, str(path), folder)
     except (MlflowException, OSError) as error:
         raise JobError(f"cannot record the job's MLflow run at {settings.tracking_uri}: {_first_line(error)}") from None
     spec = JobSpec(
-        job_id=job_id, kind="cpt", config=config.to_dict(), config_hash=config.config_hash, run_id=run_id,
+        job_id=job_id, kind=kind, config=config.to_dict(), config_hash=config.config_hash, run_id=run_id,
         tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri,
-        registry_name=settings.llm_registry_name, base_model=_portable_base_model(settings.base_model),
-        start_version=config.start_version, snapshot_id=snapshot.id, storage_path=settings.storage_path,
+        registry_name=settings.llm_registry_name, base_model=base_model, start_version=config.start_version,
+        snapshot_id=data_id, storage_path=settings.storage_path, dataset=dataset,
     )
     address = cluster_address(settings)
     now = utc_now()
@@ -184,8 +300,8 @@ def submit_cpt(settings, connection, config: CptConfig, *, created_by: str | Non
         connection.execute(
             "INSERT INTO training_jobs (id, kind, state, config, config_hash, snapshot_id, start_from, mlflow_run_id,"
             " ray_address, log_location, created_by, created_at, updated_at)"
-            " VALUES (?, 'cpt', 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job_id, json.dumps(spec.config, sort_keys=True), spec.config_hash, snapshot.id, config.start_from, run_id,
+            " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, kind, json.dumps(spec.config, sort_keys=True), spec.config_hash, data_id, config.start_from, run_id,
              address, f"ray job logs {job_id} --address {address}", created_by, now, now),
         )
     try:
@@ -193,7 +309,7 @@ def submit_cpt(settings, connection, config: CptConfig, *, created_by: str | Non
             entrypoint=f"{_job_python(settings)} -m training.run",
             submission_id=job_id,
             runtime_env={"env_vars": {SPEC_VARIABLE: spec.to_json(), **_passed_environment()}},
-            metadata={"deploywise_kind": "cpt", "mlflow_run_id": run_id, "snapshot_id": snapshot.id},
+            metadata={"deploywise_kind": kind, "mlflow_run_id": run_id, **data_tags},
         )
     except Exception as error:  # the cluster said no: the job never ran
         message = f"not submitted: {_first_line(error)}"
@@ -202,28 +318,6 @@ def submit_cpt(settings, connection, config: CptConfig, *, created_by: str | Non
         client.set_terminated(run_id, "FAILED")
         raise JobError(message) from None
     return get_job(connection, job_id)
-
-
-def _start_run(client, job_id: str, config: CptConfig, snapshot: DatasetSnapshot, settings) -> str:
-    """The job's MLflow run, holding its parameters, lineage tags, snapshot manifest and data."""
-    experiment_id = ensure_experiment(client, settings, EXPERIMENT)
-    counts = snapshot.manifest["splits"]
-    run = client.create_run(experiment_id, run_name=job_id, tags={
-        "job_id": job_id, "training": "cpt", "snapshot_id": snapshot.id, "config_hash": config.config_hash,
-        "base_model": _portable_base_model(settings.base_model), "start_from": config.start_from,
-    })
-    run_id = run.info.run_id
-    from mlflow.entities import Metric, Param
-
-    params = [Param(key, (",".join(value) if isinstance(value, list) else str(value))[:500]) for key, value in config.flat().items()]
-    params.append(Param("snapshot_id", snapshot.id))
-    stats = {f"snapshot_{split}_{key}": counts[split][key] for split in counts
-             for key in ("domain_documents", "domain_tokens", "replay_documents", "replay_tokens", "tokens")}
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, params=params, metrics=[Metric(key, float(value), now, 0) for key, value in stats.items()])
-    for name in ("manifest.json", "train.jsonl", "validation.jsonl"):
-        client.log_artifact(run_id, str(snapshot.directory / name), SNAPSHOT_ARTIFACT)
-    return run_id
 
 
 def _portable_base_model(base_model: str) -> str:
@@ -335,8 +429,9 @@ def job_progress(settings, job: TrainingJob) -> JobProgress:
     run = client.get_run(job.mlflow_run_id)
     history = {key: _last_per_step(client.get_metric_history(job.mlflow_run_id, key))
                for key in ("loss", "learning_rate", "total_steps", "resumed_from_step")}
-    perplexity = {kind: _last_per_step(client.get_metric_history(job.mlflow_run_id, f"eval_{kind}_perplexity"))
-                  for kind in ("domain", "replay")}
+    perplexity = {key.removeprefix("eval_").removesuffix("_perplexity"):
+                  _last_per_step(client.get_metric_history(job.mlflow_run_id, key))
+                  for key in sorted(run.data.metrics) if key.startswith("eval_") and key.endswith("_perplexity")}
     losses = history["loss"]
     step = losses[-1][0] if losses else 0
     total = int(history["total_steps"][-1][1]) if history["total_steps"] else None

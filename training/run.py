@@ -6,8 +6,10 @@ The trainer's run name is the job id: a driver started again for the same job re
 (Ray Train V2 has no `restore`). On success it registers the adapter as a new LLM version with its lineage and
 ends the job's MLflow run; on failure or cancellation the run ends FAILED or KILLED with the reason as a tag.
 
-Everything the job needs travels in the `JobSpec` (environment variable DEPLOYWISE_JOB_SPEC) and the MLflow run
-(snapshot, config), so the same job runs on the app's local Ray head and on a remote cluster.
+Both recipes run this way: `kind` picks the worker loop (training.cpt, training.sft); everything else, from the
+TorchTrainer to the registration, is the same code. Everything the job needs travels in the `JobSpec` (environment
+variable DEPLOYWISE_JOB_SPEC) and the MLflow run (snapshot or SFT dataset, config), so the same job runs on the app's
+local Ray head and on a remote cluster.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from training.config import RaySettings
 
 SPEC_VARIABLE = "DEPLOYWISE_JOB_SPEC"
-KINDS = ("cpt",)
+KINDS = ("cpt", "sft")
 VERSION_STATUS_TAG = "status"
 CANDIDATE = "candidate"
 LLM_VERSION_TAG = "llm_version"  # set on the run once its version is registered
@@ -41,8 +43,9 @@ class JobSpec:
     registry_name: str
     base_model: str  # 'bundled' or a model folder the workers can read
     start_version: str | None  # LLM version trained on top of, merged; None: the base model
-    snapshot_id: str
+    snapshot_id: str  # the training data's content id: a CPT snapshot's id, an SFT dataset's hash
     storage_path: str  # Ray Train's checkpoints: a local folder here, shared storage (s3://, /dbfs) on a cluster
+    dataset: str | None = None  # the SFT dataset's name (SFT jobs)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -82,10 +85,11 @@ def run_job(spec: JobSpec) -> str:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from training.config import load_cpt_config
-    from training.cpt import train_loop_per_worker
+    from training import cpt, sft
+    from training.config import load_config
 
-    config = load_cpt_config(spec.config)
+    config = load_config(spec.kind, spec.config)
+    train_loop_per_worker = {"cpt": cpt.train_loop_per_worker, "sft": sft.train_loop_per_worker}[spec.kind]
     scaling = scaling_config(config.ray, ray.cluster_resources())
     print(f"deploywise: job {spec.job_id}: {scaling.num_workers} worker(s) x {scaling.resources_per_worker}", flush=True)
     trainer = TorchTrainer(
@@ -104,7 +108,8 @@ def run_job(spec: JobSpec) -> str:
 
 
 def register_version(spec: JobSpec) -> str:
-    """The run's adapter as a new version of the LLM, tagged with its lineage and status `candidate`."""
+    """The run's adapter as a new version of the LLM, tagged with its lineage (its data: the snapshot, or the SFT
+    dataset's name and hash) and status `candidate`."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -118,9 +123,11 @@ def register_version(spec: JobSpec) -> str:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     run = client.get_run(spec.run_id)
+    data = ({"sft_dataset": spec.dataset, "sft_dataset_hash": spec.snapshot_id} if spec.kind == "sft"
+            else {"snapshot_id": spec.snapshot_id})
     tags = {
         BASE_MODEL_TAG: spec.base_model,
-        "snapshot_id": spec.snapshot_id,
+        **data,
         "config_hash": spec.config_hash,
         "job_id": spec.job_id,
         "training": spec.kind,
@@ -130,7 +137,8 @@ def register_version(spec: JobSpec) -> str:
         tags[PARENT_VERSION_TAG] = spec.start_version
     version = client.create_model_version(
         spec.registry_name, f"{run.info.artifact_uri}/{ADAPTER_ARTIFACT}", run_id=spec.run_id, tags=tags,
-        description=f"{spec.kind.upper()} job {spec.job_id} on snapshot {spec.snapshot_id}",
+        description=f"{spec.kind.upper()} job {spec.job_id} on " + (
+            f"SFT dataset {spec.dataset} ({spec.snapshot_id})" if spec.kind == "sft" else f"snapshot {spec.snapshot_id}"),
     )
     client.set_tag(spec.run_id, LLM_VERSION_TAG, str(version.version))
     return str(version.version)
