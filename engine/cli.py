@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.versions_commands import register as register_versions
 
     register_versions(commands)
+    from training.export import register as register_export
+
+    register_export(commands)
     from training.sft_commands import register as register_sft
 
     register_sft(commands)
