@@ -89,6 +89,8 @@ def styled_reply(messages: list[dict]) -> str:
     """One behaviour per style: a good pair, a good pair without its marker, a refusal, garbled text, and a
     well-formed multiple-choice pair citing a source the registry does not know."""
     prompt = messages[-1]["content"]
+    if "<<<" not in prompt:  # the check that the endpoint answers, before a run starts
+        return "ready"
     source_id, passage = _excerpt(prompt)
     if "factual question" in prompt:
         return (f"QUESTION: What does {source_id} state in passage {passage}?\n"
@@ -150,7 +152,7 @@ def test_knowledge_styles_over_http_keep_their_chunk_and_count_what_they_drop(se
 def test_bad_generations_are_dropped_and_counted(settings, kb, reply, failure, reason):
     with OpenAIServer(reply=reply) as server:
         server.failure = failure
-        dataset = generate_dataset(settings, kb, endpoint(server, f"bad-{reason}-{failure}", styles=["factual"]))
+        dataset = generate_dataset(settings, kb, endpoint(server, f"bad-{reason}-{failure or 'none'}", styles=["factual"]))
     assert dataset.state == "ready" and dataset.pairs == 0
     assert dataset.drops == {reason: len(source_groups(kb.connection))}
 
@@ -218,7 +220,8 @@ def test_recommendation_pairs_are_the_chats_prompt_and_pass_its_verifier(setting
 def test_an_llm_paraphrases_questions_and_its_recommendation_is_kept_only_when_verified(settings, kb):
     def reply(messages):
         if messages[0]["content"] == SYSTEM_PROMPT:  # the chat's own prompt
-            return faithful_answer(messages) if "diabetes" in messages[1]["content"] else "Recommendation: deploy the biggest model."
+            right = "USE CASE: diabetes-progression" in messages[1]["content"]
+            return faithful_answer(messages) if right else "Recommendation: deploy the biggest model."
         use_case = next(words for words in ("tumor screening", "digit recognition", "diabetes progression")
                         if words in messages[-1]["content"])
         return f"Could you tell me, for {use_case}, which model we should ship?"
@@ -238,7 +241,8 @@ def test_an_llm_paraphrases_questions_and_its_recommendation_is_kept_only_when_v
 
 def test_accepted_corrections_join_as_pairs(settings, kb):
     record = AnswerRecord(id=None, asked_at="2026-01-05T10:00:00+00:00", question="Which tumour model is safe to ship?",
-                          use_case="tumor-screening", answer="Deploy the forest.", answer_origin="llm", llm_version="base:x")
+                          use_case="tumor-screening", answer="Deploy the forest.", answer_origin="llm", llm_version="base:x",
+                          recommended_model="tumor-screening-random-forest")
     answer_id = save_answer(kb.connection, record)
     correction = "Not the forest: it breaks the 10 ms latency budget <<SRC:criteria:tumor-screening>>."
     save_feedback(kb.connection, answer_id, 0, "wrong model", correction)
@@ -329,7 +333,7 @@ def test_the_in_process_llm_generates_and_its_gibberish_is_dropped(workspace, ti
         kb.connection.close()
     assert dataset.state == "ready" and dataset.pairs == 0
     assert sum(dataset.drops.values()) == 10 and set(dataset.drops) <= {"unparsable", "garbled"}
-    assert dataset.config["llm_version"] == "base" and "api_key" not in json.dumps(dataset.config)
+    assert dataset.config["llm_version"] == "base" and dataset.config["api_key_env"] is None
 
 
 def test_the_worker_runs_out_of_process_with_progress_and_can_be_cancelled(settings, kb, monkeypatch):

@@ -60,7 +60,8 @@ DROP_REASONS = {
 
 _REFUSAL = re.compile(r"^\W*(i cannot|i can't|i can not|i'm sorry|i am sorry|as an ai|i am unable|i'm unable|"
                       r"i do not have access|i don't have access|sorry, but)", re.I)
-_WORD = re.compile(r"^[(\"'\[]*([A-Za-z][A-Za-z'’\-]*|\d[\d.,%]*)[)\]\"'.,;:!?%]*$")
+_WORD = re.compile(r"^[(\"'\[]*[^\W_][\w.:'’/-]*?[)\]\"'.,;:!?%]*$")  # words, numbers, ids (latency_p95_ms), J.P.
+_PUNCTUATION = re.compile(r"^[^\w]+$")
 _MARKER_TEXT = re.compile(r"<<[^<>\n]*>>")
 
 
@@ -246,7 +247,7 @@ def similar(a: frozenset[str], b: frozenset[str]) -> bool:
 
 def garbled(text: str) -> bool:
     """Mostly non-words (a broken model, a wrong tokenizer) or a generation loop (one word trigram again and again)."""
-    tokens = _MARKER_TEXT.sub(" ", text).split()
+    tokens = [token for token in _MARKER_TEXT.sub(" ", text).split() if not _PUNCTUATION.match(token)]
     if not tokens:
         return False
     if sum(1 for token in tokens if _WORD.match(token)) / len(tokens) < MIN_WORD_SHARE:

@@ -82,7 +82,7 @@ QUESTION_TEMPLATES = (
 REFUSAL_QUESTIONS = (
     "Which model should the call centre use to route support tickets?",
     "What model should we put behind the product recommendation widget?",
-    "Recommend a model for weather forecasting at our sites.",
+    "Which model should we deploy to rank search results on the intranet?",
     "Which model should run speech transcription for the meeting notes service?",
     "Which model should translate our user manuals into German?",
     "How do I bake sourdough bread?",
