@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import time
+from pathlib import Path
 
 import gguf
 import pytest
@@ -28,7 +29,7 @@ from engine.prompting import SYSTEM_PROMPT
 from engine.settings import load_settings
 from training.export import TOLERANCES, ExportError, export_jobs, export_version, published_exports, stop_tokens
 
-PAGE = "pages/versions.py"
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "versions.py")
 MESSAGES = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Which model for fraud?"}]
 
 
@@ -75,7 +76,7 @@ def test_gguf_round_trip_of_a_version_with_merged_adapters(settings, tiny_llama_
     # the check's figures; the adapters move the logits further than the format's tolerance allows, so a GGUF of
     # the bare base would fail the check
     check = export.check
-    assert check.passed and check.prompts == 5 and check.positions > 500
+    assert check.passed and check.prompts == 5 and check.positions > 150
     assert check.min_cosine > (0.9999 if fmt == "gguf-f16" else 0.995) and check.top1_agreement >= 0.95
     tokenizer = load_tokenizer(str(tiny_llama_folder))
     merged, base = build_model(resolve_llm_version(settings, "2")), load_base_model(str(tiny_llama_folder))
@@ -172,7 +173,7 @@ def test_refusals_are_one_line_and_leave_nothing_behind(settings, tmp_path, monk
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, previous)
-    assert str(full.value).startswith(f"cannot write the gguf-f16 export of deploywise-llm/1 to {out}: File too large")
+    assert str(full.value) == "cannot export deploywise-llm/1 as gguf-f16: File too large (os error 27)"
     assert not out.exists()
 
 
