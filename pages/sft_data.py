@@ -18,7 +18,7 @@ from engine.access import AccessDenied, require_admin_page
 from engine.deep_links import through_entry_point
 from engine.knowledge_base import KnowledgeBase
 from training import sft_views as views
-from training.sft_data import REVIEW_STATES, SftDataError, accept_all, delete_dataset, export_dataset, exports_dir, list_pairs, review_pairs
+from training.sft_data import REVIEW_STATES, SftDataError, delete_dataset, export_dataset, exports_dir, list_pairs, review_pairs
 from training.sft_generation import DEFAULT_PROMPTS, KNOWLEDGE_STYLES, STYLES, GenerationRequest, source_groups
 from training.sft_jobs import RUNNING, cancel_generation, refreshed_datasets, start_generation
 
@@ -33,6 +33,17 @@ def changed(message: str) -> None:
 
 def refused(error: Exception) -> None:
     st.error(f"Nothing was changed: {str(error).strip(chr(39))}")
+
+
+def act(action, message) -> None:
+    """Run an admin action; on success rerun with `message` (a function of the action's result when callable), else
+    say why it was refused."""
+    try:
+        result = action()
+    except (SftDataError, AccessDenied) as error:
+        refused(error)
+    else:
+        changed(message(result) if callable(message) else message)
 
 
 def generate_tab(settings, connection) -> None:
@@ -72,12 +83,8 @@ def generate_tab(settings, connection) -> None:
         questions_per_use_case=int(questions), paraphrase=paraphrase, rewrite_recommendations=rewrite,
         include_corrections=corrections, temperature=float(temperature))
     with st.spinner("Checking the request and the generator"):
-        try:
-            start_generation(settings, connection, request)
-        except (SftDataError, AccessDenied) as error:
-            refused(error)
-            return
-    changed(f"Generation of {request.name} started; follow it under Datasets.")
+        act(lambda: start_generation(settings, connection, request),
+            f"Generation of {request.name} started; follow it under Datasets.")
 
 
 def running_panel(settings, polling: bool) -> None:
@@ -93,12 +100,8 @@ def running_panel(settings, polling: bool) -> None:
                 st.progress(views.progress_fraction(dataset), text=dataset.progress.get("message") or "starting")
                 st.caption(f"{dataset.pending} pairs so far, {dataset.dropped} dropped")
                 if st.button("Cancel", key=f"sft_cancel_{dataset.name}"):
-                    try:
-                        cancel_generation(connection, dataset.name)
-                    except (SftDataError, AccessDenied) as error:
-                        refused(error)
-                    else:
-                        changed(f"{dataset.name} is being cancelled; the pairs it made stay, pending review.")
+                    act(lambda: cancel_generation(connection, dataset.name),
+                        f"{dataset.name} is being cancelled; the pairs it made stay, pending review.")
     finally:
         connection.close()
 
@@ -118,12 +121,7 @@ def datasets_tab(settings, connection, datasets) -> None:
         st.markdown(f"**Dropped generations** ({chosen.dropped})")
         st.dataframe(views.drops_frame(chosen), hide_index=True, width="stretch")
     if st.button(f"Delete {chosen.name}", disabled=chosen.state in RUNNING):
-        try:
-            delete_dataset(connection, chosen.name)
-        except (SftDataError, AccessDenied) as error:
-            refused(error)
-        else:
-            changed(f"Deleted {chosen.name} and its pairs.")
+        act(lambda: delete_dataset(connection, chosen.name), f"Deleted {chosen.name} and its pairs.")
 
 
 def review_tab(settings, connection, datasets) -> None:
@@ -158,15 +156,8 @@ def review_tab(settings, connection, datasets) -> None:
                 if not change.problems:
                     changed(f"{name}: {change.summary}.")
         if accept_shown.button(f"Accept all {len(shown)} shown"):
-            try:
-                if state == "pending" and len(shown) < PAGE_SIZE:
-                    count = accept_all(connection, name, style=None if style == ALL else style)
-                else:
-                    count = review_pairs(connection, name, [pair.id for pair in shown], "accepted")
-            except (SftDataError, AccessDenied) as error:
-                refused(error)
-            else:
-                changed(f"{name}: {count} pairs accepted.")
+            act(lambda: review_pairs(connection, name, [pair.id for pair in shown], "accepted"),
+                lambda count: f"{name}: {count} pairs accepted.")
     else:
         st.info("No pair matches.")
     st.markdown("**Export**")

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 from engine.cli import _print
+from training.commands import _database, _usage
 from training.sft_data import (
     REVIEW_STATES,
     SftDataError,
@@ -80,16 +82,16 @@ def register(commands) -> None:
     delete.set_defaults(handler=_delete)
 
 
-def _usage(message: str):
-    from engine.cli import UsageError
-
-    return UsageError(message)
-
-
-def _database(settings):
-    from engine import store
-
-    return store.connect(settings.ensure_workspace() / "knowledge.sqlite")
+@contextmanager
+def _refusing(settings):
+    """The knowledge database for one command; a refused action is a usage error (exit 2), having changed nothing."""
+    connection = _database(settings)
+    try:
+        yield connection
+    except SftDataError as error:
+        raise _usage(str(error)) from None
+    finally:
+        connection.close()
 
 
 def _request(args) -> GenerationRequest:
@@ -167,13 +169,8 @@ def _list(args, settings) -> int:
 
 
 def _pairs(args, settings) -> int:
-    connection = _database(settings)
-    try:
+    with _refusing(settings) as connection:
         pairs = list_pairs(connection, args.name, state=args.state, limit=args.limit)
-    except SftDataError as error:
-        raise _usage(str(error)) from None
-    finally:
-        connection.close()
     lines = [f"#{pair.id} {pair.state} {pair.style} [{', '.join(pair.source_ids)}]\n  Q: {pair.question[:200]}\n"
              f"  A: {' '.join(pair.output.split())[:300]}" for pair in pairs]
     _print(args, [asdict(pair) for pair in pairs], "\n".join(lines) or "no pairs")
@@ -192,38 +189,23 @@ def _review(args, settings) -> int:
     every = getattr(args, "all", False)
     if bool(ids) == every:
         raise _usage("give either --ids or --all" if args.state == "accepted" else "give --ids")
-    connection = _database(settings)
-    try:
+    with _refusing(settings) as connection:
         get_dataset(connection, args.name)
         changed = accept_all(connection, args.name, style=args.style) if every else review_pairs(connection, args.name, ids, args.state)
-    except SftDataError as error:
-        raise _usage(str(error)) from None
-    finally:
-        connection.close()
     print(f"{changed} pairs {args.state}")
     return EXIT_OK
 
 
 def _export(args, settings) -> int:
-    connection = _database(settings)
-    try:
+    with _refusing(settings) as connection:
         export = export_dataset(settings, connection, args.name, Path(args.out) if args.out else exports_dir(settings))
-    except SftDataError as error:
-        raise _usage(str(error)) from None
-    finally:
-        connection.close()
     payload = {**asdict(export), "path": str(export.path)}
     _print(args, payload, f"{export.pair_count} accepted pairs written to {export.path} (dataset {export.dataset_hash})")
     return EXIT_OK
 
 
 def _delete(args, settings) -> int:
-    connection = _database(settings)
-    try:
+    with _refusing(settings) as connection:
         delete_dataset(connection, args.name)
-    except SftDataError as error:
-        raise _usage(str(error)) from None
-    finally:
-        connection.close()
     print(f"deleted {args.name}")
     return EXIT_OK
