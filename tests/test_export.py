@@ -27,7 +27,7 @@ from engine.llm import build_model, load_base_model, resolve_llm_version
 from engine.models import BUNDLED_LLM_GGUF, bundled_llm_dir, load_tokenizer
 from engine.prompting import SYSTEM_PROMPT
 from engine.settings import load_settings
-from training.export import TOLERANCES, ExportError, export_jobs, export_version, published_exports, stop_tokens
+from training.export import TOLERANCES, ExportError, Tolerance, export_jobs, export_version, published_exports, stop_tokens
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "versions.py")
 MESSAGES = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Which model for fraud?"}]
@@ -153,6 +153,14 @@ def test_refusals_are_one_line_and_leave_nothing_behind(settings, tmp_path, monk
             export_version(settings, version, fmt)
         assert str(refused.value).startswith(expected) and "\n" not in str(refused.value)
     assert not exports.exists() or not any(exports.rglob("*"))
+
+    # a written model outside its tolerance is not published: no files, nothing logged
+    monkeypatch.setitem(TOLERANCES, "safetensors", Tolerance(min_cosine=1.5, min_top1=1.0))
+    with pytest.raises(ExportError, match=r"^the safetensors export of deploywise-llm/1 failed its logits check \(min cosine "
+                                          r"0\.99999.*needs cosine >= 1\.5 and top-1 agreement >= 100%\); nothing was published$"):
+        export_version(settings, "1", "safetensors")
+    assert not exports.exists() or not any(exports.rglob("*"))
+    assert MlflowClient(tracking_uri=settings.tracking_uri).list_artifacts(run_of(settings, "1"), "exports") == []
 
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
