@@ -237,6 +237,19 @@ def test_a_malformed_sft_config_is_named_key_by_key(tmp_path):
     assert (defaults.lora.r, defaults.learning_rate, defaults.epochs, defaults.start_from) == (16, 2e-4, 2.0, "latest")
 
 
+def test_train_sft_on_the_command_line_refuses_bad_settings_and_unknown_datasets(monkeypatch, tmp_path, capsys):
+    from engine.cli import main
+
+    monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(tmp_path / "workspace"))
+    config = ["--config", str(ROOT / "configs/sft.yaml")]
+    assert main(["train", "sft", *config, "--set", "validation_share=0.9"]) == 2
+    assert "validation_share: must be above 0 and at most 0.5 (got 0.9)" in capsys.readouterr().err
+    assert main(["train", "sft", *config, "--set", "start_from=base", "--set", "dataset=nope"]) == 2
+    assert "dataset: no SFT dataset named nope" in capsys.readouterr().err
+    assert main(["jobs", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # nothing recorded
+
+
 @pytest.mark.slow
 def test_unknown_datasets_and_wrong_start_versions_are_refused_before_anything_runs(settings_and_db, finished_sft):
     settings, connection = settings_and_db

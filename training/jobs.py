@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from engine.tracking import ensure_experiment
 from training.config import LATEST, AdapterTraining, CptConfig, SftConfig
 from training.cpt import SNAPSHOT_ARTIFACT
 from training.run import FAILURE_TAG, LLM_VERSION_TAG, SPEC_VARIABLE, JobSpec
-from training.sft import DATASET_FILE, SFT_DATASET_ARTIFACT, split_pairs
+from training.sft import DATASET_FILE, SFT_DATASET_ARTIFACT, read_pairs, split_pairs
 from training.snapshot import DatasetSnapshot, SnapshotError, list_snapshots, load_snapshot, snapshot_workspace
 
 EXPERIMENT = "deploywise-training"
@@ -179,8 +179,6 @@ def submit_sft(settings, connection, config: SftConfig, *, created_by: str | Non
     the job's MLflow run, record the job and submit it to Ray; the recorded job. The recorded configuration names
     the version and dataset actually used. Every refusal is a JobError; nothing is recorded or submitted then."""
     require_admin("launching a training job")
-    from dataclasses import replace
-
     from training.sft_data import SftDataError, export_dataset, list_datasets
 
     number = newest_cpt_version(settings) if config.start_from == LATEST else config.start_from
@@ -197,7 +195,7 @@ def submit_sft(settings, connection, config: SftConfig, *, created_by: str | Non
             export = export_dataset(settings, connection, name, Path(folder))
         except SftDataError as error:
             raise JobError(f"dataset: {error}") from None
-        pairs = [json.loads(line) for line in export.path.read_text(encoding="utf-8").splitlines()]
+        pairs = read_pairs(export.path)
         train, held_out = split_pairs(pairs, config.validation_share)
         if not train or not held_out:
             distinct = len({pair["instruction"] for pair in pairs})
