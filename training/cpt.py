@@ -3,9 +3,9 @@ and the adapter training both recipes share (`fit_adapter`; the SFT recipe, trai
 
 `train_loop_per_worker` is what each Ray Train worker runs (`training.run` starts it in a `TorchTrainer`). The
 worker fetches its data (the dataset snapshot here) from the job's MLflow run, so it runs the same on this machine
-and on any node of a cluster. Checkpoints go to Ray's storage through `RayTrainReportCallback` every `save_steps`; a restarted
-worker finds the last one with `ray.train.get_checkpoint()` and the Trainer resumes at that step (weights,
-optimizer, scheduler and data order), logging into the same MLflow run.
+and on any node of a cluster. Checkpoints go to Ray's storage through `RayTrainReportCallback` every
+`save_steps`; a restarted worker finds the last one with `ray.train.get_checkpoint()` and the Trainer resumes at
+that step (weights, optimizer, scheduler and data order), logging into the same MLflow run.
 
 Precision follows the hardware: bf16 on GPUs that have it, else fp16 on GPUs, float32 on the CPU. QLoRA loads
 the base weights as bitsandbytes NF4, which also runs on the CPU (slowly: it is there to be tested and measured).
