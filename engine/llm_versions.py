@@ -197,7 +197,7 @@ def versions_table(view: VersionsOverview) -> list[dict]:
         rows.append({
             "version": record.number,
             "status": record.status,
-            "gate": record.gate.verdict or "not evaluated",
+            "gate": record.gate.verdict or ("partly evaluated" if record.evaluation else "not evaluated"),
             "accuracy": metrics.get("accuracy"),
             "citations": metrics.get("citation_presence"),
             "general ppl": metrics.get("general_perplexity"),
@@ -422,7 +422,8 @@ def promote(settings, version: str, *, actor: str, reason: str | None = None) ->
             f" (its training job {record.job_id} {record.job_state})" if record.job_state in ("failed", "cancelled") else "")
             + "; it cannot be promoted")
     if not record.gate.passed and not reason:
-        verdict = f"a {record.gate.verdict} verdict" if record.gate.verdict else "no evaluation"
+        verdict = (f"a {record.gate.verdict} verdict" if record.gate.verdict else
+                   "no gate verdict (its evaluations covered part of the golden set)" if record.evaluation else "no evaluation")
         raise VersionError(f"{record.label} has {verdict}; promoting it without a GO needs a written reason")
     client = _client(settings)
     _check_loadable(settings, client, record.number)
