@@ -141,7 +141,9 @@ class VersionChoice:
 
 
 def llm_versions(settings) -> list[VersionChoice]:
-    """The registry's LLM versions, newest first (MlflowClient errors propagate: the page says MLflow is down)."""
+    """The registry's LLM versions a job may start from, newest first: archived and failed ones are left out (a
+    config naming one still shows it, through `start_options`). MlflowClient errors propagate: the page says MLflow
+    is down."""
     from mlflow import MlflowClient
 
     from engine.candidates import all_pages
@@ -156,6 +158,8 @@ def llm_versions(settings) -> list[VersionChoice]:
     choices = []
     for version in sorted(found, key=lambda v: int(v.version), reverse=True):
         tags = version.tags or {}
+        if tags.get("status") in ("archived", "failed"):
+            continue
         details = [part for part in (tags.get("training", "").upper(), tags.get("status"), tags.get("job_id")) if part]
         choices.append(VersionChoice(str(version.version), f"{name}/{version.version}" + (f" · {' · '.join(details)}" if details else ""),
                                      starts_sft(tags)))
@@ -166,7 +170,7 @@ def start_options(versions: list[VersionChoice], current: str) -> dict[str, str]
     """Start-from choices (value -> label): the base model, then every version; a configured unknown one too."""
     options = {"base": "Base model"} | {v.number: v.label for v in versions}
     if current not in options:
-        options[current] = f"version {current} (not in the registry)"
+        options[current] = f"version {current} (not in the registry, archived or failed)"
     return options
 
 

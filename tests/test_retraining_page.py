@@ -375,3 +375,17 @@ def test_a_job_launched_from_the_form_trains_and_shows_its_version(documents, mo
     assert "registered deploywise-llm version" in at.get("code")[0].value  # the log tail
     starts = at.selectbox(key="cpt_start_from")
     assert job.llm_version in starts.options or f"deploywise-llm/{job.llm_version}" in " ".join(starts.options)
+
+
+def test_archived_and_failed_versions_are_not_offered_as_a_start(settings, tmp_path):
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    client.create_registered_model(settings.llm_registry_name)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for training, status in (("cpt", "candidate"), ("cpt", "archived"), ("sft", "failed"), ("sft", "deployed")):
+        client.create_model_version(settings.llm_registry_name, str(adapter), tags={"training": training, "status": status})
+
+    versions = views.llm_versions(settings)
+    assert [v.number for v in versions] == ["4", "1"] and [v.starts_sft for v in versions] == [False, True]
+    options = views.start_options(versions, "2")  # a config naming the archived one still shows it, as such
+    assert list(options) == ["base", "4", "1", "2"] and "archived" in options["2"]
