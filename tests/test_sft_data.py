@@ -44,6 +44,7 @@ from training.sft_generation import (
     KNOWLEDGE_STYLES,
     GenerationRequest,
     generate_dataset,
+    parse_reply,
     sample_chunks,
     source_group,
     source_groups,
@@ -141,6 +142,25 @@ def test_knowledge_styles_over_http_keep_their_chunk_and_count_what_they_drop(se
         assert "<<SRC" not in pair.question
     body = server.requests[0].body
     assert body["model"] == "tiny-chat" and body["stream"] is True and body["max_tokens"] == 320
+
+
+@pytest.mark.parametrize("reply, factual, multiple_choice", [
+    ("QUESTION: What gates a release?\nANSWER: The hard criteria.", ("What gates a release?", "The hard criteria."), None),
+    ("**Question:** What gates a release?\n**Answer:** The hard criteria.", ("What gates a release?", "The hard criteria."), None),
+    ('The question is: "What gates a release?"\n\nThe answer is: "The hard criteria."',
+     ("What gates a release?", "The hard criteria."), None),
+    ("Q: What gates a release?\nA: The hard criteria.", ("What gates a release?", "The hard criteria."), None),
+    ("Q: What gates a release?\n\nA:", None, None),
+    ("QUESTION: Which gates?\nA) soft\nB) hard\nC) none\nD) all\nANSWER: B) hard",
+     ("Which gates?\nA) soft\nB) hard\nC) none\nD) all", "B) hard"), ("Which gates?\nA) soft\nB) hard\nC) none\nD) all", "B) hard")),
+    ("QUESTION: Which gates?\nA) soft\nB) hard\nANSWER: B) hard", ("Which gates?\nA) soft\nB) hard", "B) hard"), None),
+    ("QUESTION: Which gates?\nA) soft\nB) hard\nC) none\nD) all\nANSWER: E, none of them", ..., None),
+    ("The excerpt is about a platform that predicts diabetes progression.", None, None),
+], ids=["asked", "bold", "the-question-is", "q-a", "no-answer", "choices", "two-options", "bad-letter", "prose"])
+def test_replies_are_parsed_in_the_asked_format_and_its_common_variants(reply, factual, multiple_choice):
+    if factual is not ...:
+        assert parse_reply("factual", reply) == factual
+    assert parse_reply("multiple-choice", reply) == multiple_choice
 
 
 @pytest.mark.parametrize("reply, failure, reason", [

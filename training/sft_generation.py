@@ -89,7 +89,13 @@ REFUSAL_QUESTIONS = (
 )
 PARAPHRASE_PROMPT = ("Rewrite this question in other words, as a colleague would ask it. Keep its meaning and the use "
                      "case it names. Reply with the rewritten question only.\n\nQuestion: {question}")
-_QA = re.compile(r"QUESTION\s*:\s*(?P<question>.+?)\s*\n\s*ANSWER\s*:\s*(?P<answer>.+)", re.S | re.I)
+# The asked format, and the variants small models drift to: "**Question:**", "The question is:", "Q:" / "A:" (the
+# one-letter labels not for multiple choice, whose options may be written "A: ...").
+_LABEL = r"^[ \t>*_#-]*(?:the\s+)?{}(?:\s+is)?[ \t*_]*:[ \t*_]*"
+_QA = re.compile(_LABEL.format("question") + r"(?P<question>.+?)\s*\n" + _LABEL.format("answer") + r"(?P<answer>.+)",
+                 re.S | re.I | re.M)
+_QA_SHORT = re.compile(_LABEL.format("(?:question|q)") + r"(?P<question>.+?)\s*\n" + _LABEL.format("(?:answer|a)")
+                       + r"(?P<answer>.+)", re.S | re.I | re.M)
 _OPTION = re.compile(r"^\s*\(?([A-D])[).:]\s+\S", re.M)
 _ANSWER_LETTER = re.compile(r"^\W*(?:(?i:answer)\s*(?:(?i:is))?\s*:?\s*)?\(?([A-D])\b")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -259,10 +265,10 @@ def knowledge_messages(request: GenerationRequest, style: str, chunk) -> list[di
 def parse_reply(style: str, text: str) -> tuple[str, str] | None:
     """(question, answer) from a `QUESTION:`/`ANSWER:` reply, None when it is not in that format (a multiple-choice
     question needs options A) to D) and an answer starting with one of their letters)."""
-    found = _QA.search(text or "")
+    found = (_QA if style == "multiple-choice" else _QA_SHORT).search(text or "")
     if not found:
         return None
-    question, answer = found.group("question").strip(), found.group("answer").strip()
+    question, answer = (found.group(part).strip().strip('"“”').strip() for part in ("question", "answer"))
     if style == "multiple-choice":
         letters = set(_OPTION.findall(question))
         chosen = _ANSWER_LETTER.match(answer)
@@ -390,7 +396,7 @@ def generate_dataset(settings, kb, request: GenerationRequest, *, on_progress: P
         get_dataset(kb.connection, request.name)
     else:
         create_dataset(kb.connection, request.name, request.to_config(), state="generating")
-    update_dataset(kb.connection, request.name, state="generating", error=None)
+    update_dataset(kb.connection, request.name, state="generating", error=None, pid=os.getpid())
     try:
         _generate(settings, kb, request, on_progress, backend or make_backend(settings, request))
     except Exception as error:

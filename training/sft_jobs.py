@@ -65,7 +65,7 @@ def refreshed(connection, dataset: SftDataset) -> SftDataset:
     current = get_dataset(connection, dataset.name)  # it may have finished between the two reads
     if current.state in RUNNING:
         update_dataset(connection, dataset.name, state="failed", pid=None,
-                       error="the generation process ended without finishing (killed, or the machine restarted); see its log")
+                       error="the generation process ended without finishing (killed, or the machine restarted)")
         current = get_dataset(connection, dataset.name)
     return current
 
@@ -88,14 +88,17 @@ def cancel_generation(connection, name: str) -> SftDataset:
 
 
 def _alive(dataset: SftDataset) -> bool:
-    """Whether the dataset's pid is still its worker (not another process that reuses the id)."""
+    """Whether the dataset's pid is still the process generating it: this one, or one naming the dataset on its
+    command line (the worker, `deploywise sft generate --name ...`), not another process that reuses the id."""
     if not dataset.pid:
         return False
+    if dataset.pid == os.getpid():
+        return True
     try:
         text = Path(f"/proc/{dataset.pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
-    return "training.sft_jobs" in text and dataset.name in text.split("\0")
+    return dataset.name in text.split("\0")
 
 
 def _starting(dataset: SftDataset) -> bool:
