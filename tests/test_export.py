@@ -255,6 +255,7 @@ def test_a_visitor_cannot_start_an_export(settings, real_access):
     assert export_jobs(settings) == []
 
 
+@pytest.mark.slow
 def test_the_real_smollm2_base_survives_q8_0(tmp_path):
     """The bundled SmolLM2-135M: q8_0 keeps the next token at nearly every position, and the tokenizer written
     is the one of the published SmolLM2 GGUF (tokens, types, merges, special ids)."""

@@ -429,8 +429,8 @@ def start_export_job(settings, version: str, fmt: str, created_by: str | None = 
     path = folder / f"{job.id}.json"
     _write_job(path, job)
     with open(path.with_suffix(".log"), "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "training.export", str(path)], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
+        process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "training.export", str(path)], stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
     path.with_suffix(".pid").write_text(str(process.pid), encoding="utf-8")
     return job
 
@@ -465,16 +465,24 @@ def _unless_dead(path: Path, job: ExportJob) -> ExportJob:
 
 
 def _worker_alive(path: Path, job: ExportJob) -> bool:
+    """Whether the job's worker still runs: not gone, not a zombie the app has not reaped, not another process
+    that reuses its id (a starting worker may still show the app's command line)."""
     try:
         pid = int(path.with_suffix(".pid").read_text(encoding="utf-8"))
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return job.state == "queued" and _age_s(job.created_at) < STARTING_S  # the pid file comes just after
-    try:  # a finished worker stays a zombie of the app until reaped: its command line is empty
+    except (OSError, ValueError):  # written just after the worker is started
+        return job.state == "queued" and _age_s(job.created_at) < STARTING_S
+    if not Path("/proc/self").exists():  # no /proc here: the signal check must do
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return True  # no /proc: the signal check above must do
-    return job.id in command or (job.state == "queued" and _age_s(job.created_at) < STARTING_S and bool(command))
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and (job.id in command or (job.state == "queued" and _age_s(job.created_at) < STARTING_S))
 
 
 def _age_s(stamp: str) -> float:
