@@ -80,31 +80,33 @@ def endpoint(server: OpenAIServer, name: str, styles=KNOWLEDGE_STYLES, **fields)
                              include_corrections=False, **fields)
 
 
-def _excerpt(prompt: str) -> tuple[str, str]:
+def _excerpt(prompt: str) -> tuple[str, str, list[str]]:
+    """The source id, a short hash and the first words of the excerpt a generation prompt carries."""
     source_id = re.search(r"cited as <<SRC:([^>]+)>>", prompt).group(1)
-    passage = hashlib.sha256(prompt.split("<<<", 1)[1].split(">>>", 1)[0].encode()).hexdigest()[:6]
-    return source_id, passage
+    excerpt = prompt.split("<<<", 1)[1].split(">>>", 1)[0]
+    return source_id, hashlib.sha256(excerpt.encode()).hexdigest()[:6], re.findall(r"[A-Za-z]{4,}", excerpt)[:12]
 
 
 def styled_reply(messages: list[dict]) -> str:
-    """One behaviour per style: a good pair, a good pair without its marker, a refusal, garbled text, and a
-    well-formed multiple-choice pair citing a source the registry does not know."""
+    """One behaviour per style, each about the excerpt it was given: a good pair, a good pair without its marker, a
+    refusal, garbled text, and a well-formed multiple-choice pair citing a source the registry does not know."""
     prompt = messages[-1]["content"]
     if "<<<" not in prompt:  # the check that the endpoint answers, before a run starts
         return "ready"
-    source_id, passage = _excerpt(prompt)
+    source_id, passage, words = _excerpt(prompt)
+    about, says = " ".join(words[:6]), " ".join(words)
     if "factual question" in prompt:
-        return (f"QUESTION: What does {source_id} state in passage {passage}?\n"
-                f"ANSWER: It states the rule the team follows in this case, as written there <<SRC:{source_id}>>.")
+        return (f"QUESTION: What does {source_id} say about {about} in passage {passage}?\n"
+                f"ANSWER: It says: {says} <<SRC:{source_id}>>.")
     if "casually" in prompt:
-        return (f"QUESTION: Hey, quick one: what does {source_id} say in passage {passage}?\n"
-                "ANSWER: Sure! In short, the team follows the written rule for this case.")
+        return f"QUESTION: Hey, quick one about passage {passage}: what is meant by {about}?\nANSWER: Sure! In short: {says}."
     if "guides them" in prompt:
-        return f"QUESTION: Why does passage {passage} matter?\nANSWER: I cannot help with that request, sorry."
+        return f"QUESTION: Why does {says} matter?\nANSWER: I cannot help with that request, sorry."
     if "practical problem" in prompt:
-        return f"QUESTION: How do we apply passage {passage}?\nANSWER: " + " ".join(["qz#x", "9@@", "%%k", "w!!z"] * 6)
-    return (f"QUESTION: Which statement matches passage {passage}?\nA) The first one\nB) The second one\n"
-            "C) The third one\nD) The fourth one\nANSWER: B) The second one, as the excerpt says <<SRC:doc:no-such-file>>.")
+        return f"QUESTION: How do we apply {about}?\nANSWER: " + " ".join(["qz#x", "9@@", "%%k", "w!!z"] * 6)
+    options = "\n".join(f"{letter}) {word}" for letter, word in zip("ABCD", words, strict=False))
+    return (f"QUESTION: Which of these does passage {passage} name first?\n{options}\n"
+            f"ANSWER: A) {words[0]}, as the excerpt says: {says} <<SRC:doc:no-such-file>>.")
 
 
 def test_chunks_are_sampled_evenly_across_sources_and_reproducibly(kb):
@@ -165,10 +167,11 @@ def test_replies_are_parsed_in_the_asked_format_and_its_common_variants(reply, f
 
 @pytest.mark.parametrize("reply, failure, reason", [
     ("Here is a nice question about the excerpt, and its answer.", None, "unparsable"),
+    ("QUESTION: What is the capital of France?\nANSWER: Paris is the capital and largest city of France.", None, "ungrounded"),
     ("unused", "empty", "generation_failed"),
     ("unused", "garbled", "generation_failed"),
     ("unused", "http_500", "generation_failed"),
-], ids=["unformatted", "empty-stream", "garbled-stream", "http-500"])
+], ids=["unformatted", "off-topic", "empty-stream", "garbled-stream", "http-500"])
 def test_bad_generations_are_dropped_and_counted(settings, kb, reply, failure, reason):
     with OpenAIServer(reply=reply) as server:
         server.failure = failure
@@ -178,7 +181,11 @@ def test_bad_generations_are_dropped_and_counted(settings, kb, reply, failure, r
 
 
 def test_the_same_question_twice_is_kept_once(settings, kb):
-    same = "QUESTION: Who signs off a change to the selection rules?\nANSWER: The Head of ML Platform with the data science lead <<SRC:decisions:log>>."
+    def same(messages):  # one question whatever the excerpt, answered from it
+        prompt = messages[-1]["content"]
+        return "ready" if "<<<" not in prompt else (
+            f"QUESTION: Who signs off a change to the selection rules?\nANSWER: {' '.join(_excerpt(prompt)[2])}.")
+
     with OpenAIServer(reply=same) as server:
         dataset = generate_dataset(settings, kb, endpoint(server, "dedup", styles=["factual"]))
     assert (dataset.pending, dataset.drops) == (1, {"duplicate": len(source_groups(kb.connection)) - 1})
@@ -352,7 +359,7 @@ def test_the_in_process_llm_generates_and_its_gibberish_is_dropped(workspace, ti
     finally:
         kb.connection.close()
     assert dataset.state == "ready" and dataset.pairs == 0
-    assert sum(dataset.drops.values()) == 10 and set(dataset.drops) <= {"unparsable", "garbled"}
+    assert sum(dataset.drops.values()) == 10 and set(dataset.drops) <= {"unparsable", "ungrounded", "garbled"}
     assert dataset.config["llm_version"] == "base" and dataset.config["api_key_env"] is None
 
 

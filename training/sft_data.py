@@ -46,6 +46,7 @@ STYLES_WITHOUT_MARKERS = ("refusal",)  # the chat's refusal cites nothing
 DROP_REASONS = {
     "generation_failed": "the LLM call failed (HTTP error, broken or empty stream)",
     "unparsable": "the reply is not in the requested format",
+    "ungrounded": "most of the pair's words are not the excerpt's (a question about something else)",
     "empty": "empty instruction or output",
     "too_short": "instruction or output too short",
     "too_long": "instruction or output too long",

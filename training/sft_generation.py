@@ -43,6 +43,11 @@ PROMPT_FIELDS = {"chunk", "source_id", "title"}
 MAX_PER_SOURCE = 100
 MAX_QUESTIONS_PER_USE_CASE = 20
 TABLE_DOMAINS = ("uc", "sql")  # a table's rows are one source each table, not one per row
+MIN_GROUNDED_SHARE = 0.4
+_FUNCTION_WORDS = frozenset("""about above after again against also because been before being below between both could
+does doing down during each from further have having here into itself just more most only other over same should some
+such than that their theirs them then there these they this those through under until very what when where which while
+whom will with would your yours""".split())
 
 _STYLE_TASKS = {
     "factual": "Write one factual question a data scientist could ask that this excerpt answers, and its answer, "
@@ -277,16 +282,31 @@ def parse_reply(style: str, text: str) -> tuple[str, str] | None:
     return question, answer
 
 
-def knowledge_pair(style: str, chunk, reply: str, generator: str) -> PairCandidate | None:
-    """The pair a reply makes, with the chunk's marker added to the answer when the generator left it out."""
+def knowledge_pair(style: str, chunk, reply: str, generator: str) -> PairCandidate | str:
+    """The pair a reply makes, with the chunk's marker added to the answer when the generator left it out; or why
+    it makes none: 'unparsable' (not in the asked format), 'ungrounded' (its words are mostly not the excerpt's)."""
     parsed = parse_reply(style, reply)
     if parsed is None:
-        return None
+        return "unparsable"
     question, answer = parsed
     question = strip_markers(question).strip()
+    if not grounded(f"{question}\n{answer}", chunk.text):
+        return "ungrounded"
     if chunk.source_id not in find_markers(answer):
         answer = f"{answer.rstrip()} <<SRC:{chunk.source_id}>>"
     return PairCandidate(style, question, answer, generator, (chunk.id,), (chunk.source_id,))
+
+
+def content_words(text: str) -> set[str]:
+    """Words of four letters or more, cut to five (so 'criteria' and 'criterion' meet), without common function words."""
+    return {word[:5] for word in re.findall(r"[a-z]{4,}", strip_markers(text).lower()) if word not in _FUNCTION_WORDS}
+
+
+def grounded(text: str, excerpt: str) -> bool:
+    """Whether at least MIN_GROUNDED_SHARE of the pair's content words occur in the excerpt: a cheap guard against a
+    pair about something else (a small generator's invention); the review judges faithfulness itself."""
+    words = content_words(text)
+    return not words or len(words & content_words(excerpt)) / len(words) >= MIN_GROUNDED_SHARE
 
 
 # --- the product's own task -----------------------------------------------------------------------------------------
@@ -440,8 +460,8 @@ def _generate(settings, kb, request: GenerationRequest, on_progress: Progress | 
                     drops["generation_failed"] += 1
                 else:
                     pair = knowledge_pair(style, chunk, reply, generator)
-                    if pair is None:
-                        drops["unparsable"] += 1
+                    if isinstance(pair, str):
+                        drops[pair] += 1
                     else:
                         candidates.append(pair)
                 step(f"{style} pair from chunk {chunk.id} ({chunk.source_id})", candidates, drops)
