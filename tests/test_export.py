@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import gguf
@@ -27,7 +28,8 @@ from engine.llm import build_model, load_base_model, resolve_llm_version
 from engine.models import BUNDLED_LLM_GGUF, bundled_llm_dir, load_tokenizer
 from engine.prompting import SYSTEM_PROMPT
 from engine.settings import load_settings
-from training.export import TOLERANCES, ExportError, Tolerance, export_jobs, export_version, published_exports, stop_tokens
+from training.export import (TOLERANCES, ExportError, Tolerance, download_path, export_jobs, export_version, published_exports,
+                             safetensors_zip, stop_tokens)
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "versions.py")
 MESSAGES = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Which model for fraud?"}]
@@ -121,6 +123,7 @@ def test_gguf_round_trip_of_a_version_with_merged_adapters(settings, tiny_llama_
     assert run.data.metrics[f"export.{fmt}.top1_agreement"] == check.top1_agreement
     assert run.data.tags[f"export.{fmt}.sha256"] == export.files[0].sha256
     assert published_exports(settings, run_id) == [export]
+    assert download_path(settings, export, "Modelfile").read_text() == modelfile  # what the page's button serves
 
 
 def test_the_safetensors_folder_loads_and_gives_the_merged_models_logits(settings, tiny_llama_folder, tmp_path):
@@ -139,6 +142,9 @@ def test_the_safetensors_folder_loads_and_gives_the_merged_models_logits(setting
     assert tokenizer.chat_template == load_tokenizer(str(tiny_llama_folder)).chat_template
     logged = MlflowClient(tracking_uri=settings.tracking_uri).list_artifacts(run_of(settings, "2"), "exports/safetensors")
     assert {a.path.rsplit("/", 1)[1] for a in logged} == names | {"export.json"}
+    with zipfile.ZipFile(safetensors_zip(settings, export)) as bundle:  # what the page's button serves
+        assert sorted(bundle.namelist()) == sorted(f"deploywise-llm-2/{name}" for name in names)
+        assert bundle.read("deploywise-llm-2/model.safetensors") == (out / "model.safetensors").read_bytes()
 
 
 def test_refusals_are_one_line_and_leave_nothing_behind(settings, tmp_path, monkeypatch):
