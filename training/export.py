@@ -16,8 +16,9 @@ moved into the destination; otherwise, or on any failure (a full disk...), the s
 An export of a registry version is logged to the version's MLflow run under `exports/<format>/` (its files and
 `export.json`, the `Export` below) with the check figures as metrics `export.<format>.<figure>`; the LLM versions
 page lists them and offers them as downloads. The page runs an export out of the Streamlit process
-(`python -m training.export <status file>`, status in `<workspace>/exports/jobs/<id>.json`, written atomically and
-only by the worker once it runs); the CLI (`deploywise export`) runs it in its own process.
+(`python -m training.export <status file>`, status in `<workspace>/exports/jobs/<id>.json`, written atomically by
+the worker; a worker that died without saying so is marked failed by the next reader); the CLI
+(`deploywise export`) runs it in its own process.
 Exporting is an admin action (`engine.access.require_admin`).
 """
 
