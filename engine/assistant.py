@@ -154,9 +154,9 @@ def finish_answer(kb, prepared: PreparedAnswer, backend, draft: str | None, *, m
         timings["generation_ms"] = round(generation_ms, 1)
     verification, origin, text = None, "deterministic", prepared.fallback_text
     if prepared.messages is not None and prepared.decision is not None:
-        known = _offered_source_ids(prepared)
+        known = offered_source_ids(prepared)
         if draft_error is None and draft is not None:
-            verification = _verify(kb, draft, prepared, known)
+            verification = verify_draft(kb, prepared, draft, known)
             if verification.ok:
                 origin, text = "llm", draft
             else:
@@ -164,7 +164,7 @@ def finish_answer(kb, prepared: PreparedAnswer, backend, draft: str | None, *, m
                 messages = retry_messages(prepared.messages, draft, list(verification.problems), prepared.decision)
                 try:
                     retry = "".join(backend.stream(messages, max_new_tokens=max_new_tokens))
-                    verification = _verify(kb, retry, prepared, known)
+                    verification = verify_draft(kb, prepared, retry, known)
                     if verification.ok:
                         origin, text = "llm-retry", retry
                 except LlmError as error:
@@ -197,7 +197,8 @@ def _candidate_row(candidate) -> dict:
     return row
 
 
-def _offered_source_ids(prepared: PreparedAnswer) -> set[str]:
+def offered_source_ids(prepared: PreparedAnswer) -> set[str]:
+    """The sources the prompt put in front of the LLM: what its answer may cite without them being looked up."""
     ids = {c.source_id for c in prepared.candidates} | {hit.source_id for hit in prepared.hits}
     ids |= {c.source_id for c in prepared.decision.criteria}
     if prepared.decision.policy:
@@ -205,7 +206,9 @@ def _offered_source_ids(prepared: PreparedAnswer) -> set[str]:
     return ids
 
 
-def _verify(kb, text: str, prepared: PreparedAnswer, offered: set[str]) -> Verification:
+def verify_draft(kb, prepared: PreparedAnswer, text: str, offered: set[str] | None = None) -> Verification:
+    """The chat's check of an answer to `prepared` (SFT data generation holds its pairs to the same bar)."""
+    offered = offered_source_ids(prepared) if offered is None else offered
     known = offered | set(resolve(kb.connection, find_markers(text)))
     return verify_answer(text, prepared.decision, prepared.candidates, known)
 

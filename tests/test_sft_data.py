@@ -17,7 +17,7 @@ from openai_server import OpenAIServer, faithful_answer
 from streamlit.testing.v1 import AppTest
 
 from engine.answers import AnswerRecord, save_answer, save_feedback
-from engine.assistant import _offered_source_ids, prepare_answer
+from engine.assistant import offered_source_ids, prepare_answer
 from engine.cli import main as cli_main
 from engine.feedback_review import accept
 from engine.prompting import SYSTEM_PROMPT
@@ -237,7 +237,7 @@ def test_recommendation_pairs_are_the_chats_prompt_and_pass_its_verifier(setting
             continue
         assert prepared.messages[0]["content"] == SYSTEM_PROMPT
         assert pair.instruction == prepared.messages[1]["content"]  # exactly what the chat sends the LLM
-        known = _offered_source_ids(prepared) | set(resolve(kb.connection, pair.source_ids))
+        known = offered_source_ids(prepared) | set(resolve(kb.connection, pair.source_ids))
         assert verify_answer(pair.output, prepared.decision, prepared.candidates, known).ok
         assert prepared.decision.recommended.name in pair.output and pair.generator == "composer"
         assert set(pair.source_ids) >= {f"registry:{prepared.decision.recommended.name}", f"criteria:{prepared.decision.use_case}"}

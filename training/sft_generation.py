@@ -333,21 +333,21 @@ def paraphrase(backend, question: str, request: GenerationRequest) -> str | None
 def recommendation_pair(settings, kb, question: str, use_case: str, backend, request: GenerationRequest):
     """The pair for one question: PairCandidate, or a drop reason ('use_case_mismatch' when the chat would take the
     question for another use case or none; 'not_verified' should the composed answer ever fail the verifier)."""
-    from engine.assistant import _offered_source_ids, _verify, prepare_answer
+    from engine.assistant import offered_source_ids, prepare_answer, verify_draft
 
     prepared = prepare_answer(settings, kb, question)
     if prepared.match.use_case != use_case or prepared.messages is None:
         return "use_case_mismatch"
-    offered = _offered_source_ids(prepared)
+    offered = offered_source_ids(prepared)
     output, generator = prepared.fallback_text, "composer"
     if request.rewrite_recommendations and backend is not None:
         try:
             draft = "".join(backend.stream(prepared.messages, max_new_tokens=request.max_new_tokens))
         except LlmError:
             draft = ""
-        if draft.strip() and _verify(kb, draft, prepared, offered).ok:
+        if draft.strip() and verify_draft(kb, prepared, draft, offered).ok:
             output, generator = draft, backend.version
-    if not _verify(kb, output, prepared, offered).ok:
+    if not verify_draft(kb, prepared, output, offered).ok:
         return "not_verified"
     chunk_ids = tuple(hit.chunk_id for hit in prepared.hits[:MAX_EXCERPTS])  # the excerpts the prompt shows
     return PairCandidate("recommendation", prepared.messages[1]["content"], output, generator, chunk_ids,
