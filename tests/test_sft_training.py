@@ -261,6 +261,7 @@ def test_unknown_datasets_and_wrong_start_versions_are_refused_before_anything_r
         "dataset: no SFT dataset named nope": {"dataset": "nope"},
         "start_from: the MLflow registry has no LLM version deploywise-llm/999": {"start_from": "999"},
         f"start_from: version {sft_version} was made by SFT training; SFT starts from a CPT version": {"start_from": sft_version},
+        "max_seq_length: 16 tokens leave no answer token in any pair to train on": {"max_seq_length": 16},
     }
     for message, overrides in refusals.items():
         with pytest.raises(JobError, match=message):

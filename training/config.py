@@ -111,7 +111,9 @@ class SftConfig(AdapterTraining):
     validation_share: float = 0.1  # pairs held out (chosen by their instruction's hash) for the evaluation loss
     learning_rate: float = 2e-4
     epochs: float = 2.0
-    max_seq_length: int = 1024
+    batch_size: int = 1  # pairs are not packed: one long pair per step wastes no padding...
+    gradient_accumulation_steps: int = 4  # ...and 4 of them make the update
+    max_seq_length: int = 2560  # a recommendation pair is the chat's whole prompt (~1,500-1,700 tokens) and its answer
 
 
 def load_cpt_config(source: Path | str | dict | None = None, **overrides: Any) -> CptConfig:

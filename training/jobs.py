@@ -201,12 +201,31 @@ def submit_sft(settings, connection, config: SftConfig, *, created_by: str | Non
             distinct = len({pair["instruction"] for pair in pairs})
             raise JobError(f"dataset: {name} has {export.pair_count} accepted pair(s) with {distinct} distinct instruction(s); "
                            "SFT needs at least 2, one of them held out for the evaluation loss")
+        _check_fit(start.base_model if start is not None else _portable_base_model(settings.base_model), train, held_out,
+                   config.max_seq_length)
         data_file = export.path.rename(export.path.with_name(DATASET_FILE))
         stats = {"sft_pairs": export.pair_count, "sft_train_pairs": len(train), "sft_held_out_pairs": len(held_out),
                  **{f"sft_style_{style}": count for style, count in export.styles.items()}}
         return _launch(settings, connection, config, start, created_by=created_by, data_id=export.dataset_hash, dataset=name,
                        data_tags={"sft_dataset": name, "sft_dataset_hash": export.dataset_hash}, stats=stats,
                        artifacts=(SFT_DATASET_ARTIFACT, [data_file]))
+
+
+def _check_fit(base_model: str, train: list[dict], held_out: list[dict], max_seq_length: int) -> None:
+    """Refuse, before Ray starts (and retries), a dataset of which max_seq_length leaves nothing to train or evaluate
+    on: the product's recommendation pairs carry the chat's whole prompt, well over a thousand tokens."""
+    from engine.llm import _chat_template
+    from engine.models import load_tokenizer
+    from training.sft import answer_messages, chat_rows
+
+    tokenizer = load_tokenizer(base_model)
+    train_rows, held_rows, report = chat_rows(train, held_out, tokenizer, max_seq_length)
+    if train_rows and held_rows:
+        return
+    longest = max(len(_chat_template(tokenizer, answer_messages(pair["instruction"]))) for pair in train + held_out)
+    side = "to train on" if not train_rows else "held out for the evaluation loss"
+    raise JobError(f"max_seq_length: {max_seq_length} tokens leave no answer token in any pair {side} ({report.dropped} of "
+                   f"{report.pairs} pairs dropped; the longest prompt is {longest} tokens): raise max_seq_length")
 
 
 def newest_cpt_version(settings) -> str:
