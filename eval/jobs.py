@@ -8,20 +8,19 @@ this machine: it asks the workspace's knowledge base and registry, as the chat d
 Each evaluation has a status file `<workspace>/evaluations/<id>.json` (written atomically, only by its worker
 while that runs): state (queued, running, succeeded, failed, cancelled), progress (done, total, message), the
 versions' verdicts as they finish, and the error of a failed one; its output goes to `<id>.log` beside it. A
-worker that died without saying so (killed, machine restarted) is found by its process id and marked failed.
+worker that died without saying so (killed, machine restarted) is found by its process id and marked failed
+(`engine.background` holds those rules).
 Results live in MLflow (`eval.results`) as soon as each version is done.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.background import StatusFile, cancel_on_sigterm, run_work
 from engine.store import utc_now
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -29,10 +28,6 @@ FINAL_STATES = ("succeeded", "failed", "cancelled")
 PASSED_SETTINGS = ("workspace", "base_model", "embedding_model", "mlflow_tracking_uri", "mlflow_registry_uri",
                    "llm_registry_name", "llm_max_new_tokens", "llm_timeout_s", "search_top_k", "chunk_tokens",
                    "chunk_overlap")
-
-
-class Cancelled(BaseException):
-    """SIGTERM: an administrator cancelled the evaluation."""
 
 
 @dataclass
@@ -68,15 +63,8 @@ def log_path(settings, evaluation_id: str) -> Path:
     return jobs_dir(settings) / f"{evaluation_id}.log"
 
 
-def _write(path: Path, job: EvaluationJob) -> None:
-    job.updated_at = utc_now()
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(json.dumps(asdict(job), indent=1), encoding="utf-8")
-    os.replace(staging, path)
-
-
-def _read(path: Path) -> EvaluationJob:
-    return EvaluationJob(**json.loads(path.read_text(encoding="utf-8")))
+def _status(path: Path) -> StatusFile:
+    return StatusFile(path, EvaluationJob)
 
 
 # --- the app's side -------------------------------------------------------------------------------------------
@@ -105,14 +93,9 @@ def start_evaluation(settings, versions: list[str], *, golden: str | None = None
     job = EvaluationJob(plan.evaluation_id, "queued", request, {k: v for k, v in passed.items() if v is not None},
                         utc_now(), created_by)
     jobs_dir(settings).mkdir(parents=True, exist_ok=True)
-    path = status_path(settings, job.id)
-    _write(path, job)
-    with open(log_path(settings, job.id), "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "eval.jobs", str(path)], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
-    # Beside the status file, which only the worker writes from now on: a worker that dies before its first
-    # write is still found by this id.
-    path.with_suffix(".pid").write_text(str(process.pid), encoding="utf-8")
+    status = _status(status_path(settings, job.id))
+    status.write(job)
+    status.start("eval.jobs")
     return get_evaluation_job(settings, job.id)
 
 
@@ -120,7 +103,7 @@ def get_evaluation_job(settings, evaluation_id: str) -> EvaluationJob:
     path = status_path(settings, evaluation_id)
     if not path.is_file():
         raise KeyError(f"no evaluation {evaluation_id}")
-    return _refreshed(path, _read(path))
+    return _refreshed(path, _status(path).read())
 
 
 def list_evaluation_jobs(settings, limit: int = 50) -> list[EvaluationJob]:
@@ -131,7 +114,7 @@ def list_evaluation_jobs(settings, limit: int = 50) -> list[EvaluationJob]:
     jobs = []
     for path in folder.glob("eval-*.json"):
         try:
-            jobs.append(_refreshed(path, _read(path)))
+            jobs.append(_refreshed(path, _status(path).read()))
         except (OSError, ValueError, TypeError):
             continue  # a status file being replaced this instant, or foreign: skipped this time
     return sorted(jobs, key=lambda job: (job.created_at, job.id), reverse=True)[:limit]
@@ -145,62 +128,14 @@ def cancel_evaluation(settings, evaluation_id: str) -> EvaluationJob:
     job = get_evaluation_job(settings, evaluation_id)
     if job.finished:
         raise ValueError(f"evaluation {evaluation_id} has already {job.state}")
-    pid = job.pid or _started_pid(status_path(settings, evaluation_id))
-    if pid and _is_worker(pid, evaluation_id):
-        os.kill(pid, signal.SIGTERM)
+    _status(status_path(settings, evaluation_id)).stop()
     return job
-
-
-def _started_pid(path: Path) -> int | None:
-    try:
-        return int(path.with_suffix(".pid").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-STARTING_S = 120.0  # a queued worker may still be between fork and exec: its /proc cmdline is the app's
 
 
 def _refreshed(path: Path, job: EvaluationJob) -> EvaluationJob:
-    pid = job.pid or _started_pid(path)
-    if job.finished or pid is None or _is_worker(pid, job.id) or _starting(job, pid):
-        return job
-    job = _read(path)  # it may have finished between the two reads
-    if not job.finished:
-        job.state, job.finished_at = "failed", utc_now()
-        job.error = job.error or "the evaluation process ended without finishing (killed, or the machine restarted); see its log"
-        _write(path, job)
-    return job
-
-
-def _starting(job: EvaluationJob, pid: int) -> bool:
-    """A worker started moments ago that has not yet written its own state (a reused pid is not waited on forever)."""
-    from datetime import UTC, datetime
-
-    if job.state != "queued":
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    age = (datetime.now(UTC) - datetime.fromisoformat(job.created_at)).total_seconds()
-    return age < STARTING_S
-
-
-def _is_worker(pid: int, evaluation_id: str) -> bool:
-    """Whether `pid` is still this evaluation's worker (not a finished one, not another process reusing the id)."""
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.parent.parent.is_dir() and Path("/proc/self").exists():
-        try:
-            text = cmdline.read_bytes().decode(errors="replace")
-        except OSError:
-            return False
-        return "eval.jobs" in text and evaluation_id in text
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    failed = {"state": "failed", "finished_at": utc_now(),
+              "error": "the evaluation process ended without finishing (killed, or the machine restarted); see its log"}
+    return _status(path).refreshed(job, FINAL_STATES, failed)
 
 
 # --- the worker -------------------------------------------------------------------------------------------------
@@ -211,47 +146,34 @@ def run_worker(path: Path) -> int:
     from engine.settings import load_settings
     from eval.harness import EvaluationError, plan_evaluation, run_evaluation
 
-    job = _read(path)
-
-    def cancelled(signum, frame):
-        raise Cancelled()
-
-    signal.signal(signal.SIGTERM, cancelled)
+    job = _status(path).read()
+    cancel_on_sigterm()
     job.state, job.pid, job.started_at = "running", os.getpid(), utc_now()
     job.progress = {"done": 0, "total": 0, "message": "checking the versions, the golden set and the held-out text"}
-    _write(path, job)
+    _status(path).write(job)
 
     def progress(done: int, total: int, message: str) -> None:
         job.progress = {"done": done, "total": total, "message": message}
-        _write(path, job)
+        _status(path).write(job)
         print(f"[{done}/{total}] {message}", flush=True)
 
     def finished_version(result) -> None:
         job.results.append({"label": result.planned.label, "llm_version": result.planned.wanted,
                             "verdict": result.verdict.verdict, "run_id": result.run_id})
-        _write(path, job)
+        _status(path).write(job)
 
-    request = job.request
-    try:
-        settings = load_settings(**job.settings)
-        plan = plan_evaluation(settings, request["versions"], request["golden"], gate=request["gate"],
-                               snapshot_id=request.get("snapshot_id"), per_category=request.get("per_category"),
-                               item_ids=request.get("item_ids"), max_new_tokens=request.get("max_new_tokens"),
-                               evaluation_id=job.id, created_by=job.created_by)
+    def evaluate() -> None:
+        request = job.request
+        plan = plan_evaluation(load_settings(**job.settings), request["versions"], request["golden"],
+                               gate=request["gate"], snapshot_id=request.get("snapshot_id"),
+                               per_category=request.get("per_category"), item_ids=request.get("item_ids"),
+                               max_new_tokens=request.get("max_new_tokens"), evaluation_id=job.id,
+                               created_by=job.created_by)
         run_evaluation(plan, on_progress=progress, on_version=finished_version)
-    except Cancelled:
-        job.state, job.error = "cancelled", "cancelled by an administrator"
-    except EvaluationError as error:
-        job.state, job.error = "failed", str(error)
-    except Exception as error:  # reported in the status; the traceback goes to the log
-        import traceback
 
-        traceback.print_exc()
-        job.state, job.error = "failed", f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
-    else:
-        job.state = "succeeded"
+    job.state, job.error = run_work(evaluate, expected=(EvaluationError,))
     job.finished_at = utc_now()
-    _write(path, job)
+    _status(path).write(job)
     print(f"deploywise: evaluation {job.id} {job.state}" + (f": {job.error}" if job.error else ""), flush=True)
     return 0 if job.state == "succeeded" else 1
 

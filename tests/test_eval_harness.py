@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from peft import LoraConfig, get_peft_model
 
 from engine import access, store
+from engine.background import StatusFile
 from engine.llm import load_base_model
 from engine.settings import load_settings
 from eval import jobs, views
@@ -276,8 +277,10 @@ def test_a_worker_that_died_silently_is_marked_failed(workspace, tmp_path):
     folder = jobs.jobs_dir(settings)
     folder.mkdir(parents=True)
     job = jobs.EvaluationJob("eval-20250101-000000-abcdef", "running", {"versions": ["base"]}, {}, "2025-01-01T00:00:00+00:00",
-                             pid=os.getpid())  # a live process, but not this evaluation's worker
-    jobs._write(jobs.status_path(settings, job.id), job)
+                             pid=os.getpid())
+    path = jobs.status_path(settings, job.id)
+    StatusFile(path, jobs.EvaluationJob).write(job)
+    path.with_suffix(".pid").write_text(str(os.getpid()))  # a live process, but not this evaluation's worker
     [found] = jobs.list_evaluation_jobs(settings)
     assert found.state == "failed" and "ended without finishing" in found.error and found.finished_at
     assert views.jobs_frame([found]).loc[0, "state"] == "failed" and not views.unfinished([found])

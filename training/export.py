@@ -17,7 +17,7 @@ An export of a registry version is logged to the version's MLflow run under `exp
 `export.json`, the `Export` below) with the check figures as metrics `export.<format>.<figure>`; the LLM versions
 page lists them and offers them as downloads. The page runs an export out of the Streamlit process
 (`python -m training.export <status file>`, status in `<workspace>/exports/jobs/<id>.json`, written atomically by
-the worker; a worker that died without saying so is marked failed by the next reader); the CLI
+the worker; a worker that died without saying so is marked failed by the next reader: `engine.background`); the CLI
 (`deploywise export`) runs it in its own process.
 Exporting is an admin action (`engine.access.require_admin`).
 """
@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.access import require_admin
+from engine.background import StatusFile, run_work
 from engine.store import utc_now
 
 FORMATS = ("safetensors", "gguf-f16", "gguf-q8_0")
@@ -390,7 +390,7 @@ def safetensors_zip(settings, export: Export) -> Path:
 # --- exports out of the app's process -----------------------------------------------------------------------------
 
 FINAL_STATES = ("succeeded", "failed")
-STARTING_S = 120.0  # a queued worker may still be between fork and exec
+DIED = "the export process ended without finishing (killed, or the machine restarted); see its log"
 PASSED_SETTINGS = ("workspace", "base_model", "mlflow_tracking_uri", "mlflow_registry_uri", "llm_registry_name")
 
 
@@ -428,11 +428,9 @@ def start_export_job(settings, version: str, fmt: str, created_by: str | None = 
     folder = jobs_folder(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{job.id}.json"
-    _write_job(path, job)
-    with open(path.with_suffix(".log"), "ab") as log:
-        process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "training.export", str(path)], stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
-    path.with_suffix(".pid").write_text(str(process.pid), encoding="utf-8")
+    status = StatusFile(path, ExportJob)
+    status.write(job)
+    status.start("training.export", python_options=("-X", "faulthandler"))
     return job
 
 
@@ -442,82 +440,34 @@ def export_jobs(settings, version: str | None = None) -> list[ExportJob]:
     jobs = []
     for path in folder.glob("export-*.json") if folder.is_dir() else ():
         try:
-            job = ExportJob(**json.loads(path.read_text(encoding="utf-8")))
+            status = StatusFile(path, ExportJob)
+            job = status.read()
         except (OSError, ValueError, TypeError):
             continue  # being replaced this instant, or foreign
         if version is None or job.version == str(version):
-            jobs.append(_unless_dead(path, job))
+            jobs.append(status.refreshed(job, FINAL_STATES, {"state": "failed", "error": DIED}))
     return sorted(jobs, key=lambda job: (job.created_at, job.id), reverse=True)
-
-
-def _write_job(path: Path, job: ExportJob) -> None:
-    job.updated_at = utc_now()
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(json.dumps(asdict(job), indent=1), encoding="utf-8")
-    os.replace(staging, path)
-
-
-def _unless_dead(path: Path, job: ExportJob) -> ExportJob:
-    if job.finished or _worker_alive(path, job):
-        return job
-    job.state, job.error = "failed", "the export process ended without finishing (killed, or the machine restarted); see its log"
-    _write_job(path, job)
-    return job
-
-
-def _worker_alive(path: Path, job: ExportJob) -> bool:
-    """Whether the job's worker still runs: not gone, not a zombie the app has not reaped, not another process
-    that reuses its id (a starting worker may still show the app's command line)."""
-    try:
-        pid = int(path.with_suffix(".pid").read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # written just after the worker is started
-        return job.state == "queued" and _age_s(job.created_at) < STARTING_S
-    if not Path("/proc/self").exists():  # no /proc here: the signal check must do
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and (job.id in command or (job.state == "queued" and _age_s(job.created_at) < STARTING_S))
-
-
-def _age_s(stamp: str) -> float:
-    from datetime import UTC, datetime
-
-    return (datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds()
 
 
 def run_export_job(path: Path) -> int:
     """The worker: run the export a status file describes, keeping the file up to date; the exit code."""
-    from engine.llm_versions import first_line
     from engine.settings import load_settings
 
-    job = ExportJob(**json.loads(path.read_text(encoding="utf-8")))
+    status = StatusFile(path, ExportJob)
+    job = status.read()
     job.state = "running"
-    _write_job(path, job)
+    status.write(job)
 
     def progress(done: int, total: int, message: str) -> None:
         job.progress = {"done": done, "total": total, "message": message}
-        _write_job(path, job)
+        status.write(job)
         print(f"[{done}/{total}] {message}", flush=True)
 
-    try:
+    def export() -> None:
         job.export = export_version(load_settings(**job.settings), job.version, job.format, on_progress=progress).to_dict()
-    except ExportError as error:
-        job.state, job.error = "failed", str(error)
-    except Exception as error:  # reported in the status; the traceback goes to the log
-        import traceback
 
-        traceback.print_exc()
-        job.state, job.error = "failed", f"{type(error).__name__}: {first_line(error)}"
-    else:
-        job.state = "succeeded"
-    _write_job(path, job)
+    job.state, job.error = run_work(export, expected=(ExportError,))
+    status.write(job)
     print(f"deploywise: {job.id} {job.state}" + (f": {job.error}" if job.error else ""), flush=True)
     return 0 if job.state == "succeeded" else 1
 
