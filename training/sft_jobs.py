@@ -14,24 +14,17 @@ A worker that died without saying so (killed, machine restarted) is found by its
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from engine import store
 from engine.access import require_admin
+from engine.background import CANCELLED, cancel_on_sigterm, run_work, start_worker, stop_worker, worker_alive
 from eval.jobs import PASSED_SETTINGS
 from training.sft_data import SftDataError, SftDataset, create_dataset, exports_dir, get_dataset, list_datasets, update_dataset
 from training.sft_generation import GenerationRequest, check_backend, check_request, generate_dataset
 
 RUNNING = ("queued", "generating")
-STARTING_S = 120.0  # a queued worker may still be between fork and exec
-
-
-class Cancelled(BaseException):
-    """SIGTERM: an administrator cancelled the generation."""
 
 
 def log_path(settings, name: str) -> Path:
@@ -50,17 +43,18 @@ def start_generation(settings, connection, request: GenerationRequest) -> SftDat
     config = {**request.to_config(), "settings": {key: value for key, value in passed.items() if value is not None}}
     create_dataset(connection, request.name, config, state="queued")
     exports_dir(settings).mkdir(parents=True, exist_ok=True)
-    with open(log_path(settings, request.name), "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "training.sft_jobs", str(settings.knowledge_db.resolve()), request.name],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
-    update_dataset(connection, request.name, pid=process.pid)
+    pid = start_worker("training.sft_jobs", [str(settings.knowledge_db.resolve()), request.name],
+                       log_path(settings, request.name))
+    update_dataset(connection, request.name, pid=pid)
     return get_dataset(connection, request.name)
 
 
 def refreshed(connection, dataset: SftDataset) -> SftDataset:
-    """The dataset, marked failed when its worker is gone without finishing."""
-    if dataset.state not in RUNNING or _alive(dataset) or _starting(dataset):
+    """The dataset, marked failed when its worker is gone without finishing. The process generating it is this one
+    (`generate_dataset` in-process) or one with the dataset's name among its arguments (the worker, `deploywise sft
+    generate --name ...`); a queued dataset's worker may still be starting (see engine.background)."""
+    queued_at = dataset.created_at if dataset.state == "queued" else None
+    if dataset.state not in RUNNING or dataset.pid == os.getpid() or worker_alive(dataset.pid, dataset.name, queued_at):
         return dataset
     current = get_dataset(connection, dataset.name)  # it may have finished between the two reads
     if current.state in RUNNING:
@@ -80,31 +74,11 @@ def cancel_generation(connection, name: str) -> SftDataset:
     dataset = refreshed(connection, get_dataset(connection, name))
     if dataset.state not in RUNNING:
         raise SftDataError(f"SFT dataset {name} is not being generated (it is {dataset.state})")
-    if _alive(dataset):
-        os.kill(dataset.pid, signal.SIGTERM)
-    else:
-        update_dataset(connection, name, state="cancelled", pid=None, error="cancelled by an administrator")
+    if dataset.pid == os.getpid() or not stop_worker(dataset.pid, dataset.name):
+        # no other worker to signal (not started yet, or generating in this process): marked cancelled here; a worker
+        # that starts after this finds its dataset no longer queued and does nothing
+        update_dataset(connection, name, state="cancelled", pid=None, error=CANCELLED)
     return get_dataset(connection, name)
-
-
-def _alive(dataset: SftDataset) -> bool:
-    """Whether the dataset's pid is still the process generating it: this one, or one naming the dataset on its
-    command line (the worker, `deploywise sft generate --name ...`), not another process that reuses the id."""
-    if not dataset.pid:
-        return False
-    if dataset.pid == os.getpid():
-        return True
-    try:
-        text = Path(f"/proc/{dataset.pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return dataset.name in text.split("\0")
-
-
-def _starting(dataset: SftDataset) -> bool:
-    if dataset.state != "queued":
-        return False
-    return (datetime.now(UTC) - datetime.fromisoformat(dataset.created_at)).total_seconds() < STARTING_S
 
 
 # --- the worker -------------------------------------------------------------------------------------------------
@@ -112,17 +86,16 @@ def _starting(dataset: SftDataset) -> bool:
 
 def run_worker(database: Path, name: str) -> int:
     """Generate the dataset the app queued; the exit code."""
+    cancel_on_sigterm()
     from engine.knowledge_base import KnowledgeBase
     from engine.settings import load_settings
 
     connection = store.connect(database)
 
-    def cancelled(signum, frame):
-        raise Cancelled()
-
-    signal.signal(signal.SIGTERM, cancelled)
-    try:
+    def work() -> None:
         dataset = get_dataset(connection, name)
+        if dataset.state != "queued":  # cancelled before this worker started
+            raise SftDataError(f"SFT dataset {name} is {dataset.state}, not queued: nothing to generate")
         update_dataset(connection, name, state="generating", pid=os.getpid(),
                        progress={"done": 0, "total": 0, "message": "loading the models"})
         settings = load_settings(**dataset.config["settings"])
@@ -132,23 +105,15 @@ def run_worker(database: Path, name: str) -> int:
                              on_progress=lambda done, total, message: print(f"[{done}/{total}] {message}", flush=True))
         finally:
             kb.connection.close()
-    except Cancelled:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        update_dataset(connection, name, state="cancelled", pid=None, error="cancelled by an administrator")
-        print(f"deploywise: SFT dataset {name} cancelled", flush=True)
-        return 1
-    except Exception as error:  # the dataset is marked failed by generate_dataset, or here if it failed earlier
-        import traceback
 
-        traceback.print_exc()
-        if get_dataset(connection, name).state in RUNNING:
-            update_dataset(connection, name, state="failed", pid=None,
-                           error=f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}")
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    print(f"deploywise: SFT dataset {name} generated", flush=True)
-    return 0
+    state, error = run_work(work, expected=(SftDataError,))
+    if state == "cancelled":
+        update_dataset(connection, name, state="cancelled", pid=None, error=error)
+    elif state == "failed" and get_dataset(connection, name).state in RUNNING:  # else marked by generate_dataset
+        update_dataset(connection, name, state="failed", pid=None, error=error)
+    print(f"deploywise: SFT dataset {name} {'generated' if state == 'succeeded' else state}"
+          + (f": {error}" if error else ""), flush=True)
+    return 0 if state == "succeeded" else 1
 
 
 def main() -> int:
