@@ -108,6 +108,12 @@ class VersionRecord:
     previous_champion: str | None = None
     archived_by: str | None = None
     archived_at: str | None = None
+    sft_dataset: str | None = None  # what an SFT version learnt from (a CPT version's is its snapshot_id)
+
+    @property
+    def data(self) -> str:
+        """What the version was trained on, for tables: the CPT snapshot or the SFT dataset."""
+        return self.snapshot_id or (f"SFT dataset {self.sft_dataset}" if self.sft_dataset else "")
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,7 @@ def versions_table(view: VersionsOverview) -> list[dict]:
             "answers": record.usage.answers,
             "flags": record.usage.flags,
             "parent": record.parent_version or BASE,
-            "snapshot": record.snapshot_id or "",
+            "data": record.data,
             "config": (record.config_hash or "")[:12],
             "job": record.job_id or "",
             "created": format_time(record.created_at),
@@ -375,7 +381,7 @@ def _record(name, version, champion, run, jobs, evaluations, usage) -> VersionRe
         created_by=(job.created_by if job else None) or version.user_id or None,
         description=version.description or None, gate=gate,
         evaluation=_chosen_evaluation(evaluations.get(number, []), gate.evaluation_id),
-        usage=usage.get(label, Usage()),
+        usage=usage.get(label, Usage()), sft_dataset=tags.get("sft_dataset"),
         **{key: tags.get(key) or None for key in ("promoted_by", "promoted_at", "promotion_reason", "promotion_gate",
                                                   "previous_champion", "archived_by", "archived_at")},
     )

@@ -61,7 +61,7 @@ def _list(args, settings) -> int:
           + (f"; rollback would serve {target_text(view.registry_name, view.rollback_target)}" if view.rollback_target else ""))
     for row in versions_table(view):
         print(f"  {row['version']:>4}  {row['status']:<9} {row['gate']:<13} parent {row['parent']:<5} "
-              f"snapshot {row['snapshot'] or '-'}  job {row['job'] or '-'}  {row['created']}"
+              f"data {row['data'] or '-'}  job {row['job'] or '-'}  {row['created']}"
               + (f" by {row['by']}" if row['by'] else "") + f"  {row['answers']} answers, {row['flags']} flags")
     if not view.versions:
         print("  no LLM version registered yet")

@@ -63,7 +63,7 @@ def detail(settings, view, record) -> None:
                     + (f" by {record.created_by}" if record.created_by else ""))
         st.markdown(
             f"Base `{record.base_model or '?'}` · parent {f'version {record.parent_version}' if record.parent_version else 'none (trained on the base)'}"
-            f" · snapshot `{record.snapshot_id or '?'}` · config `{record.config_hash or '?'}`\n\n"
+            f" · data `{record.data or '?'}` · config `{record.config_hash or '?'}`\n\n"
             f"Job `{record.job_id or '?'}`" + (f" ({record.job_state})" if record.job_state else "")
             + f" · MLflow run `{record.run_id or '?'}`" + (f" ({record.run_status})" if record.run_status else ""))
         gate = record.gate

@@ -152,7 +152,7 @@ def test_every_version_is_listed_with_lineage_status_gate_and_answers(settings):
     rows = {row["version"]: row for row in versions_table(view)}
     assert rows["1"] | {"created": ""} == {
         "version": "1", "status": "candidate", "gate": "GO", "accuracy": 0.97, "citations": 0.95, "general ppl": 20.1,
-        "answers": 3, "flags": 1, "parent": "base", "snapshot": "snap1", "config": "1" * 12, "job": "job-1",
+        "answers": 3, "flags": 1, "parent": "base", "data": "snap1", "config": "1" * 12, "job": "job-1",
         "created": "", "by": "ana@example.com"}
     assert rows["3"]["gate"] == "not evaluated" and rows["2"]["parent"] == "1"
     assert view.notices == []

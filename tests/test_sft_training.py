@@ -23,6 +23,7 @@ from streamlit.testing.v1 import AppTest
 from engine import retraining_views as views
 from engine import store
 from engine.llm import _chat_template, build_model, resolve_llm_version
+from engine.llm_versions import overview
 from engine.models import load_tokenizer
 from engine.settings import load_settings
 from engine.tracking import ensure_experiment
@@ -155,6 +156,8 @@ def test_sft_jobs_train_on_a_cpt_version_and_register_their_lineage(settings_and
         assert report["train_rows"] == len(TOPICS) - 1 and report["answer_tokens"] > 0
         assert [step for step, _ in progress.loss] == list(range(1, steps + 1)) and progress.total_steps == steps
         assert [step for step, _ in progress.eval_perplexity["answers"]] == list(range(0, steps + 1, 2))
+        record = overview(settings).version(job.llm_version)  # the LLM versions page names its data
+        assert (record.training, record.parent_version, record.data) == ("sft", cpt, f"SFT dataset {DATASET}")
 
 
 @pytest.mark.slow
