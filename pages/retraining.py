@@ -101,7 +101,7 @@ def recipe_form(kind: str, first_row, sequence_help: str) -> tuple[dict, bool, b
         columns[3].number_input("LoRA dropout", key=key("lora.dropout"), step=0.01, format="%.2f")
         st.markdown("**Optimisation**")
         columns = st.columns(4)
-        columns[0].text_input("Learning rate", key=key("learning_rate"), help="e.g. 2e-5")
+        columns[0].text_input("Learning rate", key=key("learning_rate"), help={"cpt": "e.g. 2e-5 (CPT's default)", "sft": "e.g. 2e-4 (SFT's default)"}.get(kind))
         columns[1].number_input("Epochs", key=key("epochs"), step=0.5, format="%.2f")
         columns[2].number_input("Max steps", key=key("max_steps"), step=1, help="-1: no cap; otherwise the run stops there")
         columns[3].number_input("Batch size", key=key("batch_size"), step=1, help="Rows per step and worker")
