@@ -17,7 +17,7 @@ import yaml
 
 from engine import store
 from training.config import LATEST, AdapterTraining, ConfigError, load_config
-from training.jobs import FINAL_STATES, JobProgress, TrainingJob, starts_sft
+from training.jobs import FINAL_STATES, JobProgress, TrainingJob, offered_as_start, starts_sft
 from training.snapshot import SPLITS, DatasetSnapshot, SnapshotChanges
 
 CONFIG_FOLDER = Path(__file__).resolve().parents[1] / "configs"
@@ -158,7 +158,7 @@ def llm_versions(settings) -> list[VersionChoice]:
     choices = []
     for version in sorted(found, key=lambda v: int(v.version), reverse=True):
         tags = version.tags or {}
-        if tags.get("status") in ("archived", "failed"):
+        if not offered_as_start(tags):
             continue
         details = [part for part in (tags.get("training", "").upper(), tags.get("status"), tags.get("job_id")) if part]
         choices.append(VersionChoice(str(version.version), f"{name}/{version.version}" + (f" · {' · '.join(details)}" if details else ""),

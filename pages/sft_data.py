@@ -198,7 +198,7 @@ st.caption("Instruction/output pairs from the knowledge base (the same chunks CP
 if message := st.session_state.pop(FLASH_KEY, None):
     st.success(message)
 
-connection = store.connect(settings.ensure_workspace() / "knowledge.sqlite")
+connection = store.connect(settings.knowledge_db)
 try:
     datasets = refreshed_datasets(connection)
     datasets_view, generate_view, review_view, chunks_view = st.tabs(["Datasets", "Generate", "Review", "Chunks"])

@@ -248,9 +248,14 @@ def newest_cpt_version(settings) -> str:
     return str(max(cpt))
 
 
+def offered_as_start(tags: dict) -> bool:
+    """Whether a version with these tags may start a training job: neither archived nor failed."""
+    return tags.get("status") not in ("archived", "failed")
+
+
 def starts_sft(tags: dict) -> bool:
-    """Whether SFT's 'latest' may start from a version with these tags: a CPT version neither archived nor failed."""
-    return tags.get("training") == "cpt" and tags.get("status") not in ("archived", "failed")
+    """Whether SFT's 'latest' may start from a version with these tags: a CPT version offered as a start."""
+    return tags.get("training") == "cpt" and offered_as_start(tags)
 
 
 def _start_version(settings, number: str | None, *, cpt_only: bool = False):
