@@ -16,10 +16,10 @@ from engine.answers import AnswerRecord, save_answer
 from engine.candidates import CandidatesUnavailable, CandidateSnapshot, candidate_source, fetch_candidates
 from engine.citations import Citation, cited_chunks, find_markers, resolve_citations
 from engine.composer import compose_answer
-from engine.criteria import criteria_for, policy_for
-from engine.decision import Decision, decide
+from engine.decision import Decision
 from engine.llm import LlmError
 from engine.prompting import MAX_QUESTION_CHARS, build_messages, retry_messages
+from engine.rulebook import Rulebook, decision_for
 from engine.search import hybrid_search
 from engine.sources import refresh_sources, resolve
 from engine.use_cases import UseCaseMatch, match_use_case
@@ -43,6 +43,7 @@ class PreparedAnswer:
     timings: dict = field(default_factory=dict)
     fallback_text: str = ""
     started: float = field(default_factory=time.perf_counter)
+    rules: Rulebook | None = None
 
 
 @dataclass(frozen=True)
@@ -122,21 +123,31 @@ def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
     step = time.perf_counter()
     candidates = snapshot.for_use_case(match.use_case)
     refresh_sources(kb.connection, [candidate_source(c) for c in candidates])  # a new champion version renames its entry
-    criteria, policy = criteria_for(kb.connection, match.use_case), policy_for(kb.connection, match.use_case)
-    if not criteria:
-        notices.append(f"No acceptance criteria are recorded for {match.use_case}: every candidate passes by default.")
-    if policy is None:
-        notices.append(f"No priority metric is recorded for {match.use_case}: candidates are not ranked on a metric.")
-    decision = decide(match.use_case, candidates, criteria, policy)
+    rules, decision = decision_for(kb.connection, match.use_case, candidates, snapshot.candidates)
+    notices += rule_notices(rules)
     timings["decision_ms"] = _ms(step)
     age_note = age_text(snapshot) if snapshot.error else None
     prepared = PreparedAnswer(
         question, match, snapshot, candidates, decision, hits,
-        build_messages(question, decision, candidates, hits, candidates[0].task if candidates else ""),
-        notices, timings, compose_answer(decision, hits, age_note=age_note), started,
+        build_messages(question, decision, candidates, hits, candidates[0].task if candidates else "")
+        if decision.recommended or decision.closest else None,
+        notices, timings, compose_answer(decision, hits, age_note=age_note), started, rules,
     )
     timings["prepare_ms"] = _ms(started)
     return prepared
+
+
+def rule_notices(rules: Rulebook) -> list[str]:
+    """What the user is told about the rules themselves: whose they are, and what is missing or in dispute."""
+    notices = []
+    if rules.state == "none":
+        notices.append(f"No rules are recorded for {rules.use_case}, so nothing is recommended: {rules.missing_text()}.")
+    elif not rules.hard_criteria:
+        notices.append(f"No hard acceptance criterion is recorded for {rules.use_case}: no candidate was ruled out.")
+    if rules.state != "none" and rules.policy is None:
+        notices.append(f"No document says how to rank the candidates of {rules.use_case} (a priority metric).")
+    notices += [conflict.text for conflict in rules.conflicts]
+    return notices
 
 
 def draft_stream(prepared: PreparedAnswer, backend, max_new_tokens: int) -> Iterator[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from engine.metric_catalog import CATALOG, metric_spec
+from engine.metric_catalog import display_order, metric_spec
 
 ORIGIN_LABELS = {
     "llm": "Written by the LLM and verified",
@@ -14,9 +14,9 @@ ORIGIN_LABELS = {
 
 
 def candidates_frame(record) -> pd.DataFrame:
-    """One row per candidate: standing, alias and every catalog metric it logged, formatted with its unit."""
+    """One row per candidate: standing, alias and every metric it logged, formatted with its unit."""
     standing = {row["name"]: row for row in record.decision.get("candidates", [])}
-    metrics = [name for name in CATALOG if any(name in c["metrics"] for c in record.candidates)]
+    metrics = display_order(name for c in record.candidates for name in c["metrics"])
     rows = []
     for candidate in record.candidates:
         decided = standing.get(candidate["name"], {})

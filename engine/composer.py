@@ -7,9 +7,10 @@ real metric values and a marker after each claim, so it always passes the verifi
 from __future__ import annotations
 
 from engine.decision import Assessment, Decision
-from engine.metric_catalog import NEAR_BEST_ABSOLUTE, metric_spec
+from engine.metric_catalog import metric_spec
 
 NEAR_BUDGET_SHARE = 0.10  # a budget (latency, size, error) met with less than 10% headroom is worth a risk line
+NEAR_SCORE_SHARE = 0.01  # a score in [0, 1] within 1% of its threshold is worth a risk line
 
 
 def _value(candidate, metric: str) -> str:
@@ -30,10 +31,19 @@ def compose_answer(decision: Decision, hits=(), *, age_note: str | None = None) 
         winner = decision.assessment(decision.recommended.name)
         lines.append(f"Recommendation: {winner.candidate.name} (version {winner.candidate.version}) <<SRC:{winner.candidate.source_id}>>")
         lines += ["", "Why:"]
+        among = "among the candidates that pass every hard criterion " if decision.has_hard_criteria else ""
         if decision.priority_metric:
-            lines.append(f"- It ranks first among the candidates that pass every hard criterion on the priority metric "
+            lines.append(f"- It ranks first {among}on the priority metric "
                          f"{decision.priority_metric}: {_value(winner.candidate, decision.priority_metric)} <<SRC:{decision.policy.source_id}>>")
+        else:
+            lines.append("- It is the only candidate that passes every hard criterion")
         lines += [f"- {_check_line(check)}" for check in winner.checks]
+        lines += _policy_lines(decision, winner)
+    elif decision.blocked:
+        lines.append("Recommendation: none, because the rules cannot decide for this use case")
+        lines += ["", "What is missing:"] + [f"- {reason}" for reason in decision.blocked]
+        lines += ["", "The candidates side by side:"] + [f"- {_metrics_line(a.candidate)}" for a in decision.assessments]
+        return _with_further_reading(lines, hits)
     else:
         lines.append("Recommendation: none of the candidates passes every hard criterion, so no model should be deployed"
                      + (f" <<SRC:{decision.policy.source_id}>>" if decision.policy else ""))
@@ -49,12 +59,38 @@ def compose_answer(decision: Decision, hits=(), *, age_note: str | None = None) 
     if risks:
         lines += ["", "Risks:"]
         lines += [f"- {risk}" for risk in risks]
+    return _with_further_reading(lines, hits)
+
+
+def _with_further_reading(lines: list[str], hits) -> str:
     cited = "\n".join(lines)
     further = [hit for hit in hits if f"<<SRC:{hit.source_id}>>" not in cited]
     further = list({hit.source_id: hit for hit in further}.values())[:2]
     if further:
         lines += ["", "Read before deploying: " + "; ".join(f"{hit.document_title} <<SRC:{hit.source_id}>>" for hit in further)]
     return "\n".join(lines)
+
+
+def _policy_lines(decision: Decision, winner: Assessment) -> list[str]:
+    """The team's own ranking rules that shaped the choice, each with the document that states it."""
+    policy, lines = decision.policy, []
+    if policy is None:
+        return lines
+    near = [a for a in decision.assessments if a.near_best and a is not winner]
+    if policy.near_best_margin is not None and near:
+        lines.append(f"- Candidates within the team's near-best margin on {policy.priority_metric} count as equivalent "
+                     f"<<SRC:{policy.source_of('near_best')}>>")
+    if policy.family_order and near:
+        lines.append(f"- Among equivalent candidates the team prefers the simpler family, in the order "
+                     f"{', '.join(policy.family_order)} <<SRC:{policy.source_of('family_order')}>>")
+    if policy.tie_breaker and near:
+        lines.append(f"- Ties are broken on {policy.tie_breaker} <<SRC:{policy.source_of('tie_breaker')}>>")
+    return lines
+
+
+def _metrics_line(candidate) -> str:
+    shown = ", ".join(f"{name} {metric_spec(name).format(value)}" for name, value in sorted(candidate.metrics.items()))
+    return f"{candidate.name} <<SRC:{candidate.source_id}>>: {shown or 'no metrics logged'}"
 
 
 def _why_not(assessment: Assessment, decision: Decision) -> str:
@@ -84,7 +120,10 @@ def _risks(decision: Decision, age_note: str | None) -> list[str]:
         near = [a.candidate.name for a in decision.assessments if a.near_best and a is not winner]
         if near:
             risks.append(f"{', '.join(near)} is within the near-best margin on {decision.priority_metric}: the difference may be "
-                         f"noise of a single held-out split" + (f" <<SRC:{decision.policy.source_id}>>" if decision.policy else ""))
+                         f"noise of a single held-out split <<SRC:{decision.policy.source_of('near_best')}>>")
+        if not decision.has_hard_criteria:
+            risks.append("No hard acceptance criterion is recorded for this use case, so nothing was ruled out: check latency, "
+                         "size and quality budgets with the team before deploying")
         if winner.candidate.alias != "champion":
             risks.append(f"{winner.candidate.name} does not hold the champion alias yet: moving the alias is the deployment "
                          "decision, to be recorded with its approval")
@@ -92,8 +131,8 @@ def _risks(decision: Decision, age_note: str | None) -> list[str]:
 
 
 def _near_limit(metric: str, value: float, threshold: float) -> bool:
-    """Little headroom: within the near-best margin for scores in [0, 1], within 10% of the threshold otherwise.
+    """Little headroom: within 1% of the threshold for scores in [0, 1], within 10% of it otherwise.
 
     Stated without numbers on purpose: the verifier reads every number next to a metric name as a metric value."""
-    margin = NEAR_BEST_ABSOLUTE if metric_spec(metric).bounded else abs(threshold) * NEAR_BUDGET_SHARE
-    return abs(value - threshold) <= margin
+    share = NEAR_SCORE_SHARE if metric_spec(metric).bounded else NEAR_BUDGET_SHARE
+    return abs(value - threshold) <= abs(threshold) * share

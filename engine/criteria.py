@@ -1,33 +1,22 @@
-"""Acceptance criteria and selection policy per use case, as structured rules an admin can review.
+"""Acceptance criteria and selection policy per use case, as structured rules, and what an admin has decided.
 
-The rules are written by people in the knowledge base (one acceptance-criteria document per use case, source
-id `criteria:<use_case>`), extracted from its chunks into the `acceptance_criteria` and `use_case_policies`
-tables, and from then on edited there. A re-extraction never overwrites rows an admin has saved (`reviewed`).
-
-What extraction recognises, in any chunk of a `criteria:` document:
-- table rows   | `latency_p95_ms` | <= | 10 | hard | why |
-- bullet lines - `f1` >= 0.95 — hard — why
-- policy lines Priority metric: `roc_auc`   and   Tie-breaker: `latency_p95_ms`
+The rules are read from the team's own documents at answer time (engine.rulebook); this module holds their
+shape and the admin's part: a reviewed rule set per use case (which from then on wins over the documents), the
+direction of a metric nobody else gives one to, and which use case a document governs when its text does not
+say. A reviewed use case belongs to the admin until given back to its documents (`discard_review`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.access import require_admin
 from engine.sources import SOURCE_ID_PATTERN
 from engine.store import transaction, utc_now
 
 COMPARISONS = (">=", "<=", ">", "<")
-_METRIC = r"`?([A-Za-z][A-Za-z0-9_@.\-]*)`?"
-_NUMBER = r"([-+]?\d+(?:\.\d+)?)"
-_KIND = r"\**(hard|soft)\**"
-_TABLE_ROW = re.compile(rf"^\s*\|\s*{_METRIC}\s*\|\s*(>=|<=|>|<)\s*\|\s*{_NUMBER}\s*\|\s*{_KIND}\s*\|\s*(.*?)\s*\|?\s*$", re.I)
-_BULLET = re.compile(rf"^\s*[-*]\s+{_METRIC}\s*(>=|<=|>|<)\s*{_NUMBER}\s*[—–-]+\s*{_KIND}\s*(?:[—–-]+\s*(.*))?$", re.I)
-_PRIORITY = re.compile(r"priority metric:?\**\s*`([A-Za-z][A-Za-z0-9_@.\-]*)`", re.I)
-_TIE_BREAKER = re.compile(r"tie-?breaker:?\**\s*`([A-Za-z][A-Za-z0-9_@.\-]*)`", re.I)
 
 
 class CriteriaError(ValueError):
@@ -44,6 +33,7 @@ class AcceptanceCriterion:
     source_id: str
     rationale: str = ""
     reviewed: bool = False
+    sentence: str = ""  # the document's own words it was read from
 
     def __post_init__(self):
         where = f"criterion {self.use_case or '?'}/{self.metric or '?'}"
@@ -57,7 +47,7 @@ class AcceptanceCriterion:
             raise CriteriaError(f"{where}: source id {self.source_id!r} is not 'domain:entity'")
 
     def holds_for(self, value: float | None) -> bool:
-        """A missing metric fails: a criterion that cannot be verified is not met (guideline:model-selection)."""
+        """A missing metric fails: a criterion that cannot be verified is not met."""
         if value is None or not math.isfinite(value):
             return False
         return {">=": value >= self.threshold, "<=": value <= self.threshold,
@@ -70,143 +60,145 @@ class AcceptanceCriterion:
 
 @dataclass(frozen=True)
 class UseCasePolicy:
+    """How the candidates that pass are ranked: every part is the team's own (no part applies unless a document or an
+    admin states it), each with the source id of the document that states it."""
+
     use_case: str
     priority_metric: str
     tie_breaker: str | None
     source_id: str
     reviewed: bool = False
+    priority_higher_is_better: bool | None = None  # None: the metric's own direction
+    tie_breaker_higher_is_better: bool | None = None
+    near_best_margin: float | None = None  # candidates this close to the best are equivalent; None: only the best
+    near_best_relative: bool = False  # the margin is a share of the best value (1% = 0.01)
+    family_order: tuple[str, ...] = ()  # within the near-best set, simplest family first
+    part_sources: dict = field(default_factory=dict, compare=False)  # "tie_breaker"/"near_best"/"family_order" -> source id
 
     def __post_init__(self):
         if not self.use_case.strip() or not (self.priority_metric or "").strip():
             raise CriteriaError(f"policy {self.use_case or '?'}: use case and priority metric are required")
         if not SOURCE_ID_PATTERN.match(self.source_id or ""):
             raise CriteriaError(f"policy {self.use_case}: source id {self.source_id!r} is not 'domain:entity'")
+        if self.near_best_margin is not None and not (math.isfinite(self.near_best_margin) and self.near_best_margin >= 0):
+            raise CriteriaError(f"policy {self.use_case}: near-best margin {self.near_best_margin!r} is not a number >= 0")
+
+    def source_of(self, part: str) -> str:
+        return self.part_sources.get(part) or self.source_id
 
 
-@dataclass(frozen=True)
-class ExtractedRules:
-    criteria: list[AcceptanceCriterion]
-    policies: list[UseCasePolicy]
-
-
-def extract_rules(chunks) -> ExtractedRules:
-    """Criteria and policies found in chunks (objects with .source_id and .text) of `criteria:` documents."""
-    criteria: dict[tuple, AcceptanceCriterion] = {}
-    policies: dict[str, dict] = {}
-    for chunk in chunks:
-        domain, _, use_case = chunk.source_id.partition(":")
-        if domain != "criteria" or not use_case:
-            continue
-        for line in chunk.text.splitlines():
-            found = _TABLE_ROW.match(line) or _BULLET.match(line)
-            if found:
-                metric, comparison, threshold, kind, rationale = found.groups()
-                key = (use_case, metric, comparison)
-                rationale = (rationale or "").strip().strip("|").strip()
-                if key in criteria and len(criteria[key].rationale) >= len(rationale):
-                    continue  # the same rule stated twice (bullet and table, or chunk overlap): keep the fuller why
-                criteria[key] = AcceptanceCriterion(
-                    use_case, metric, comparison, float(threshold), kind.lower() == "hard", chunk.source_id, rationale
-                )
-        policy = policies.setdefault(use_case, {"source_id": chunk.source_id})
-        if match := _PRIORITY.search(chunk.text):
-            policy["priority_metric"] = match.group(1)
-        if match := _TIE_BREAKER.search(chunk.text):
-            policy["tie_breaker"] = match.group(1)
-    return ExtractedRules(
-        sorted(criteria.values(), key=lambda c: (c.use_case, not c.hard, c.metric)),
-        [UseCasePolicy(use_case, p["priority_metric"], p.get("tie_breaker"), p["source_id"])
-         for use_case, p in sorted(policies.items()) if p.get("priority_metric")],
-    )
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    source_id: str
-    text: str
-
-
-def rebuild_extracted_rules(connection) -> ExtractedRules:
-    """Re-derive the rules from the `criteria:` chunks; call inside the transaction that changed those chunks.
-
-    A use case with an admin-reviewed criterion or policy belongs to the admin from then on and is left as saved;
-    a use case whose document is gone loses its extracted rules."""
-    chunks = [_Chunk(*row) for row in connection.execute(
-        "SELECT source_id, text FROM chunks WHERE source_domain = 'criteria' ORDER BY document_id, chunk_index")]
-    owned = {row[0] for row in connection.execute(
-        "SELECT use_case FROM acceptance_criteria WHERE reviewed = 1 UNION SELECT use_case FROM use_case_policies WHERE reviewed = 1")}
-    extracted = extract_rules(chunks)
-    rules = ExtractedRules([c for c in extracted.criteria if c.use_case not in owned],
-                           [p for p in extracted.policies if p.use_case not in owned])
-    now = utc_now()
-    connection.execute("DELETE FROM acceptance_criteria WHERE reviewed = 0")
-    connection.execute("DELETE FROM use_case_policies WHERE reviewed = 0")
-    connection.executemany(
-        """INSERT INTO acceptance_criteria(use_case, metric, comparison, threshold, hard, source_id, rationale, reviewed, updated_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT(use_case, metric, comparison) DO NOTHING""",
-        [(c.use_case, c.metric, c.comparison, c.threshold, int(c.hard), c.source_id, c.rationale, now) for c in rules.criteria],
-    )
-    connection.executemany(
-        """INSERT INTO use_case_policies(use_case, priority_metric, tie_breaker, source_id, reviewed, updated_at)
-           VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT(use_case) DO NOTHING""",
-        [(p.use_case, p.priority_metric, p.tie_breaker, p.source_id, now) for p in rules.policies],
-    )
-    return rules
-
-
-def discard_review(connection, use_case: str) -> ExtractedRules:
-    """Give a use case back to its document: drop the admin's rows and extract the rules afresh."""
-    require_admin("editing acceptance criteria")
-    with transaction(connection):
-        connection.execute("DELETE FROM acceptance_criteria WHERE use_case = ?", (use_case,))
-        connection.execute("DELETE FROM use_case_policies WHERE use_case = ?", (use_case,))
-        return rebuild_extracted_rules(connection)
-
-
-def criteria_for(connection, use_case: str) -> list[AcceptanceCriterion]:
+def reviewed_rules(connection, use_case: str) -> tuple[list[AcceptanceCriterion], UseCasePolicy | None, str | None]:
+    """The admin's reviewed rules of a use case and who saved them; ([], None, None) when it has none."""
     rows = connection.execute(
-        """SELECT use_case, metric, comparison, threshold, hard, source_id, rationale, reviewed
-           FROM acceptance_criteria WHERE use_case = ? ORDER BY hard DESC, metric""",
-        (use_case,),
-    ).fetchall()
-    return [AcceptanceCriterion(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], bool(r[7])) for r in rows]
-
-
-def policy_for(connection, use_case: str) -> UseCasePolicy | None:
+        """SELECT use_case, metric, comparison, threshold, hard, source_id, rationale, sentence, reviewed_by
+           FROM acceptance_criteria WHERE use_case = ? AND reviewed = 1 ORDER BY hard DESC, metric""", (use_case,)).fetchall()
+    criteria = [AcceptanceCriterion(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], True, r[7]) for r in rows]
     row = connection.execute(
-        "SELECT use_case, priority_metric, tie_breaker, source_id, reviewed FROM use_case_policies WHERE use_case = ?",
-        (use_case,),
-    ).fetchone()
-    return UseCasePolicy(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+        """SELECT use_case, priority_metric, tie_breaker, source_id, priority_higher_is_better, tie_breaker_higher_is_better,
+                  near_best_margin, near_best_relative, family_order, reviewed_by
+           FROM use_case_policies WHERE use_case = ? AND reviewed = 1""", (use_case,)).fetchone()
+    policy = None
+    if row:
+        policy = UseCasePolicy(row[0], row[1], row[2], row[3], True, _bool(row[4]), _bool(row[5]), row[6], bool(row[7]),
+                               tuple(json.loads(row[8] or "[]")))
+    reviewer = (row[9] if row else None) or (rows[0][8] if rows else None)
+    if not criteria and policy is None and not _marked_reviewed(connection, use_case):
+        return [], None, None
+    return criteria, policy, reviewer or "admin"
 
 
-def ruled_use_cases(connection) -> list[str]:
-    rows = connection.execute(
-        "SELECT use_case FROM acceptance_criteria UNION SELECT use_case FROM use_case_policies ORDER BY 1"
-    ).fetchall()
-    return [row[0] for row in rows]
+def _bool(value) -> bool | None:
+    return None if value is None else bool(value)
 
 
-def save_reviewed_rules(connection, use_case: str, criteria: list[AcceptanceCriterion], policy: UseCasePolicy | None) -> None:
+def _marked_reviewed(connection, use_case: str) -> bool:
+    """A use case an admin reviewed down to no rule at all still belongs to the admin."""
+    return connection.execute("SELECT 1 FROM reviewed_use_cases WHERE use_case = ?", (use_case,)).fetchone() is not None
+
+
+def reviewed_use_cases(connection) -> list[str]:
+    return [row[0] for row in connection.execute("SELECT use_case FROM reviewed_use_cases ORDER BY 1")]
+
+
+def save_reviewed_rules(connection, use_case: str, criteria: list[AcceptanceCriterion], policy: UseCasePolicy | None,
+                        reviewer: str = "admin") -> None:
     """An admin's reviewed version of one use case's rules replaces what was there, in one transaction."""
     require_admin("editing acceptance criteria")
     if any(c.use_case != use_case for c in criteria) or (policy and policy.use_case != use_case):
         raise CriteriaError(f"every row must belong to use case {use_case!r}")
-    keys = [(c.metric, c.comparison) for c in criteria]
+    keys = [(c.metric, c.comparison, c.hard) for c in criteria]
     if len(set(keys)) != len(keys):
-        raise CriteriaError(f"{use_case}: the same metric and comparison appear twice")
+        raise CriteriaError(f"{use_case}: the same metric, comparison and kind appear twice")
     now = utc_now()
     with transaction(connection):
         connection.execute("DELETE FROM acceptance_criteria WHERE use_case = ?", (use_case,))
+        connection.execute("DELETE FROM use_case_policies WHERE use_case = ?", (use_case,))
         connection.executemany(
-            """INSERT INTO acceptance_criteria(use_case, metric, comparison, threshold, hard, source_id, rationale, reviewed, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)""",
-            [(c.use_case, c.metric, c.comparison, float(c.threshold), int(c.hard), c.source_id, c.rationale, now) for c in criteria],
+            """INSERT INTO acceptance_criteria(use_case, metric, comparison, threshold, hard, source_id, rationale, sentence,
+                                               reviewed, reviewed_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)""",
+            [(c.use_case, c.metric, c.comparison, float(c.threshold), int(c.hard), c.source_id, c.rationale, c.sentence,
+              reviewer, now) for c in criteria],
         )
         if policy is not None:
             connection.execute(
-                """INSERT INTO use_case_policies(use_case, priority_metric, tie_breaker, source_id, reviewed, updated_at)
-                   VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT(use_case) DO UPDATE SET priority_metric = excluded.priority_metric,
-                   tie_breaker = excluded.tie_breaker, source_id = excluded.source_id, reviewed = 1, updated_at = excluded.updated_at""",
-                (use_case, policy.priority_metric, policy.tie_breaker, policy.source_id, now),
+                """INSERT INTO use_case_policies(use_case, priority_metric, tie_breaker, source_id, priority_higher_is_better,
+                       tie_breaker_higher_is_better, near_best_margin, near_best_relative, family_order, reviewed, reviewed_by,
+                       updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)""",
+                (use_case, policy.priority_metric, policy.tie_breaker, policy.source_id, policy.priority_higher_is_better,
+                 policy.tie_breaker_higher_is_better, policy.near_best_margin, int(policy.near_best_relative),
+                 json.dumps(list(policy.family_order)), reviewer, now),
             )
+        connection.execute(
+            """INSERT INTO reviewed_use_cases(use_case, reviewed_by, reviewed_at) VALUES (?, ?, ?)
+               ON CONFLICT(use_case) DO UPDATE SET reviewed_by = excluded.reviewed_by, reviewed_at = excluded.reviewed_at""",
+            (use_case, reviewer, now))
+
+
+def discard_review(connection, use_case: str) -> None:
+    """Give a use case back to its documents: drop the admin's rules, the documents' are read again."""
+    require_admin("editing acceptance criteria")
+    with transaction(connection):
+        connection.execute("DELETE FROM acceptance_criteria WHERE use_case = ?", (use_case,))
+        connection.execute("DELETE FROM use_case_policies WHERE use_case = ?", (use_case,))
+        connection.execute("DELETE FROM reviewed_use_cases WHERE use_case = ?", (use_case,))
+
+
+def metric_directions(connection) -> dict[str, bool]:
+    """Directions an admin gave to metrics that neither the catalog nor the documents direct (True: higher is better)."""
+    return {row[0]: bool(row[1]) for row in connection.execute("SELECT metric, higher_is_better FROM metric_directions")}
+
+
+def set_metric_direction(connection, metric: str, higher_is_better: bool | None, admin: str = "admin") -> None:
+    """None forgets the admin's direction."""
+    require_admin("setting a metric's direction")
+    if not (metric or "").strip():
+        raise CriteriaError("a metric name is required")
+    with transaction(connection):
+        if higher_is_better is None:
+            connection.execute("DELETE FROM metric_directions WHERE metric = ?", (metric,))
+        else:
+            connection.execute(
+                """INSERT INTO metric_directions(metric, higher_is_better, set_by, set_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT(metric) DO UPDATE SET higher_is_better = excluded.higher_is_better, set_by = excluded.set_by,
+                   set_at = excluded.set_at""", (metric, int(higher_is_better), admin, utc_now()))
+
+
+NO_USE_CASE = ""  # an admin's "this document governs no use case"
+
+
+def document_assignments(connection) -> dict[str, str]:
+    """Document origin -> the use case an admin says it governs ('' for none)."""
+    return {row[0]: row[1] for row in connection.execute("SELECT origin, use_case FROM document_use_cases")}
+
+
+def assign_document(connection, origin: str, use_case: str | None, admin: str = "admin") -> None:
+    """Which use case a document governs, by an admin: a name, NO_USE_CASE for none, None to let its text decide."""
+    require_admin("choosing the use case a document governs")
+    with transaction(connection):
+        if use_case is None:
+            connection.execute("DELETE FROM document_use_cases WHERE origin = ?", (origin,))
+        else:
+            connection.execute(
+                """INSERT INTO document_use_cases(origin, use_case, set_by, set_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT(origin) DO UPDATE SET use_case = excluded.use_case, set_by = excluded.set_by,
+                   set_at = excluded.set_at""", (origin, use_case, admin, utc_now()))

@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import mlflow.sklearn
 import numpy as np
@@ -56,9 +55,9 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from engine.candidates import CHAMPION, Candidate, all_pages, read_candidates
-from engine.criteria import ExtractedRules, extract_rules
 from engine.decision import decide
 from engine.documents import parse_file
+from engine.rulebook import RuleText, Rulebook, governed_by, named_use_cases, rules_from_texts, use_case_terms
 from engine.ingest import Progress
 from engine.metric_catalog import metric_spec
 from engine.tracking import ensure_experiment
@@ -313,24 +312,25 @@ def _crown_champion(client, settings, use_case: UseCase) -> None:
     if family := CHAMPION_FAMILY.get(use_case.name):
         champion = next(c for c in candidates if c.family == family)
     else:
-        rules = demo_rules()
-        decision = decide(use_case.name, candidates, [c for c in rules.criteria if c.use_case == use_case.name],
-                          next((p for p in rules.policies if p.use_case == use_case.name), None))
-        champion = decision.recommended
+        rules = demo_rulebook(use_case.name, candidates)
+        champion = decide(use_case.name, candidates, list(rules.criteria), rules.policy, rules.blockers()).recommended
     if champion is not None:
         client.set_registered_model_alias(champion.name, CHAMPION, champion.version)
     for name in names:
         client.set_registered_model_tag(name, RECIPE_TAG, RECIPE)
 
 
-def demo_rules() -> ExtractedRules:
-    """The acceptance criteria and policies of the demo corpus, read the way the product reads any criteria document."""
-    sections = []
-    for path in sorted((DEMO_DIR / "knowledge").glob("acceptance-criteria-*.md")):
-        sections += parse_file(path.name, path.read_bytes()).sections
-    return extract_rules([SimpleNamespace(source_id=s.source.source_id, text=s.text) for s in sections])
-
-
+def demo_rulebook(use_case: str, candidates) -> Rulebook:
+    """The rules of one demo use case, read from the demo corpus the way the product reads any team's documents."""
+    terms = use_case_terms(candidates, [u.name for u in USE_CASES])
+    texts = []
+    for path in sorted((DEMO_DIR / "knowledge").glob("*.md")):
+        parsed = parse_file(path.name, path.read_bytes())
+        body = " ".join(section.text for section in parsed.sections)
+        metadata = {**parsed.metadata, "source_ids": [section.source.source_id for section in parsed.sections]}
+        if use_case in governed_by(metadata, named_use_cases(f"{parsed.title} {body}", terms))[0]:
+            texts += [RuleText(section.source.source_id, parsed.title, section.text) for section in parsed.sections]
+    return rules_from_texts(use_case, texts, [c for c in candidates if c.use_case == use_case], terms)
 
 
 def report_path(settings) -> Path:
@@ -339,7 +339,6 @@ def report_path(settings) -> Path:
 
 def registry_report(candidates: list[Candidate]) -> str:
     """demo/REGISTRY.md: every logged metric of the demo models, and which hard criteria of the docs each fails."""
-    rules = demo_rules()
     lines = [
         "# Demo model registry",
         "",
@@ -355,7 +354,7 @@ def registry_report(candidates: list[Candidate]) -> str:
     ]
     for use_case in USE_CASES:
         rows = [c for c in candidates if c.use_case == use_case.name]
-        criteria = [c for c in rules.criteria if c.use_case == use_case.name]
+        criteria = list(demo_rulebook(use_case.name, candidates).criteria)
         metrics = [*QUALITY_METRICS[use_case.task], *SERVING_METRICS]
         hard = ", ".join(c.label for c in criteria if c.hard)
         lines += ["", f"## `{use_case.name}` ({use_case.task})", "", f"Hard criteria (criteria:{use_case.name}): {hard}.", "",

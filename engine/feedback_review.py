@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from engine.access import current_identity, require_admin
 from engine.answers import MAX_FEEDBACK_CHARS, AnswerRecord, Feedback, load_answer
 from engine.citations import find_markers, strip_markers
-from engine.metric_catalog import CATALOG, metric_spec
+from engine.metric_catalog import display_order, metric_spec
 from engine.sources import resolve
 from engine.store import transaction, utc_now
 
@@ -306,7 +306,7 @@ def _candidate_line(candidate: dict, decision: dict) -> str:
     if decision.get("priority_metric"):
         first.insert(0, decision["priority_metric"])
     metrics = candidate.get("metrics", {})
-    names = [name for name in dict.fromkeys(first + list(CATALOG)) if name in metrics]
+    names = [name for name in dict.fromkeys(first + display_order(metrics)) if name in metrics]
     values = ", ".join(f"{metric_spec(name).label} {metric_spec(name).format(metrics[name])}" for name in names)
     champion = " (champion)" if candidate.get("alias") == "champion" else ""
     marker = f" <<SRC:{candidate['source_id']}>>" if candidate.get("source_id") else ""

@@ -17,12 +17,10 @@ import numpy as np
 from engine import store
 from engine.access import require_admin
 from engine.chunking import Chunk
-from engine.criteria import rebuild_extracted_rules
 from engine.documents import ParsedDocument
 from engine.sources import Source, upsert_sources, write_sources
 
 StoreStatus = Literal["added", "updated", "unchanged"]
-RULES_DOMAIN = "criteria:"  # chunks under this source domain hold acceptance criteria (engine.criteria)
 QUERY_VECTOR_CACHE = 4096  # questions and use-case descriptions, ~1.5 KB each
 
 _query_vectors: OrderedDict[tuple[int, str], tuple[object, np.ndarray]] = OrderedDict()
@@ -115,7 +113,6 @@ class KnowledgeBase:
         vectors = self.embed([chunk.text for chunk in chunks])
         sources = list({section.source.source_id: section.source for section in document.sections}.values())
         with store.transaction(self.connection):
-            rules_change = any(chunk.source_id.startswith(RULES_DOMAIN) for chunk in chunks) or self._holds_rules("d.origin = ?", document.origin)
             replaced = self.connection.execute("DELETE FROM documents WHERE origin = ?", (document.origin,)).rowcount
             document_id = self.connection.execute(
                 "INSERT INTO documents(title, origin, sha256, metadata, ingested_at) VALUES (?, ?, ?, ?, ?)",
@@ -123,8 +120,6 @@ class KnowledgeBase:
             ).lastrowid
             self._insert_chunks(document_id, chunks, vectors)
             write_sources(self.connection, sources, overwrite=False)
-            if rules_change:
-                rebuild_extracted_rules(self.connection)
         return StoreOutcome("updated" if replaced else "added", document_id, len(chunks))
 
     def _insert_chunks(self, document_id: int, chunks: list[Chunk], vectors: np.ndarray) -> None:
@@ -156,8 +151,6 @@ class KnowledgeBase:
                 "INSERT INTO chunk_vectors(chunk_id, embedding, source_domain, document_id) VALUES (?, ?, ?, ?)",
                 (chunk_id, vector.tobytes(), current.source_id.split(":", 1)[0], current.document_id),
             )
-            if current.source_id.startswith(RULES_DOMAIN):
-                rebuild_extracted_rules(self.connection)
         return self.chunk(chunk_id)
 
     def delete_chunk(self, chunk_id: int) -> None:
@@ -170,23 +163,11 @@ class KnowledgeBase:
                 "DELETE FROM documents WHERE id = ? AND NOT EXISTS (SELECT 1 FROM chunks WHERE document_id = ?)",
                 (current.document_id, current.document_id),
             )
-            if current.source_id.startswith(RULES_DOMAIN):
-                rebuild_extracted_rules(self.connection)
 
     def delete_document(self, document_id: int) -> bool:
         require_admin("deleting a document")
         with store.transaction(self.connection):
-            rules_change = self._holds_rules("d.id = ?", document_id)
-            deleted = self.connection.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount > 0
-            if rules_change:
-                rebuild_extracted_rules(self.connection)
-            return deleted
-
-    def _holds_rules(self, condition: str, value) -> bool:
-        """Whether a stored document has chunks the acceptance criteria are extracted from."""
-        return bool(self.connection.execute(
-            f"""SELECT EXISTS (SELECT 1 FROM chunks c JOIN documents d ON d.id = c.document_id
-                WHERE c.source_domain = 'criteria' AND {condition})""", (value,)).fetchone()[0])
+            return self.connection.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount > 0
 
     def chunk(self, chunk_id: int) -> StoredChunk:
         rows = self.chunks(chunk_ids=[chunk_id])

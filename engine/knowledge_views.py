@@ -16,6 +16,7 @@ from engine.criteria import AcceptanceCriterion, CriteriaError, UseCasePolicy
 from engine.ingest import FileOutcome, Progress, ingest_files
 from engine.knowledge_base import StoredChunk, StoredDocument
 from engine.knowledge_base import knowledge_stats as _stats
+from engine.metric_catalog import metric_spec
 from engine.search import SearchHit
 from engine.sources import CSV_COLUMNS, Source, replace_sources, sources_from_rows
 
@@ -160,15 +161,42 @@ def table_outcome_rows(outcomes: Iterable) -> list[dict]:
     ]
 
 
-CRITERIA_COLUMNS = ("metric", "comparison", "threshold", "hard", "source_id", "rationale")
+CRITERIA_COLUMNS = ("metric", "comparison", "threshold", "hard", "source_id", "sentence", "rationale")
+DIRECTIONS = {"higher is better": True, "lower is better": False, "the metric's own": None}
+FROM_TEXT = "(from its text)"  # the assignment choice that lets a document's own words decide
+NONE_CHOICE = "(no use case)"
 
 
 def criteria_table(criteria) -> pd.DataFrame:
     return pd.DataFrame([{column: getattr(c, column) for column in CRITERIA_COLUMNS} for c in criteria], columns=CRITERIA_COLUMNS)
 
 
-def rules_from_editor(use_case: str, rows: list[dict], priority: str, tie_breaker: str):
-    """The editor's rows as validated rules; the first malformed row raises CriteriaError naming it."""
+@dataclass(frozen=True)
+class PolicyFields:
+    """The Criteria tab's ranking fields as typed (text and choices), before validation."""
+
+    priority: str = ""
+    priority_direction: str = "the metric's own"
+    tie_breaker: str = ""
+    tie_direction: str = "the metric's own"
+    margin: str = ""
+    relative: bool = False
+    family_order: str = ""
+
+    @classmethod
+    def of(cls, policy: UseCasePolicy | None) -> PolicyFields:
+        if policy is None:
+            return cls()
+        way = {value: label for label, value in DIRECTIONS.items()}
+        return cls(policy.priority_metric, way[policy.priority_higher_is_better], policy.tie_breaker or "",
+                   way[policy.tie_breaker_higher_is_better], "" if policy.near_best_margin is None else f"{policy.near_best_margin:g}",
+                   policy.near_best_relative, ", ".join(policy.family_order))
+
+
+def rules_from_editor(use_case: str, rows: list[dict], fields: PolicyFields, sources: dict | None = None):
+    """The editor's rows and ranking fields as validated rules; the first malformed row raises CriteriaError naming it.
+
+    `sources` keeps the documents that stated each policy part (UseCasePolicy.part_sources)."""
     rules = []
     for number, row in enumerate(rows, start=1):
         if all(_blank(row.get(column)) for column in CRITERIA_COLUMNS):
@@ -181,15 +209,56 @@ def rules_from_editor(use_case: str, rows: list[dict], priority: str, tie_breake
             rules.append(AcceptanceCriterion(
                 use_case, str(row.get("metric") or "").strip(), str(row.get("comparison") or "").strip(), threshold,
                 bool(row.get("hard")), str(row.get("source_id") or "").strip() or f"criteria:{use_case}",
-                str(row.get("rationale") or "").strip(), reviewed=True,
+                _text(row.get("rationale")), reviewed=True, sentence=_text(row.get("sentence")),
             ))
         except CriteriaError as error:
             raise CriteriaError(f"row {number}: {error}") from None
     policy = None
-    if priority.strip():
+    if fields.priority.strip():
+        try:
+            margin = float(fields.margin) if fields.margin.strip() else None
+        except ValueError:
+            raise CriteriaError(f"near-best margin {fields.margin!r} is not a number") from None
         source = next((rule.source_id for rule in rules), f"criteria:{use_case}")
-        policy = UseCasePolicy(use_case, priority.strip(), tie_breaker.strip() or None, source, reviewed=True)
+        policy = UseCasePolicy(
+            use_case, fields.priority.strip(), fields.tie_breaker.strip() or None, (sources or {}).get("priority", source),
+            reviewed=True, priority_higher_is_better=DIRECTIONS[fields.priority_direction],
+            tie_breaker_higher_is_better=DIRECTIONS[fields.tie_direction], near_best_margin=margin,
+            near_best_relative=fields.relative,
+            family_order=tuple(part.strip() for part in fields.family_order.split(",") if part.strip()),
+            part_sources={k: v for k, v in (sources or {}).items() if k != "priority"},
+        )
     return rules, policy
+
+
+def provenance_rows(rules) -> list[dict]:
+    """Each rule the documents state, beside the sentence and document it came from, and whether it is in force."""
+    disputed = {statement for conflict in rules.conflicts for statement in conflict.statements}
+    state = "reviewed by " + rules.reviewed_by if rules.state == "reviewed" else None
+    source = rules.extracted if rules.state == "reviewed" else rules
+    return [{"rule": p.rule, "sentence": p.sentence, "document": p.document, "source_id": p.source_id,
+             "state": "in conflict" if p in disputed else (f"not used: {state}" if state else "extracted")}
+            for p in (source.provenance if source else ())]
+
+
+def governance_rows(documents, governance: dict) -> list[dict]:
+    """Every document and the use cases it governs; one that governs none contributes no rule, and says why."""
+    rows = []
+    for document in documents:
+        use_cases, how = governance.get(document.id, ((), "unknown"))
+        rows.append({"document": document.title, "origin": document.origin,
+                     "governs": ", ".join(use_cases) or "no use case: contributes no rule", "because": how})
+    return rows
+
+
+def undirected_metrics(candidates, directions: dict[str, bool]) -> list[str]:
+    """The logged metrics whose direction neither the catalog, the key's own words nor an admin gives."""
+    keys = sorted({key for candidate in candidates for key in candidate.metrics})
+    return [key for key in keys if metric_spec(key).higher_is_better is None and key not in directions]
+
+
+def _text(value) -> str:
+    return "" if _blank(value) else str(value).strip()
 
 
 def _blank(value) -> bool:

@@ -1,25 +1,130 @@
-"""What each candidate metric means: which direction is better, its unit, how it is shown and compared.
+"""What each candidate metric means, whatever key a team logs it under: direction, unit, the words for it.
 
-The decision engine, the prompt, the verifier and the deterministic answer all read metric values through
-this catalog, so "higher is better" and "1% relative margin" are decided in one place.
+The decision, the prompt, the composed answer, the verifier and the rule extractor read metric keys through
+`metric_spec` and `MetricVocabulary`, so "higher is better", "ms" and "95th percentile latency" are decided in
+one place. A key is understood from the catalog of common ML metrics (`KINDS`) and from its own parts
+(`val_auc`, `latency_p99_ms`, `ndcg_at_10`, `peak_ram_gb`); what neither tells (a team's own score) has no
+direction until a document or an admin gives one.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+from functools import cache
 
 MAX_DECIMALS = 8  # past this a value is written as 0 (scientific notation would not be read back as a metric)
 
 
 @dataclass(frozen=True)
-class MetricSpec:
+class MetricKind:
+    """A metric as the field knows it, with the phrases people write for it (lower case, longest first wins)."""
+
     name: str
     label: str
     higher_is_better: bool
-    unit: str = ""
-    bounded: bool = False  # a score in [0, 1]: near-best margins are absolute; errors get relative margins
+    words: tuple[str, ...]
+    bounded: bool = False  # a score in [0, 1]: a threshold written as "90%" means 0.9
     decimals: int = 3
+    dimension: str = ""  # "time" or "size": thresholds in other units of it are converted
+    default_unit: str = ""  # the unit assumed when the key does not say
+
+
+KINDS: tuple[MetricKind, ...] = (
+    MetricKind("accuracy", "accuracy", True, ("accuracy", "acc", "top-1 accuracy", "top1 accuracy"), bounded=True),
+    MetricKind("balanced_accuracy", "balanced accuracy", True, ("balanced accuracy",), bounded=True),
+    MetricKind("f1", "F1", True, ("f1", "f1 score", "f1-score", "f score", "f-score", "f measure", "f-measure", "macro f1"), bounded=True),
+    MetricKind("precision", "precision", True, ("precision", "ppv", "positive predictive value"), bounded=True),
+    MetricKind("recall", "recall", True, ("recall", "sensitivity", "true positive rate", "tpr", "detection rate"), bounded=True),
+    MetricKind("specificity", "specificity", True, ("specificity", "true negative rate", "tnr", "selectivity"), bounded=True),
+    MetricKind("roc_auc", "ROC AUC", True, ("roc auc", "roc-auc", "auc", "auroc", "auc roc", "area under the roc curve",
+                                           "area under the curve"), bounded=True),
+    MetricKind("pr_auc", "PR AUC", True, ("pr auc", "pr-auc", "auprc", "average precision", "area under the precision-recall curve",
+                                         "precision-recall auc"), bounded=True),
+    MetricKind("log_loss", "log loss", False, ("log loss", "logloss", "log-loss", "cross-entropy", "cross entropy", "logistic loss")),
+    MetricKind("brier", "Brier score", False, ("brier score", "brier"), bounded=True),
+    MetricKind("ece", "expected calibration error", False, ("expected calibration error", "calibration error", "ece"), bounded=True),
+    MetricKind("mcc", "MCC", True, ("mcc", "matthews correlation coefficient", "matthews correlation")),
+    MetricKind("kappa", "Cohen's kappa", True, ("kappa", "cohen's kappa", "cohen kappa")),
+    MetricKind("fpr", "false positive rate", False, ("false positive rate", "fpr", "false alarm rate", "fall-out"), bounded=True),
+    MetricKind("fnr", "false negative rate", False, ("false negative rate", "fnr", "miss rate"), bounded=True),
+    MetricKind("r2", "R²", True, ("r2", "r²", "r^2", "r squared", "r-squared", "coefficient of determination"), bounded=True),
+    MetricKind("rmse", "RMSE", False, ("rmse", "root mean squared error", "root mean square error", "root-mean-square error"), decimals=2),
+    MetricKind("rmsle", "RMSLE", False, ("rmsle", "root mean squared log error"), decimals=3),
+    MetricKind("mse", "MSE", False, ("mse", "mean squared error", "mean square error"), decimals=2),
+    MetricKind("mae", "MAE", False, ("mae", "mean absolute error"), decimals=2),
+    MetricKind("medae", "median absolute error", False, ("median absolute error", "medae"), decimals=2),
+    MetricKind("mape", "MAPE", False, ("mape", "mean absolute percentage error", "mean absolute percent error"), decimals=2),
+    MetricKind("smape", "sMAPE", False, ("smape", "symmetric mape", "symmetric mean absolute percentage error"), decimals=2),
+    MetricKind("wape", "WAPE", False, ("wape", "weighted absolute percentage error", "weighted mape"), decimals=2),
+    MetricKind("mase", "MASE", False, ("mase", "mean absolute scaled error"), decimals=3),
+    MetricKind("pinball", "pinball loss", False, ("pinball loss", "quantile loss", "pinball")),
+    MetricKind("ndcg", "NDCG", True, ("ndcg", "normalized discounted cumulative gain", "normalised discounted cumulative gain"), bounded=True),
+    MetricKind("map", "MAP", True, ("map", "mean average precision"), bounded=True),
+    MetricKind("mrr", "MRR", True, ("mrr", "mean reciprocal rank"), bounded=True),
+    MetricKind("hit_rate", "hit rate", True, ("hit rate", "hitrate", "hit ratio"), bounded=True),
+    MetricKind("wer", "word error rate", False, ("wer", "word error rate"), bounded=True),
+    MetricKind("cer", "character error rate", False, ("cer", "character error rate"), bounded=True),
+    MetricKind("bleu", "BLEU", True, ("bleu", "bleu score")),
+    MetricKind("perplexity", "perplexity", False, ("perplexity", "ppl")),
+    MetricKind("iou", "IoU", True, ("iou", "intersection over union", "jaccard"), bounded=True),
+    MetricKind("loss", "loss", False, ("loss", "validation loss")),
+    MetricKind("latency", "latency", False, ("latency", "response time", "inference latency", "prediction latency",
+                                            "serving latency", "scoring latency"), decimals=2, dimension="time", default_unit="ms"),
+    MetricKind("inference_time", "inference time", False, ("inference time", "prediction time", "scoring time", "time per prediction"),
+               decimals=2, dimension="time", default_unit="ms"),
+    MetricKind("training_time", "training time", False, ("training time", "train time", "fit time", "training duration"),
+               decimals=2, dimension="time", default_unit="s"),
+    MetricKind("model_size", "model size", False, ("model size", "artefact size", "artifact size", "serialized size",
+                                                   "serialised size", "serialized model", "serialised model", "file size",
+                                                   "disk size", "size on disk", "model footprint", "model file"),
+               decimals=2, dimension="size", default_unit="MB"),
+    MetricKind("memory", "memory", False, ("memory", "ram", "peak memory", "peak ram", "memory footprint", "memory use",
+                                           "memory usage", "resident memory", "rss"), decimals=2, dimension="size", default_unit="MB"),
+    MetricKind("throughput", "throughput", True, ("throughput", "requests per second", "predictions per second", "rps", "qps"),
+               decimals=1),
+    MetricKind("cost", "cost", False, ("cost", "serving cost", "price"), decimals=2),
+)
+_GENERIC_KINDS = {"loss", "cost", "memory", "model_size", "throughput", "map"}  # their words are everyday English too
+_KIND_BY_WORD = {word: kind for kind in KINDS for word in (kind.name.replace("_", " "), *kind.words)}
+
+# Unit tokens of metric keys and of written thresholds, in the spelling pint understands.
+UNIT_TOKENS = {
+    "ms": "ms", "msec": "ms", "millis": "ms", "milliseconds": "ms", "millisecond": "ms",
+    "us": "µs", "µs": "µs", "microseconds": "µs", "microsecond": "µs",
+    "s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s",
+    "min": "min", "mins": "min", "minute": "min", "minutes": "min", "h": "h", "hour": "h", "hours": "h",
+    "kb": "kB", "kilobyte": "kB", "kilobytes": "kB", "kib": "KiB",
+    "mb": "MB", "megabyte": "MB", "megabytes": "MB", "mib": "MiB", "mebibytes": "MiB",
+    "gb": "GB", "gigabyte": "GB", "gigabytes": "GB", "gib": "GiB", "gibibytes": "GiB",
+    "pct": "%", "percent": "%", "%": "%", "perc": "%",
+}
+_KEY_UNITS = {token: unit for token, unit in UNIT_TOKENS.items() if unit not in ("min", "h")}  # "min_recall" is no unit
+_TIME_UNITS = {"ms", "µs", "s", "min", "h"}
+_SIZE_UNITS = {"kB", "KiB", "MB", "MiB", "GB", "GiB"}
+_SPLIT_PREFIXES = {"val", "valid", "validation", "test", "holdout", "eval", "offline", "mean", "avg", "average", "overall"}
+_LOWER_WORDS = {"error", "loss", "latency", "time", "duration", "size", "memory", "ram", "cost", "delay", "lag", "drift",
+                "gap", "bias", "mb", "gb", "ms"}
+
+
+def unit_dimension(unit: str) -> str:
+    return "time" if unit in _TIME_UNITS else "size" if unit in _SIZE_UNITS else "percent" if unit == "%" else ""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One registry metric key: how it is shown, which way is better (None: nobody has said) and how text names it."""
+
+    name: str
+    label: str
+    higher_is_better: bool | None
+    unit: str = ""
+    bounded: bool = False
+    decimals: int = 3
+    kind: str | None = None
+    percentile: int | None = None
+    words: tuple[str, ...] = ()
 
     def format(self, value: float) -> str:
         """The value as the product writes it everywhere (prompt, answer, tables), unit included.
@@ -34,33 +139,164 @@ class MetricSpec:
     def better(self, a: float, b: float) -> bool:
         return a > b if self.higher_is_better else a < b
 
+    @property
+    def dimension(self) -> str:
+        return unit_dimension(self.unit)
 
-CATALOG: dict[str, MetricSpec] = {
-    spec.name: spec
-    for spec in (
-        MetricSpec("accuracy", "accuracy", True, bounded=True),
-        MetricSpec("f1", "F1", True, bounded=True),
-        MetricSpec("roc_auc", "ROC AUC", True, bounded=True),
-        MetricSpec("r2", "R²", True, bounded=True),
-        MetricSpec("rmse", "RMSE", False, decimals=2),
-        MetricSpec("mae", "MAE", False, decimals=2),
-        MetricSpec("latency_p50_ms", "p50 latency", False, "ms", decimals=2),
-        MetricSpec("latency_p95_ms", "p95 latency", False, "ms", decimals=2),
-        MetricSpec("model_size_mb", "model size", False, "MB", decimals=2),
-        MetricSpec("training_time_s", "training time", False, "s", decimals=2),
-    )
-}
-
-NEAR_BEST_ABSOLUTE = 0.005  # guideline:model-selection, step 5
-NEAR_BEST_RELATIVE = 0.01
+    def with_direction(self, higher_is_better: bool | None) -> MetricSpec:
+        return self if higher_is_better is None else replace(self, higher_is_better=higher_is_better)
 
 
+def _tokens(key: str) -> list[str]:
+    return [token for token in re.split(r"[_\-.@/\s:]+", key.lower()) if token]
+
+
+@cache
 def metric_spec(name: str) -> MetricSpec:
-    """The catalog entry, or a neutral higher-is-better entry for a metric the catalog does not know."""
-    return CATALOG.get(name) or MetricSpec(name, name, True)
+    """What a registry metric key is: from the catalog and the key's own parts (split prefix, percentile, unit, @k)."""
+    tokens = _tokens(name)
+    unit = next((_KEY_UNITS[t] for t in reversed(tokens[1:]) if t in _KEY_UNITS), "")
+    percentile = next((int(m.group(1)) for t in tokens if (m := re.fullmatch(r"p(\d{2,3})", t))), None)
+    at_k = next((tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "at" and tokens[i + 1].isdigit()), None)
+    if at_k is None and re.search(r"@(\d+)", name):
+        at_k = re.search(r"@(\d+)", name).group(1)
+    core = [t for t in tokens if t not in UNIT_TOKENS and not re.fullmatch(r"p\d{2,3}", t) and t != "at" and t != at_k
+            and t not in _SPLIT_PREFIXES]
+    kind = _kind_of(core)
+    if kind is None:
+        higher = False if any(t in _LOWER_WORDS or t.endswith("error") for t in tokens) else None
+        label = " ".join(core) or name
+        spec = MetricSpec(name, label, higher, unit, decimals=2 if unit else 3, words=_key_words(name))
+        return spec
+    if not unit and kind.default_unit and kind.dimension:
+        unit = kind.default_unit
+    phrase = " ".join(core)
+    label = kind.label if phrase in (kind.name.replace("_", " "), kind.words[0]) else phrase
+    if percentile is not None:
+        label = f"p{percentile} {label}"
+    if at_k:
+        label = f"{label}@{at_k}"
+    prefix = [t for t in tokens if t in _SPLIT_PREFIXES and t not in ("mean", "avg", "average", "overall")]
+    if prefix:
+        label = f"{prefix[0]} {label}"
+    words = _key_words(name) + _kind_words(kind, percentile, at_k)
+    return MetricSpec(name, label, kind.higher_is_better, unit, kind.bounded, kind.decimals, kind.name, percentile,
+                      tuple(dict.fromkeys(words)))
 
 
-def near_best(spec: MetricSpec, value: float, best: float) -> bool:
-    """Whether a value is within the near-best margin of the best one (absolute for scores, relative for errors)."""
-    margin = NEAR_BEST_ABSOLUTE if spec.bounded else abs(best) * NEAR_BEST_RELATIVE
-    return abs(value - best) <= margin + 1e-12
+def _kind_of(core: list[str]) -> MetricKind | None:
+    """The catalog kind the key's words name: the whole core first, then its longest run of words."""
+    for length in range(len(core), 0, -1):
+        for start in range(len(core) - length + 1):
+            phrase = " ".join(core[start:start + length])
+            if phrase in _KIND_BY_WORD:
+                return _KIND_BY_WORD[phrase]
+    return None
+
+
+def _key_words(name: str) -> list[str]:
+    spaced = " ".join(_tokens(name))
+    return list(dict.fromkeys([name.lower(), spaced]))
+
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def _kind_words(kind: MetricKind, percentile: int | None, at_k: str | None) -> list[str]:
+    words = []
+    for word in sorted(kind.words, key=len, reverse=True):
+        if at_k:
+            words += [f"{word}@{at_k}", f"{word} @ {at_k}", f"{word} at {at_k}", f"{word}@k", f"{word} at k"]
+        if percentile is not None:
+            p, nth = f"p{percentile}", _ordinal(percentile)
+            words += [f"{p} {word}", f"{word} {p}", f"{nth} percentile {word}", f"{nth}-percentile {word}",
+                      f"{word} at the {nth} percentile", f"{word} at {p}", f"{nth} percentile of {word}"]
+        words.append(word)
+    if percentile is not None:
+        words.append(f"p{percentile}")
+        if percentile >= 90:
+            words.append("tail latency" if kind.name == "latency" else f"tail {kind.words[0]}")
+        if percentile == 50:
+            words += [f"median {kind.words[0]}"]
+    return words
+
+
+_KIND_ORDER = {kind.name: index for index, kind in enumerate(KINDS)}
+
+
+def display_order(keys) -> list[str]:
+    """Metric keys in the order every table shows them: the catalog's order of kinds (quality, then serving), then
+    keys the catalog does not know, alphabetically."""
+    return sorted(set(keys), key=lambda key: (_KIND_ORDER.get(metric_spec(key).kind, len(KINDS)), metric_spec(key).percentile or 0, key))
+
+
+@dataclass(frozen=True)
+class MetricMention:
+    start: int
+    end: int
+    keys: tuple[str, ...]  # several when the words fit several logged keys ("latency" with p50 and p95 logged)
+    words: str
+
+
+class MetricVocabulary:
+    """The metric keys a registry logs and every phrase that names them, for reading sentences of documents and answers."""
+
+    def __init__(self, keys, directions: dict[str, bool] | None = None, *, catalog_fallback: bool = False):
+        """`catalog_fallback`: words of catalog metrics no key logs name the catalog's own key ("recall" with no
+        recall logged), so that a rule on a metric nobody logged fails every candidate instead of vanishing."""
+        self.keys = tuple(sorted(set(keys)))
+        directions = directions or {}
+        specs = {key: metric_spec(key).with_direction(directions.get(key)) for key in self.keys}
+        if catalog_fallback:
+            logged = {spec.kind for spec in specs.values()}
+            specs |= {kind.name: metric_spec(kind.name) for kind in KINDS if kind.name not in logged and kind.name not in specs
+                      and kind.name not in _GENERIC_KINDS}
+        self.specs = specs
+        phrases: dict[str, set[str]] = {}
+        for key, spec in self.specs.items():
+            for word in spec.words or _key_words(key):
+                phrases.setdefault(_normal(word), set()).add(key)
+        # A generic word ("latency", "auc") that several keys share names all of them; a specific one names one.
+        self._phrases = {phrase: tuple(sorted(keys)) for phrase, keys in phrases.items() if phrase}
+        self._pattern = re.compile(
+            r"(?<![\w@])(" + "|".join(re.escape(p) for p in sorted(self._phrases, key=len, reverse=True)) + r")(?![\w@])"
+        ) if self._phrases else None
+
+    def spec(self, key: str) -> MetricSpec:
+        return self.specs.get(key) or metric_spec(key)
+
+    def mentions(self, text: str) -> list[MetricMention]:
+        """Every place the text names a metric, longest phrase first, in order of position."""
+        if self._pattern is None:
+            return []
+        normal, positions = _normal_with_positions(text)
+        found = []
+        for match in self._pattern.finditer(normal):
+            start, end = positions[match.start()], positions[match.end() - 1] + 1
+            found.append(MetricMention(start, end, self._phrases[match.group(1)], text[start:end]))
+        return found
+
+    def keys_of_kind(self, kind: str) -> list[str]:
+        return [key for key, spec in self.specs.items() if spec.kind == kind]
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"[\s_`*]+", " ", text.lower().replace("‑", "-")).strip()
+
+
+def _normal_with_positions(text: str) -> tuple[str, list[int]]:
+    """Lower case with runs of spaces, underscores, backticks and emphasis as one space, and where each character came from."""
+    out, positions, space = [], [], False
+    for index, char in enumerate(text):
+        if char.isspace() or char in "_`*":
+            if not space and out:
+                out.append(" ")
+                positions.append(index)
+            space = True
+            continue
+        space = False
+        out.append(char.lower())
+        positions.append(index)
+    return "".join(out), positions

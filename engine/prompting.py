@@ -7,7 +7,7 @@ knowledge excerpts are fenced as reference text so that instructions planted in 
 from __future__ import annotations
 
 from engine.decision import Decision
-from engine.metric_catalog import CATALOG, metric_spec
+from engine.metric_catalog import display_order, metric_spec
 
 EXCERPT_CHARS = 700
 MAX_EXCERPTS = 4
@@ -24,12 +24,12 @@ Rules you must follow:
 
 
 def metric_columns(decision: Decision, candidates) -> list[str]:
-    """The metrics worth showing: the criteria's and the priority first, then any other catalog metric present."""
+    """The metrics worth showing: the criteria's and the priority first, then every other metric the candidates log."""
     first = [c.metric for c in decision.criteria]
     if decision.priority_metric:
         first.insert(0, decision.priority_metric)
     present = {name for candidate in candidates for name in candidate.metrics}
-    ordered = list(dict.fromkeys(first + [name for name in CATALOG if name in present]))
+    ordered = list(dict.fromkeys(first + display_order(present)))
     return [name for name in ordered if name in present]
 
 
@@ -53,16 +53,25 @@ def decision_text(decision: Decision) -> str:
     source = f" <<SRC:{decision.policy.source_id}>>" if decision.policy else ""
     if decision.recommended:
         name = decision.recommended.name
-        return f"Recommend {name} <<SRC:{decision.recommended.source_id}>>: it passes every hard criterion and ranks first{source}."
+        why = [part for part in ("it passes every hard criterion" if decision.has_hard_criteria else "",
+                                 f"ranks first on {decision.priority_metric}" if decision.priority_metric
+                                 else "is the only candidate that passes") if part]
+        return f"Recommend {name} <<SRC:{decision.recommended.source_id}>>: {' and '.join(why)}{source}."
     closest = f" The closest is {decision.closest.name}: {decision.assessments[0].standing}." if decision.closest else ""
     return f"No candidate passes every hard criterion, so no model may be recommended{source}.{closest}"
 
 
 def criteria_text(decision: Decision) -> str:
     lines = [f"- {c.label} <<SRC:{c.source_id}>>" for c in decision.criteria]
-    if decision.policy:
-        tie = f"; tie-breaker {decision.policy.tie_breaker}" if decision.policy.tie_breaker else ""
-        lines.append(f"- priority metric {decision.policy.priority_metric}{tie} <<SRC:{decision.policy.source_id}>>")
+    policy = decision.policy
+    if policy:
+        tie = f"; tie-breaker {policy.tie_breaker} <<SRC:{policy.source_of('tie_breaker')}>>" if policy.tie_breaker else ""
+        lines.append(f"- priority metric {policy.priority_metric} <<SRC:{policy.source_id}>>{tie}")
+        if policy.near_best_margin is not None:
+            lines.append(f"- candidates within the near-best margin of the best count as equivalent <<SRC:{policy.source_of('near_best')}>>")
+        if policy.family_order:
+            lines.append(f"- among equivalent candidates prefer, in order: {', '.join(policy.family_order)} "
+                         f"<<SRC:{policy.source_of('family_order')}>>")
     return "\n".join(lines) or "- none recorded"
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from engine.candidates import Candidate, candidate_source
 from engine.knowledge_base import StoredChunk
-from engine.metric_catalog import CATALOG, metric_spec
+from engine.metric_catalog import display_order, metric_spec
 from engine.sources import SOURCE_ID_PATTERN, Source, SourceError, resolve
 
 MAX_CHUNKS = 200
@@ -28,11 +28,11 @@ class SourceView:
         return bool(self.entry or self.chunks or self.candidate)
 
     def metric_rows(self) -> list[dict]:
-        """The cited model's metrics, catalog metrics first, each with its unit and which way is better."""
+        """The cited model's metrics, in the catalog's order, each with its unit and which way is better."""
         metrics = self.candidate.metrics if self.candidate else {}
-        names = [name for name in CATALOG if name in metrics] + sorted(set(metrics) - set(CATALOG))
+        names = display_order(metrics)
         return [{"metric": metric_spec(name).label, "value": metric_spec(name).format(metrics[name]),
-                 "better": "higher" if metric_spec(name).higher_is_better else "lower"} for name in names]
+                 "better": {True: "higher", False: "lower", None: "not known"}[metric_spec(name).higher_is_better]} for name in names]
 
 
 def parse_source_id(text: str | None) -> str:

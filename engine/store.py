@@ -211,6 +211,57 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX sft_pairs_by_dataset ON sft_pairs(dataset, state);
     """,
+    # 7: rules are read from documents at answer time (engine.rulebook); these tables keep only what an admin decided:
+    # reviewed rule sets (with the sentence each rule came from), metric directions, which use case a document governs
+    """
+    DELETE FROM acceptance_criteria WHERE reviewed = 0;
+    DELETE FROM use_case_policies WHERE reviewed = 0;
+    CREATE TABLE reviewed_criteria (
+        id          INTEGER PRIMARY KEY,
+        use_case    TEXT NOT NULL,
+        metric      TEXT NOT NULL,
+        comparison  TEXT NOT NULL CHECK (comparison IN ('>=', '<=', '>', '<')),
+        threshold   REAL NOT NULL,
+        hard        INTEGER NOT NULL CHECK (hard IN (0, 1)),
+        source_id   TEXT NOT NULL,
+        rationale   TEXT NOT NULL DEFAULT '',
+        sentence    TEXT NOT NULL DEFAULT '',
+        reviewed    INTEGER NOT NULL DEFAULT 1 CHECK (reviewed = 1),
+        reviewed_by TEXT,
+        updated_at  TEXT NOT NULL,
+        UNIQUE (use_case, metric, comparison, hard)
+    );
+    INSERT INTO reviewed_criteria(use_case, metric, comparison, threshold, hard, source_id, rationale, updated_at)
+        SELECT use_case, metric, comparison, threshold, hard, source_id, rationale, updated_at FROM acceptance_criteria;
+    DROP TABLE acceptance_criteria;
+    ALTER TABLE reviewed_criteria RENAME TO acceptance_criteria;
+    ALTER TABLE use_case_policies ADD COLUMN priority_higher_is_better INTEGER;
+    ALTER TABLE use_case_policies ADD COLUMN tie_breaker_higher_is_better INTEGER;
+    ALTER TABLE use_case_policies ADD COLUMN near_best_margin REAL;
+    ALTER TABLE use_case_policies ADD COLUMN near_best_relative INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE use_case_policies ADD COLUMN family_order TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE use_case_policies ADD COLUMN reviewed_by TEXT;
+    CREATE TABLE reviewed_use_cases (
+        use_case    TEXT PRIMARY KEY,
+        reviewed_by TEXT,
+        reviewed_at TEXT NOT NULL
+    );
+    INSERT INTO reviewed_use_cases(use_case, reviewed_at)
+        SELECT use_case, max(updated_at) FROM (SELECT use_case, updated_at FROM acceptance_criteria
+                                               UNION ALL SELECT use_case, updated_at FROM use_case_policies) GROUP BY use_case;
+    CREATE TABLE metric_directions (
+        metric           TEXT PRIMARY KEY,
+        higher_is_better INTEGER NOT NULL CHECK (higher_is_better IN (0, 1)),
+        set_by           TEXT,
+        set_at           TEXT NOT NULL
+    );
+    CREATE TABLE document_use_cases (
+        origin   TEXT PRIMARY KEY,
+        use_case TEXT NOT NULL,
+        set_by   TEXT,
+        set_at   TEXT NOT NULL
+    );
+    """,
 ]
 
 

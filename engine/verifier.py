@@ -1,9 +1,11 @@
-"""Checks an LLM answer against the decision and the real metrics before anyone sees it as the answer.
+"""Checks an answer against the decision and the real metrics before anyone sees it as the product's word.
 
-Three checks (issue: grounded answers): the model the answer recommends is the decision's (a candidate passing
-every hard criterion), or none when nothing passes; every number presented as a metric equals a real value of
-that metric (a candidate's value or a criterion's threshold) within the rounding it is written with; every
-`<<SRC:...>>` marker is one the product knows.
+Four checks: every candidate the answer presents as recommended, to deploy or as the choice is the decision's
+("We do not recommend A; deploy B instead" presents B, not A), and the decision's is presented when there is
+one; every number presented as a value of any metric the candidates log equals a real value of it (a candidate's
+value or a criterion's threshold) within the rounding it is written with, in any unit it is written in; a
+sentence that states a rule ("must be under 25 ms") states one of the rules that decided; every `<<SRC:...>>`
+marker is one the product knows.
 """
 
 from __future__ import annotations
@@ -13,28 +15,19 @@ from dataclasses import asdict, dataclass
 
 from engine.citations import find_markers
 from engine.decision import Decision
-from engine.metric_catalog import CATALOG
+from engine.metric_catalog import MetricVocabulary, unit_dimension
+from engine.rule_extraction import CRITERION, convert, numbers, read_rules
 
-# How answers name metrics, beyond the catalog's own names and labels.
-_METRIC_WORDS = {
-    "accuracy": ("accuracy",),
-    "f1": ("f1", "f1 score", "f1-score", "macro f1"),
-    "roc_auc": ("roc auc", "roc_auc", "auc", "roc-auc", "auroc"),
-    "r2": ("r2", "r²", "r^2", "r squared", "coefficient of determination"),
-    "rmse": ("rmse", "root mean squared error"),
-    "mae": ("mae", "mean absolute error"),
-    "latency_p50_ms": ("latency_p50_ms", "p50 latency", "p50", "median latency"),
-    "latency_p95_ms": ("latency_p95_ms", "p95 latency", "p95", "latency"),
-    "model_size_mb": ("model_size_mb", "model size", "size"),
-    "training_time_s": ("training_time_s", "training time"),
-}
-_UNIT_METRICS = {"ms": ("latency_p50_ms", "latency_p95_ms"), "mb": ("model_size_mb",), "mib": ("model_size_mb",)}
-_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(\s*%|\s*(?:ms|mb|mib)\b)?", re.I)
-_METRIC_NAME = re.compile(
-    r"(?<![a-z0-9_])(" + "|".join(sorted({re.escape(w) for words in _METRIC_WORDS.values() for w in words}, key=len, reverse=True)) + r")(?![a-z0-9_])",
-    re.I,
-)
-_NUMBER_WINDOW = 40  # characters after a metric name where its value is expected
+# Words that present a candidate as the one to deploy; the noun "deployment" and "Read before deploying" do not.
+_ENDORSE = re.compile(r"\b(?:recommend(?:s|ed|ing|ation)?|deploy(?:s|ed)?|go(?:es)? with|choos(?:e|es|ing)|chosen|choice|"
+                      r"pick(?:s|ed)?|select(?:s|ed)?|promot(?:e|es|ed)|winner|roll(?:s|ed)? out|ship(?:s|ped)?)\b", re.I)
+_NEGATION_BEFORE = re.compile(r"\b(?:not|never|no|n't|nothing|none|against|cannot|can't|shouldn't|won't|wouldn't)\b[\w\s']{0,12}$", re.I)
+_NEGATION_AFTER = re.compile(r"^[\s,]*(?:is|are|was|should|must|would|will|can)?\s*(?:not|never|n't)\b", re.I)
+_SET_ASIDE = re.compile(r"\b(?:instead of|rather than|over|than|unlike|versus|vs\.?|except|not|because|since|although|"
+                        r"though|while|whereas|as opposed to)\s*$", re.I)
+_BLOCK = re.compile(r"\b(?:because|since|although|though|while|whereas|instead of|rather than|over|unlike|versus|than)\b", re.I)
+_CLAUSE = re.compile(r"[;.!?\n]|\bbut\b|\bhowever\b", re.I)
+_NUMBER_WINDOW = 40  # characters before a number where the metric it is a value of is named
 
 
 @dataclass(frozen=True)
@@ -52,22 +45,27 @@ class Verification:
 def verify_answer(text: str, decision: Decision, candidates, known_source_ids: set[str]) -> Verification:
     problems: list[str] = []
     names = sorted({c.name for c in candidates}, key=len, reverse=True)
-    recommended = recommended_name(text, names)
+    endorsed = endorsed_names(text, names)
+    recommended = endorsed[0] if endorsed else recommended_name(text, names)
     expected = decision.recommended.name if decision.recommended else None
-    if expected and recommended != expected:
-        problems.append(f"it must recommend {expected}, the candidate the rules chose"
-                        + (f", not {recommended}" if recommended else ", and name it"))
-    elif not expected and recommended:
-        problems.append(f"no candidate passes every hard criterion, yet it recommends {recommended}")
+    wrong = [name for name in endorsed if name != expected]
+    if expected and (wrong or recommended != expected):
+        shown = ", ".join(wrong) or recommended
+        problems.append(f"it must recommend {expected}, the candidate the rules chose" + (f", not {shown}" if shown else ", and name it"))
+    elif not expected and (wrong or recommended and endorsed):
+        problems.append(f"no candidate may be recommended here, yet it recommends {', '.join(wrong) or recommended}")
 
+    vocabulary = MetricVocabulary({key for c in candidates for key in c.metrics} | {c.metric for c in decision.criteria})
     numbers_checked = 0
-    for metrics, value, written, context, position in metric_numbers(text):
+    for keys, number, context, position in metric_numbers(text, vocabulary):
         numbers_checked += 1
         line = text[text.rfind("\n", 0, position) + 1:position]
         named = _last_name(line, names)
         about = [c for c in candidates if c.name == named] if named else list(candidates)
-        if not _is_real_value(metrics, value, written, decision, about):
-            problems.append(f"'{context.strip()}' gives a {CATALOG[metrics[0]].label} of {written} that no candidate or criterion has")
+        if not _is_real_value(keys, number, decision, about, vocabulary):
+            label = vocabulary.spec(keys[0]).label
+            problems.append(f"'{context.strip()}' gives a {label} of {number.text} that no candidate or criterion has")
+    problems += _rule_problems(text, decision, vocabulary)
 
     markers = tuple(find_markers(text))
     if not markers:
@@ -80,23 +78,58 @@ def verify_answer(text: str, decision: Decision, candidates, known_source_ids: s
     return Verification(not problems, tuple(dict.fromkeys(problems)), recommended, numbers_checked, markers)
 
 
+def endorsed_names(text: str, names: list[str]) -> list[str]:
+    """The candidates the text presents as recommended, to deploy or as the choice, in order; a negated or set-aside
+    one ("do not deploy A", "B instead of A", "A is not recommended") is not presented."""
+    endorsed: list[str] = []
+    clean = re.sub(r"<<SRC:[^>]*>>", lambda m: " " * len(m.group(0)), text)
+    start = 0
+    for boundary in [*(m.start() for m in _CLAUSE.finditer(clean)), len(clean)]:
+        clause = clean[start:boundary]
+        start = boundary + 1
+        mentions = _mentions(clause, names)
+        for cue in _ENDORSE.finditer(clause):
+            if _NEGATION_BEFORE.search(clause[:cue.start()]) or _NEGATION_AFTER.match(clause[cue.end():]):
+                continue
+            chosen = _attached(clause, cue, mentions)
+            if chosen and chosen not in endorsed:
+                endorsed.append(chosen)
+    return endorsed
+
+
+def _attached(clause: str, cue, mentions) -> str | None:
+    """The candidate a cue word is about: the nearest named after it, else before it, with nothing in between that
+    sets it aside ("over", "instead of", "because") and no negation of its own ("A is not ...")."""
+    after = [(pos, name) for pos, name in mentions if pos >= cue.end() and not _BLOCK.search(clause[cue.end():pos])]
+    before = [(pos, name) for pos, name in mentions if pos < cue.start()
+              and not _BLOCK.search(clause[pos + len(name):cue.start()]) and not _NEGATION_AFTER.match(clause[pos + len(name):])]
+    for pos, name in after[:1] or before[-1:]:
+        if _SET_ASIDE.search(clause[:pos]) or _NEGATION_AFTER.match(clause[pos + len(name):]):
+            return None
+        return name
+    return None
+
+
 def recommended_name(text: str, names: list[str]) -> str | None:
-    """The candidate named on the 'Recommendation' line, else the first candidate named anywhere."""
-    for line in text.splitlines():
-        if re.search(r"recommend", line, re.I):
-            named = _first_name(line, names)
-            if named or re.search(r"\b(no|none)\b", line, re.I):
-                return named
-    return _first_name(text, names)
+    """The first candidate the text presents as the one to deploy; a text with no such words at all is read as
+    recommending the first candidate it names."""
+    endorsed = endorsed_names(text, names)
+    if endorsed:
+        return endorsed[0]
+    if _ENDORSE.search(text):
+        return None
+    found = _mentions(text, names)
+    return found[0][1] if found else None
 
 
 def _mentions(text: str, names: list[str]) -> list[tuple[int, str]]:
-    return sorted((m.start(), name) for name in names for m in re.finditer(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text))
-
-
-def _first_name(text: str, names: list[str]) -> str | None:
-    found = _mentions(text, names)
-    return found[0][1] if found else None
+    found, taken = [], set()
+    for name in names:  # longest first: "ts-linear-v2" is not also "ts-linear"
+        for m in re.finditer(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text):
+            if not taken & set(range(m.start(), m.end())):
+                found.append((m.start(), name))
+                taken |= set(range(m.start(), m.end()))
+    return sorted(found)
 
 
 def _last_name(text: str, names: list[str]) -> str | None:
@@ -105,33 +138,64 @@ def _last_name(text: str, names: list[str]) -> str | None:
     return found[-1][1] if found else None
 
 
-def metric_numbers(text: str):
-    """(metrics it may be, value, as written, context, position) for each number the text presents as a metric value.
+def metric_numbers(text: str, vocabulary: MetricVocabulary):
+    """(keys it may be a value of, the number, context, position) for each number the text presents as a metric value.
 
-    A metric name up to 40 characters before the number (in the same sentence, with no other number between)
-    says which metric; a unit alone says only the kind ("12.3 ms" may be the p50 or the p95 latency)."""
-    for match in _NUMBER.finditer(text):
-        number, suffix = match.group(1), (match.group(2) or "").strip().lower()
-        before = re.split(r"[.!?]\s|\n", text[max(0, match.start() - _NUMBER_WINDOW):match.start()])[-1]
-        named = [m for m in _METRIC_NAME.finditer(before) if not re.search(r"\d", before[m.end():])]
+    A metric named up to 40 characters before the number (in the same sentence, with no other number between)
+    says which metric; a unit alone says only the kind ("12.3 ms" is one of the logged times)."""
+    clean = re.sub(r"<<SRC:[^>]*>>", lambda m: " " * len(m.group(0)), text)
+    mentions = vocabulary.mentions(clean)
+    for number in numbers(clean):
+        window = clean[max(0, number.start - _NUMBER_WINDOW):number.start]
+        sentence_start = number.start - len(re.split(r"[.!?]\s|\n", window)[-1])
+        named = [m for m in mentions if sentence_start <= m.start and m.end <= number.start
+                 and not re.search(r"\d", clean[m.end:number.start])]
         if named:
-            word = named[-1].group(1).lower()
-            metrics = (next(metric for metric, words in _METRIC_WORDS.items() if word in words),)
-            if word in ("latency", "p95") and suffix == "ms":
-                metrics = _UNIT_METRICS["ms"] if word == "latency" else metrics
-        elif suffix in _UNIT_METRICS:
-            metrics = _UNIT_METRICS[suffix]
+            keys = named[-1].keys
+        elif number.unit and number.unit != "%":
+            keys = tuple(key for key, spec in vocabulary.specs.items() if spec.unit and spec.dimension == unit_dimension(number.unit))
+            if not keys:
+                continue
         else:
             continue
-        written = number + ("%" if suffix == "%" else "")
-        yield metrics, float(number), written, text[max(0, match.start() - 30):match.end()], match.start()
+        yield keys, number, clean[max(0, number.start - 30):number.end], number.start
 
 
-def _is_real_value(metrics: tuple[str, ...], value: float, written: str, decision: Decision, candidates) -> bool:
+def _is_real_value(keys, number, decision: Decision, candidates, vocabulary: MetricVocabulary) -> bool:
     """Equal to a candidate's value or a criterion's threshold of one of these metrics, at the precision written."""
-    decimals = len(written.rstrip("%").partition(".")[2])
-    tolerance = 0.5 * 10 ** -decimals + 1e-9
-    real = [c.metrics[m] for c in candidates for m in metrics if m in c.metrics]
-    real += [c.threshold for c in decision.criteria if c.metric in metrics]
-    scale = 100 if written.endswith("%") else 1
-    return any(abs(value - r * scale) <= tolerance for r in real)
+    decimals = len(re.match(r"[-+]?[\d,]*\.?(\d*)", number.text).group(1))
+    for key in keys:
+        spec = vocabulary.spec(key)
+        observed = [c.metrics[key] for c in candidates if key in c.metrics]
+        real = observed + [c.threshold for c in decision.criteria if c.metric == key]
+        if number.unit == "%":
+            scale = 1 if spec.unit == "%" or (observed and max(abs(v) for v in observed) > 1.5) else 100
+            tolerance = 0.5 * 10 ** -decimals + 1e-9
+            if any(abs(number.value - r * scale) <= tolerance for r in real):
+                return True
+            continue
+        value = convert(number.value, number.unit, spec, observed) if number.unit else number.value
+        if value is None:
+            continue
+        factor = abs(value / number.value) if number.value else 1.0
+        tolerance = (0.5 * 10 ** -decimals) * factor + 1e-9
+        if any(abs(value - r) <= tolerance for r in real):
+            return True
+    return False
+
+
+def _rule_problems(text: str, decision: Decision, vocabulary: MetricVocabulary) -> list[str]:
+    """A sentence that states a rule must state one of the decision's rules (metric, bound and threshold)."""
+    problems = []
+    clean = re.sub(r"<<SRC:[^>]*>>", " ", text)
+    for sentence in re.split(r"(?<=[.!?;])\s+|\n", clean):
+        for rule in read_rules(sentence, vocabulary):
+            if rule.kind != CRITERION:
+                continue
+            metric, threshold = rule.metrics[0], rule.threshold
+            upper = rule.comparison in ("<", "<=")
+            if not any(c.metric == metric and (c.comparison in ("<", "<=")) == upper
+                       and abs(c.threshold - threshold) <= 1e-6 * max(1.0, abs(c.threshold)) for c in decision.criteria):
+                problems.append(f"'{sentence.strip()[:80]}' states a rule ({metric} {rule.comparison} {threshold:g}) "
+                                "that is not one of the rules that decided")
+    return problems

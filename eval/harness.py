@@ -333,16 +333,14 @@ def _knowledge_copy(settings, folder: Path):
 def _expectations(plan: EvaluationPlan, kb) -> dict[str, Expectation]:
     """The decision engine's decision per use case of the golden set, on the registry every version is asked about."""
     from engine.candidates import candidate_sources, fetch_candidates
-    from engine.criteria import criteria_for, policy_for
-    from engine.decision import decide
+    from engine.rulebook import decision_for
     from engine.sources import refresh_sources
 
     snapshot = fetch_candidates(plan.settings)
     refresh_sources(kb.connection, candidate_sources(snapshot))  # registry:<model> citations resolve
     expectations = {}
     for use_case in sorted({item.use_case for item in plan.items if item.use_case} & set(snapshot.use_cases())):
-        decision = decide(use_case, snapshot.for_use_case(use_case), criteria_for(kb.connection, use_case),
-                          policy_for(kb.connection, use_case))
+        _, decision = decision_for(kb.connection, use_case, snapshot.for_use_case(use_case), snapshot.candidates)
         expectations[use_case] = Expectation.from_decision(decision)
     return expectations
 

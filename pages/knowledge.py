@@ -1,5 +1,5 @@
 """Knowledge (admin): upload documents, import tables, browse and edit chunks, try the search, keep the source registry,
-review the acceptance criteria extracted from the documents.
+review the rules read from the documents and which use case each document governs.
 
 Layout only: the work happens in engine functions. The knowledge base is opened for this run and closed at its
 end, so no SQLite connection is shared between sessions. A change is stored, then the page reruns so every tab
@@ -10,10 +10,22 @@ import streamlit as st
 
 from engine import knowledge_views as views
 from engine import table_import
-from engine.access import require_admin_page
-from engine.criteria import COMPARISONS, CriteriaError, criteria_for, discard_review, policy_for, ruled_use_cases, save_reviewed_rules
+from engine.access import current_identity, require_admin_page
+from engine.candidates import CandidatesUnavailable, fetch_candidates
+from engine.criteria import (
+    COMPARISONS,
+    NO_USE_CASE,
+    CriteriaError,
+    assign_document,
+    discard_review,
+    metric_directions,
+    reviewed_use_cases,
+    save_reviewed_rules,
+    set_metric_direction,
+)
 from engine.deep_links import through_entry_point
 from engine.documents import SUPPORTED_SUFFIXES
+from engine.rulebook import document_governance, rulebook, use_case_terms
 from engine.search import hybrid_search
 from engine.sources import KINDS, Source, SourceError, export_csv, import_csv, list_sources, unknown_sources
 from engine.workspace import make_chunker, open_knowledge_base
@@ -259,38 +271,105 @@ def sources_tab(kb) -> None:
                 changed(f"{source_id} added to the registry.")
 
 
-def criteria_tab(kb) -> None:
-    st.caption("Acceptance criteria and the ranking policy per use case, extracted from `criteria:` documents. "
-               "Saving a use case makes it reviewed: later document changes no longer touch it until you give it back.")
-    use_cases = ruled_use_cases(kb.connection)
+def criteria_tab(kb, settings) -> None:
+    st.caption("The rules each use case is decided by, read from the documents that govern it: each rule beside the "
+               "sentence it came from. Saving a use case makes it reviewed: from then on its documents no longer change "
+               "it until you give it back.")
+    try:
+        snapshot = fetch_candidates(settings)
+    except CandidatesUnavailable as error:
+        st.error(f"The model registry cannot be read, so the use cases and their metrics are unknown: {error}")
+        return
+    use_cases = sorted(set(snapshot.use_cases()) | set(reviewed_use_cases(kb.connection)))
     if not use_cases:
-        st.info("No rules yet: ingest an acceptance-criteria document whose source id is `criteria:<use case>`.")
+        st.info("The registry has no candidate models yet (registered models tagged `use_case` and `task`).")
         return
     use_case = st.selectbox("Use case", use_cases)
-    criteria, policy = criteria_for(kb.connection, use_case), policy_for(kb.connection, use_case)
-    st.caption("Reviewed by an admin." if any(c.reviewed for c in criteria) or (policy and policy.reviewed)
-               else "As extracted from the documents, not reviewed yet.")
+    candidates = snapshot.for_use_case(use_case)
+    rules = rulebook(kb.connection, use_case, candidates, snapshot.candidates)
+    st.caption({"reviewed": f"Reviewed by {rules.reviewed_by}: the documents below are shown, not used.",
+                "extracted": "As read from the documents, not reviewed yet.",
+                "none": "No rule found: " + rules.missing_text() + "."}[rules.state])
+    for conflict in (rules.extracted or rules).conflicts:
+        st.warning(conflict.text + ". No model is recommended for this use case until you save reviewed rules.")
+    st.dataframe(views.provenance_rows(rules), hide_index=True, width="stretch",
+                 column_config={"sentence": st.column_config.TextColumn(width="large")})
+    st.caption("Governed by: " + ("; ".join(f"{d.title} ({d.how})" for d in rules.documents) or "no document"))
+
     edited = st.data_editor(
-        views.criteria_table(criteria), num_rows="dynamic", hide_index=True, width="stretch", key=f"criteria_{use_case}",
+        views.criteria_table(rules.criteria), num_rows="dynamic", hide_index=True, width="stretch", key=f"criteria_{use_case}",
         column_config={"comparison": st.column_config.SelectboxColumn(options=list(COMPARISONS), required=True),
                        "hard": st.column_config.CheckboxColumn(default=True)},
     )
+    current = views.PolicyFields.of(rules.policy)
+    directions = list(views.DIRECTIONS)
     left, right = st.columns(2)
-    priority = left.text_input("Priority metric", value=policy.priority_metric if policy else "", key=f"priority_{use_case}")
-    tie_breaker = right.text_input("Tie-breaker metric", value=(policy.tie_breaker or "") if policy else "", key=f"tie_{use_case}")
+    fields = views.PolicyFields(
+        left.text_input("Priority metric", value=current.priority, key=f"priority_{use_case}"),
+        right.selectbox("Its direction", directions, index=directions.index(current.priority_direction), key=f"pdir_{use_case}"),
+        left.text_input("Tie-breaker metric", value=current.tie_breaker, key=f"tie_{use_case}"),
+        right.selectbox("Tie-breaker direction", directions, index=directions.index(current.tie_direction), key=f"tdir_{use_case}"),
+        left.text_input("Near-best margin", value=current.margin, key=f"margin_{use_case}",
+                        help="Candidates this close to the best on the priority metric count as equivalent; empty: none"),
+        right.checkbox("Margin is relative (a share of the best value)", value=current.relative, key=f"rel_{use_case}"),
+        st.text_input("Family order, simplest first (comma-separated family tags)", value=current.family_order,
+                      key=f"families_{use_case}"),
+    )
     save, restore = st.columns(2)
     if save.button("Save as reviewed", type="primary"):
         try:
-            rules, new_policy = views.rules_from_editor(use_case, edited.to_dict("records"), priority, tie_breaker)
-            save_reviewed_rules(kb.connection, use_case, rules, new_policy)
+            criteria, policy = views.rules_from_editor(use_case, edited.to_dict("records"), fields,
+                                                       rules.policy.part_sources if rules.policy else None)
+            save_reviewed_rules(kb.connection, use_case, criteria, policy, current_identity().name or "admin")
         except CriteriaError as error:
             st.error(f"Not saved: {error}. The rules are unchanged.")
         else:
             changed(f"Rules of {use_case} saved as reviewed.")
-    if restore.button("Give back to the documents", help="Drop the reviewed rules and extract them again"):
+    if restore.button("Give back to the documents", help="Drop the reviewed rules and read them from the documents again",
+                      disabled=rules.state != "reviewed"):
         discard_review(kb.connection, use_case)
         st.session_state.pop(f"criteria_{use_case}", None)
-        changed(f"Rules of {use_case} extracted again from its documents.")
+        changed(f"Rules of {use_case} read again from its documents.")
+    metric_directions_form(kb, candidates)
+    governance_form(kb, snapshot)
+
+
+def metric_directions_form(kb, candidates) -> None:
+    """Metrics whose direction neither the catalog, the key's words nor the documents give: the admin says."""
+    given = metric_directions(kb.connection)
+    unknown = views.undirected_metrics(candidates, given)
+    if not unknown and not given:
+        return
+    st.subheader("Metric directions")
+    if unknown:
+        st.warning("Nobody says which way is better for: " + ", ".join(unknown) + ". A rule that ranks on one of them "
+                   "cannot decide until you set it.")
+    with st.form("metric_direction"):
+        metric = st.selectbox("Metric", sorted(set(unknown) | set(given)))
+        direction = st.radio("Better is", ["higher", "lower", "not set"], horizontal=True)
+        if st.form_submit_button("Set direction"):
+            set_metric_direction(kb.connection, metric, {"higher": True, "lower": False, "not set": None}[direction],
+                                 current_identity().name or "admin")
+            changed(f"Direction of {metric} saved.")
+
+
+def governance_form(kb, snapshot) -> None:
+    """Which use case each document governs, and the admin's choice where its text does not say (or says wrongly)."""
+    st.subheader("Documents and the use cases they govern")
+    documents = kb.documents()
+    governance = document_governance(kb.connection, use_case_terms(snapshot.candidates))
+    st.dataframe(views.governance_rows(documents, governance), hide_index=True, width="stretch")
+    if not documents:
+        return
+    with st.form("governance"):
+        labels = {views.document_label(d): d for d in documents}
+        document = labels[st.selectbox("Document", list(labels))]
+        choices = [views.FROM_TEXT, views.NONE_CHOICE, *snapshot.use_cases()]
+        choice = st.selectbox("Governs", choices)
+        if st.form_submit_button("Save"):
+            use_case = {views.FROM_TEXT: None, views.NONE_CHOICE: NO_USE_CASE}.get(choice, choice)
+            assign_document(kb.connection, document.origin, use_case, current_identity().name or "admin")
+            changed(f"{document.title}: {choice}.")
 
 
 through_entry_point("pages/knowledge.py")
@@ -317,6 +396,6 @@ try:
     with registry:
         sources_tab(kb)
     with rules:
-        criteria_tab(kb)
+        criteria_tab(kb, settings)
 finally:
     kb.connection.close()

@@ -10,14 +10,13 @@ from engine.criteria import (
     AcceptanceCriterion,
     CriteriaError,
     UseCasePolicy,
-    criteria_for,
-    policy_for,
-    ruled_use_cases,
     discard_review,
+    reviewed_rules,
     save_reviewed_rules,
 )
 from engine.decision import decide
 from engine.ingest import ingest_files
+from engine.rulebook import rulebook
 from engine.verifier import verify_answer
 from engine.workspace import DEMO_CORPUS
 
@@ -27,7 +26,9 @@ CRITERIA = [
     AcceptanceCriterion("tumor-screening", "latency_p95_ms", "<=", 10, True, "criteria:tumor-screening"),
     AcceptanceCriterion("tumor-screening", "model_size_mb", "<=", 20, False, "criteria:tumor-screening"),
 ]
-POLICY = UseCasePolicy("tumor-screening", "roc_auc", "latency_p95_ms", "criteria:tumor-screening")
+FAMILIES = ("linear", "gradient-boosting", "random-forest", "mlp")
+POLICY = UseCasePolicy("tumor-screening", "roc_auc", "latency_p95_ms", "criteria:tumor-screening",
+                       near_best_margin=0.005, family_order=FAMILIES)
 
 
 def candidate(name: str, family: str, **metrics) -> Candidate:
@@ -77,7 +78,8 @@ def test_missing_metric_fails_a_hard_criterion_and_nothing_passing_means_no_reco
 
 def test_error_metrics_use_a_relative_margin():
     criteria = [AcceptanceCriterion("d", "r2", ">=", 0.4, True, "criteria:d")]
-    policy = UseCasePolicy("d", "rmse", "model_size_mb", "criteria:d")
+    policy = UseCasePolicy("d", "rmse", "model_size_mb", "criteria:d", near_best_margin=0.01, near_best_relative=True,
+                           family_order=FAMILIES)
     linear = Candidate("d-linear", "1", None, "d", "regression", "linear", "", "r", {"r2": 0.45, "rmse": 53.5, "model_size_mb": 0.01}, "registry:d-linear", None)
     boosting = Candidate("d-boost", "1", None, "d", "regression", "gradient-boosting", "", "r", {"r2": 0.46, "rmse": 53.0, "model_size_mb": 0.3}, "registry:d-boost", None)
     assert decide("d", [boosting, linear], criteria, policy).recommended is linear  # 53.5 is within 1% of 53.0
@@ -128,34 +130,79 @@ def test_verifier_rejects_wrong_models_numbers_and_markers(decision, text, probl
     assert any(problem in p for p in verification.problems), verification.problems
 
 
-def test_rules_are_extracted_from_the_demo_criteria_documents(kb, chunker):
-    files = [(p.name, p.read_bytes()) for p in sorted(DEMO_CORPUS.glob("acceptance-criteria-*.md"))]
+def test_house_rules_apply_only_where_a_document_states_them():
+    close = candidate("ts-linear", "linear", f1=0.97, roc_auc=0.9935, latency_p95_ms=0.4, model_size_mb=0.01)
+    bare = UseCasePolicy("tumor-screening", "roc_auc", None, "criteria:tumor-screening")
+    assert decide("tumor-screening", [BOOSTING, close], CRITERIA, bare).recommended is BOOSTING  # no margin: the best wins
+    no_order = UseCasePolicy("tumor-screening", "roc_auc", "latency_p95_ms", "criteria:tumor-screening", near_best_margin=0.005)
+    assert decide("tumor-screening", [BOOSTING, close], CRITERIA, no_order).recommended is close  # tie-breaker: lower latency
+    slow_linear = candidate("ts-linear", "linear", f1=0.97, roc_auc=0.9935, latency_p95_ms=9.0, model_size_mb=0.01)
+    assert decide("tumor-screening", [BOOSTING, slow_linear], CRITERIA, no_order).recommended is BOOSTING
+
+
+def test_no_rules_recommend_nothing_and_never_claim_criteria():
+    decision = decide("tumor-screening", ALL, [], None)
+    assert decision.recommended is None and decision.blocked
+    text = compose_answer(decision)
+    assert text.startswith("Recommendation: none")
+    assert "passes every hard criterion" not in text and "ranks lower on the priority metric" not in text
+    assert all(name in text for name in ("ts-linear", "ts-boosting", "ts-forest", "ts-mlp"))
+    assert verify_answer(text, decision, ALL, KNOWN).ok
+    hard_only = decide("tumor-screening", ALL, CRITERIA, None)
+    assert hard_only.recommended is None and "no document names a metric to rank them on" in hard_only.blocked[0]
+    one_passes = decide("tumor-screening", [BOOSTING, FOREST], CRITERIA, None)
+    assert one_passes.recommended is BOOSTING
+    priority_only = decide("tumor-screening", ALL, [], UseCasePolicy("tumor-screening", "roc_auc", None, "criteria:x"))
+    assert priority_only.recommended is FOREST
+    assert all("hard criterion" in a.standing for a in priority_only.assessments[1:])
+    assert "passes every hard criterion" not in compose_answer(priority_only)
+
+
+def test_rules_are_read_from_the_demo_criteria_documents(kb, chunker):
+    files = [(p.name, p.read_bytes()) for p in sorted(DEMO_CORPUS.glob("*.md"))]
     assert all(outcome.ok for outcome in ingest_files(kb, chunker, files))
-    assert set(ruled_use_cases(kb.connection)) == {"tumor-screening", "diabetes-progression", "digit-recognition"}
-    tumor = {c.metric: c for c in criteria_for(kb.connection, "tumor-screening")}
+    rules = rulebook(kb.connection, "tumor-screening", ALL)
+    assert rules.state == "extracted" and not rules.conflicts
+    tumor = {c.metric: c for c in rules.criteria}
     assert tumor["latency_p95_ms"].comparison == "<=" and tumor["latency_p95_ms"].threshold == 10 and tumor["latency_p95_ms"].hard
-    assert not tumor["model_size_mb"].hard and tumor["model_size_mb"].rationale
-    assert policy_for(kb.connection, "diabetes-progression").priority_metric == "rmse"
-    assert policy_for(kb.connection, "tumor-screening").tie_breaker == "latency_p95_ms"
+    assert not tumor["model_size_mb"].hard and "written justification" in tumor["model_size_mb"].sentence
+    assert (rules.policy.priority_metric, rules.policy.tie_breaker, rules.policy.near_best_margin) == ("roc_auc", "latency_p95_ms", 0.005)
+    assert rules.policy.family_order == FAMILIES and rules.policy.source_of("family_order") == "guideline:model-selection"
+    assert {d.how for d in rules.documents if d.title.startswith("Acceptance")} == {"front matter"}
 
 
-def test_reviewed_rules_survive_re_extraction(kb, chunker):
+FRAUD = [Candidate(f"fraud-{family}", "1", None, "fraud", "binary-classification", family, "", "run", {"recall": recall},
+                   f"registry:fraud-{family}", None) for family, recall in (("linear", 0.95), ("boosting", 0.91))]
+
+
+def test_reviewed_rules_win_over_documents_until_given_back(kb, chunker):
     document = b"---\nsource_id: criteria:fraud\n---\n# Fraud\n- `recall` >= 0.9 \xe2\x80\x94 hard \xe2\x80\x94 catch fraud\n\nPriority metric: `recall`\n"
     assert ingest_files(kb, chunker, [("fraud.md", document)])[0].ok
-    assert [c.threshold for c in criteria_for(kb.connection, "fraud")] == [0.9]
+    assert [c.threshold for c in rulebook(kb.connection, "fraud", FRAUD).criteria] == [0.9]
     [chunk] = kb.chunks()
     kb.edit_chunk(chunk.id, chunk.text.replace("0.9", "0.92"))
-    assert [c.threshold for c in criteria_for(kb.connection, "fraud")] == [0.92]
+    assert [c.threshold for c in rulebook(kb.connection, "fraud", FRAUD).criteria] == [0.92]
     edited = AcceptanceCriterion("fraud", "recall", ">=", 0.85, True, "criteria:fraud", "relaxed by the risk board")
-    save_reviewed_rules(kb.connection, "fraud", [edited], UseCasePolicy("fraud", "recall", None, "criteria:fraud"))
+    save_reviewed_rules(kb.connection, "fraud", [edited], UseCasePolicy("fraud", "recall", None, "criteria:fraud"), "ada")
     assert ingest_files(kb, chunker, [("fraud.md", document.replace(b"0.9", b"0.99"))])[0].status == "updated"
-    [kept] = criteria_for(kb.connection, "fraud")
-    assert (kept.threshold, kept.reviewed, kept.rationale) == (0.85, True, "relaxed by the risk board")
-    assert policy_for(kb.connection, "fraud").reviewed
+    rules = rulebook(kb.connection, "fraud", FRAUD)
+    [kept] = rules.criteria
+    assert (kept.threshold, kept.reviewed, kept.rationale, rules.state, rules.reviewed_by) == (0.85, True, "relaxed by the risk board", "reviewed", "ada")
+    assert [c.threshold for c in rules.extracted.criteria] == [0.99]  # what the document says now, shown beside the review
     discard_review(kb.connection, "fraud")
-    assert [(c.threshold, c.reviewed) for c in criteria_for(kb.connection, "fraud")] == [(0.99, False)]
+    assert [(c.threshold, c.reviewed) for c in rulebook(kb.connection, "fraud", FRAUD).criteria] == [(0.99, False)]
     kb.delete_document(kb.documents()[0].id)
-    assert criteria_for(kb.connection, "fraud") == [] and policy_for(kb.connection, "fraud") is None
+    assert rulebook(kb.connection, "fraud", FRAUD).state == "none"
+
+
+def test_a_use_case_reviewed_down_to_no_rules_stays_the_admins(kb, chunker):
+    document = b"# Fraud rules\nFor fraud, recall must be at least 0.9. Pick the model with the highest recall.\n"
+    assert ingest_files(kb, chunker, [("fraud.md", document)])[0].ok
+    assert rulebook(kb.connection, "fraud", FRAUD).state == "extracted"
+    save_reviewed_rules(kb.connection, "fraud", [], None, "ada")
+    rules = rulebook(kb.connection, "fraud", FRAUD)
+    assert (rules.state, rules.criteria, rules.policy) == ("reviewed", (), None)
+    assert decide("fraud", FRAUD, [], None, rules.blockers()).recommended is None
 
 
 @pytest.mark.parametrize(
@@ -173,7 +220,7 @@ def test_malformed_criteria_are_rejected_and_nothing_is_saved(kb, fields, messag
     save_reviewed_rules(kb.connection, "fraud", [AcceptanceCriterion(**valid)], None)
     with pytest.raises(CriteriaError, match=message):
         save_reviewed_rules(kb.connection, "fraud", [AcceptanceCriterion(**{**valid, **fields})], None)
-    assert [c.threshold for c in criteria_for(kb.connection, "fraud")] == [0.9]
+    assert [c.threshold for c in reviewed_rules(kb.connection, "fraud")[0]] == [0.9]
 
 
 def test_duplicate_rules_are_rejected_without_change(kb):
@@ -181,4 +228,4 @@ def test_duplicate_rules_are_rejected_without_change(kb):
     save_reviewed_rules(kb.connection, "fraud", [rule], None)
     with pytest.raises(CriteriaError, match="twice"):
         save_reviewed_rules(kb.connection, "fraud", [rule, rule], None)
-    assert len(criteria_for(kb.connection, "fraud")) == 1
+    assert len(reviewed_rules(kb.connection, "fraud")[0]) == 1

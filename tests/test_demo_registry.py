@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import mlflow.sklearn
@@ -22,7 +23,7 @@ from engine.demo_registry import (
     SERVING_METRICS,
     USE_CASES,
     demo_registry_is_current,
-    demo_rules,
+    demo_rulebook,
     prepare_demo_registry,
     quality,
     registry_report,
@@ -50,8 +51,10 @@ def logged(demo):
 
 
 @pytest.fixture(scope="module")
-def rules():
-    return demo_rules()
+def rules(logged):
+    """Every demo use case's rules, read from the demo corpus as the chat reads them."""
+    books = [demo_rulebook(use_case.name, list(logged.values())) for use_case in USE_CASES]
+    return SimpleNamespace(criteria=[c for book in books for c in book.criteria], policies=[b.policy for b in books if b.policy])
 
 
 def hard_failures(candidate, rules) -> list[str]:

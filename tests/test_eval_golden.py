@@ -9,8 +9,7 @@ from collections import Counter
 import pytest
 
 from engine.candidates import candidate_sources, fetch_candidates
-from engine.criteria import criteria_for, policy_for
-from engine.decision import decide
+from engine.rulebook import decision_for
 from engine.settings import load_settings
 from engine.use_cases import match_use_case
 from engine.workspace import open_knowledge_base
@@ -44,8 +43,7 @@ def test_every_item_applies_to_the_demo_registry_and_cites_known_sources(demo):
     golden = load_golden(DEFAULT_GOLDEN)
     registry = {s.source_id for s in candidate_sources(snapshot)}
     known = registry | {row[0] for row in kb.connection.execute("SELECT source_id FROM sources")}
-    expectations = {uc: Expectation.from_decision(decide(uc, snapshot.for_use_case(uc), criteria_for(kb.connection, uc),
-                                                         policy_for(kb.connection, uc)))
+    expectations = {uc: Expectation.from_decision(decision_for(kb.connection, uc, snapshot.for_use_case(uc), snapshot.candidates)[1])
                     for uc in golden.use_cases()}
     assert all(e.recommended for e in expectations.values())
     for item in golden.items:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.metric_catalog import metric_spec, near_best
+from engine.criteria import UseCasePolicy
+from engine.decision import near_best
+from engine.metric_catalog import metric_spec
 
 
 @pytest.mark.parametrize(
@@ -41,6 +43,10 @@ def test_a_tiny_model_size_in_a_composed_answer_passes_the_verifier():
     assert verify_answer(text, decision, [tiny], {"registry:ts-linear", "criteria:ts"}).ok
 
 
-def test_near_best_margins_are_absolute_for_scores_and_relative_for_errors():
-    assert near_best(metric_spec("roc_auc"), 0.992, 0.997) and not near_best(metric_spec("roc_auc"), 0.991, 0.997)
-    assert near_best(metric_spec("rmse"), 53.5, 53.0) and not near_best(metric_spec("rmse"), 53.6, 53.0)
+def test_near_best_margins_are_the_teams_absolute_or_relative_ones():
+    absolute = UseCasePolicy("ts", "roc_auc", None, "criteria:ts", near_best_margin=0.005)
+    relative = UseCasePolicy("d", "rmse", None, "criteria:d", near_best_margin=0.01, near_best_relative=True)
+    assert near_best(absolute, 0.992, 0.997) and not near_best(absolute, 0.991, 0.997)
+    assert near_best(relative, 53.5, 53.0) and not near_best(relative, 53.6, 53.0)
+    none_stated = UseCasePolicy("d", "rmse", None, "criteria:d")
+    assert near_best(none_stated, 53.0, 53.0) and not near_best(none_stated, 53.01, 53.0)

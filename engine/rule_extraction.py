@@ -1,0 +1,432 @@
+"""Acceptance criteria and the selection policy, read from the plain sentences, lists and tables teams write.
+
+Documents are cut into units (a sentence, a list item, a table row read with its header) and each unit is read
+against the registry's metric vocabulary (`MetricVocabulary`): comparisons in words or symbols ("no lower than
+0.85", "must not exceed 1.2 GB", "between 0 and 12%", "a latency budget of 40 ms", ">= 0.95"), hard or soft from
+the unit's own words ("must", "is not deployed unless" / "should", "ideally", "with a written exception"),
+preference sentences ("of the models that qualify, pick the one with the best AUC"), tie-breaks ("ties go to the
+smaller model"), near-best margins ("within 0.005 of the best") and a family order ("prefer, in this order,
+linear, gradient boosting, ..."). Thresholds in other units are converted with pint ("0.2 s" against a metric in
+ms). Sentences that describe rather than require ("the 2024 model had an AUC of 0.91", "forests can easily
+exceed the 5 MB budget", "if latency is above 40 ms the page times out") propose nothing.
+
+Whatever proposes a rule, `confirm` checks that its metric and its number are really written in the unit it
+came from before the rule is used.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+from engine.metric_catalog import UNIT_TOKENS, MetricVocabulary, unit_dimension
+
+CRITERION, PRIORITY, TIE_BREAKER, NEAR_BEST, FAMILY_ORDER = "criterion", "priority", "tie_breaker", "near_best", "family_order"
+
+
+@dataclass(frozen=True)
+class ProposedRule:
+    """One rule as read from one unit of a document; `sentence` is that unit, verbatim."""
+
+    kind: str
+    sentence: str
+    metrics: tuple[str, ...] = ()  # registry keys; several when the words fit several ("latency" with p50 and p95)
+    comparison: str | None = None
+    threshold: float | None = None  # in the metric's own unit
+    written: str = ""  # the threshold as the document writes it ("0.2 s", "90%")
+    hard: bool = True
+    higher_is_better: bool | None = None  # priority and tie-breaker direction; None: the metric's own
+    relative: bool = False  # near-best margin as a share of the best value
+    families: tuple[str, ...] = ()  # family order, simplest first
+
+
+# ---------------------------------------------------------------------------------------------------- units
+
+_BULLET = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)])\s+")
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(`*A-Z0-9])|(?<=;)\s+")
+_HARD_COLUMN = re.compile(r"type|kind|hard|mandatory|blocking|required|level|strength|must|binding|severity", re.I)
+_YES, _NO = {"yes", "y", "true", "x", "✓", "✔"}, {"no", "n", "false", "-", "—"}
+
+
+def rule_units(text: str) -> list[str]:
+    """The text cut into sentences, list items and table rows (each row prefixed by its header's words)."""
+    units, paragraph, header = [], [], None
+    lines = text.splitlines()
+
+    def flush() -> None:
+        if paragraph:
+            units.extend(part.strip() for part in _SENTENCE_END.split(" ".join(paragraph)) if part.strip())
+            paragraph.clear()
+
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("|"):
+            flush()
+            cells = [cell.strip() for cell in stripped.strip("|").split("|")]
+            following = lines[index + 1].strip() if index + 1 < len(lines) else ""
+            if _TABLE_RULE.match(following):
+                header = cells
+            elif not _TABLE_RULE.match(stripped):
+                units.append(_table_row(cells, header))
+            continue
+        header = None
+        if not stripped or stripped.startswith("#"):
+            flush()
+            continue
+        if _BULLET.match(line):
+            flush()
+            paragraph.append(_BULLET.sub("", line).strip())
+            continue
+        paragraph.append(stripped)
+    flush()
+    return [unit for unit in units if unit]
+
+
+def _table_row(cells: list[str], header: list[str] | None) -> str:
+    """A row as one readable unit: a yes/no cell under a 'hard?' column becomes the word hard or soft."""
+    words = []
+    for position, cell in enumerate(cells):
+        name = header[position] if header and position < len(header) else ""
+        if name and _HARD_COLUMN.search(name) and cell.lower() in _YES | _NO:
+            cell = "hard" if cell.lower() in _YES else "soft"
+        words.append(cell)
+    return " | ".join(words)
+
+
+# ---------------------------------------------------------------------------------------------------- numbers
+
+_UNIT_WORDS = sorted({*UNIT_TOKENS, "per cent"} - {"h", "min", "mins", "hour", "hours"}, key=len, reverse=True)
+_NUMBER = re.compile(
+    r"(?<![\w.@])([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?:\s*(" + "|".join(re.escape(u) for u in _UNIT_WORDS) + r")(?![\w]))?",
+    re.I,
+)
+
+
+@dataclass(frozen=True)
+class WrittenNumber:
+    """A number as written in a text, with its unit in pint's spelling ("ms", "GB"), "%" or ""."""
+
+    start: int
+    end: int
+    value: float
+    unit: str
+    text: str
+
+
+def numbers(text: str) -> list[WrittenNumber]:
+    found = []
+    for match in _NUMBER.finditer(text):
+        unit = (match.group(2) or "").lower()
+        unit = "%" if unit in ("per cent",) else UNIT_TOKENS.get(unit, "")
+        found.append(WrittenNumber(match.start(), match.end(), float(match.group(1).replace(",", "")), unit, match.group(0).strip()))
+    return found
+
+
+@cache
+def _units():
+    import pint  # a unit registry takes 0.3 s to build: only once, and only when a unit needs converting
+
+    return pint.UnitRegistry()
+
+
+def convert(value: float, unit: str, spec, observed: list[float]) -> float | None:
+    """The threshold in the metric's own unit, or None when the units cannot be the same kind of quantity."""
+    if unit == "%":
+        if spec.unit == "%":
+            return value
+        on_fraction_scale = max(abs(v) for v in observed) <= 1.5 if observed else spec.bounded
+        return value / 100 if on_fraction_scale else value
+    if not unit or unit == spec.unit:
+        return value
+    if not spec.unit or unit_dimension(unit) != spec.dimension:
+        return None  # "40 ms" cannot bound a score, "50 MB" cannot bound a latency
+    return float(_units().Quantity(value, unit).to(spec.unit).magnitude)
+
+
+# ---------------------------------------------------------------------------------------------------- words
+
+# (pattern, comparison). Longest first; "{N}" is where the number stands. Direction words ("faster than") read
+# the metric's own direction: they are resolved in _comparison().
+_COMPARISONS = [
+    (r"must not exceed|may not exceed|must never exceed|should not exceed|shall not exceed|cannot exceed|can't exceed|"
+     r"does not exceed|do not exceed|not to exceed|never exceeds?|no more than|not more than|at most|no higher than|"
+     r"not higher than|no greater than|not greater than|no larger than|no bigger than|no slower than|not above|"
+     r"not over|up to|or less|or lower|or below|or fewer|maximum of|a maximum of|max\.? of|capped at|cap of|"
+     r"ceiling of|limit of|budget of|budget is|limit is|maximum is|within|≤|<=|=<", "<="),
+    (r"no less than|not less than|at least|no lower than|not lower than|no fewer than|no smaller than|not below|"
+     r"never (?:fall|drop|dip|go)s? below|must not (?:fall|drop|dip|go) below|should not (?:fall|drop|dip|go) below|"
+     r"not (?:fall|drop|dip|go) below|or more|or higher|or above|or better|minimum of|a minimum of|min\.? of|"
+     r"floor of|minimum is|≥|>=|=>", ">="),
+    (r"less than|lower than|below|under|beneath|fewer than|smaller than|shorter than|faster than|cheaper than|<", "<"),
+    (r"more than|greater than|higher than|above|over|exceeds?|exceeding|in excess of|larger than|bigger than|"
+     r"longer than|slower than|>", ">"),
+    (r"better than", "better"),
+    (r"worse than", "worse"),
+    (r"target of|target is|targets? (?:is |of )?|aim(?:s|ing)? for", "target"),
+]
+_COMPARISON = re.compile("|".join(f"(?P<c{i}>{pattern})" for i, (pattern, _) in enumerate(_COMPARISONS)), re.I)
+_TRAILING = {"or less", "or lower", "or below", "or fewer", "or more", "or higher", "or above", "or better"}
+_FILLER = r"(?:\s*(?:the|a|an|of|value of|mark of|level of|threshold of|roughly|about|around|approximately|[:=~|]))*\s*"
+_BETWEEN = re.compile(r"\b(?:between|from)\s+(?P<a>[-+]?\d[\d,.]*)\s*(?P<ua>[%\w]*)\s+(?:and|to|-|–)\s+(?P<b>[-+]?\d[\d,.]*\s*(?:%|[a-zµ]+)?)", re.I)
+
+_SOFT = re.compile(
+    r"\b(?:should|shouldn't|ideally|preferably|preferred|prefer(?:ably)?|would like|nice to have|target|aim(?:s|ing)? (?:for|at|to)|"
+    r"aspire|desirable|desired|recommended|where possible|if possible|wherever possible|soft|exception|justification|tolerated|"
+    r"goal|optional|strive)\b", re.I)
+_HARD = re.compile(
+    r"\b(?:must|required|requires?|requirement|has to|have to|need(?:s)? to|needs?|needed|only (?:when|if)|unless|shall|"
+    r"mandatory|hard|non-negotiable|at all times|cannot|can't|may not|never|not deployed|not acceptable|unacceptable|"
+    r"no exceptions?|is a must|disqualif\w*|budget|limit|maximum|minimum|cap|floor|ceiling|ruled out|blocking)\b", re.I)
+_CONDITION = re.compile(r"(?:^|[,;(]\s*|\b(?:and|but)\s+)(?:if|when|whenever|anything|any model that|because|since|although|"
+                        r"though|e\.g\.|for example|for instance|such as)\b", re.I)
+_ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
+_DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|measured|logged|can|could|might|may(?! not)|"
+                          r"often|typically|usually|easily|tends? to|historically|last year|in (?:19|20)\d\d|failed|passed|led|ranked|won|lost|broke|"
+                          r"beat|missed|excluded|promoted|replaced|retired|observed|showed|reported|requests?|requested|"
+                          r"proposal|proposed|raise|relax|declined)\b", re.I)
+# "is rejected if latency exceeds 40 ms" states the rule "latency <= 40 ms" by its negation.
+_REJECT_IF = re.compile(r"\b(?:reject\w*|exclud\w*|disqualif\w*|ruled out|fails?|not (?:be )?(?:deployed|accepted|considered|promoted)|"
+                        r"never (?:be )?(?:deployed|accepted|promoted)|blocked)\s+(?:if|when|whenever|once)\b", re.I)
+
+_PICK = re.compile(
+    r"\b(?:pick|picks|choose|chooses|select|selects|prefer|prefers|preferred|take|takes|deploy|deploys|go with|goes to|"
+    r"favou?r|favou?rs|wins?|winner|recommend|rank(?:ed|s)? (?:by|on)|sort(?:ed)? by|order(?:ed)? by|decided? (?:by|on)|"
+    r"the one with|whichever has|maximi[sz]es?|minimi[sz]es?|optimi[sz]es? for|compare[ds]? on|priority|primary|deciding|"
+    r"ranking metric|selection metric|main metric|key metric)\b", re.I)
+_UP = re.compile(r"\b(?:highest|largest|greatest|maximum|max|higher|larger|greater|most|maximi[sz]es?|top|biggest)\b", re.I)
+_DOWN = re.compile(r"\b(?:lowest|smallest|least|fewest|minimum|min|lower|smaller|minimi[sz]es?|fastest|faster|cheapest|"
+                   r"cheaper|shortest|lightest|lighter)\b", re.I)
+_BEST = re.compile(r"\b(?:best|better|strongest|optimal)\b", re.I)
+_DIRECTION_NOTE = re.compile(r"\((?:[^)]*?)\b(higher|lower|larger|smaller)\b[^)]*\bbetter\b[^)]*\)", re.I)
+_TIE = re.compile(r"\b(?:ties?|tied|tie-?break\w*|equally good|equivalent|a draw|dead heat|same score|cannot be separated|"
+                  r"too close to call|otherwise equal)\b", re.I)
+_SMALLER_MODEL = re.compile(r"\b(?:smaller|smallest|lighter|lightest|leaner)\s+(?:model|one|artefact|artifact|candidate)s?\b", re.I)
+_FASTER_MODEL = re.compile(r"\b(?:faster|fastest|quicker|quickest)\s+(?:model|one|candidate)s?\b", re.I)
+_CHEAPER_MODEL = re.compile(r"\b(?:cheaper|cheapest)\s+(?:model|one|candidate)s?\b", re.I)
+_MARGIN = re.compile(r"\bwithin\s+(?:an?\s+)?(?:(?:absolute|relative)\s+)?(?:margin\s+of\s+)?", re.I)
+_MARGIN_CONTEXT = re.compile(r"near-?best|equivalent|margin|as good as|of the best|treated as equal|tie|noise|indistinguishable", re.I)
+_SIMPLE = re.compile(r"\b(?:simple|simpler|simplest|simplicity|in (?:this|that|the) order|in order of preference|"
+                     r"prefer(?:red|ence)?|order)\b", re.I)
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+def read_rules(unit: str, vocabulary: MetricVocabulary, families=(), observed: dict[str, list[float]] | None = None) -> list[ProposedRule]:
+    """Every rule one unit states, read against the registry's vocabulary and family tags, each confirmed."""
+    observed = observed or {}
+    rules = _criteria(unit, vocabulary, observed)
+    if not _DESCRIPTIVE.search(unit):  # "gradient boosting and linear were within the margin" is history, not policy
+        rules += _preferences(unit, vocabulary) + _margins(unit, vocabulary) + _family_order(unit, families)
+    return [rule for rule in rules if confirm(rule, vocabulary)]
+
+
+def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[ProposedRule]:
+    mentions = vocabulary.mentions(unit)
+    if not mentions:
+        return []
+    rules, previous_keys, previous_end = [], (), 0
+    for comparison, start, number in _comparisons(unit):
+        if _TIE.search(unit[max(previous_end, start - 60):start]) or _MARGIN.match(unit[start:]) and _MARGIN_CONTEXT.search(unit):
+            continue  # "within 0.005 of the best" is a margin, "ties go to ..." a tie-break
+        segment = unit[previous_end:number.end]
+        before = [m for m in mentions if previous_end <= m.start and m.end <= start]
+        after = [m for m in mentions if number.end <= m.start <= number.end + 40 and not _NUMBER.search(unit[number.end:m.start])]
+        keys = before[-1].keys if before else after[0].keys if after else previous_keys
+        previous_end, previous_keys = number.end, keys
+        if _REJECT_IF.search(segment):
+            comparison, hard = _NEGATION[comparison], True
+        elif keys and _requires(segment, unit):
+            hard = _hardness(segment, unit) and comparison != "target"
+        else:
+            continue
+        for key in keys:
+            spec = vocabulary.spec(key)
+            threshold = convert(number.value, number.unit, spec, observed.get(key, []))
+            op = _resolved(comparison, spec.higher_is_better)
+            if threshold is not None and op is not None:
+                rules.append(ProposedRule(CRITERION, unit, (key,), op, threshold, number.text, hard))
+    return rules
+
+
+def _resolved(comparison: str, higher_is_better: bool | None) -> str | None:
+    """"better than" and "a target of" mean a direction only the metric knows."""
+    if comparison not in ("better", "worse", "target"):
+        return comparison
+    if higher_is_better is None:
+        return None
+    return {("better", True): ">", ("better", False): "<", ("worse", True): "<", ("worse", False): ">",
+            ("target", True): ">=", ("target", False): "<="}[(comparison, higher_is_better)]
+
+
+def _comparisons(unit: str):
+    """(comparison, where it starts, its number) for each comparison the unit writes out with a number."""
+    taken = set()
+    for match in _BETWEEN.finditer(unit):
+        found = numbers(unit[match.start():match.end()])
+        if len(found) >= 2:
+            low, high = (WrittenNumber(n.start + match.start(), n.end + match.start(), n.value, found[1].unit or n.unit, n.text)
+                         for n in found[:2])
+            taken.update(range(match.start(), match.end()))
+            yield ">=", match.start(), low
+            yield "<=", match.start(), high
+    for match in _COMPARISON.finditer(unit):
+        if match.start() in taken:
+            continue
+        words = match.group(0).lower()
+        comparison = next(_COMPARISONS[i][1] for i in range(len(_COMPARISONS)) if match.group(f"c{i}"))
+        if words in _TRAILING:  # "0.9 or higher": the number stands before
+            found = [n for n in numbers(unit[:match.start()]) if not unit[n.end:match.start()].strip()]
+        else:
+            following = re.match(_FILLER, unit[match.end():])
+            found = [n for n in numbers(unit) if n.start == match.end() + following.end()]
+            comparison = _negated(unit[:match.start()], comparison)
+        if found:
+            yield comparison, match.start(), found[-1]
+
+
+_NEGATION = {"<": ">=", ">": "<=", "<=": ">", ">=": "<", "better": "worse", "worse": "better", "target": "target"}
+
+
+def _negated(before: str, comparison: str) -> str:
+    """"not below 0.9" is ">= 0.9"; phrases with their own negation ("no more than") are listed whole."""
+    if re.search(r"\b(?:not|never|no)\s+(?:be\s+|go\s+|fall\s+|drop\s+|get\s+)?$", before, re.I):
+        return _NEGATION[comparison]
+    return comparison
+
+
+def _requires(segment: str, unit: str) -> bool:
+    """A comparison is a rule when its clause requires or prefers it, not when it describes or conditions."""
+    if _ONLY_IF.search(segment):
+        return True
+    if _CONDITION.search(segment) or _DESCRIPTIVE.search(segment):
+        return False
+    return bool(_HARD.search(segment) or _SOFT.search(segment) or _HARD.search(unit) or _SOFT.search(unit)
+                or re.search(r"[<>≤≥]", segment) or " | " in unit)
+
+
+_MARKUP_KIND = re.compile(r"(?:^|[|—–-]\s*\**)(hard|soft)(?:\**\s*(?:[|—–-]|$))", re.I)
+
+
+def _hardness(segment: str, unit: str) -> bool:
+    """The comparison's own clause first, then a hard/soft cell or dash field, then the whole unit's words."""
+    if _SOFT.search(segment):
+        return False
+    if _HARD.search(segment):
+        return True
+    if marked := _MARKUP_KIND.search(unit):
+        return marked.group(1).lower() == "hard"
+    if _SOFT.search(unit):
+        return False
+    return True
+
+
+def _preferences(unit: str, vocabulary: MetricVocabulary) -> list[ProposedRule]:
+    """The priority metric ("pick the one with the best AUC") and the tie-breaker ("ties go to the smaller model")."""
+    mentions = vocabulary.mentions(unit)
+    tie = _TIE.search(unit)
+    rules = []
+    if tie:
+        after = unit[tie.start():]
+        keys, direction = (), None
+        if _SMALLER_MODEL.search(after):
+            keys, direction = tuple(vocabulary.keys_of_kind("model_size")) or tuple(vocabulary.keys_of_kind("memory")), False
+        elif _FASTER_MODEL.search(after):
+            latency = vocabulary.keys_of_kind("latency") or vocabulary.keys_of_kind("inference_time")
+            keys, direction = tuple(sorted(latency, key=lambda k: -(vocabulary.spec(k).percentile or 0))[:1]), False
+        elif _CHEAPER_MODEL.search(after):
+            keys, direction = tuple(vocabulary.keys_of_kind("cost")), False
+        else:
+            named = [m for m in mentions if m.start >= tie.start()]
+            if len({m.keys for m in named}) == 1:
+                keys = named[0].keys
+                direction = _direction(unit[tie.start():named[0].end + 25], vocabulary.spec(keys[0]))
+        if len(keys) == 1 and not _MARGIN.search(after):
+            rules.append(ProposedRule(TIE_BREAKER, unit, keys, higher_is_better=direction))
+        return rules
+    pick = _PICK.search(unit)
+    if not pick:
+        return rules
+    named = {m.keys for m in mentions if m.end > pick.start() - 40}
+    comparisons = [c for c in _COMPARISON.finditer(unit) if numbers(unit[c.end():c.end() + 12])]
+    if len(named) != 1 or comparisons:
+        return rules  # several metrics (or a threshold) in one preference sentence: not a priority statement
+    keys = next(iter(named))
+    if len(keys) != 1:
+        return rules
+    spec = vocabulary.spec(keys[0])
+    if not (_UP.search(unit) or _DOWN.search(unit) or _BEST.search(unit) or re.search(r"priority|primary|deciding|rank|sort|order|maximi|minimi", unit, re.I)):
+        return rules
+    rules.append(ProposedRule(PRIORITY, unit, keys, higher_is_better=_direction(unit, spec)))
+    return rules
+
+
+def _direction(text: str, spec) -> bool | None:
+    if note := _DIRECTION_NOTE.search(text):
+        return note.group(1).lower() in ("higher", "larger")
+    if _BEST.search(text) and not (_UP.search(text) or _DOWN.search(text)):
+        return spec.higher_is_better
+    if _UP.search(text) and not _DOWN.search(text):
+        return True
+    if _DOWN.search(text) and not _UP.search(text):
+        return False
+    return spec.higher_is_better
+
+
+def _margins(unit: str, vocabulary: MetricVocabulary) -> list[ProposedRule]:
+    """"within 0.005 of the best" (absolute) or "within 1% (relative)": the metrics after the number are its scope."""
+    if not _MARGIN_CONTEXT.search(unit):
+        return []
+    mentions = vocabulary.mentions(unit)
+    written = [n for n in numbers(unit) if n.unit in ("", "%")]
+    rules = []
+    for index, number in enumerate(written):
+        lead = unit[max(0, number.start - 40):number.start]
+        tail = unit[number.end:number.end + 30]
+        if not (_MARGIN.search(lead) or re.match(r"\s*\**\s*(?:absolute|relative)", tail, re.I)):
+            continue
+        relative = number.unit == "%" or bool(re.match(r"\s*\**\s*\(?relative", tail, re.I))
+        value = number.value / 100 if number.unit == "%" else number.value
+        upto = written[index + 1].start if index + 1 < len(written) else len(unit)
+        scope = [m for m in mentions if number.end <= m.start < upto] or [m for m in mentions if m.end <= number.start]
+        keys = tuple(dict.fromkeys(key for m in scope for key in m.keys))
+        rules.append(ProposedRule(NEAR_BEST, unit, keys, threshold=value, written=number.text, relative=relative))
+    return rules
+
+
+def _family_order(unit: str, families) -> list[ProposedRule]:
+    """Two or more registry families named in a sentence about simplicity or preference, simplest first."""
+    if not families or not _SIMPLE.search(unit):
+        return []
+    text = re.sub(r"[/_\-]", " ", unit.lower())
+    positions = {}
+    for family in families:
+        words = re.sub(r"[/_\-]", " ", family.lower()).split()
+        if not words:
+            continue
+        match = re.search(r"(?<![\w])" + r"\s+".join(map(re.escape, words)) + r"(?![\w])", text)
+        if not match and len(words[0]) >= 3:
+            match = re.search(rf"(?<![\w]){re.escape(words[0])}(?![\w])", text)
+        if match:
+            positions[family] = match.start()
+    if len(positions) < 2:
+        return []
+    return [ProposedRule(FAMILY_ORDER, unit, families=tuple(sorted(positions, key=positions.get)))]
+
+
+def confirm(rule: ProposedRule, vocabulary: MetricVocabulary) -> bool:
+    """The deterministic check every proposed rule passes before it is used: its metric and number are in its sentence."""
+    named = {key for mention in vocabulary.mentions(rule.sentence) for key in mention.keys}
+    if rule.kind in (CRITERION, PRIORITY) and not set(rule.metrics) <= named:
+        return False
+    if rule.kind == TIE_BREAKER and not (set(rule.metrics) <= named or _SMALLER_MODEL.search(rule.sentence)
+                                         or _FASTER_MODEL.search(rule.sentence) or _CHEAPER_MODEL.search(rule.sentence)):
+        return False
+    if rule.kind in (CRITERION, NEAR_BEST):
+        number = re.sub(r"[\s,]", "", rule.written.lower())
+        if not number or number not in re.sub(r"[\s,]", "", rule.sentence.lower()):
+            return False
+    if rule.kind == FAMILY_ORDER and len(rule.families) < 2:
+        return False
+    return True

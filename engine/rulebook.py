@@ -1,0 +1,343 @@
+"""The rules that decide one use case, read at answer time from the documents that govern it, with their provenance.
+
+Which documents govern a use case: the one an admin chose, else the front matter's `use_case` (or a
+`criteria:<use case>` source id), else the use cases the document's title or text names (their registry names,
+spelled either way, or their candidates' model names); imported table rows govern nothing unless an admin says
+so. A sentence that names other use cases but not this one is not read for it. Every rule keeps the sentence
+and document it came from; documents that disagree on a rule make a conflict, which blocks the recommendation
+until an admin saves a reviewed rule set (which then wins over every document).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from engine.criteria import (
+    NO_USE_CASE,
+    AcceptanceCriterion,
+    UseCasePolicy,
+    document_assignments,
+    metric_directions,
+    reviewed_rules,
+)
+from engine.decision import Decision, decide
+from engine.metric_catalog import MetricVocabulary
+from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule, read_rules, rule_units
+
+TABLE_DOMAINS = ("uc", "sql")  # rows imported from tables are data, not guidelines
+_SPELLINGS = (("tumor", "tumour"), ("color", "colour"), ("behavior", "behaviour"), ("center", "centre"),
+              ("optimize", "optimise"), ("catalog", "catalogue"), ("analyze", "analyse"), ("labor", "labour"),
+              ("hemoglobin", "haemoglobin"), ("anemia", "anaemia"), ("pediatric", "paediatric"), ("fiber", "fibre"))
+
+
+@dataclass(frozen=True)
+class GoverningDocument:
+    document_id: int
+    title: str
+    origin: str
+    how: str  # "chosen by an admin", "front matter", "named in its text"
+
+
+@dataclass(frozen=True)
+class RuleProvenance:
+    kind: str  # criterion, priority, tie_breaker, near_best, family_order
+    rule: str  # the rule in the product's words ("latency_p95_ms < 40 (hard)")
+    sentence: str
+    source_id: str
+    document: str
+
+
+@dataclass(frozen=True)
+class RuleConflict:
+    subject: str  # what the documents disagree on
+    statements: tuple[RuleProvenance, ...]
+
+    @property
+    def text(self) -> str:
+        said = "; ".join(f"{s.document} <<SRC:{s.source_id}>> says {s.rule}" for s in self.statements)
+        return f"The documents disagree on {self.subject}: {said}"
+
+
+@dataclass(frozen=True)
+class Rulebook:
+    use_case: str
+    criteria: tuple[AcceptanceCriterion, ...]
+    policy: UseCasePolicy | None
+    state: str  # "reviewed" (an admin's rule set), "extracted" (read from documents) or "none"
+    provenance: tuple[RuleProvenance, ...] = ()
+    conflicts: tuple[RuleConflict, ...] = ()
+    documents: tuple[GoverningDocument, ...] = ()
+    undirected: tuple[str, ...] = ()  # metrics a rule ranks on whose direction nobody gave
+    reviewed_by: str | None = None
+    extracted: Rulebook | None = field(default=None, compare=False)  # for a reviewed use case: what the documents say now
+
+    @property
+    def hard_criteria(self) -> list[AcceptanceCriterion]:
+        return [c for c in self.criteria if c.hard]
+
+    def blockers(self) -> list[str]:
+        """Why no candidate may be recommended from these rules, whatever the metrics (empty when they can decide)."""
+        reasons = [conflict.text for conflict in self.conflicts]
+        if self.undirected:
+            reasons.append(f"no document says whether higher or lower is better for {', '.join(self.undirected)}: "
+                           "an admin sets it on the Knowledge page (Criteria tab)")
+        if not self.hard_criteria and self.policy is None:
+            reasons.append(self.missing_text())
+        return reasons
+
+    def missing_text(self) -> str:
+        where = (f"the documents that govern it ({', '.join(d.title for d in self.documents)})" if self.documents
+                 else "no document governs it")
+        return (f"no acceptance criterion and no way to rank the candidates are recorded for {self.use_case}: {where}. "
+                "Write them in a guideline that names the use case (for example 'latency must stay below 40 ms', "
+                "'pick the one with the best AUC') and upload it on the Knowledge page, or enter them on its Criteria tab")
+
+
+# ------------------------------------------------------------------------------------------- which use case
+
+def use_case_terms(candidates, names=()) -> dict[str, tuple[str, ...]]:
+    """The words that name each use case in a document: its registry name (spelled either way) and its model names.
+
+    `names` are use cases to know even without a candidate."""
+    terms: dict[str, set[str]] = {name: set(_spelled(name)) for name in names}
+    for candidate in candidates:
+        words = terms.setdefault(candidate.use_case, set(_spelled(candidate.use_case)))
+        if len(candidate.name) >= 4:
+            words.add(candidate.name.lower())
+    return {use_case: tuple(sorted(words, key=len, reverse=True)) for use_case, words in terms.items()}
+
+
+def _spelled(name: str) -> list[str]:
+    words = re.sub(r"[-_./]+", " ", name.lower()).strip()
+    variants = {words}
+    for american, british in _SPELLINGS:
+        for variant in list(variants):
+            variants |= {variant.replace(american, british), variant.replace(british, american)}
+    return sorted(variants)
+
+
+def _term_pattern(terms) -> re.Pattern:
+    alternatives = [r"[\s\-_]+".join(map(re.escape, re.split(r"[\s\-_]+", term))) + r"s?" for term in terms]
+    return re.compile(r"(?<![\w])(?:" + "|".join(alternatives) + r")(?![\w])", re.I)
+
+
+def named_use_cases(text: str, terms: dict[str, tuple[str, ...]]) -> set[str]:
+    return {use_case for use_case, words in terms.items() if words and _term_pattern(words).search(text)}
+
+
+def document_governance(connection, terms: dict[str, tuple[str, ...]]) -> dict[int, tuple[tuple[str, ...], str]]:
+    """Every document -> (the use cases it governs, how that was decided); () for a document that governs none."""
+    assigned = document_assignments(connection)
+    named = _documents_naming(connection, terms)
+    governance = {}
+    for document_id, title, origin, metadata, domain, source_ids in connection.execute(
+            """SELECT d.id, d.title, d.origin, d.metadata, min(c.source_domain), json_group_array(DISTINCT c.source_id)
+               FROM documents d LEFT JOIN chunks c ON c.document_id = d.id GROUP BY d.id"""):
+        metadata = {**json.loads(metadata or "{}"), "source_ids": [s for s in json.loads(source_ids) if s]}
+        if origin in assigned:
+            use_case = assigned[origin]
+            governance[document_id] = ((use_case,) if use_case != NO_USE_CASE else (), "chosen by an admin")
+        elif domain in TABLE_DOMAINS and not _declared(metadata):
+            governance[document_id] = ((), "imported table rows govern no use case unless an admin chooses one")
+        else:
+            governance[document_id] = governed_by(metadata, named.get(document_id, set()) | named_use_cases(title, terms))
+    return governance
+
+
+def governed_by(metadata: dict, named: set[str]) -> tuple[tuple[str, ...], str]:
+    """The use cases a document governs and how that was decided, from its front matter else the use cases it names."""
+    if declared := _declared(metadata):
+        return tuple(declared), "front matter"
+    use_cases = tuple(sorted(named))
+    return use_cases, "named in its text" if use_cases else "it names no use case of the registry"
+
+
+def _declared(metadata: dict) -> list[str]:
+    """Use cases a document's front matter names: `use_case: a, b`, or a `criteria:<use case>` source id (the demo's).
+
+    `metadata["source_ids"]` are the source ids the document's chunks are cited by."""
+    if metadata.get("use_case"):
+        return [part.strip() for part in str(metadata["use_case"]).split(",") if part.strip()]
+    return sorted({s.partition(":")[2] for s in metadata.get("source_ids", ()) if s.startswith("criteria:") and s.partition(":")[2]})
+
+
+def _documents_naming(connection, terms) -> dict[int, set[str]]:
+    """Document id -> use cases named in its chunks, through the full-text index (one query per use case)."""
+    found: dict[int, set[str]] = {}
+    for use_case, words in terms.items():
+        query = " OR ".join('"' + word.replace('"', " ") + '"' for word in words)
+        rows = connection.execute(
+            "SELECT DISTINCT c.document_id FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid WHERE chunks_fts MATCH ?",
+            (query,))
+        for (document_id,) in rows:
+            found.setdefault(document_id, set()).add(use_case)
+    return found
+
+
+# ------------------------------------------------------------------------------------------- the rules
+
+@dataclass(frozen=True)
+class RuleText:
+    """One piece of a governing document: the text of a chunk and the source id it is cited by."""
+
+    source_id: str
+    document: str
+    text: str
+
+
+def rulebook(connection, use_case: str, candidates, all_candidates=None) -> Rulebook:
+    """The rules that decide `use_case`: an admin's reviewed set when there is one, else what its documents say.
+
+    `candidates` are the use case's; `all_candidates` every use case's (to tell which documents name which)."""
+    all_candidates = candidates if all_candidates is None else all_candidates
+    terms = use_case_terms(all_candidates, [use_case])
+    governance = document_governance(connection, terms)
+    documents = []
+    for document_id, title, origin in connection.execute("SELECT id, title, origin FROM documents ORDER BY id"):
+        use_cases, how = governance.get(document_id, ((), ""))
+        if use_case in use_cases:
+            documents.append(GoverningDocument(document_id, title, origin, how))
+    texts = []
+    for document in documents:
+        texts += [RuleText(source_id, document.title, text) for source_id, text in connection.execute(
+            "SELECT source_id, text FROM chunks WHERE document_id = ? ORDER BY chunk_index", (document.document_id,))]
+    extracted = rules_from_texts(use_case, texts, candidates, terms, metric_directions(connection), tuple(documents))
+    criteria, policy, reviewer = reviewed_rules(connection, use_case)
+    if reviewer is None:
+        return extracted
+    return Rulebook(use_case, tuple(criteria), policy, "reviewed", reviewed_by=reviewer, documents=tuple(documents),
+                    undirected=_undirected(policy, MetricVocabulary(_keys(candidates), metric_directions(connection))),
+                    extracted=extracted)
+
+
+def decision_for(connection, use_case: str, candidates, all_candidates=None) -> tuple[Rulebook, Decision]:
+    """The use case's rules and the decision they make on these candidates: what the chat, the evaluation and the
+    tests all decide with."""
+    rules = rulebook(connection, use_case, candidates, all_candidates)
+    return rules, decide(use_case, candidates, list(rules.criteria), rules.policy, rules.blockers())
+
+
+def _keys(candidates) -> set[str]:
+    return {key for candidate in candidates for key in candidate.metrics}
+
+
+def rules_from_texts(use_case: str, texts: list[RuleText], candidates, terms: dict[str, tuple[str, ...]] | None = None,
+                     directions: dict[str, bool] | None = None, documents: tuple[GoverningDocument, ...] = ()) -> Rulebook:
+    """The rules these governing texts state for `use_case`, read against its candidates' metrics and families."""
+    terms = terms or use_case_terms(candidates)
+    vocabulary = MetricVocabulary(_keys(candidates), directions, catalog_fallback=True)
+    families = sorted({c.family for c in candidates if c.family})
+    observed: dict[str, list[float]] = {}
+    for candidate in candidates:
+        for key, value in candidate.metrics.items():
+            observed.setdefault(key, []).append(value)
+    others = {name: words for name, words in terms.items() if name != use_case}
+    found: dict[tuple, tuple[ProposedRule, RuleText]] = {}
+    for text in texts:
+        for unit in rule_units(text.text):
+            if named_use_cases(unit, others) and not named_use_cases(unit, {use_case: terms.get(use_case, ())}):
+                continue  # a sentence about another use case
+            for rule in read_rules(unit, vocabulary, families, observed):
+                key = (rule.kind, rule.metrics, rule.comparison, rule.threshold, rule.hard, rule.higher_is_better,
+                       rule.relative, rule.families, text.document)
+                found.setdefault(key, (rule, text))  # the same rule twice in a document (list and table, chunk overlap)
+    return _assemble(use_case, list(found.values()), vocabulary, documents)
+
+
+def _describe(rule: ProposedRule, vocabulary: MetricVocabulary) -> str:
+    if rule.kind == CRITERION:
+        spec = vocabulary.spec(rule.metrics[0])
+        return f"{rule.metrics[0]} {rule.comparison} {rule.threshold:g}{' ' + spec.unit if spec.unit else ''} ({'hard' if rule.hard else 'soft'})"
+    if rule.kind in (PRIORITY, TIE_BREAKER):
+        direction = rule.higher_is_better if rule.higher_is_better is not None else vocabulary.spec(rule.metrics[0]).higher_is_better
+        way = {True: "highest", False: "lowest", None: "best"}[direction]
+        return f"{'rank on' if rule.kind == PRIORITY else 'ties go to'} the {way} {rule.metrics[0]}"
+    if rule.kind == NEAR_BEST:
+        margin = f"{rule.threshold:.4g} {'relative' if rule.relative else 'absolute'}"
+        return f"near-best margin {margin}" + (f" for {', '.join(rule.metrics)}" if rule.metrics else "")
+    return "simplest family first: " + " < ".join(rule.families)
+
+
+def _assemble(use_case: str, found: list[tuple[ProposedRule, RuleText]], vocabulary, documents) -> Rulebook:
+    provenance = {id(rule): RuleProvenance(rule.kind, _describe(rule, vocabulary), rule.sentence, text.source_id, text.document)
+                  for rule, text in found}
+    conflicts: list[RuleConflict] = []
+
+    def agreed(kind: str, group_of, subject_of) -> dict:
+        """The rules of one kind by group; a group whose members disagree becomes a conflict, never a merge."""
+        groups: dict = {}
+        for rule, _text in found:
+            if rule.kind == kind:
+                groups.setdefault(group_of(rule), []).append(rule)
+        chosen = {}
+        for group, rules in groups.items():
+            if len({_value(rule) for rule in rules}) > 1:
+                conflicts.append(RuleConflict(subject_of(group), tuple(provenance[id(r)] for r in rules)))
+            else:  # "below 40" and "at most 40" agree on the number: the strict one stands for both
+                chosen[group] = next((r for r in rules if r.comparison in ("<", ">")), rules[0])
+        return chosen
+
+    chosen_criteria = agreed(CRITERION, lambda r: (r.metrics[0], _bound(r.comparison), r.hard),
+                             lambda g: f"the {g[1]} {'hard' if g[2] else 'soft'} limit of {g[0]}")
+    _hardness_conflicts(chosen_criteria, provenance, conflicts)
+    priority = agreed(PRIORITY, lambda r: "priority", lambda g: "the metric candidates are ranked on")
+    tie = agreed(TIE_BREAKER, lambda r: "tie", lambda g: "the tie-breaker")
+    order = agreed(FAMILY_ORDER, lambda r: "order", lambda g: "the order of model families")
+    criteria = tuple(sorted(
+        (AcceptanceCriterion(use_case, r.metrics[0], r.comparison, r.threshold, r.hard, provenance[id(r)].source_id,
+                             sentence=r.sentence) for r in chosen_criteria.values()),
+        key=lambda c: (not c.hard, c.metric, c.comparison)))
+    policy, undirected = None, ()
+    if "priority" in priority:
+        rule = priority["priority"]
+        metric = rule.metrics[0]
+        margins = agreed(NEAR_BEST, lambda r: metric if not r.metrics or metric in r.metrics else f"other:{r.metrics}",
+                         lambda g: f"the near-best margin of {metric}")
+        margin = margins.get(metric)
+        tie_rule, order_rule = tie.get("tie"), order.get("order")
+        part_sources = {part: provenance[id(r)].source_id for part, r in
+                        (("tie_breaker", tie_rule), ("near_best", margin), ("family_order", order_rule)) if r is not None}
+        policy = UseCasePolicy(
+            use_case, metric, tie_rule.metrics[0] if tie_rule else None, provenance[id(rule)].source_id,
+            priority_higher_is_better=rule.higher_is_better,
+            tie_breaker_higher_is_better=tie_rule.higher_is_better if tie_rule else None,
+            near_best_margin=margin.threshold if margin else None, near_best_relative=bool(margin and margin.relative),
+            family_order=order_rule.families if order_rule else (), part_sources=part_sources,
+        )
+        undirected = _undirected(policy, vocabulary)
+    state = "extracted" if criteria or policy or conflicts else "none"
+    return Rulebook(use_case, criteria, policy, state, tuple(provenance.values()), tuple(conflicts), tuple(documents), undirected)
+
+
+def _value(rule: ProposedRule):
+    """What two statements of one rule must share to agree."""
+    return {CRITERION: (rule.threshold,), PRIORITY: (rule.metrics, rule.higher_is_better),
+            TIE_BREAKER: (rule.metrics, rule.higher_is_better), NEAR_BEST: (rule.threshold, rule.relative),
+            FAMILY_ORDER: (rule.families,)}[rule.kind]
+
+
+def _bound(comparison: str) -> str:
+    return "upper" if comparison in ("<", "<=") else "lower"
+
+
+def _hardness_conflicts(chosen: dict, provenance, conflicts: list[RuleConflict]) -> None:
+    """The same limit written as hard in one document and soft in another is a disagreement, not two rules."""
+    for (metric, bound, hard), rule in list(chosen.items()):
+        other = chosen.get((metric, bound, not hard))
+        if hard and other is not None and other.threshold == rule.threshold and \
+                provenance[id(other)].document != provenance[id(rule)].document:
+            conflicts.append(RuleConflict(f"whether the {bound} limit of {metric} is hard",
+                                          (provenance[id(rule)], provenance[id(other)])))
+
+
+def _undirected(policy: UseCasePolicy | None, vocabulary: MetricVocabulary) -> tuple[str, ...]:
+    if policy is None:
+        return ()
+    missing = []
+    if policy.priority_higher_is_better is None and vocabulary.spec(policy.priority_metric).higher_is_better is None:
+        missing.append(policy.priority_metric)
+    if policy.tie_breaker and policy.tie_breaker_higher_is_better is None and vocabulary.spec(policy.tie_breaker).higher_is_better is None:
+        missing.append(policy.tie_breaker)
+    return tuple(missing)
