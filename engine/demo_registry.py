@@ -57,7 +57,7 @@ from threadpoolctl import threadpool_limits
 from engine.candidates import CHAMPION, Candidate, all_pages, read_candidates
 from engine.decision import decide
 from engine.documents import parse_file
-from engine.rulebook import RuleText, Rulebook, governed_by, named_use_cases, rules_from_texts, use_case_terms
+from engine.rulebook import RuleText, Rulebook, governed_by, loosely_named_use_cases, named_use_cases, rules_from_texts, use_case_terms
 from engine.ingest import Progress
 from engine.metric_catalog import metric_spec
 from engine.tracking import ensure_experiment
@@ -328,7 +328,8 @@ def demo_rulebook(use_case: str, candidates) -> Rulebook:
         parsed = parse_file(path.name, path.read_bytes())
         body = " ".join(section.text for section in parsed.sections)
         metadata = {**parsed.metadata, "source_ids": [section.source.source_id for section in parsed.sections]}
-        if use_case in governed_by(metadata, named_use_cases(f"{parsed.title} {body}", terms))[0]:
+        named = named_use_cases(f"{parsed.title} {body}", terms) | loosely_named_use_cases(f"{parsed.title}\n{body[:2000]}", terms)
+        if use_case in governed_by(metadata, named)[0]:
             texts += [RuleText(section.source.source_id, parsed.title, section.text) for section in parsed.sections]
     return rules_from_texts(use_case, texts, [c for c in candidates if c.use_case == use_case], terms)
 

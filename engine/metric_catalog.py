@@ -72,20 +72,44 @@ KINDS: tuple[MetricKind, ...] = (
     MetricKind("loss", "loss", False, ("loss", "validation loss")),
     MetricKind("latency", "latency", False, ("latency", "response time", "inference latency", "prediction latency",
                                             "serving latency", "scoring latency"), decimals=2, dimension="time", default_unit="ms"),
-    MetricKind("inference_time", "inference time", False, ("inference time", "prediction time", "scoring time", "time per prediction"),
+    MetricKind("inference_time", "inference time", False, ("inference time", "prediction time", "scoring time", "time per prediction",
+                                                                  "time to score", "time to predict"),
                decimals=2, dimension="time", default_unit="ms"),
-    MetricKind("training_time", "training time", False, ("training time", "train time", "fit time", "training duration"),
+    MetricKind("training_time", "training time", False, ("training time", "train time", "fit time", "training duration",
+                                                                   "time to retrain", "time to train", "retraining time",
+                                                                   "retrain time"),
                decimals=2, dimension="time", default_unit="s"),
-    MetricKind("model_size", "model size", False, ("model size", "artefact size", "artifact size", "serialized size",
+    MetricKind("model_size", "model size", False, ("model size", "artefact size", "artifact size", "serialized size", "checkpoint size", "checkpoint",
                                                    "serialised size", "serialized model", "serialised model", "file size",
                                                    "disk size", "size on disk", "model footprint", "model file"),
                decimals=2, dimension="size", default_unit="MB"),
     MetricKind("memory", "memory", False, ("memory", "ram", "peak memory", "peak ram", "memory footprint", "memory use",
                                            "memory usage", "resident memory", "rss"), decimals=2, dimension="size", default_unit="MB"),
-    MetricKind("throughput", "throughput", True, ("throughput", "requests per second", "predictions per second", "rps", "qps"),
+    MetricKind("throughput", "throughput", True, ("throughput", "requests per second", "predictions per second", "rps", "qps",
+                                                    "fps", "frames per second", "messages per second", "queries per second",
+                                                    "items per second", "per second"),
                decimals=1),
-    MetricKind("cost", "cost", False, ("cost", "serving cost", "price"), decimals=2),
+    MetricKind("cost", "cost", False, ("cost", "serving cost", "price"), decimals=2, dimension="money", default_unit="USD"),
+    MetricKind("rtf", "real-time factor", False, ("real-time factor", "real time factor", "rtf")),
+    MetricKind("mdape", "median absolute percentage error", False, ("median absolute percentage error", "mdape", "median ape",
+                                                                     "median absolute percent error"), decimals=3),
+    MetricKind("runtime", "runtime", False, ("runtime", "run time", "wall time", "wall-clock time", "batch time"),
+               decimals=1, dimension="time", default_unit="s"),
 )
+SPELLINGS = (("tumor", "tumour"), ("color", "colour"), ("behavior", "behaviour"), ("center", "centre"),
+             ("optimize", "optimise"), ("catalog", "catalogue"), ("analyze", "analyse"), ("labor", "labour"),
+             ("hemoglobin", "haemoglobin"), ("anemia", "anaemia"), ("pediatric", "paediatric"), ("fiber", "fibre"),
+             ("normalized", "normalised"), ("serialized", "serialised"), ("artifact", "artefact"), ("modeling", "modelling"))
+
+
+def spelled_both_ways(text: str) -> list[str]:
+    """The text in American and British spelling (tumor/tumour, catalog/catalogue)."""
+    variants = {text}
+    for american, british in SPELLINGS:
+        for variant in list(variants):
+            variants |= {re.sub(rf"{american}(?!{british[len(american):]})", british, variant) if british.startswith(american)
+                         else variant.replace(american, british), variant.replace(british, american)}
+    return sorted(variants)
 _GENERIC_KINDS = {"loss", "cost", "memory", "model_size", "throughput", "map"}  # their words are everyday English too
 _KIND_BY_WORD = {word: kind for kind in KINDS for word in (kind.name.replace("_", " "), *kind.words)}
 
@@ -99,6 +123,7 @@ UNIT_TOKENS = {
     "mb": "MB", "megabyte": "MB", "megabytes": "MB", "mib": "MiB", "mebibytes": "MiB",
     "gb": "GB", "gigabyte": "GB", "gigabytes": "GB", "gib": "GiB", "gibibytes": "GiB",
     "pct": "%", "percent": "%", "%": "%", "perc": "%",
+    "usd": "USD", "dollar": "USD", "dollars": "USD", "cent": "¢", "cents": "¢",
 }
 _KEY_UNITS = {token: unit for token, unit in UNIT_TOKENS.items() if unit not in ("min", "h")}  # "min_recall" is no unit
 _TIME_UNITS = {"ms", "µs", "s", "min", "h"}
@@ -109,7 +134,8 @@ _LOWER_WORDS = {"error", "loss", "latency", "time", "duration", "size", "memory"
 
 
 def unit_dimension(unit: str) -> str:
-    return "time" if unit in _TIME_UNITS else "size" if unit in _SIZE_UNITS else "percent" if unit == "%" else ""
+    return ("time" if unit in _TIME_UNITS else "size" if unit in _SIZE_UNITS else "percent" if unit == "%"
+            else "money" if unit in ("USD", "¢") else "")
 
 
 @dataclass(frozen=True)
@@ -179,7 +205,7 @@ def metric_spec(name: str) -> MetricSpec:
     prefix = [t for t in tokens if t in _SPLIT_PREFIXES and t not in ("mean", "avg", "average", "overall")]
     if prefix:
         label = f"{prefix[0]} {label}"
-    words = _key_words(name) + _kind_words(kind, percentile, at_k)
+    words = _key_words(name) + _iou_words(kind, core) + _kind_words(kind, percentile, at_k)
     return MetricSpec(name, label, kind.higher_is_better, unit, kind.bounded, kind.decimals, kind.name, percentile,
                       tuple(dict.fromkeys(words)))
 
@@ -197,6 +223,31 @@ def _kind_of(core: list[str]) -> MetricKind | None:
 def _key_words(name: str) -> list[str]:
     spaced = " ".join(_tokens(name))
     return list(dict.fromkeys([name.lower(), spaced]))
+
+
+_GENERIC_TOKENS = {"rate", "score", "error", "time", "model", "size", "test", "mean", "total", "count", "value", "metric",
+                   "loss", "ratio", "per", "at", "avg", "max", "min", "top", "overall", "offline", "online", "valid", "holdout"}
+
+
+def _inflected(tokens: list[str]) -> str:
+    """A regex for the key's words as prose writes them: "serve_p95_ms" also reads "serving p95"."""
+    parts = []
+    for token in tokens:
+        stem = token[:-1] if token.endswith("e") and len(token) > 3 else token
+        parts.append(re.escape(stem) + (r"(?:e|es|ed|ing)?" if stem != token else r"(?:s|es|ed|ing)?") if token.isalpha() else re.escape(token))
+    return r"[\s_\-]+".join(parts)
+
+
+def _iou_words(kind: MetricKind, core: list[str]) -> list[str]:
+    """Detection mAP keys name their IoU thresholds in hundredths: map_50 is mAP@0.5, map_50_95 is mAP@0.5:0.95."""
+    iou = [t for t in core if t.isdigit() and len(t) == 2]
+    if kind.name != "map" or not iou:
+        return []
+    values = [f"0.{t.rstrip('0') or '0'}" for t in iou]
+    written = ":".join(values)
+    short = ":".join(v[1:] for v in values)
+    return [f"map@{written}", f"map @ {written}", f"map@[{short}]", f"map at iou {written}", f"map at an iou of {written}",
+            f"map (iou {written})", f"map {written}", f"map@{':'.join(iou)}", f"map{'-'.join(iou)}", f"map at {written}"]
 
 
 def _ordinal(number: int) -> str:
@@ -254,15 +305,25 @@ class MetricVocabulary:
             specs |= {kind.name: metric_spec(kind.name) for kind in KINDS if kind.name not in logged and kind.name not in specs
                       and kind.name not in _GENERIC_KINDS}
         self.specs = specs
-        phrases: dict[str, set[str]] = {}
+        self.logged = frozenset(self.keys)
+        phrases: dict[str, set[str]] = {}  # regex -> keys it names
         for key, spec in self.specs.items():
             for word in spec.words or _key_words(key):
-                phrases.setdefault(_normal(word), set()).add(key)
-        # A generic word ("latency", "auc") that several keys share names all of them; a specific one names one.
-        self._phrases = {phrase: tuple(sorted(keys)) for phrase, keys in phrases.items() if phrase}
+                for variant in spelled_both_ways(_normal(word)):
+                    phrases.setdefault(re.escape(variant).replace(r"\ ", " "), set()).add(key)
+            if key in self.logged:
+                tokens = [t for t in _tokens(key) if t not in UNIT_TOKENS and t not in _SPLIT_PREFIXES]
+                if tokens and all(t.isalpha() for t in tokens):
+                    phrases.setdefault(_inflected(tokens), set()).add(key)
+                for token in tokens if len(tokens) > 1 else ():
+                    if len(token) >= 4 and token.isalpha() and token not in _GENERIC_TOKENS and not _KIND_BY_WORD.get(token):
+                        phrases.setdefault(_inflected([token]), set()).add(key)  # "batch" for batch_runtime_s
+        # A word several keys share ("latency", "auc", "batch") names all of them; a specific one names one.
+        self._patterns = sorted(phrases, key=len, reverse=True)
+        self._keys_of = [tuple(sorted(phrases[p])) for p in self._patterns]
         self._pattern = re.compile(
-            r"(?<![\w@])(" + "|".join(re.escape(p) for p in sorted(self._phrases, key=len, reverse=True)) + r")(?![\w@])"
-        ) if self._phrases else None
+            r"(?<![\w@])(?:" + "|".join(f"(?P<p{i}>{p})" for i, p in enumerate(self._patterns)) + r")(?![\w@])"
+        ) if phrases else None
 
     def spec(self, key: str) -> MetricSpec:
         return self.specs.get(key) or metric_spec(key)
@@ -275,11 +336,12 @@ class MetricVocabulary:
         found = []
         for match in self._pattern.finditer(normal):
             start, end = positions[match.start()], positions[match.end() - 1] + 1
-            found.append(MetricMention(start, end, self._phrases[match.group(1)], text[start:end]))
+            found.append(MetricMention(start, end, self._keys_of[int(match.lastgroup[1:])], text[start:end]))
         return found
 
     def keys_of_kind(self, kind: str) -> list[str]:
-        return [key for key, spec in self.specs.items() if spec.kind == kind]
+        """The logged keys of one catalog kind."""
+        return [key for key in self.keys if self.specs[key].kind == kind]
 
 
 def _normal(text: str) -> str:

@@ -52,12 +52,17 @@ _YES, _NO = {"yes", "y", "true", "x", "✓", "✔"}, {"no", "n", "false", "-", "
 
 def rule_units(text: str) -> list[str]:
     """The text cut into sentences, list items and table rows (each row prefixed by its header's words)."""
-    units, paragraph, header = [], [], None
+    return [unit for _heading, unit in headed_rule_units(text)]
+
+
+def headed_rule_units(text: str) -> list[tuple[str, str]]:
+    """(the heading the unit stands under, the unit): a section titled for one use case speaks of that one."""
+    units, paragraph, header, heading = [], [], None, ""
     lines = text.splitlines()
 
     def flush() -> None:
         if paragraph:
-            units.extend(part.strip() for part in _SENTENCE_END.split(" ".join(paragraph)) if part.strip())
+            units.extend((heading, part.strip()) for part in _SENTENCE_END.split(" ".join(paragraph)) if part.strip())
             paragraph.clear()
 
     for index, line in enumerate(lines):
@@ -69,19 +74,21 @@ def rule_units(text: str) -> list[str]:
             if _TABLE_RULE.match(following):
                 header = cells
             elif not _TABLE_RULE.match(stripped):
-                units.append(_table_row(cells, header))
+                units.append((heading, _table_row(cells, header)))
             continue
         header = None
         if not stripped or stripped.startswith("#"):
             flush()
+            if stripped.startswith("#"):
+                heading = stripped.lstrip("#").strip()
             continue
         if _BULLET.match(line):
             flush()
-            paragraph.append(_BULLET.sub("", line).strip())
+            paragraph.append("- " + _BULLET.sub("", line).strip())  # a list item keeps its mark: lists state rules
             continue
         paragraph.append(stripped)
     flush()
-    return [unit for unit in units if unit]
+    return [(heading, unit) for heading, unit in units if unit]
 
 
 def _table_row(cells: list[str], header: list[str] | None) -> str:
@@ -89,17 +96,24 @@ def _table_row(cells: list[str], header: list[str] | None) -> str:
     words = []
     for position, cell in enumerate(cells):
         name = header[position] if header and position < len(header) else ""
-        if name and _HARD_COLUMN.search(name) and cell.lower() in _YES | _NO:
-            cell = "hard" if cell.lower() in _YES else "soft"
+        first = (cell.lower().split() or [""])[0].strip(",.;:")
+        if name and _HARD_COLUMN.search(name) and first in _YES | _NO:
+            cell = "hard" if first in _YES else "soft"
         words.append(cell)
     return " | ".join(words)
 
 
 # ---------------------------------------------------------------------------------------------------- numbers
 
-_UNIT_WORDS = sorted({*UNIT_TOKENS, "per cent"} - {"h", "min", "mins", "hour", "hours"}, key=len, reverse=True)
+_UNIT_WORDS = sorted({*UNIT_TOKENS, "per cent"} - {"h", "min", "mins"}, key=len, reverse=True)
+_NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+                 "ten": 10, "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
+                 "sixty": 60, "ninety": 90, "hundred": 100, "half": 0.5}
+_UNIT = "|".join(re.escape(u) for u in _UNIT_WORDS)
+# "0.2 s", "1,200 MB", "$0.05", and number words only with a unit ("five cents", "an hour").
 _NUMBER = re.compile(
-    r"(?<![\w.@])([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?:\s*(" + "|".join(re.escape(u) for u in _UNIT_WORDS) + r")(?![\w]))?",
+    r"(?<![\w.@])(?P<dollar>\$\s?)?(?P<n>[-+±]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?:\s*(?P<u>" + _UNIT + r")(?![\w]))?"
+    r"|(?<![\w])(?P<w>" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r"|an?)\s+(?:an?\s+)?(?P<wu>" + _UNIT + r")(?![\w])",
     re.I,
 )
 
@@ -118,9 +132,14 @@ class WrittenNumber:
 def numbers(text: str) -> list[WrittenNumber]:
     found = []
     for match in _NUMBER.finditer(text):
-        unit = (match.group(2) or "").lower()
-        unit = "%" if unit in ("per cent",) else UNIT_TOKENS.get(unit, "")
-        found.append(WrittenNumber(match.start(), match.end(), float(match.group(1).replace(",", "")), unit, match.group(0).strip()))
+        if match.group("w"):
+            word = match.group("w").lower()
+            value, unit = (1.0 if word in ("a", "an") else float(_NUMBER_WORDS[word])), match.group("wu").lower()
+        else:
+            value, unit = float(match.group("n").replace(",", "").replace("±", "")), (match.group("u") or "").lower()
+            unit = "USD" if match.group("dollar") else unit
+        unit = "%" if unit == "per cent" else UNIT_TOKENS.get(unit, unit if unit == "USD" else "")
+        found.append(WrittenNumber(match.start(), match.end(), value, unit, match.group(0).strip()))
     return found
 
 
@@ -140,6 +159,8 @@ def convert(value: float, unit: str, spec, observed: list[float]) -> float | Non
         return value / 100 if on_fraction_scale else value
     if not unit or unit == spec.unit:
         return value
+    if spec.dimension == "money" and unit_dimension(unit) == "money":
+        return value / 100 if unit == "¢" else value
     if not spec.unit or unit_dimension(unit) != spec.dimension:
         return None  # "40 ms" cannot bound a score, "50 MB" cannot bound a latency
     return float(_units().Quantity(value, unit).to(spec.unit).magnitude)
@@ -154,59 +175,69 @@ _COMPARISONS = [
      r"does not exceed|do not exceed|not to exceed|never exceeds?|no more than|not more than|at most|no higher than|"
      r"not higher than|no greater than|not greater than|no larger than|no bigger than|no slower than|not above|"
      r"not over|up to|or less|or lower|or below|or fewer|maximum of|a maximum of|max\.? of|capped at|cap of|"
-     r"ceiling of|limit of|budget of|budget is|limit is|maximum is|within|≤|<=|=<", "<="),
+     r"ceiling of|limit of|budget of|budget is|limit is|maximum is|fits? (?:in|into|within)|within|≤|<=|=<", "<="),
     (r"no less than|not less than|at least|no lower than|not lower than|no fewer than|no smaller than|not below|"
      r"never (?:fall|drop|dip|go)s? below|must not (?:fall|drop|dip|go) below|should not (?:fall|drop|dip|go) below|"
-     r"not (?:fall|drop|dip|go) below|or more|or higher|or above|or better|minimum of|a minimum of|min\.? of|"
+     r"not (?:fall|drop|dip|go) below|or more|or higher|or above|minimum of|a minimum of|min\.? of|"
      r"floor of|minimum is|≥|>=|=>", ">="),
     (r"less than|lower than|below|under|beneath|fewer than|smaller than|shorter than|faster than|cheaper than|<", "<"),
-    (r"more than|greater than|higher than|above|over|exceeds?|exceeding|in excess of|larger than|bigger than|"
+    (r"more than|greater than|higher than|above|over(?!\s+the\b)|exceeds?|exceeding|in excess of|larger than|bigger than|"
      r"longer than|slower than|>", ">"),
+    (r"(?:required |needs? |has |have )?to reach|reach(?:es)?|achieves?", ">="),
+    (r"or better", "better_eq"),
+    (r"or worse", "worse_eq"),
     (r"better than", "better"),
     (r"worse than", "worse"),
     (r"target of|target is|targets? (?:is |of )?|aim(?:s|ing)? for", "target"),
 ]
 _COMPARISON = re.compile("|".join(f"(?P<c{i}>{pattern})" for i, (pattern, _) in enumerate(_COMPARISONS)), re.I)
-_TRAILING = {"or less", "or lower", "or below", "or fewer", "or more", "or higher", "or above", "or better"}
+_CLAUSE_BREAK = re.compile(r";|,\s*(?:but|and|while|whereas)\b|\bbut\b", re.I)
+_PLUS_MINUS = re.compile(r"\bwithin\s+(?:±|\+/-|\+-|plus or minus)\s*(?P<n>\d[\d,.]*\s*(?:%|percent|[a-zµ]+)?)", re.I)
+_TRAILING = {"or less", "or lower", "or below", "or fewer", "or more", "or higher", "or above", "or better", "or worse"}
 _FILLER = r"(?:\s*(?:the|a|an|of|value of|mark of|level of|threshold of|roughly|about|around|approximately|[:=~|]))*\s*"
 _BETWEEN = re.compile(r"\b(?:between|from)\s+(?P<a>[-+]?\d[\d,.]*)\s*(?P<ua>[%\w]*)\s+(?:and|to|-|–)\s+(?P<b>[-+]?\d[\d,.]*\s*(?:%|[a-zµ]+)?)", re.I)
 
 _SOFT = re.compile(
     r"\b(?:should|shouldn't|ideally|preferably|preferred|prefer(?:ably)?|would like|nice to have|target|aim(?:s|ing)? (?:for|at|to)|"
     r"aspire|desirable|desired|recommended|where possible|if possible|wherever possible|soft|exception|justification|tolerated|"
-    r"goal|optional|strive)\b", re.I)
+    r"goal|optional|strive|nice to|would be (?:nice|good|great)|we'd like|not a hard stop)\b", re.I)
 _HARD = re.compile(
     r"\b(?:must|required|requires?|requirement|has to|have to|need(?:s)? to|needs?|needed|only (?:when|if)|unless|shall|"
     r"mandatory|hard|non-negotiable|at all times|cannot|can't|may not|never|not deployed|not acceptable|unacceptable|"
-    r"no exceptions?|is a must|disqualif\w*|budget|limit|maximum|minimum|cap|floor|ceiling|ruled out|blocking)\b", re.I)
-_CONDITION = re.compile(r"(?:^|[,;(]\s*|\b(?:and|but)\s+)(?:if|when|whenever|anything|any model that|because|since|although|"
+    r"no exceptions?|is a must|disqualif\w*|budget|limit|limited to|maximum|minimum|cap|capped|floor|ceiling|ruled out|blocking|"
+    r"gates?|gated|all required|go-live|before go-live)\b", re.I)
+_CONDITION = re.compile(r"(?:^\s*|[,;(]\s*|\b(?:and|but)\s+)(?:if|when|whenever|anything|any model that|because|since|although|"
                         r"though|e\.g\.|for example|for instance|such as)\b", re.I)
 _ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
 _DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|measured|logged|can|could|might|may(?! not)|"
                           r"often|typically|usually|easily|tends? to|historically|last year|in (?:19|20)\d\d|failed|passed|led|ranked|won|lost|broke|"
                           r"beat|missed|excluded|promoted|replaced|retired|observed|showed|reported|requests?|requested|"
-                          r"proposal|proposed|raise|relax|declined)\b", re.I)
+                          r"proposal|proposed|raise|relax|declined|quotes?|quoted|according to|comparable|exceeded|fell|dropped|came in|"
+                          r"stayed|competitive)\b", re.I)
 # "is rejected if latency exceeds 40 ms" states the rule "latency <= 40 ms" by its negation.
 _REJECT_IF = re.compile(r"\b(?:reject\w*|exclud\w*|disqualif\w*|ruled out|fails?|not (?:be )?(?:deployed|accepted|considered|promoted)|"
                         r"never (?:be )?(?:deployed|accepted|promoted)|blocked)\s+(?:if|when|whenever|once)\b", re.I)
 
 _PICK = re.compile(
-    r"\b(?:pick|picks|choose|chooses|select|selects|prefer|prefers|preferred|take|takes|deploy|deploys|go with|goes to|"
+    r"\b(?:pick|picks|choose|chooses|choosing|select|selects|selection|prefer|prefers|preferred|take|takes|deploy|deploys|"
+    r"go with|goes to|ships?|adopts?|adopted|goes live|ranking|ranked|rank|"
     r"favou?r|favou?rs|wins?|winner|recommend|rank(?:ed|s)? (?:by|on)|sort(?:ed)? by|order(?:ed)? by|decided? (?:by|on)|"
     r"the one with|whichever has|maximi[sz]es?|minimi[sz]es?|optimi[sz]es? for|compare[ds]? on|priority|primary|deciding|"
     r"ranking metric|selection metric|main metric|key metric)\b", re.I)
 _UP = re.compile(r"\b(?:highest|largest|greatest|maximum|max|higher|larger|greater|most|maximi[sz]es?|top|biggest)\b", re.I)
 _DOWN = re.compile(r"\b(?:lowest|smallest|least|fewest|minimum|min|lower|smaller|minimi[sz]es?|fastest|faster|cheapest|"
                    r"cheaper|shortest|lightest|lighter)\b", re.I)
+_SUPERLATIVE = re.compile(r"\b(?:best|highest|lowest|largest|smallest|top|greatest|maximum|minimum|strongest|fewest|least)\b", re.I)
 _BEST = re.compile(r"\b(?:best|better|strongest|optimal)\b", re.I)
 _DIRECTION_NOTE = re.compile(r"\((?:[^)]*?)\b(higher|lower|larger|smaller)\b[^)]*\bbetter\b[^)]*\)", re.I)
 _TIE = re.compile(r"\b(?:ties?|tied|tie-?break\w*|equally good|equivalent|a draw|dead heat|same score|cannot be separated|"
-                  r"too close to call|otherwise equal)\b", re.I)
-_SMALLER_MODEL = re.compile(r"\b(?:smaller|smallest|lighter|lightest|leaner)\s+(?:model|one|artefact|artifact|candidate)s?\b", re.I)
+                  r"too close to call|otherwise equal|identical|(?:exactly )?the same|equal)\b", re.I)
+_SMALLER_MODEL = re.compile(r"\b(?:smaller|smallest|lighter|lightest|leaner)\s+(?:model|one|artefact|artifact|candidate|checkpoint)s?\b", re.I)
 _FASTER_MODEL = re.compile(r"\b(?:faster|fastest|quicker|quickest)\s+(?:model|one|candidate)s?\b", re.I)
 _CHEAPER_MODEL = re.compile(r"\b(?:cheaper|cheapest)\s+(?:model|one|candidate)s?\b", re.I)
 _MARGIN = re.compile(r"\bwithin\s+(?:an?\s+)?(?:(?:absolute|relative)\s+)?(?:margin\s+of\s+)?", re.I)
-_MARGIN_CONTEXT = re.compile(r"near-?best|equivalent|margin|as good as|of the best|treated as equal|tie|noise|indistinguishable", re.I)
+_MARGIN_CONTEXT = re.compile(r"\b(?:near-?best|equivalent|margin|as good as|of the best|treated as equal|ties?|tied|noise|"
+                             r"indistinguishable)\b", re.I)
 _SIMPLE = re.compile(r"\b(?:simple|simpler|simplest|simplicity|in (?:this|that|the) order|in order of preference|"
                      r"prefer(?:red|ence)?|order)\b", re.I)
 
@@ -230,9 +261,11 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[Propose
     for comparison, start, number in _comparisons(unit):
         if _TIE.search(unit[max(previous_end, start - 60):start]) or _MARGIN.match(unit[start:]) and _MARGIN_CONTEXT.search(unit):
             continue  # "within 0.005 of the best" is a margin, "ties go to ..." a tie-break
-        segment = unit[previous_end:number.end]
-        before = [m for m in mentions if previous_end <= m.start and m.end <= start]
-        after = [m for m in mentions if number.end <= m.start <= number.end + 40 and not _NUMBER.search(unit[number.end:m.start])]
+        clause_start = max([previous_end] + [m.end() for m in _CLAUSE_BREAK.finditer(unit, 0, start)])
+        segment = unit[clause_start:number.end]
+        before = _prefer_logged([m for m in mentions if previous_end <= m.start and m.end <= start], vocabulary)
+        after = _prefer_logged([m for m in mentions if number.end <= m.start <= number.end + 40
+                                and not _NUMBER.search(unit[number.end:m.start])], vocabulary)
         keys = before[-1].keys if before else after[0].keys if after else previous_keys
         previous_end, previous_keys = number.end, keys
         if _REJECT_IF.search(segment):
@@ -250,14 +283,20 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[Propose
     return rules
 
 
+def _prefer_logged(mentions, vocabulary: MetricVocabulary) -> list:
+    """A metric the registry logs wins over a catalog word nobody logs ("Accuracy: the median absolute percentage error")."""
+    logged = [m for m in mentions if set(m.keys) <= vocabulary.logged]
+    return logged or mentions
+
+
 def _resolved(comparison: str, higher_is_better: bool | None) -> str | None:
     """"better than" and "a target of" mean a direction only the metric knows."""
-    if comparison not in ("better", "worse", "target"):
+    if comparison not in ("better", "worse", "better_eq", "worse_eq", "target"):
         return comparison
     if higher_is_better is None:
         return None
-    return {("better", True): ">", ("better", False): "<", ("worse", True): "<", ("worse", False): ">",
-            ("target", True): ">=", ("target", False): "<="}[(comparison, higher_is_better)]
+    up = {"better": ">", "worse": "<", "better_eq": ">=", "worse_eq": "<=", "target": ">="}[comparison]
+    return up if higher_is_better else {">": "<", "<": ">", ">=": "<=", "<=": ">="}[up]
 
 
 def _comparisons(unit: str):
@@ -271,22 +310,38 @@ def _comparisons(unit: str):
             taken.update(range(match.start(), match.end()))
             yield ">=", match.start(), low
             yield "<=", match.start(), high
+    for match in _PLUS_MINUS.finditer(unit):
+        [number] = numbers(match.group("n"))
+        taken.update(range(match.start(), match.end()))
+        low = WrittenNumber(match.start("n"), match.end("n"), -number.value, number.unit, match.group("n"))
+        high = WrittenNumber(match.start("n"), match.end("n"), number.value, number.unit, match.group("n"))
+        yield ">=", match.start(), low
+        yield "<=", match.start(), high
     for match in _COMPARISON.finditer(unit):
         if match.start() in taken:
             continue
         words = match.group(0).lower()
         comparison = next(_COMPARISONS[i][1] for i in range(len(_COMPARISONS)) if match.group(f"c{i}"))
         if words in _TRAILING:  # "0.9 or higher": the number stands before
-            found = [n for n in numbers(unit[:match.start()]) if not unit[n.end:match.start()].strip()]
+            found = [n for n in numbers(unit[:match.start()])
+                     if re.fullmatch(r"(?:\s+[A-Za-z@.\-]+){0,4}\s*", unit[n.end:match.start()])]
         else:
             following = re.match(_FILLER, unit[match.end():])
-            found = [n for n in numbers(unit) if n.start == match.end() + following.end()]
+            found = [n for n in numbers(unit) if match.end() <= n.start <= match.end() + following.end()
+                     and not _looks_like_a_year(n, unit[match.end():n.start])]
             comparison = _negated(unit[:match.start()], comparison)
         if found:
             yield comparison, match.start(), found[-1]
 
 
-_NEGATION = {"<": ">=", ">": "<=", "<=": ">", ">=": "<", "better": "worse", "worse": "better", "target": "target"}
+_NEGATION = {"<": ">=", ">": "<=", "<=": ">", ">=": "<", "better": "worse_eq", "worse": "better_eq", "better_eq": "worse",
+             "worse_eq": "better", "target": "target"}
+
+
+def _looks_like_a_year(number: WrittenNumber, filler: str) -> bool:
+    """"above the 2019 level": a bare year after "the" is a date, not a threshold."""
+    return (not number.unit and number.value.is_integer() and 1900 <= number.value <= 2100
+            and re.search(r"\bthe\b", filler, re.I) is not None)
 
 
 def _negated(before: str, comparison: str) -> str:
@@ -303,7 +358,7 @@ def _requires(segment: str, unit: str) -> bool:
     if _CONDITION.search(segment) or _DESCRIPTIVE.search(segment):
         return False
     return bool(_HARD.search(segment) or _SOFT.search(segment) or _HARD.search(unit) or _SOFT.search(unit)
-                or re.search(r"[<>≤≥]", segment) or " | " in unit)
+                or re.search(r"[<>≤≥]", segment) or " | " in unit or unit.startswith("- "))
 
 
 _MARKUP_KIND = re.compile(r"(?:^|[|—–-]\s*\**)(hard|soft)(?:\**\s*(?:[|—–-]|$))", re.I)
@@ -328,38 +383,58 @@ def _preferences(unit: str, vocabulary: MetricVocabulary) -> list[ProposedRule]:
     tie = _TIE.search(unit)
     rules = []
     if tie:
-        after = unit[tie.start():]
-        keys, direction = (), None
-        if _SMALLER_MODEL.search(after):
-            keys, direction = tuple(vocabulary.keys_of_kind("model_size")) or tuple(vocabulary.keys_of_kind("memory")), False
-        elif _FASTER_MODEL.search(after):
-            latency = vocabulary.keys_of_kind("latency") or vocabulary.keys_of_kind("inference_time")
-            keys, direction = tuple(sorted(latency, key=lambda k: -(vocabulary.spec(k).percentile or 0))[:1]), False
-        elif _CHEAPER_MODEL.search(after):
-            keys, direction = tuple(vocabulary.keys_of_kind("cost")), False
-        else:
-            named = [m for m in mentions if m.start >= tie.start()]
-            if len({m.keys for m in named}) == 1:
-                keys = named[0].keys
-                direction = _direction(unit[tie.start():named[0].end + 25], vocabulary.spec(keys[0]))
-        if len(keys) == 1 and not _MARGIN.search(after):
-            rules.append(ProposedRule(TIE_BREAKER, unit, keys, higher_is_better=direction))
+        rules += _tie_breaker(unit, tie, mentions, vocabulary)
         return rules
     pick = _PICK.search(unit)
-    if not pick:
-        return rules
-    named = {m.keys for m in mentions if m.end > pick.start() - 40}
-    comparisons = [c for c in _COMPARISON.finditer(unit) if numbers(unit[c.end():c.end() + 12])]
-    if len(named) != 1 or comparisons:
-        return rules  # several metrics (or a threshold) in one preference sentence: not a priority statement
+    if not pick or any(numbers(unit[c.end():c.end() + 12]) for c in _COMPARISON.finditer(unit)):
+        return rules  # no preference, or a threshold sentence
+    logged = [m for m in mentions if set(m.keys) <= vocabulary.logged]
+    # "the best MRR", "the highest validation AUC", "MAP@12, highest first": the superlative names the metric
+    ranked = {}
+    for word in _SUPERLATIVE.finditer(unit):
+        for mention in logged:
+            between = unit[word.end():mention.start] if mention.start >= word.end() else unit[mention.end:word.start()]
+            if re.fullmatch(r"[\s,]*(?:(?:the|a|an|offline|online|validation|holdout|test|overall|mean|average)\s+)*[\s,]*", between):
+                ranked.setdefault(mention.keys, word.group(0))
+    named = set(ranked) or {m.keys for m in logged if m.end > pick.start() - 40}
+    if len(named) != 1 or len(next(iter(named))) != 1:
+        return rules  # several metrics in one preference sentence: not a priority statement
     keys = next(iter(named))
-    if len(keys) != 1:
-        return rules
     spec = vocabulary.spec(keys[0])
-    if not (_UP.search(unit) or _DOWN.search(unit) or _BEST.search(unit) or re.search(r"priority|primary|deciding|rank|sort|order|maximi|minimi", unit, re.I)):
+    if not (ranked or re.search(r"priority|primary|deciding|rank|sort|order|maximi|minimi", unit, re.I)):
         return rules
-    rules.append(ProposedRule(PRIORITY, unit, keys, higher_is_better=_direction(unit, spec)))
+    direction = _direction(ranked.get(keys, unit), spec) if not _DIRECTION_NOTE.search(unit) else _direction(unit, spec)
+    rules.append(ProposedRule(PRIORITY, unit, keys, higher_is_better=direction))
     return rules
+
+
+def _tie_breaker(unit: str, tie, mentions, vocabulary: MetricVocabulary) -> list[ProposedRule]:
+    """What breaks a tie is written after it ("If two have the same WAPE, prefer the lower MASE", "ties go to the
+    smaller model", "take the faster one"): a metric named there, else the model's size, speed or cost."""
+    comma = unit.find(",", tie.end())
+    conditional = re.search(r"\b(?:if|when|where|should|whenever)\b", unit[:tie.start()], re.I)
+    start = comma + 1 if comma >= 0 and conditional else tie.end()
+    after = unit[start:]
+    if _MARGIN.search(after):
+        return []
+    named = [m for m in mentions if m.start >= start and set(m.keys) <= vocabulary.logged]
+    keys, direction = (), None
+    if len({m.keys for m in named}) == 1:
+        keys = named[0].keys
+        direction = _direction(unit[start:named[0].end + 25], vocabulary.spec(keys[0]))
+    elif _SMALLER_MODEL.search(after):
+        keys, direction = tuple(vocabulary.keys_of_kind("model_size")) or tuple(vocabulary.keys_of_kind("memory")), False
+    elif _FASTER_MODEL.search(after):
+        times = vocabulary.keys_of_kind("latency") or vocabulary.keys_of_kind("inference_time")
+        if times:
+            keys, direction = tuple(sorted(times, key=lambda k: -(vocabulary.spec(k).percentile or 0))[:1]), False
+        else:
+            keys, direction = tuple(vocabulary.keys_of_kind("throughput")), True
+    elif _CHEAPER_MODEL.search(after):
+        keys, direction = tuple(vocabulary.keys_of_kind("cost")), False
+    if len(keys) != 1:
+        return []
+    return [ProposedRule(TIE_BREAKER, unit, keys, higher_is_better=direction)]
 
 
 def _direction(text: str, spec) -> bool | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.criteria import (
     NO_USE_CASE,
@@ -23,13 +23,10 @@ from engine.criteria import (
     reviewed_rules,
 )
 from engine.decision import Decision, decide
-from engine.metric_catalog import MetricVocabulary
-from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule, read_rules, rule_units
+from engine.metric_catalog import MetricVocabulary, spelled_both_ways
+from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule, headed_rule_units, read_rules
 
 TABLE_DOMAINS = ("uc", "sql")  # rows imported from tables are data, not guidelines
-_SPELLINGS = (("tumor", "tumour"), ("color", "colour"), ("behavior", "behaviour"), ("center", "centre"),
-              ("optimize", "optimise"), ("catalog", "catalogue"), ("analyze", "analyse"), ("labor", "labour"),
-              ("hemoglobin", "haemoglobin"), ("anemia", "anaemia"), ("pediatric", "paediatric"), ("fiber", "fibre"))
 
 
 @dataclass(frozen=True)
@@ -110,12 +107,7 @@ def use_case_terms(candidates, names=()) -> dict[str, tuple[str, ...]]:
 
 
 def _spelled(name: str) -> list[str]:
-    words = re.sub(r"[-_./]+", " ", name.lower()).strip()
-    variants = {words}
-    for american, british in _SPELLINGS:
-        for variant in list(variants):
-            variants |= {variant.replace(american, british), variant.replace(british, american)}
-    return sorted(variants)
+    return spelled_both_ways(re.sub(r"[-_./]+", " ", name.lower()).strip())
 
 
 def _term_pattern(terms) -> re.Pattern:
@@ -127,10 +119,26 @@ def named_use_cases(text: str, terms: dict[str, tuple[str, ...]]) -> set[str]:
     return {use_case for use_case, words in terms.items() if words and _term_pattern(words).search(text)}
 
 
+def loosely_named_use_cases(text: str, use_cases) -> set[str]:
+    """Use cases whose name's words the text uses, not necessarily together: "Speech recognition for call-centre
+    transcription" names call-center-asr's "call" and "centre", "Fraud scoring for cards" names card-fraud. A name of
+    two words needs both, a longer one all but one."""
+    words = set(re.findall(r"[a-z0-9]+", text.lower()))
+    words |= {word[:-1] for word in words if word.endswith("s")}
+    found = set()
+    for use_case in use_cases:
+        tokens = [t for t in re.split(r"[-_./\s]+", use_case.lower()) if t]
+        present = sum(any(variant in words for variant in spelled_both_ways(token)) for token in tokens)
+        if len(tokens) >= 2 and present >= max(2, len(tokens) - 1):
+            found.add(use_case)
+    return found
+
+
 def document_governance(connection, terms: dict[str, tuple[str, ...]]) -> dict[int, tuple[tuple[str, ...], str]]:
     """Every document -> (the use cases it governs, how that was decided); () for a document that governs none."""
     assigned = document_assignments(connection)
     named = _documents_naming(connection, terms)
+    openings = dict(connection.execute("SELECT document_id, text FROM chunks WHERE chunk_index = 0"))
     governance = {}
     for document_id, title, origin, metadata, domain, source_ids in connection.execute(
             """SELECT d.id, d.title, d.origin, d.metadata, min(c.source_domain), json_group_array(DISTINCT c.source_id)
@@ -142,7 +150,9 @@ def document_governance(connection, terms: dict[str, tuple[str, ...]]) -> dict[i
         elif domain in TABLE_DOMAINS and not _declared(metadata):
             governance[document_id] = ((), "imported table rows govern no use case unless an admin chooses one")
         else:
-            governance[document_id] = governed_by(metadata, named.get(document_id, set()) | named_use_cases(title, terms))
+            opening = f"{title}\n{openings.get(document_id, '')}"
+            governance[document_id] = governed_by(metadata, named.get(document_id, set()) | named_use_cases(title, terms)
+                                                  | loosely_named_use_cases(opening, terms))
     return governance
 
 
@@ -183,8 +193,9 @@ class RuleText:
     """One piece of a governing document: the text of a chunk and the source id it is cited by."""
 
     source_id: str
-    document: str
+    document: str  # its title
     text: str
+    origin: str = ""  # which file or table it came from
 
 
 def rulebook(connection, use_case: str, candidates, all_candidates=None) -> Rulebook:
@@ -201,9 +212,10 @@ def rulebook(connection, use_case: str, candidates, all_candidates=None) -> Rule
             documents.append(GoverningDocument(document_id, title, origin, how))
     texts = []
     for document in documents:
-        texts += [RuleText(source_id, document.title, text) for source_id, text in connection.execute(
+        texts += [RuleText(source_id, document.title, text, document.origin) for source_id, text in connection.execute(
             "SELECT source_id, text FROM chunks WHERE document_id = ? ORDER BY chunk_index", (document.document_id,))]
     extracted = rules_from_texts(use_case, texts, candidates, terms, metric_directions(connection), tuple(documents))
+    extracted = _with_claimed_twice(extracted, texts)
     criteria, policy, reviewer = reviewed_rules(connection, use_case)
     if reviewer is None:
         return extracted
@@ -217,6 +229,23 @@ def decision_for(connection, use_case: str, candidates, all_candidates=None) -> 
     tests all decide with."""
     rules = rulebook(connection, use_case, candidates, all_candidates)
     return rules, decide(use_case, candidates, list(rules.criteria), rules.policy, rules.blockers())
+
+
+def _with_claimed_twice(rules: Rulebook, texts: list[RuleText]) -> Rulebook:
+    """Two documents citing themselves by one source id (a second file claiming `criteria:<use case>`) are a conflict:
+    which of them states the rules is for an admin to say, not for the one ingested last."""
+    claimed: dict[str, set[str]] = {}
+    for text in texts:
+        claimed.setdefault(text.source_id, set()).add(text.origin or text.document)
+    doubled = {source_id: documents for source_id, documents in claimed.items() if len(documents) > 1}
+    if not doubled:
+        return rules
+    conflicts = list(rules.conflicts)
+    for source_id, documents in sorted(doubled.items()):
+        statements = tuple(p for p in rules.provenance if p.source_id == source_id) or tuple(
+            RuleProvenance("document", "claims this source id", "", source_id, document) for document in sorted(documents))
+        conflicts.append(RuleConflict(f"which document is {source_id} (claimed by {', '.join(sorted(documents))})", statements))
+    return replace(rules, conflicts=tuple(conflicts), state="extracted")
 
 
 def _keys(candidates) -> set[str]:
@@ -236,14 +265,18 @@ def rules_from_texts(use_case: str, texts: list[RuleText], candidates, terms: di
     others = {name: words for name, words in terms.items() if name != use_case}
     found: dict[tuple, tuple[ProposedRule, RuleText]] = {}
     for text in texts:
-        for unit in rule_units(text.text):
-            if named_use_cases(unit, others) and not named_use_cases(unit, {use_case: terms.get(use_case, ())}):
-                continue  # a sentence about another use case
+        for heading, unit in headed_rule_units(text.text):
+            if _about_another(unit, use_case, terms, others) or _about_another(heading, use_case, terms, others):
+                continue  # a sentence, or a section, about another use case
             for rule in read_rules(unit, vocabulary, families, observed):
                 key = (rule.kind, rule.metrics, rule.comparison, rule.threshold, rule.hard, rule.higher_is_better,
                        rule.relative, rule.families, text.document)
                 found.setdefault(key, (rule, text))  # the same rule twice in a document (list and table, chunk overlap)
     return _assemble(use_case, list(found.values()), vocabulary, documents)
+
+
+def _about_another(text: str, use_case: str, terms, others) -> bool:
+    return bool(text) and bool(named_use_cases(text, others)) and not named_use_cases(text, {use_case: terms.get(use_case, ())})
 
 
 def _describe(rule: ProposedRule, vocabulary: MetricVocabulary) -> str:

@@ -11,21 +11,24 @@ description (its name, its task tag and its candidates' registry descriptions) i
   question uses ("model", "deploy", "predict", "forecast", "recognition", "latency"...) do not count, nor do
   words that most of a larger registry's use cases share ("region", "platform").
 
-The evidence for a use case is its similarity plus `WORD_WEIGHT` per shared word, at most `MAX_WORDS` of them.
-A question is routed by meaning only when the best use case's evidence reaches `ROUTE_EVIDENCE` and beats the
-runner-up's by `MARGIN`. Below that, the use cases whose evidence reaches `PLAUSIBLE_EVIDENCE` (and is within
-`AMBIGUITY_BAND` of the best) make the match ambiguous: the chat asks "did you mean ...?" and recommends
-nothing. When none is plausible, nothing is matched. Answering about the wrong use case is worse than asking.
+The evidence for a use case is its similarity, plus `WORD_WEIGHT` per shared word (at most `MAX_WORDS`), plus
+`NAME_WEIGHT` when the question spells its name out in another order ("la progression du diabète", "prices of
+houses"). A question is routed by meaning only when the best use case's evidence reaches `ROUTE_EVIDENCE` and
+beats the runner-up's by `MARGIN`. Below that, the use cases whose evidence reaches `PLAUSIBLE_EVIDENCE` (and is
+within `AMBIGUITY_BAND` of the best) make the match ambiguous: the chat asks "did you mean ...?" and recommends
+nothing (`clarifying_question`). When none is plausible, nothing is matched. Answering about the wrong use case
+is worse than asking.
 
-Why these numbers (all-MiniLM-L6-v2, demo/routing.jsonl and the second registry in tests/test_use_cases.py):
-similarity alone does not separate look-alikes from paraphrases. "Find breast cancer on mammogram images" is
-0.55 from tumor-screening and "recognise handwritten words" 0.49 from digit-recognition, while honest
-paraphrases sit at 0.35-0.50 ("the embedded scheduling device in the clinic" 0.40, "the pathology workstation
-plug-in's second reader" 0.39), so a floor of 0.30 routes the look-alikes and no floor routes one without
-losing many of the other. What differs is the words: a look-alike shares at most two of the description's
-content words with it (breast, image), a paraphrase usually three or more (clinic, embedded, scheduling,
-device). With 0.10 per word the highest look-alike reaches 0.75 and the threshold is 0.77: 0.67 of similarity
-with one shared word, 0.57 with two, 0.47 with three, 0.37 with four. Off-topic questions stay under 0.30.
+Why these numbers (all-MiniLM-L6-v2, on demo/routing.jsonl and the second registry of tests/test_use_cases.py):
+similarity alone cannot tell look-alikes from paraphrases. "Find breast cancer on mammogram images" is 0.55 from
+tumor-screening's description and "recognise handwritten words" 0.49 from digit-recognition's, while honest
+paraphrases go down to 0.39 ("the pathology workstation plug-in's second reader") and 0.40 ("the embedded
+scheduling device in the clinic"): the old floor of 0.30 routed 25 of the 30 demo look-alikes, and a floor
+that routes none of them (0.57) loses half of the paraphrases. The words differ more: a look-alike shares at most two of the
+description's content words (breast, image), a paraphrase most often three or more (clinic, embedded,
+scheduling, device). At 0.10 per word the highest look-alike reaches 0.75 and the route threshold is 0.77:
+0.67 of similarity with one shared word, 0.57 with two, 0.47 with three, 0.37 with four. Off-topic questions
+stay under 0.31, below the 0.35 at which a use case is worth asking about.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ PLAUSIBLE_EVIDENCE = 0.35  # below this a use case is not worth asking about
 AMBIGUITY_BAND = 0.15  # an ambiguous match offers the plausible use cases within this much of the best one
 WORD_WEIGHT = 0.10  # evidence per content word shared with the use case's description...
 MAX_WORDS = 4  # ...counting at most this many
+NAME_WEIGHT = 0.20  # evidence for a name spelled out in another order ("progression du diabète", "prices of houses")
 MAX_ALTERNATIVES = 5  # use cases offered when asking (every named one when the question names several)
 
 _SPELLING = {"tumour": "tumor", "tumours": "tumors", "centre": "center", "centres": "centers", "licence": "license",
@@ -224,14 +228,29 @@ def _longest_part(name: list[str], words: list[str]) -> int:
     return 0
 
 
+def _name(use_case: str) -> frozenset[str]:
+    return frozenset(_stem(word) for word in _words(use_case))
+
+
+def _loosely_named(use_case: str, words: list[str]) -> bool:
+    """Every word of the name within as many consecutive words of the question, plus one, in any order."""
+    name = _name(use_case)
+    width = len(name) + 1
+    return bool(name) and any(name <= set(words[start:start + width]) for start in range(max(1, len(words) - width + 1)))
+
+
 def match_use_case(question: str, candidates, embed) -> UseCaseMatch:
     """`embed` turns a list of texts into normalized vectors (KnowledgeBase.embed)."""
     descriptions = use_case_descriptions(candidates)
     known = tuple(sorted(descriptions))
     if not descriptions or not question.strip():
         return UseCaseMatch(None, 0.0, "none", known)
+    stems = [_stem(word) for word in _words(question[:2000])]
     named = _named(question, known)
-    if len(named) == 1:
+    # a name spelled out in another order counts as naming the use case when another one is named too
+    reordered = [use_case for use_case in known if use_case not in named and _loosely_named(use_case, stems)
+                 and not any(_name(use_case) <= _name(other) for other in named)]
+    if len(named) == 1 and not reordered:
         return UseCaseMatch(named[0], 1.0, "named", known, 1.0)
     pool = list(known)
     vectors = embed([question[:2000], *(descriptions[use_case] for use_case in pool)])
@@ -239,10 +258,11 @@ def match_use_case(question: str, candidates, embed) -> UseCaseMatch:
     words = _content(question[:2000])
     vocabularies = _vocabularies(descriptions)
     shared = {use_case: _shared(words, vocabularies[use_case]) for use_case in pool}
-    evidence = {use_case: similarities[use_case] + WORD_WEIGHT * min(len(shared[use_case]), MAX_WORDS) for use_case in pool}
+    evidence = {use_case: similarities[use_case] + WORD_WEIGHT * min(len(shared[use_case]), MAX_WORDS)
+                + (NAME_WEIGHT if use_case in reordered else 0.0) for use_case in pool}
     order = sorted(pool, key=lambda use_case: (-evidence[use_case], use_case))
-    if named:  # two or more named: ask which, best first
-        chosen = sorted(named, key=lambda use_case: (-evidence[use_case], use_case))
+    if len(named) + len(reordered) >= 2:  # two or more named: ask which, best first
+        chosen = sorted([*named, *reordered], key=lambda use_case: (-evidence[use_case], use_case))
         return _match(None, "ambiguous", tuple(chosen), chosen[0], similarities, evidence, shared)
     best = order[0]
     runner_up = evidence[order[1]] if len(order) > 1 else -1.0

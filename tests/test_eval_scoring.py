@@ -29,7 +29,8 @@ def expectation() -> Expectation:
                   candidate("random-forest", 0.995, 62.0), candidate("gradient-boosting", 0.97, 1.2)]
     criteria = [AcceptanceCriterion("tumor-screening", "roc_auc", ">=", 0.98, True, CRITERIA),
                 AcceptanceCriterion("tumor-screening", "latency_p95_ms", "<=", 10, True, CRITERIA)]
-    policy = UseCasePolicy("tumor-screening", "roc_auc", "latency_p95_ms", CRITERIA)
+    policy = UseCasePolicy("tumor-screening", "roc_auc", "latency_p95_ms", CRITERIA, near_best_margin=0.005,
+                           family_order=("linear", "gradient-boosting", "random-forest", "mlp"))
     return Expectation.from_decision(decide("tumor-screening", candidates, criteria, policy))
 
 

@@ -1,0 +1,162 @@
+"""Rules read from the words teams write: comparisons, units, hard and soft, preferences, margins, family orders,
+and the sentences that describe rather than require."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.metric_catalog import MetricVocabulary, metric_spec
+from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule, confirm, read_rules, rule_units
+
+KEYS = ["latency_p50_ms", "latency_p95_ms", "model_size_mb", "roc_auc", "f1", "recall", "precision", "mape", "rmse",
+        "log_loss", "training_time_s", "throughput_rps", "peak_ram_gb", "ndcg_at_10", "cost_per_1k_usd", "team_score"]
+VOCABULARY = MetricVocabulary(KEYS, catalog_fallback=True)
+OBSERVED = {"mape": [8.2, 11.0], "recall": [0.91, 0.88]}
+FAMILIES = ["logistic-regression", "gradient-boosting", "random-forest", "neural-net"]
+
+
+def criteria(sentence: str) -> set[tuple]:
+    return {(r.metrics[0], r.comparison, round(r.threshold, 6), r.hard)
+            for unit in rule_units(sentence) for r in read_rules(unit, VOCABULARY, FAMILIES, OBSERVED) if r.kind == CRITERION}
+
+
+@pytest.mark.parametrize(("sentence", "expected"), [
+    ("Tail latency has to stay below 40 milliseconds.", {("latency_p95_ms", "<", 40, True)}),
+    ("We need a recall no lower than 0.85.", {("recall", ">=", 0.85, True)}),
+    ("A model is not deployed unless its recall is at least 90%.", {("recall", ">=", 0.9, True)}),
+    ("The serialized model must not exceed 1.2 GB.", {("model_size_mb", "<=", 1200, True)}),
+    ("The 95th percentile latency must be under 0.2 s.", {("latency_p95_ms", "<", 200, True)}),
+    ("Ideally the median latency is under 5 ms.", {("latency_p50_ms", "<", 5, False)}),
+    ("Precision should preferably be above 0.5.", {("precision", ">", 0.5, False)}),
+    ("F1 has to be 0.9 or higher.", {("f1", ">=", 0.9, True)}),
+    ("MAPE between 0 and 12% is required.", {("mape", ">=", 0, True), ("mape", "<=", 12, True)}),
+    ("Root mean squared error must not be above 40.", {("rmse", "<=", 40, True)}),
+    ("Log loss may not exceed 0.35.", {("log_loss", "<=", 0.35, True)}),
+    ("Training should take less than an hour.", {("training_time_s", "<", 3600, False)}),
+    ("The filter must sustain at least 2,000 requests per second.", {("throughput_rps", ">=", 2000, True)}),
+    ("It has to fit in 2 GB of RAM.", {("peak_ram_gb", "<=", 2, True)}),
+    ("Offline NDCG@10 must be at least 0.42.", {("ndcg_at_10", ">=", 0.42, True)}),
+    ("Serving cost should stay under five cents per thousand queries.", {("cost_per_1k_usd", "<", 0.05, False)}),
+    ("The p95 latency budget is 10 ms.", {("latency_p95_ms", "<=", 10, True)}),
+    ("A candidate is rejected if its p95 latency exceeds 25 ms.", {("latency_p95_ms", "<=", 25, True)}),
+    ("Models are excluded when recall falls below 0.8.", {("recall", ">=", 0.8, True)}),
+    ("Larger artefacts are accepted with a written exception, but the model size must not exceed 50 MB.",
+     {("model_size_mb", "<=", 50, True)}),
+    ("Ideally the p50 latency is under 5 ms, but it must never exceed 20 ms.",
+     {("latency_p50_ms", "<", 5, False), ("latency_p50_ms", "<=", 20, True)}),
+    ("F1 should be above 0.9 and the p95 latency must stay under 30 ms.",
+     {("f1", ">", 0.9, False), ("latency_p95_ms", "<", 30, True)}),
+    ("- `f1` >= 0.95 — hard — The second reader must keep errors rare.", {("f1", ">=", 0.95, True)}),
+    ("- `model_size_mb` <= 20 — soft — larger artefacts only with a written justification.", {("model_size_mb", "<=", 20, False)}),
+    ("- Recall: at least 0.9", {("recall", ">=", 0.9, True)}),  # a list item states a rule without a modal
+    ("A score of 0.7 or better on the team score is required.", set()),  # direction unknown: "better" cannot be read
+])
+def test_comparisons_in_words_units_and_hardness(sentence, expected):
+    assert criteria(sentence) == expected
+
+
+@pytest.mark.parametrize("sentence", [
+    "The 2024 model had an AUC of 0.91 and a p99 latency of 55 ms.",
+    "We retrain every 30 days on at least 2 million rows.",
+    "If latency is above 40 ms the page times out.",
+    "Forests can easily exceed the 5 MB budget.",
+    "In 2025 a random forest was rejected because its p95 latency was above 10 ms.",
+    "The request to raise the latency budget above 5 ms was declined.",
+    "The regulator's guidance quotes a recall above 0.8 for comparable systems.",
+    "Anything slower than 10 ms at the 95th percentile produces visible stutter.",
+    "Recall over the 2024 backtest improved.",
+    "The vendor we are replacing measures 15% WER on it.",
+])
+def test_sentences_that_describe_propose_no_rule(sentence):
+    assert criteria(sentence) == set()
+
+
+def rules_of(sentence: str, kind: str) -> list[ProposedRule]:
+    return [r for unit in rule_units(sentence) for r in read_rules(unit, VOCABULARY, FAMILIES, OBSERVED) if r.kind == kind]
+
+
+@pytest.mark.parametrize(("sentence", "metric", "higher"), [
+    ("Of the models that qualify, pick the one with the best AUC.", "roc_auc", True),
+    ("Choose the one with the lowest RMSE.", "rmse", False),
+    ("Prefer the highest F1.", "f1", True),
+    ("Among the rerankers that meet the NDCG bar and the latency cap, we ship the one with the best recall.", "recall", True),
+    ("Priority metric: `log_loss` (lower is better).", "log_loss", False),
+    ("Ranking of eligible models: precision, highest first.", "precision", True),
+    ("Selection: lowest MAPE.", "mape", False),
+])
+def test_preference_sentences_name_the_priority_metric(sentence, metric, higher):
+    [rule] = rules_of(sentence, PRIORITY)
+    assert (rule.metrics, rule.higher_is_better) == ((metric,), higher)
+
+
+@pytest.mark.parametrize(("sentence", "metric", "higher"), [
+    ("Ties go to the smaller model.", "model_size_mb", False),
+    ("If two are equally good, take the faster one.", "latency_p95_ms", False),
+    ("If MAPE is identical, prefer the lower RMSE.", "rmse", False),
+    ("If it is a dead heat, the cheaper one wins.", "cost_per_1k_usd", False),
+    ("Tie-breaker: `latency_p50_ms` (lower is better).", "latency_p50_ms", False),
+])
+def test_tie_breaks(sentence, metric, higher):
+    [rule] = rules_of(sentence, TIE_BREAKER)
+    assert (rule.metrics, rule.higher_is_better) == ((metric,), higher)
+    assert not rules_of(sentence, PRIORITY)
+
+
+def test_margins_and_family_orders():
+    [absolute] = rules_of("Candidates whose AUC is within 0.005 of the best are treated as equivalent.", NEAR_BEST)
+    assert (absolute.metrics, absolute.threshold, absolute.relative) == (("roc_auc",), 0.005, False)
+    [relative] = rules_of("Near-best margin: within 1% (relative) of the best RMSE.", NEAR_BEST)
+    assert (relative.threshold, relative.relative) == (0.01, True)
+    [order] = rules_of("Prefer the simplest family, in the order logistic regression, gradient boosting, random forest, "
+                       "neural net.", FAMILY_ORDER)
+    assert order.families == tuple(FAMILIES)
+    assert not rules_of("Gradient boosting and logistic regression were within the margin, so the simpler one won.", FAMILY_ORDER)
+
+
+def test_tables_in_a_teams_own_columns():
+    table = ("| What we measure | Requirement | Binding? |\n|---|---|---|\n"
+             "| Recall at the alert threshold | no lower than 85% | yes |\n"
+             "| Time to retrain | under 6 hours | no, but tell us |\n")
+    assert criteria(table) == {("recall", ">=", 0.85, True), ("training_time_s", "<", 21600, False)}
+
+
+def test_a_metric_no_candidate_logs_is_still_a_rule_that_everyone_fails():
+    assert criteria("Specificity must be at least 0.7.") == {("specificity", ">=", 0.7, True)}
+    assert "specificity" not in VOCABULARY.logged
+
+
+def test_every_rule_is_confirmed_against_its_own_sentence():
+    [rule] = rules_of("Recall must be at least 0.9.", CRITERION)
+    assert confirm(rule, VOCABULARY)
+    invented = ProposedRule(CRITERION, "Recall must be at least 0.9.", ("recall",), ">=", 0.95, "0.95")
+    assert not confirm(invented, VOCABULARY)  # the number is not in the sentence
+    elsewhere = ProposedRule(CRITERION, "Recall must be at least 0.9.", ("precision",), ">=", 0.9, "0.9")
+    assert not confirm(elsewhere, VOCABULARY)  # nor is the metric
+
+
+@pytest.mark.parametrize(("key", "label", "higher", "unit"), [
+    ("latency_p99_ms", "p99 latency", False, "ms"),
+    ("p95_latency_ms", "p95 latency", False, "ms"),
+    ("val_auc", "val auc", True, ""),
+    ("sensitivity", "sensitivity", True, ""),
+    ("wer", "word error rate", False, ""),
+    ("peak_ram_gb", "peak ram", False, "GB"),
+    ("mape_pct", "MAPE", False, "%"),
+    ("map_50_95", "map 50 95", True, ""),
+    ("fairness_gap", "fairness gap", False, ""),
+    ("team_score", "team score", None, ""),
+])
+def test_metric_keys_are_understood_from_their_parts(key, label, higher, unit):
+    spec = metric_spec(key)
+    assert (spec.label, spec.higher_is_better, spec.unit) == (label, higher, unit)
+
+
+def test_phrases_find_the_logged_key_and_a_generic_word_names_every_key_it_fits():
+    vocabulary = MetricVocabulary(["latency_p50_ms", "latency_p95_ms", "map_50", "map_50_95", "catalog_coverage", "serve_p99_ms"])
+    found = {m.words: m.keys for m in vocabulary.mentions(
+        "Latency matters; the 95th percentile latency and mAP at IoU 0.5 and mAP@0.5:0.95, catalogue coverage, serving p99.")}
+    assert found["Latency"] == ("latency_p50_ms", "latency_p95_ms")
+    assert found["95th percentile latency"] == ("latency_p95_ms",)
+    assert found["mAP at IoU 0.5"] == ("map_50",) and found["mAP@0.5:0.95"] == ("map_50_95",)
+    assert found["catalogue coverage"] == ("catalog_coverage",)
+    assert found["serving"] == ("serve_p99_ms",)
