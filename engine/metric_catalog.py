@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, lru_cache
 
 MAX_DECIMALS = 8  # past this a value is written as 0 (scientific notation would not be read back as a metric)
 
@@ -291,6 +291,12 @@ class MetricMention:
     words: str
 
 
+@lru_cache(maxsize=64)
+def vocabulary_for(keys: frozenset[str], directions: tuple[tuple[str, bool], ...] = (), catalog_fallback: bool = False) -> MetricVocabulary:
+    """One vocabulary per set of logged keys, built once per process (its pattern takes tens of milliseconds)."""
+    return MetricVocabulary(keys, dict(directions), catalog_fallback=catalog_fallback)
+
+
 class MetricVocabulary:
     """The metric keys a registry logs and every phrase that names them, for reading sentences of documents and answers."""
 
@@ -324,14 +330,23 @@ class MetricVocabulary:
         self._pattern = re.compile(
             r"(?<![\w@])(?:" + "|".join(f"(?P<p{i}>{p})" for i, p in enumerate(self._patterns)) + r")(?![\w@])"
         ) if phrases else None
+        self._seen: dict[str, list[MetricMention]] = {}
 
     def spec(self, key: str) -> MetricSpec:
         return self.specs.get(key) or metric_spec(key)
 
     def mentions(self, text: str) -> list[MetricMention]:
-        """Every place the text names a metric, longest phrase first, in order of position."""
+        """Every place the text names a metric, longest phrase first, in order of position (remembered per text)."""
         if self._pattern is None:
             return []
+        if text in self._seen:
+            return self._seen[text]
+        if len(self._seen) > 4096:
+            self._seen.clear()
+        self._seen[text] = found = self._find(text)
+        return found
+
+    def _find(self, text: str) -> list[MetricMention]:
         normal, positions = _normal_with_positions(text)
         found = []
         for match in self._pattern.finditer(normal):

@@ -246,6 +246,8 @@ _SIMPLE = re.compile(r"\b(?:simple|simpler|simplest|simplicity|in (?:this|that|t
 
 def read_rules(unit: str, vocabulary: MetricVocabulary, families=(), observed: dict[str, list[float]] | None = None) -> list[ProposedRule]:
     """Every rule one unit states, read against the registry's vocabulary and family tags, each confirmed."""
+    if not (re.search(r"\d", unit) or _PICK.search(unit) or _TIE.search(unit) or _SIMPLE.search(unit)):
+        return []  # nothing to compare, prefer or order: most sentences of a document
     observed = observed or {}
     rules = _criteria(unit, vocabulary, observed)
     if not _DESCRIPTIVE.search(unit):  # "gradient boosting and linear were within the margin" is history, not policy

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from engine.criteria import (
     NO_USE_CASE,
@@ -23,7 +25,7 @@ from engine.criteria import (
     reviewed_rules,
 )
 from engine.decision import Decision, decide
-from engine.metric_catalog import MetricVocabulary, spelled_both_ways
+from engine.metric_catalog import MetricVocabulary, spelled_both_ways, vocabulary_for
 from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule, headed_rule_units, read_rules
 
 TABLE_DOMAINS = ("uc", "sql")  # rows imported from tables are data, not guidelines
@@ -110,13 +112,14 @@ def _spelled(name: str) -> list[str]:
     return spelled_both_ways(re.sub(r"[-_./]+", " ", name.lower()).strip())
 
 
-def _term_pattern(terms) -> re.Pattern:
+@lru_cache(maxsize=4096)
+def _term_pattern(terms: tuple[str, ...]) -> re.Pattern:
     alternatives = [r"[\s\-_]+".join(map(re.escape, re.split(r"[\s\-_]+", term))) + r"s?" for term in terms]
     return re.compile(r"(?<![\w])(?:" + "|".join(alternatives) + r")(?![\w])", re.I)
 
 
 def named_use_cases(text: str, terms: dict[str, tuple[str, ...]]) -> set[str]:
-    return {use_case for use_case, words in terms.items() if words and _term_pattern(words).search(text)}
+    return {use_case for use_case, words in terms.items() if words and _term_pattern(tuple(words)).search(text)}
 
 
 def loosely_named_use_cases(text: str, use_cases) -> set[str]:
@@ -134,10 +137,12 @@ def loosely_named_use_cases(text: str, use_cases) -> set[str]:
     return found
 
 
-def document_governance(connection, terms: dict[str, tuple[str, ...]]) -> dict[int, tuple[tuple[str, ...], str]]:
-    """Every document -> (the use cases it governs, how that was decided); () for a document that governs none."""
+def document_governance(connection, terms: dict[str, tuple[str, ...]], only: str | None = None) -> dict[int, tuple[tuple[str, ...], str]]:
+    """Every document -> (the use cases it governs, how that was decided); () for a document that governs none.
+
+    `only`: the answer needs one use case's documents, so only its name is searched in the full-text index."""
     assigned = document_assignments(connection)
-    named = _documents_naming(connection, terms)
+    named = _documents_naming(connection, {only: terms[only]} if only else terms)
     openings = dict(connection.execute("SELECT document_id, text FROM chunks WHERE chunk_index = 0"))
     governance = {}
     for document_id, title, origin, metadata, domain, source_ids in connection.execute(
@@ -204,7 +209,7 @@ def rulebook(connection, use_case: str, candidates, all_candidates=None) -> Rule
     `candidates` are the use case's; `all_candidates` every use case's (to tell which documents name which)."""
     all_candidates = candidates if all_candidates is None else all_candidates
     terms = use_case_terms(all_candidates, [use_case])
-    governance = document_governance(connection, terms)
+    governance = document_governance(connection, terms, only=use_case)
     documents = []
     for document_id, title, origin in connection.execute("SELECT id, title, origin FROM documents ORDER BY id"):
         use_cases, how = governance.get(document_id, ((), ""))
@@ -219,8 +224,9 @@ def rulebook(connection, use_case: str, candidates, all_candidates=None) -> Rule
     criteria, policy, reviewer = reviewed_rules(connection, use_case)
     if reviewer is None:
         return extracted
+    directions = tuple(sorted(metric_directions(connection).items()))
     return Rulebook(use_case, tuple(criteria), policy, "reviewed", reviewed_by=reviewer, documents=tuple(documents),
-                    undirected=_undirected(policy, MetricVocabulary(_keys(candidates), metric_directions(connection))),
+                    undirected=_undirected(policy, vocabulary_for(frozenset(_keys(candidates)), directions)),
                     extracted=extracted)
 
 
@@ -252,11 +258,28 @@ def _keys(candidates) -> set[str]:
     return {key for candidate in candidates for key in candidate.metrics}
 
 
+_read: OrderedDict[tuple, Rulebook] = OrderedDict()  # the same texts read against the same registry: read once
+_READ_CACHE = 256
+
+
 def rules_from_texts(use_case: str, texts: list[RuleText], candidates, terms: dict[str, tuple[str, ...]] | None = None,
                      directions: dict[str, bool] | None = None, documents: tuple[GoverningDocument, ...] = ()) -> Rulebook:
     """The rules these governing texts state for `use_case`, read against its candidates' metrics and families."""
     terms = terms or use_case_terms(candidates)
-    vocabulary = MetricVocabulary(_keys(candidates), directions, catalog_fallback=True)
+    key = (use_case, tuple(texts), tuple((c.name, c.family, tuple(sorted(c.metrics.items()))) for c in candidates),
+           tuple(sorted(terms.items())), tuple(sorted((directions or {}).items())), documents)
+    if key in _read:
+        _read.move_to_end(key)
+        return _read[key]
+    book = _read_rules(use_case, texts, candidates, terms, directions, documents)
+    _read[key] = book
+    if len(_read) > _READ_CACHE:
+        _read.popitem(last=False)
+    return book
+
+
+def _read_rules(use_case: str, texts: list[RuleText], candidates, terms, directions, documents) -> Rulebook:
+    vocabulary = vocabulary_for(frozenset(_keys(candidates)), tuple(sorted((directions or {}).items())), True)
     families = sorted({c.family for c in candidates if c.family})
     observed: dict[str, list[float]] = {}
     for candidate in candidates:

@@ -13,11 +13,12 @@ description (its name, its task tag and its candidates' registry descriptions) i
 
 The evidence for a use case is its similarity, plus `WORD_WEIGHT` per shared word (at most `MAX_WORDS`), plus
 `NAME_WEIGHT` when the question spells its name out in another order ("la progression du diabète", "prices of
-houses"). A question is routed by meaning only when the best use case's evidence reaches `ROUTE_EVIDENCE` and
-beats the runner-up's by `MARGIN`. Below that, the use cases whose evidence reaches `PLAUSIBLE_EVIDENCE` (and is
-within `AMBIGUITY_BAND` of the best) make the match ambiguous: the chat asks "did you mean ...?" and recommends
-nothing (`clarifying_question`). When none is plausible, nothing is matched. Answering about the wrong use case
-is worse than asking.
+houses"; of a name of three words or more, all of them but one: "value houses" for house-price-valuation).
+A question is routed by meaning only when the best use case's evidence reaches `ROUTE_EVIDENCE` and beats the
+runner-up's by `MARGIN`. Below that, the use cases whose evidence reaches `PLAUSIBLE_EVIDENCE` (and is within
+`AMBIGUITY_BAND` of the best) make the match ambiguous: the chat asks "did you mean ...?" and recommends nothing
+(`clarifying_question`). When none is plausible, nothing is matched. Answering about the wrong use case is
+worse than asking.
 
 Why these numbers (all-MiniLM-L6-v2, on demo/routing.jsonl and the second registry of tests/test_use_cases.py):
 similarity alone cannot tell look-alikes from paraphrases. "Find breast cancer on mammogram images" is 0.55 from
@@ -70,7 +71,7 @@ forecaster estimate estimates estimated estimating estimation classify classifie
 classifiers classification detect detects detected detecting detection detector recognise recognises recognised
 recognising recognize recognizes recognized recognizing recognition recognizer score scores scoring rank ranks
 ranking ranker regression regressor binary multiclass multi label labels time series data dataset datasets input
-inputs output outputs feature features value values
+inputs output outputs feature features
 latency size budget mb ms p50 p95 p99 accuracy precision recall f1 auc roc rmse mae mape r2 loss metric metrics
 threshold thresholds criterion criteria hard soft priority tie breaker margin champion challenger version versions
 family families linear logistic random forest gradient boosting mlp neural network tree trees xgboost
@@ -232,11 +233,15 @@ def _name(use_case: str) -> frozenset[str]:
     return frozenset(_stem(word) for word in _words(use_case))
 
 
-def _loosely_named(use_case: str, words: list[str]) -> bool:
-    """Every word of the name within as many consecutive words of the question, plus one, in any order."""
+def _loosely_named(use_case: str, words: list[str], *, partly: bool = False) -> bool:
+    """Every word of the name within as many consecutive words of the question, plus one, in any order ("progression
+    du diabète"); `partly`: of a name of three words or more, all words but one ("value houses" for
+    house-price-valuation)."""
     name = _name(use_case)
-    width = len(name) + 1
-    return bool(name) and any(name <= set(words[start:start + width]) for start in range(max(1, len(words) - width + 1)))
+    needed = len(name) - 1 if partly and len(name) >= 3 else len(name)
+    width = needed + 1
+    return bool(name) and any(len(name & set(words[start:start + width])) >= needed
+                              for start in range(max(1, len(words) - width + 1)))
 
 
 def match_use_case(question: str, candidates, embed) -> UseCaseMatch:
@@ -259,7 +264,8 @@ def match_use_case(question: str, candidates, embed) -> UseCaseMatch:
     vocabularies = _vocabularies(descriptions)
     shared = {use_case: _shared(words, vocabularies[use_case]) for use_case in pool}
     evidence = {use_case: similarities[use_case] + WORD_WEIGHT * min(len(shared[use_case]), MAX_WORDS)
-                + (NAME_WEIGHT if use_case in reordered else 0.0) for use_case in pool}
+                + (NAME_WEIGHT if use_case in reordered or _loosely_named(use_case, stems, partly=True) else 0.0)
+                for use_case in pool}
     order = sorted(pool, key=lambda use_case: (-evidence[use_case], use_case))
     if len(named) + len(reordered) >= 2:  # two or more named: ask which, best first
         chosen = sorted([*named, *reordered], key=lambda use_case: (-evidence[use_case], use_case))

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from engine.citations import find_markers
 from engine.decision import Decision
-from engine.metric_catalog import MetricVocabulary, unit_dimension
+from engine.metric_catalog import MetricVocabulary, unit_dimension, vocabulary_for
 from engine.rule_extraction import CRITERION, convert, numbers, read_rules
 
 # Words that present a candidate as the one to deploy; the noun "deployment" and "Read before deploying" do not.
@@ -55,7 +55,7 @@ def verify_answer(text: str, decision: Decision, candidates, known_source_ids: s
     elif not expected and (wrong or recommended and endorsed):
         problems.append(f"no candidate may be recommended here, yet it recommends {', '.join(wrong) or recommended}")
 
-    vocabulary = MetricVocabulary({key for c in candidates for key in c.metrics} | {c.metric for c in decision.criteria})
+    vocabulary = vocabulary_for(frozenset({key for c in candidates for key in c.metrics} | {c.metric for c in decision.criteria}))
     numbers_checked = 0
     for keys, number, context, position in metric_numbers(text, vocabulary):
         numbers_checked += 1

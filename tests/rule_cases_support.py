@@ -20,7 +20,7 @@ from mlflow.entities import Metric
 
 CASES_DIR = Path(__file__).parent / "rule_cases"
 COMPARISONS = (">=", "<=", ">", "<")
-GUIDELINE_NAMES = ("guideline.md", "guideline.txt")
+GUIDELINE_NAMES = ("guideline.md", "guideline.txt", "guideline.html")
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ class RuleCase:
     priority: Ranking | None
     tie_breaker: Ranking | None
     traps: tuple[str, ...]
+    batch: int = 1  # 1: the set the extractor was tuned on; 2: the held-out set written after it
 
     @property
     def candidates(self) -> tuple[CaseModel, ...]:
@@ -121,6 +122,7 @@ def load_case(folder: Path) -> RuleCase:
         priority=_ranking(raw.get("priority")),
         tie_breaker=_ranking(raw.get("tie_breaker")),
         traps=tuple(str(t) for t in raw.get("traps") or []),
+        batch=int(raw.get("batch", 1)),
     )
 
 

@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 from engine import access
 from engine import knowledge_views as views
 from engine import table_import
+from engine.candidates import fetch_candidates
 from engine.knowledge_base import KnowledgeBase
 from engine.settings import load_settings
 from engine.sources import Source, list_sources, log_unknown, upsert_sources
@@ -402,6 +403,12 @@ def test_a_unity_catalog_form_needs_catalog_and_schema():
     assert source == table_import.TableSource("unity_catalog", "main.docs", ("a", "b", "c"), "wh-1")
 
 
+def table_with(at: AppTest, column: str) -> list[dict]:
+    """The rows of the one dataframe on the page that has this column."""
+    [table] = [d.value for d in at.dataframe if column in d.value.columns]
+    return table.to_dict("records")
+
+
 def open_criteria_tab(use_case: str) -> AppTest:
     at = open_knowledge_page()
     next(s for s in at.selectbox if s.label == "Use case").select(use_case).run()
@@ -411,24 +418,53 @@ def open_criteria_tab(use_case: str) -> AppTest:
 
 def test_an_admin_reviews_the_ranking_policy_and_the_chat_decides_with_it(demo_copy, monkeypatch):
     from engine.assistant import prepare_answer
-    from engine.criteria import policy_for
+    from engine.criteria import reviewed_rules
 
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
     at = open_criteria_tab("tumor-screening")
-    assert "not reviewed yet" in " ".join(c.value for c in at.caption)
+    captions = " ".join(c.value for c in at.caption)
+    assert "not reviewed yet" in captions and "Acceptance criteria — breast tumour screening (front matter)" in captions
+    sentences = {row["sentence"] for row in table_with(at, "sentence")}
+    assert any("written justification" in sentence for sentence in sentences)  # each rule beside its sentence
     assert text_input(at, "Priority metric").value == "roc_auc"
+    assert text_input(at, "Near-best margin").value == "0.005"
     text_input(at, "Priority metric").set_value("f1")
     button(at, "Save as reviewed").click().run()
     assert not at.exception and not at.error
     with knowledge_base() as kb:
-        policy = policy_for(kb.connection, "tumor-screening")
-        assert (policy.priority_metric, policy.tie_breaker, policy.reviewed) == ("f1", "latency_p95_ms", True)
+        _, policy, reviewer = reviewed_rules(kb.connection, "tumor-screening")
+        assert (policy.priority_metric, policy.tie_breaker, policy.near_best_margin, reviewer) == ("f1", "latency_p95_ms", 0.005, "test-admin")
+        assert policy.family_order == ("linear", "gradient-boosting", "random-forest", "mlp")
         decision = prepare_answer(load_settings(), kb, "Which model should I deploy for tumour screening?").decision
     assert decision.priority_metric == "f1"
-    assert "Reviewed by an admin." in " ".join(c.value for c in at.caption)
+    assert "Reviewed by test-admin" in " ".join(c.value for c in at.caption)
     button(at, "Give back to the documents").click().run()
     with knowledge_base() as kb:
-        assert policy_for(kb.connection, "tumor-screening").priority_metric == "roc_auc"
+        assert reviewed_rules(kb.connection, "tumor-screening")[2] is None
+        decision = prepare_answer(load_settings(), kb, "Which model should I deploy for tumour screening?").decision
+    assert decision.priority_metric == "roc_auc"
+
+
+def test_the_criteria_tab_says_which_documents_govern_nothing_and_an_admin_assigns_one(demo_copy, monkeypatch):
+    monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
+    with knowledge_base() as kb:
+        from engine.ingest import ingest_files
+        from engine.workspace import make_chunker
+
+        [outcome] = ingest_files(kb, make_chunker(load_settings()),
+                                 [("notes.md", b"# Team notes\n\nLatency must stay below 2 ms. Pick the highest F1.\n")])
+        assert outcome.ok
+    at = open_criteria_tab("tumor-screening")
+    governance = {row["document"]: row for row in table_with(at, "governs")}
+    assert governance["Team notes"]["governs"] == "no use case: contributes no rule"
+    next(s for s in at.selectbox if s.label == "Document").select(
+        next(o for o in next(s for s in at.selectbox if s.label == "Document").options if "Team notes" in o)).run()
+    next(s for s in at.selectbox if s.label == "Governs").select("tumor-screening").run()
+    next(b for b in at.button if b.label == "Save").click().run()
+    assert not at.exception
+    governance = {row["document"]: row for row in table_with(at, "governs")}
+    assert governance["Team notes"]["governs"] == "tumor-screening" and governance["Team notes"]["because"] == "chosen by an admin"
+    assert any("disagree" in w.value for w in at.warning)  # its 2 ms latency rule contradicts the criteria document
 
 
 @pytest.mark.parametrize(
@@ -441,14 +477,16 @@ def test_an_admin_reviews_the_ranking_policy_and_the_chat_decides_with_it(demo_c
     ],
 )
 def test_a_malformed_editor_row_is_named_and_nothing_is_saved(demo_copy, monkeypatch, row, message):
-    from engine.criteria import CriteriaError, criteria_for
+    from engine.criteria import CriteriaError, reviewed_rules
+    from engine.rulebook import rulebook
 
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
     with knowledge_base() as kb:
-        before = criteria_for(kb.connection, "tumor-screening")
-        rows = views.criteria_table(before).to_dict("records")
+        candidates = fetch_candidates(load_settings()).for_use_case("tumor-screening")
+        rules = rulebook(kb.connection, "tumor-screening", candidates)
+        rows = views.criteria_table(rules.criteria).to_dict("records")
         rows[1] = {**rows[1], "metric": "f1", **row}
         with pytest.raises(CriteriaError) as raised:
-            views.rules_from_editor("tumor-screening", rows, "roc_auc", "")
+            views.rules_from_editor("tumor-screening", rows, views.PolicyFields.of(rules.policy))
         assert str(raised.value).startswith(message)
-        assert criteria_for(kb.connection, "tumor-screening") == before
+        assert reviewed_rules(kb.connection, "tumor-screening") == ([], None, None)
