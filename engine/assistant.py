@@ -22,7 +22,7 @@ from engine.prompting import MAX_QUESTION_CHARS, build_messages, retry_messages
 from engine.rulebook import Rulebook, decision_for
 from engine.search import hybrid_search
 from engine.sources import refresh_sources, resolve
-from engine.use_cases import UseCaseMatch, match_use_case
+from engine.use_cases import UseCaseMatch, clarifying_question, match_use_case
 from engine.verifier import Verification, verify_answer
 
 
@@ -114,11 +114,9 @@ def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
     match = match_use_case(question, snapshot.candidates, kb.embed_queries)
     hits = hybrid_search(kb, question, k=settings.search_top_k)
     timings["search_ms"] = _ms(step)
-    if match.use_case is None:
-        known = ", ".join(match.alternatives) or "none"
-        text = (f"I could not tell which use case this question is about, so I recommend nothing. "
-                f"The registry has candidates for: {known}. Name one of them in the question.")
-        return PreparedAnswer(question, match, snapshot, hits=hits, notices=notices, timings=timings, fallback_text=text, started=started)
+    if match.use_case is None:  # rather ask than answer about the wrong use case
+        return PreparedAnswer(question, match, snapshot, hits=hits, notices=notices, timings=timings,
+                              fallback_text=clarifying_question(match), started=started)
 
     step = time.perf_counter()
     candidates = snapshot.for_use_case(match.use_case)

@@ -173,14 +173,8 @@ def set_metric_direction(connection, metric: str, higher_is_better: bool | None,
     require_admin("setting a metric's direction")
     if not (metric or "").strip():
         raise CriteriaError("a metric name is required")
-    with transaction(connection):
-        if higher_is_better is None:
-            connection.execute("DELETE FROM metric_directions WHERE metric = ?", (metric,))
-        else:
-            connection.execute(
-                """INSERT INTO metric_directions(metric, higher_is_better, set_by, set_at) VALUES (?, ?, ?, ?)
-                   ON CONFLICT(metric) DO UPDATE SET higher_is_better = excluded.higher_is_better, set_by = excluded.set_by,
-                   set_at = excluded.set_at""", (metric, int(higher_is_better), admin, utc_now()))
+    _set_or_forget(connection, "metric_directions", "metric", metric,
+                   None if higher_is_better is None else {"higher_is_better": int(higher_is_better)}, admin)
 
 
 NO_USE_CASE = ""  # an admin's "this document governs no use case"
@@ -194,11 +188,17 @@ def document_assignments(connection) -> dict[str, str]:
 def assign_document(connection, origin: str, use_case: str | None, admin: str = "admin") -> None:
     """Which use case a document governs, by an admin: a name, NO_USE_CASE for none, None to let its text decide."""
     require_admin("choosing the use case a document governs")
+    _set_or_forget(connection, "document_use_cases", "origin", origin, None if use_case is None else {"use_case": use_case}, admin)
+
+
+def _set_or_forget(connection, table: str, key_column: str, key: str, values: dict | None, admin: str) -> None:
+    """One admin decision row: written (with who and when) or, for None, forgotten."""
     with transaction(connection):
-        if use_case is None:
-            connection.execute("DELETE FROM document_use_cases WHERE origin = ?", (origin,))
-        else:
-            connection.execute(
-                """INSERT INTO document_use_cases(origin, use_case, set_by, set_at) VALUES (?, ?, ?, ?)
-                   ON CONFLICT(origin) DO UPDATE SET use_case = excluded.use_case, set_by = excluded.set_by,
-                   set_at = excluded.set_at""", (origin, use_case, admin, utc_now()))
+        if values is None:
+            connection.execute(f"DELETE FROM {table} WHERE {key_column} = ?", (key,))
+            return
+        columns = [key_column, *values, "set_by", "set_at"]
+        updates = ", ".join(f"{column} = excluded.{column}" for column in columns[1:])
+        connection.execute(
+            f"INSERT INTO {table}({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT({key_column}) DO UPDATE SET {updates}", (key, *values.values(), admin, utc_now()))

@@ -10,6 +10,7 @@ arithmetic without the product.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +48,7 @@ class ExpectedRule:
         """A metric the model did not log cannot be shown to meet the rule, so the rule fails."""
         if value is None or not math.isfinite(value):
             return False
-        return {">=": value >= self.threshold, "<=": value <= self.threshold,
-                ">": value > self.threshold, "<": value < self.threshold}[self.comparison]
+        return {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}[self.comparison](value, self.threshold)
 
     @property
     def label(self) -> str:
