@@ -1,7 +1,7 @@
 """The rules that decide one use case, read at answer time from the documents that govern it, with their provenance.
 
 Which documents govern a use case: the one an admin chose, else the front matter's `use_case` (or a
-`criteria:<use case>` source id), else the use cases the document's title or text names (their registry names,
+`criteria:<use case>` source id), else the use cases the document's title or opening names (their registry names,
 spelled either way, or their candidates' model names); imported table rows govern nothing unless an admin says
 so. A sentence that names other use cases but not this one is not read for it. Every rule keeps the sentence
 and document it came from; documents that disagree on a rule make a conflict, which blocks the recommendation
@@ -179,13 +179,15 @@ def _declared(metadata: dict) -> list[str]:
 
 
 def _documents_naming(connection, terms) -> dict[int, set[str]]:
-    """Document id -> use cases named in its chunks, through the full-text index (one query per use case)."""
+    """Document id -> use cases named in its opening (its first chunk), through the full-text index (one query per
+    use case). A guideline names what it governs up front; a use case mentioned in passing further down ("unlike the
+    churn model, ...") is not governed by it."""
     found: dict[int, set[str]] = {}
     for use_case, words in terms.items():
         query = " OR ".join('"' + word.replace('"', " ") + '"' for word in words)
         rows = connection.execute(
-            "SELECT DISTINCT c.document_id FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid WHERE chunks_fts MATCH ?",
-            (query,))
+            """SELECT DISTINCT c.document_id FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid
+               WHERE chunks_fts MATCH ? AND c.chunk_index = 0""", (query,))
         for (document_id,) in rows:
             found.setdefault(document_id, set()).add(use_case)
     return found

@@ -40,6 +40,18 @@ def test_a_guideline_that_names_its_use_case_governs_it_and_decides(kb, chunker)
     assert rulebook(kb.connection, "telco-churn", CHURN, ALL).state == "none"  # it does not govern churn
 
 
+def test_a_use_case_mentioned_in_passing_is_not_governed_by_the_document(kb, chunker, settings):
+    from engine.chunking import Chunker
+    from engine.models import load_tokenizer
+
+    small = Chunker(load_tokenizer(settings.base_model), 60, 10)  # the mention lands past the opening chunk
+    filler = b" ".join(b"The fraud team reviews its alerts every morning with the analysts on duty." for _ in range(12))
+    document = RULES + filler + b"\n\nUnlike the telco churn model, this scorer is retrained weekly.\n"
+    ingest(kb, small, ("rules.md", document))
+    assert rulebook(kb.connection, "card-fraud", FRAUD, ALL).state == "extracted"
+    assert rulebook(kb.connection, "telco-churn", CHURN, ALL).state == "none"
+
+
 def test_a_document_that_names_no_use_case_contributes_no_rule_and_says_so(kb, chunker):
     ingest(kb, chunker, ("misc.md", b"# Team notes\n\nLatency must stay below 40 ms. Pick the highest recall.\n"))
     governance = document_governance(kb.connection, use_case_terms(ALL))
