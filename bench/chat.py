@@ -85,7 +85,7 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from engine.assistant import draft_stream, prepare_answer  # noqa: E402
 from engine.candidates import CHAMPION, all_pages, candidate_source, fetch_candidates, read_candidates, refreshing  # noqa: E402
 from engine.chunking import Chunker  # noqa: E402
-from engine.criteria import ruled_use_cases  # noqa: E402
+from engine.rulebook import document_governance, use_case_terms  # noqa: E402
 from engine.ingest import ingest_files  # noqa: E402
 from engine.knowledge_base import KnowledgeBase  # noqa: E402
 from engine.llm import fit_prompt, llm_backend, load_llm, resolve_llm_version  # noqa: E402
@@ -244,7 +244,8 @@ def build_knowledge(kb: KnowledgeBase, settings, rng: np.random.Generator, cases
         raise RuntimeError(f"ingesting {failed[0].name} failed: {failed[0].error}")
     return {"chunks": chunks, "sentence_pool": len(sentences), "sentence_pool_s": round(pool_s + pool_embed_s, 1),
             "corpus_build_s": round(build_s, 1), "corpus_insert_s": round(insert_s, 1), "criteria_documents": len(files),
-            "criteria_ingest_s": round(ingest_s, 2), "use_cases_with_rules": len(ruled_use_cases(kb.connection))}
+            "criteria_ingest_s": round(ingest_s, 2), "use_cases_with_rules": len({use_case for governs, _ in document_governance(
+                kb.connection, use_case_terms([], [case.name for case in cases])).values() for use_case in governs})}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -366,7 +366,7 @@ def governance_form(kb, snapshot) -> None:
         document = labels[st.selectbox("Document", list(labels))]
         choices = [views.FROM_TEXT, views.NONE_CHOICE, *snapshot.use_cases()]
         choice = st.selectbox("Governs", choices)
-        if st.form_submit_button("Save"):
+        if st.form_submit_button("Save assignment"):
             use_case = {views.FROM_TEXT: None, views.NONE_CHOICE: NO_USE_CASE}.get(choice, choice)
             assign_document(kb.connection, document.origin, use_case, current_identity().name or "admin")
             changed(f"{document.title}: {choice}.")

@@ -424,7 +424,7 @@ def test_an_admin_reviews_the_ranking_policy_and_the_chat_decides_with_it(demo_c
     at = open_criteria_tab("tumor-screening")
     captions = " ".join(c.value for c in at.caption)
     assert "not reviewed yet" in captions and "Acceptance criteria — breast tumour screening (front matter)" in captions
-    sentences = {row["sentence"] for row in table_with(at, "sentence")}
+    sentences = {row["sentence"] for row in table_with(at, "rule")}
     assert any("written justification" in sentence for sentence in sentences)  # each rule beside its sentence
     assert text_input(at, "Priority metric").value == "roc_auc"
     assert text_input(at, "Near-best margin").value == "0.005"
@@ -457,10 +457,10 @@ def test_the_criteria_tab_says_which_documents_govern_nothing_and_an_admin_assig
     at = open_criteria_tab("tumor-screening")
     governance = {row["document"]: row for row in table_with(at, "governs")}
     assert governance["Team notes"]["governs"] == "no use case: contributes no rule"
-    next(s for s in at.selectbox if s.label == "Document").select(
-        next(o for o in next(s for s in at.selectbox if s.label == "Document").options if "Team notes" in o)).run()
-    next(s for s in at.selectbox if s.label == "Governs").select("tumor-screening").run()
-    next(b for b in at.button if b.label == "Save").click().run()
+    documents = next(s for s in at.selectbox if s.label == "Document")
+    documents.select(next(option for option in documents.options if "Team notes" in option))
+    next(s for s in at.selectbox if s.label == "Governs").select("tumor-screening")
+    button(at, "Save assignment").click().run()
     assert not at.exception
     governance = {row["document"]: row for row in table_with(at, "governs")}
     assert governance["Team notes"]["governs"] == "tumor-screening" and governance["Team notes"]["because"] == "chosen by an admin"
