@@ -139,9 +139,38 @@ def _parse_html(data: bytes, file_slug: str, stem: str):
         tag.decompose()
     title = soup.title.get_text(strip=True) if soup.title and soup.title.get_text(strip=True) else stem
     body = soup.body or soup
-    lines = [line.strip() for line in body.get_text("\n").splitlines()]
+    _mark_structure(body)
+    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in body.get_text("").splitlines()]
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
     return title, [Section(text, _source(f"doc:{file_slug}", title, None, "document"))], {"encoding": encoding}
+
+
+_BLOCKS = ("p", "div", "section", "article", "header", "footer", "main", "aside", "blockquote", "pre", "dd", "dt", "ul", "ol",
+           "dl", "figure", "figcaption", "br", "hr")
+
+
+def _mark_structure(body) -> None:
+    """Keep what the page's structure says in its text, as Markdown: a table row becomes `| a | b |` (under a header
+    rule), a list item `- item` (or `1. item`), a heading `# title`; block elements end their line, inline ones
+    (<b>must</b>) stay in their sentence."""
+    for table in body.find_all("table"):
+        rows = []
+        for index, row in enumerate(table.find_all("tr")):
+            cells = [cell.get_text(" ", strip=True).replace("|", "/") for cell in row.find_all(["td", "th"])]
+            rows.append("| " + " | ".join(cells) + " |")
+            if index == 0:
+                rows.append("|" + "---|" * len(cells))
+        table.replace_with("\n\n" + "\n".join(rows) + "\n\n")
+    for level in range(1, 7):
+        for heading in body.find_all(f"h{level}"):
+            heading.insert(0, "\n\n" + "#" * level + " ")
+            heading.append("\n\n")
+    for item in body.find_all("li"):
+        numbered = item.parent is not None and item.parent.name == "ol"
+        item.insert(0, "\n" + (f"{len(item.find_previous_siblings('li')) + 1}. " if numbered else "- "))
+        item.append("\n")
+    for block in body.find_all(_BLOCKS):
+        block.append("\n\n" if block.name not in ("br",) else "\n")
 
 
 def _parse_pdf(data: bytes, file_slug: str, stem: str):

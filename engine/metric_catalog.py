@@ -90,6 +90,25 @@ KINDS: tuple[MetricKind, ...] = (
                                                     "items per second", "per second"),
                decimals=1),
     MetricKind("cost", "cost", False, ("cost", "serving cost", "price"), decimals=2, dimension="money", default_unit="USD"),
+    MetricKind("lift", "lift", True, ("lift",)),
+    MetricKind("gini", "Gini", True, ("gini", "gini coefficient", "accuracy ratio")),
+    MetricKind("ks", "KS statistic", True, ("ks", "ks statistic", "ks stat", "kolmogorov-smirnov", "kolmogorov-smirnov statistic")),
+    MetricKind("psi", "PSI", False, ("psi", "population stability index", "stability index")),
+    MetricKind("dice", "Dice", True, ("dice", "dice coefficient", "dice similarity coefficient", "dice score", "f1 overlap"),
+               bounded=True),
+    MetricKind("hausdorff", "Hausdorff distance", False, ("hausdorff distance", "hausdorff"), dimension="length",
+               default_unit="mm", decimals=2),
+    MetricKind("chrf", "chrF", True, ("chrf", "chrf++", "chrf score")),
+    MetricKind("comet", "COMET", True, ("comet", "comet score")),
+    MetricKind("normalized_entropy", "normalized entropy", False, ("normalized entropy", "normalised entropy", "ne")),
+    MetricKind("false_alarms", "false alarms", False, ("false alarms", "false alarm count", "false accepts", "false acceptances",
+                                                      "false wakes", "false triggers")),
+    MetricKind("frr", "false rejection rate", False, ("false rejection rate", "false reject rate", "frr", "false rejections"),
+               bounded=True),
+    MetricKind("detection_delay", "detection delay", False, ("detection delay", "time to detection", "time to detect",
+                                                            "detection latency"), decimals=1, dimension="time", default_unit="s"),
+    MetricKind("coverage", "coverage", True, ("coverage", "catalog coverage", "item coverage")),
+    MetricKind("novelty", "novelty", True, ("novelty",)),
     MetricKind("rtf", "real-time factor", False, ("real-time factor", "real time factor", "rtf")),
     MetricKind("mdape", "median absolute percentage error", False, ("median absolute percentage error", "mdape", "median ape",
                                                                      "median absolute percent error"), decimals=3),
@@ -124,18 +143,24 @@ UNIT_TOKENS = {
     "gb": "GB", "gigabyte": "GB", "gigabytes": "GB", "gib": "GiB", "gibibytes": "GiB",
     "pct": "%", "percent": "%", "%": "%", "perc": "%",
     "usd": "USD", "dollar": "USD", "dollars": "USD", "cent": "¢", "cents": "¢",
+    "mm": "mm", "millimetre": "mm", "millimetres": "mm", "millimeter": "mm", "millimeters": "mm",
+    "cm": "cm", "centimetre": "cm", "centimetres": "cm", "centimeter": "cm", "centimeters": "cm",
+    "day": "day", "days": "day", "week": "week", "weeks": "week",
 }
-_KEY_UNITS = {token: unit for token, unit in UNIT_TOKENS.items() if unit not in ("min", "h")}  # "min_recall" is no unit
-_TIME_UNITS = {"ms", "µs", "s", "min", "h"}
+RATE_UNITS = {"second": "s", "sec": "s", "s": "s", "minute": "min", "min": "min", "hour": "h", "hr": "h", "h": "h",
+              "day": "day", "week": "week", "month": "month"}  # "per <this>": a rate
+_KEY_UNITS = {token: unit for token, unit in UNIT_TOKENS.items() if unit not in ("min", "h", "day", "week")}  # "min_recall"
+_TIME_UNITS = {"ms", "µs", "s", "min", "h", "day", "week"}
 _SIZE_UNITS = {"kB", "KiB", "MB", "MiB", "GB", "GiB"}
 _SPLIT_PREFIXES = {"val", "valid", "validation", "test", "holdout", "eval", "offline", "mean", "avg", "average", "overall"}
 _LOWER_WORDS = {"error", "loss", "latency", "time", "duration", "size", "memory", "ram", "cost", "delay", "lag", "drift",
-                "gap", "bias", "mb", "gb", "ms"}
+                "gap", "bias", "mb", "gb", "ms", "kb", "alarm", "alarms", "false", "misses", "rejection", "distance", "runtime"}
 
 
 def unit_dimension(unit: str) -> str:
     return ("time" if unit in _TIME_UNITS else "size" if unit in _SIZE_UNITS else "percent" if unit == "%"
-            else "money" if unit in ("USD", "¢") else "")
+            else "money" if unit in ("USD", "¢") else "length" if unit in ("mm", "cm") else "rate" if unit.startswith("1/")
+            else "")
 
 
 @dataclass(frozen=True)
@@ -174,7 +199,14 @@ class MetricSpec:
 
 
 def _tokens(key: str) -> list[str]:
-    return [token for token in re.split(r"[_\-.@/\s:]+", key.lower()) if token]
+    """The key's words; "hausdorff95" is the word and its percentile (p95), while "f1", "r2", "map50" stay whole."""
+    tokens = []
+    for token in re.split(r"[_\-.@/\s:]+", key.lower()):
+        if split := re.fullmatch(r"([a-z]{4,})(\d{2,3})", token):
+            tokens += [split.group(1), f"p{split.group(2)}"]
+        elif token:
+            tokens.append(token)
+    return tokens
 
 
 @cache
@@ -182,18 +214,24 @@ def metric_spec(name: str) -> MetricSpec:
     """What a registry metric key is: from the catalog and the key's own parts (split prefix, percentile, unit, @k)."""
     tokens = _tokens(name)
     unit = next((_KEY_UNITS[t] for t in reversed(tokens[1:]) if t in _KEY_UNITS), "")
+    per = next((tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "per" and tokens[i + 1] in RATE_UNITS), None)
+    if per:
+        unit = f"1/{RATE_UNITS[per]}"  # false_alarms_per_day, pages_per_minute
+    elif any(t in ("fps", "rps", "qps") for t in tokens):
+        unit = "1/s"
     percentile = next((int(m.group(1)) for t in tokens if (m := re.fullmatch(r"p(\d{2,3})", t))), None)
-    at_k = next((tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "at" and tokens[i + 1].isdigit()), None)
+    at_k = next((tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "at" and re.fullmatch(r"\d+(?:pct|percent|p)?", tokens[i + 1])), None)
     if at_k is None and re.search(r"@(\d+)", name):
         at_k = re.search(r"@(\d+)", name).group(1)
     core = [t for t in tokens if t not in UNIT_TOKENS and not re.fullmatch(r"p\d{2,3}", t) and t != "at" and t != at_k
-            and t not in _SPLIT_PREFIXES]
+            and t not in _SPLIT_PREFIXES and not (per and t in ("per", per))]
     kind = _kind_of(core)
     if kind is None:
         higher = False if any(t in _LOWER_WORDS or t.endswith("error") for t in tokens) else None
         label = " ".join(core) or name
-        spec = MetricSpec(name, label, higher, unit, decimals=2 if unit else 3, words=_key_words(name))
-        return spec
+        own = MetricKind(label.replace(" ", "_"), label, bool(higher), (label,)) if core else None
+        words = _key_words(name) + (_kind_words(own, percentile, at_k) if own and (at_k or percentile) else [])
+        return MetricSpec(name, label, higher, unit, decimals=2 if unit else 3, percentile=percentile, words=tuple(words))
     if not unit and kind.default_unit and kind.dimension:
         unit = kind.default_unit
     phrase = " ".join(core)
@@ -225,6 +263,9 @@ def _key_words(name: str) -> list[str]:
     return list(dict.fromkeys([name.lower(), spaced]))
 
 
+_ENGLISH_SHORT_WORDS = {"a", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no", "of",
+                        "on", "or", "so", "to", "up", "us", "we", "and", "are", "but", "can", "for", "has", "its", "may",
+                        "not", "our", "the", "was", "who", "all", "any", "new", "one", "per", "top", "use", "set", "run"}
 _GENERIC_TOKENS = {"rate", "score", "error", "time", "model", "size", "test", "mean", "total", "count", "value", "metric",
                    "loss", "ratio", "per", "at", "avg", "max", "min", "top", "overall", "offline", "online", "valid", "holdout"}
 
@@ -257,8 +298,13 @@ def _ordinal(number: int) -> str:
 
 def _kind_words(kind: MetricKind, percentile: int | None, at_k: str | None) -> list[str]:
     words = []
+    share = re.fullmatch(r"(\d+)(?:pct|percent|p)", at_k) if at_k else None
     for word in sorted(kind.words, key=len, reverse=True):
-        if at_k:
+        if share:  # lift_at_10pct: "lift at 10%", "lift in the top 10%", "lift at the top decile"
+            n = share.group(1)
+            words += [f"{word} at {n}%", f"{word}@{n}%", f"{word} at {n} %", f"{word} in the top {n}%", f"{word} at top {n}%",
+                      f"{word} at the top {n}%"] + ([f"{word} at the top decile", f"{word} in the top decile"] if n == "10" else [])
+        elif at_k:
             words += [f"{word}@{at_k}", f"{word} @ {at_k}", f"{word} at {at_k}", f"{word}@k", f"{word} at k"]
         if percentile is not None:
             p, nth = f"p{percentile}", _ordinal(percentile)
@@ -321,6 +367,11 @@ class MetricVocabulary:
                 tokens = [t for t in _tokens(key) if t not in UNIT_TOKENS and t not in _SPLIT_PREFIXES]
                 if tokens and all(t.isalpha() for t in tokens):
                     phrases.setdefault(_inflected(tokens), set()).add(key)
+                alpha = [t for t in tokens if t.isalpha()]
+                if 2 <= len(alpha) <= 4 and len(alpha) == len(tokens):
+                    acronym = "".join(t[0] for t in alpha)
+                    if acronym not in _ENGLISH_SHORT_WORDS and acronym not in UNIT_TOKENS and not _KIND_BY_WORD.get(acronym):
+                        phrases.setdefault(re.escape(acronym), set()).add(key)  # "NE" for normalized_entropy
                 for token in tokens if len(tokens) > 1 else ():
                     if len(token) >= 4 and token.isalpha() and token not in _GENERIC_TOKENS and not _KIND_BY_WORD.get(token):
                         phrases.setdefault(_inflected([token]), set()).add(key)  # "batch" for batch_runtime_s

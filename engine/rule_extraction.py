@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from engine.metric_catalog import UNIT_TOKENS, MetricVocabulary, unit_dimension
+from engine.metric_catalog import RATE_UNITS, UNIT_TOKENS, MetricVocabulary, unit_dimension
 
 CRITERION, PRIORITY, TIE_BREAKER, NEAR_BEST, FAMILY_ORDER = "criterion", "priority", "tie_breaker", "near_best", "family_order"
 
@@ -43,7 +43,7 @@ class ProposedRule:
 
 # ---------------------------------------------------------------------------------------------------- units
 
-_BULLET = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)])\s+")
+_BULLET = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)]|\(?[a-z][.)]|\[[ xX✓]?\])\s+")
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(`*A-Z0-9])|(?<=;)\s+")
 _HARD_COLUMN = re.compile(r"type|kind|hard|mandatory|blocking|required|level|strength|must|binding|severity", re.I)
@@ -105,17 +105,31 @@ def _table_row(cells: list[str], header: list[str] | None) -> str:
 
 # ---------------------------------------------------------------------------------------------------- numbers
 
-_UNIT_WORDS = sorted({*UNIT_TOKENS, "per cent"} - {"h", "min", "mins"}, key=len, reverse=True)
+_UNIT_WORDS = sorted({*UNIT_TOKENS, "per cent"} - {"day", "days", "week", "weeks"}, key=len, reverse=True)
 _NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-                 "ten": 10, "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
-                 "sixty": 60, "ninety": 90, "hundred": 100, "half": 0.5}
+                 "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+                 "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
+                 "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "a hundred": 100,
+                 "thousand": 1000, "a thousand": 1000}
+_FRACTIONS = {"half a": 0.5, "half an": 0.5, "a half": 0.5, "a quarter of a": 0.25, "a quarter of an": 0.25,
+              "a third of a": 1 / 3, "a third of an": 1 / 3, "three quarters of a": 0.75, "three quarters of an": 0.75}
 _UNIT = "|".join(re.escape(u) for u in _UNIT_WORDS)
-# "0.2 s", "1,200 MB", "$0.05", and number words only with a unit ("five cents", "an hour").
+_WORD = "|".join(re.escape(w) for w in sorted(_NUMBER_WORDS, key=len, reverse=True))
+_DIGITS = r"[-+±]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+# "0.2 s", "1,200 MB", "$0.05"; number words and fractions only with a unit ("five cents", "an hour", "half a second");
+# "one in five" is a share.
 _NUMBER = re.compile(
-    r"(?<![\w.@])(?P<dollar>\$\s?)?(?P<n>[-+±]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?:\s*(?P<u>" + _UNIT + r")(?![\w]))?"
-    r"|(?<![\w])(?P<w>" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r"|an?)\s+(?:an?\s+)?(?P<wu>" + _UNIT + r")(?![\w])",
+    r"(?<![\w.@])(?P<dollar>\$\s?)?(?P<n>" + _DIGITS + r")(?:\s*(?P<u>" + _UNIT + r")(?![\w]))?"
+    r"|(?<![\w])(?P<ratio_a>" + _DIGITS + r"|" + _WORD + r")\s+in\s+(?:every\s+)?(?P<ratio_b>" + _DIGITS + r"|" + _WORD + r")(?![\w])"
+    r"|(?<![\w])(?P<f>" + "|".join(sorted(map(re.escape, _FRACTIONS), key=len, reverse=True)) + r")\s+(?P<fu>" + _UNIT + r")(?![\w])"
+    r"|(?<![\w])(?P<w>" + _WORD + r"|an?)\s+(?:an?\s+)?(?P<wu>" + _UNIT + r")(?![\w])",
     re.I,
 )
+_FRACTION_WORDS = re.compile(r"\b(?:half|quarter|third)\b", re.I)
+_WORD_NUMBER = re.compile(r"(?<![\w])(?:" + _WORD + r")(?![\w])", re.I)
+# "2 pages per second", "fourteen false alarms a week", "one per ten hours": the number is a rate
+_RATE = re.compile(r"^(?:\s+[a-z][\w-]*){0,3}?\s+(?:per|a|an|each|every)\s+(?:(?P<n>\d+|" + _WORD + r")\s+)?"
+                   r"(?P<u>" + "|".join(sorted(RATE_UNITS, key=len, reverse=True)) + r")s?\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -130,17 +144,38 @@ class WrittenNumber:
 
 
 def numbers(text: str) -> list[WrittenNumber]:
-    found = []
+    found, taken = [], set()
+    for match in _WORD_NUMBER.finditer(text):  # "fourteen false alarms a week", "one per ten hours"
+        if rate := _RATE.match(text[match.end():match.end() + 60]):
+            value = _value(match.group(0)) / (_value(rate.group("n")) if rate.group("n") else 1)
+            end = match.end() + rate.end()
+            found.append(WrittenNumber(match.start(), end, value, f"1/{RATE_UNITS[rate.group('u').lower()]}", match.group(0)))
+            taken.update(range(match.start(), end))
     for match in _NUMBER.finditer(text):
-        if match.group("w"):
+        if match.start() in taken:
+            continue
+        if match.group("ratio_a"):
+            value, unit = _value(match.group("ratio_a")) / max(_value(match.group("ratio_b")), 1e-12), ""
+        elif match.group("f"):
+            value, unit = _FRACTIONS[match.group("f").lower()], match.group("fu").lower()
+        elif match.group("w"):
             word = match.group("w").lower()
             value, unit = (1.0 if word in ("a", "an") else float(_NUMBER_WORDS[word])), match.group("wu").lower()
         else:
             value, unit = float(match.group("n").replace(",", "").replace("±", "")), (match.group("u") or "").lower()
             unit = "USD" if match.group("dollar") else unit
         unit = "%" if unit == "per cent" else UNIT_TOKENS.get(unit, unit if unit == "USD" else "")
-        found.append(WrittenNumber(match.start(), match.end(), value, unit, match.group(0).strip()))
-    return found
+        end = match.end()
+        if not unit and (rate := _RATE.match(text[end:end + 60])):
+            value /= _value(rate.group("n")) if rate.group("n") else 1
+            unit, end = f"1/{RATE_UNITS[rate.group('u').lower()]}", end + rate.end()
+        found.append(WrittenNumber(match.start(), end, value, unit, match.group(0).strip()))
+    return sorted(found, key=lambda number: number.start)
+
+
+def _value(written: str) -> float:
+    written = written.lower().replace(",", "").replace("±", "")
+    return float(_NUMBER_WORDS[written]) if written in _NUMBER_WORDS else float(written)
 
 
 @cache
@@ -163,7 +198,13 @@ def convert(value: float, unit: str, spec, observed: list[float]) -> float | Non
         return value / 100 if unit == "¢" else value
     if not spec.unit or unit_dimension(unit) != spec.dimension:
         return None  # "40 ms" cannot bound a score, "50 MB" cannot bound a latency
-    return float(_units().Quantity(value, unit).to(spec.unit).magnitude)
+    target = spec.unit
+    if unit in _BINARY.values() and target in _BINARY:
+        target = _BINARY[target]  # a team that writes GiB logs its "mb" in MiB
+    return float(_units().Quantity(value, unit).to(target).magnitude)
+
+
+_BINARY = {"kB": "KiB", "MB": "MiB", "GB": "GiB"}
 
 
 # ---------------------------------------------------------------------------------------------------- words
@@ -195,28 +236,33 @@ _CLAUSE_BREAK = re.compile(r";|,\s*(?:but|and|while|whereas)\b|\bbut\b", re.I)
 _PLUS_MINUS = re.compile(r"\bwithin\s+(?:±|\+/-|\+-|plus or minus)\s*(?P<n>\d[\d,.]*\s*(?:%|percent|[a-zµ]+)?)", re.I)
 _TRAILING = {"or less", "or lower", "or below", "or fewer", "or more", "or higher", "or above", "or better", "or worse"}
 _FILLER = r"(?:\s*(?:the|a|an|of|value of|mark of|level of|threshold of|roughly|about|around|approximately|[:=~|]))*\s*"
-_BETWEEN = re.compile(r"\b(?:between|from)\s+(?P<a>[-+]?\d[\d,.]*)\s*(?P<ua>[%\w]*)\s+(?:and|to|-|–)\s+(?P<b>[-+]?\d[\d,.]*\s*(?:%|[a-zµ]+)?)", re.I)
+_BETWEEN = re.compile(r"\b(?:between|from|within|in the range(?: of)?|range of|inside)\s+(?P<a>[-+]?\d[\d,.]*)\s*(?P<ua>[%\w]*)\s+(?:and|to|-|–)\s+(?P<b>[-+]?\d[\d,.]*\s*(?:%|[a-zµ]+)?)", re.I)
 
 _SOFT = re.compile(
     r"\b(?:should|shouldn't|ideally|preferably|preferred|prefer(?:ably)?|would like|nice to have|target|aim(?:s|ing)? (?:for|at|to)|"
     r"aspire|desirable|desired|recommended|where possible|if possible|wherever possible|soft|exception|justification|tolerated|"
-    r"goal|optional|strive|nice to|would be (?:nice|good|great)|we'd like|not a hard stop)\b", re.I)
+    r"goal|optional|strive|nice to|would be (?:nice|good|great)|we'd like|would (?:also )?like|not a hard stop|would rather|"
+    r"rather not|preference|a guide|not a gate|can overrule|can be overruled)\b", re.I)
 _HARD = re.compile(
     r"\b(?:must|required|requires?|requirement|has to|have to|need(?:s)? to|needs?|needed|only (?:when|if)|unless|shall|"
     r"mandatory|hard|non-negotiable|at all times|cannot|can't|may not|never|not deployed|not acceptable|unacceptable|"
     r"no exceptions?|is a must|disqualif\w*|budget|limit|limited to|maximum|minimum|cap|capped|floor|ceiling|ruled out|blocking|"
-    r"gates?|gated|all required|go-live|before go-live)\b", re.I)
+    r"gates?|gated|all required|go-live|before go-live|keep|bar)\b", re.I)
 _CONDITION = re.compile(r"(?:^\s*|[,;(]\s*|\b(?:and|but)\s+)(?:if|when|whenever|anything|any model that|because|since|although|"
                         r"though|e\.g\.|for example|for instance|such as)\b", re.I)
 _ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
 _DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|measured|logged|can|could|might|may(?! not)|"
                           r"often|typically|usually|easily|tends? to|historically|last year|in (?:19|20)\d\d|failed|passed|led|ranked|won|lost|broke|"
-                          r"beat|missed|excluded|promoted|replaced|retired|observed|showed|reported|requests?|requested|"
+                          r"beat|missed|excluded|promoted|replaced|retired|observed|showed|reported|request to|requested|"
                           r"proposal|proposed|raise|relax|declined|quotes?|quoted|according to|comparable|exceeded|fell|dropped|came in|"
                           r"stayed|competitive)\b", re.I)
 # "is rejected if latency exceeds 40 ms" states the rule "latency <= 40 ms" by its negation.
-_REJECT_IF = re.compile(r"\b(?:reject\w*|exclud\w*|disqualif\w*|ruled out|fails?|not (?:be )?(?:deployed|accepted|considered|promoted)|"
-                        r"never (?:be )?(?:deployed|accepted|promoted)|blocked)\s+(?:if|when|whenever|once)\b", re.I)
+_REJECT_IF = re.compile(
+    r"\b(?:reject\w*|exclud\w*|disqualif\w*|ruled out|fails?|not (?:be )?(?:deployed|accepted|considered|promoted)|"
+    r"never (?:be )?(?:deployed|accepted|promoted)|blocked)\s+(?:if|when|whenever|once)\b"
+    r"|\b(?:not|never|won't|will not|cannot|can't|do not|don't|would rather not)\s+(?:ship|launch|deploy|release|accept|promote|"
+    r"approve|go live with|put)\s+(?:\w+\s+){0,2}?(?:anything|any model|any candidate|a model|models|candidates|any detector|"
+    r"any \w+)\s+(?:whose|that|which|with|if|where|when|unless)\b", re.I)
 
 _PICK = re.compile(
     r"\b(?:pick|picks|choose|chooses|choosing|select|selects|selection|prefer|prefers|preferred|take|takes|deploy|deploys|"
@@ -246,7 +292,8 @@ _SIMPLE = re.compile(r"\b(?:simple|simpler|simplest|simplicity|in (?:this|that|t
 
 def read_rules(unit: str, vocabulary: MetricVocabulary, families=(), observed: dict[str, list[float]] | None = None) -> list[ProposedRule]:
     """Every rule one unit states, read against the registry's vocabulary and family tags, each confirmed."""
-    if not (re.search(r"\d", unit) or _PICK.search(unit) or _TIE.search(unit) or _SIMPLE.search(unit)):
+    if not (re.search(r"\d", unit) or _WORD_NUMBER.search(unit) or _FRACTION_WORDS.search(unit) or _PICK.search(unit)
+            or _TIE.search(unit) or _SIMPLE.search(unit)):
         return []  # nothing to compare, prefer or order: most sentences of a document
     observed = observed or {}
     rules = _criteria(unit, vocabulary, observed)
@@ -266,9 +313,9 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[Propose
         clause_start = max([previous_end] + [m.end() for m in _CLAUSE_BREAK.finditer(unit, 0, start)])
         segment = unit[clause_start:number.end]
         before = _prefer_logged([m for m in mentions if previous_end <= m.start and m.end <= start], vocabulary)
-        after = _prefer_logged([m for m in mentions if number.end <= m.start <= number.end + 40
-                                and not _NUMBER.search(unit[number.end:m.start])], vocabulary)
-        keys = before[-1].keys if before else after[0].keys if after else previous_keys
+        after = _prefer_logged([m for m in mentions if number.start < m.start <= number.end + 40
+                                and not _NUMBER.search(unit[number.end:max(number.end, m.start)])], vocabulary)
+        keys = _subject(before, after, unit, vocabulary) or previous_keys
         previous_end, previous_keys = number.end, keys
         if _REJECT_IF.search(segment):
             comparison, hard = _NEGATION[comparison], True
@@ -283,6 +330,20 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[Propose
             if threshold is not None and op is not None:
                 rules.append(ProposedRule(CRITERION, unit, (key,), op, threshold, number.text, hard))
     return rules
+
+
+def _subject(before, after, unit: str, vocabulary: MetricVocabulary) -> tuple[str, ...]:
+    """The metric a comparison bounds: the last one named before it (not one inside an aside in parentheses), else
+    the first named right after its number ("at least 2,000 requests per second"); a logged metric wins over a
+    catalog word nobody logs."""
+    outside = [m for m in before if unit[:m.start].count("(") <= unit[:m.start].count(")")] or before
+    logged_before = [m for m in outside if set(m.keys) <= vocabulary.logged]
+    logged_after = [m for m in after if set(m.keys) <= vocabulary.logged]
+    if logged_before:
+        return logged_before[-1].keys
+    if logged_after:
+        return logged_after[0].keys
+    return outside[-1].keys if outside else after[0].keys if after else ()
 
 
 def _prefer_logged(mentions, vocabulary: MetricVocabulary) -> list:
@@ -306,7 +367,7 @@ def _comparisons(unit: str):
     taken = set()
     for match in _BETWEEN.finditer(unit):
         found = numbers(unit[match.start():match.end()])
-        if len(found) >= 2:
+        if len(found) >= 2 and found[0].value <= found[1].value:
             low, high = (WrittenNumber(n.start + match.start(), n.end + match.start(), n.value, found[1].unit or n.unit, n.text)
                          for n in found[:2])
             taken.update(range(match.start(), match.end()))
@@ -331,6 +392,8 @@ def _comparisons(unit: str):
             following = re.match(_FILLER, unit[match.end():])
             found = [n for n in numbers(unit) if match.end() <= n.start <= match.end() + following.end()
                      and not _looks_like_a_year(n, unit[match.end():n.start])]
+            if not found and words in ("at most", "at least", "at the most", "at the least", "maximum", "minimum", "max", "min"):
+                found = [n for n in numbers(unit[:match.start()]) if re.fullmatch(r"[\s,]*", unit[n.end:match.start()])]  # "5% at most"
             comparison = _negated(unit[:match.start()], comparison)
         if found:
             yield comparison, match.start(), found[-1]
@@ -346,9 +409,16 @@ def _looks_like_a_year(number: WrittenNumber, filler: str) -> bool:
             and re.search(r"\bthe\b", filler, re.I) is not None)
 
 
+_NEGATED_BEFORE = re.compile(
+    r"(?:\b(?:not|never|no|cannot|can't|can not|may not|must not|mustn't|should not|shouldn't|will not|won't|"
+    r"is not allowed to|are not allowed to)|\bno\s+\w+(?:\s+\w+)?\s+(?:may|can|should|must|will|is allowed to))\s+"
+    r"(?:ever\s+)?(?:be\s+|go\s+|fall\s+|drop\s+|get\s+|take\s+|run\s+|come in\s+|stay\s+|last\s+|grow\s+|use\s+)?$",
+    re.I)
+
+
 def _negated(before: str, comparison: str) -> str:
     """"not below 0.9" is ">= 0.9"; phrases with their own negation ("no more than") are listed whole."""
-    if re.search(r"\b(?:not|never|no)\s+(?:be\s+|go\s+|fall\s+|drop\s+|get\s+)?$", before, re.I):
+    if _NEGATED_BEFORE.search(before):
         return _NEGATION[comparison]
     return comparison
 
