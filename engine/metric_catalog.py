@@ -107,7 +107,8 @@ KINDS: tuple[MetricKind, ...] = (
                bounded=True),
     MetricKind("detection_delay", "detection delay", False, ("detection delay", "time to detection", "time to detect",
                                                             "detection latency"), decimals=1, dimension="time", default_unit="s"),
-    MetricKind("coverage", "coverage", True, ("coverage", "catalog coverage", "item coverage")),
+    MetricKind("coverage", "coverage", True, ("coverage", "catalog coverage", "item coverage", "interval coverage",
+                                              "prediction interval covers", "interval covers", "covers")),
     MetricKind("novelty", "novelty", True, ("novelty",)),
     MetricKind("rtf", "real-time factor", False, ("real-time factor", "real time factor", "rtf")),
     MetricKind("mdape", "median absolute percentage error", False, ("median absolute percentage error", "mdape", "median ape",
@@ -225,7 +226,9 @@ def metric_spec(name: str) -> MetricSpec:
         at_k = re.search(r"@(\d+)", name).group(1)
     core = [t for t in tokens if t not in UNIT_TOKENS and not re.fullmatch(r"p\d{2,3}", t) and t != "at" and t != at_k
             and t not in _SPLIT_PREFIXES and not (per and t in ("per", per))]
-    kind = _kind_of(core)
+    whole = [t for t in tokens if t not in UNIT_TOKENS and not re.fullmatch(r"p\d{2,3}", t) and t != "at" and t != at_k
+             and not (per and t in ("per", per))]
+    kind = _kind_of(whole) if _kind_of(whole) and " ".join(whole) in _KIND_BY_WORD else _kind_of(core)  # "average precision"
     if kind is None:
         higher = False if any(t in _LOWER_WORDS or t.endswith("error") for t in tokens) else None
         label = " ".join(core) or name
@@ -313,6 +316,8 @@ def _kind_words(kind: MetricKind, percentile: int | None, at_k: str | None) -> l
         words.append(word)
     if percentile is not None:
         words.append(f"p{percentile}")
+        if kind.name == "latency":
+            words.append(f"{_ordinal(percentile)} percentile")
         if percentile >= 90:
             words.append("tail latency" if kind.name == "latency" else f"tail {kind.words[0]}")
         if percentile == 50:
@@ -374,9 +379,13 @@ class MetricVocabulary:
                         phrases.setdefault(re.escape(acronym), set()).add(key)  # "NE" for normalized_entropy
                 for token in tokens if len(tokens) > 1 else ():
                     if len(token) >= 4 and token.isalpha() and token not in _GENERIC_TOKENS and not _KIND_BY_WORD.get(token):
-                        phrases.setdefault(_inflected([token]), set()).add(key)  # "batch" for batch_runtime_s
+                        for variant in spelled_both_ways(token):
+                            phrases.setdefault(_inflected([variant]), set()).add(key)  # "batch" for batch_runtime_s
+        for phrase, keys in phrases.items():  # a phrase a logged key answers to is that key's, not the catalog's
+            if keys & self.logged and keys - self.logged:
+                keys -= keys - self.logged
         # A word several keys share ("latency", "auc", "batch") names all of them; a specific one names one.
-        self._patterns = sorted(phrases, key=len, reverse=True)
+        self._patterns = sorted(phrases, key=_literal_length, reverse=True)
         self._keys_of = [tuple(sorted(phrases[p])) for p in self._patterns]
         self._pattern = re.compile(
             r"(?<![\w@])(?:" + "|".join(f"(?P<p{i}>{p})" for i, p in enumerate(self._patterns)) + r")(?![\w@])"
@@ -410,8 +419,13 @@ class MetricVocabulary:
         return [key for key in self.keys if self.specs[key].kind == kind]
 
 
+def _literal_length(pattern: str) -> int:
+    """How long a phrase pattern is as written text, so that the longest phrase is tried first."""
+    return len(re.sub(r"\(\?:[^)]*\)\??|\\[sS](?:\+|\*)?|[\\\[\]+*?]", "", pattern)) + pattern.count(r"[\s_\-]+")
+
+
 def _normal(text: str) -> str:
-    return re.sub(r"[\s_`*]+", " ", text.lower().replace("‑", "-")).strip()
+    return re.sub(r"[\s_`*]+", " ", re.sub(r"[‑–—]", "-", text.lower())).strip()
 
 
 def _normal_with_positions(text: str) -> tuple[str, list[int]]:
@@ -425,6 +439,6 @@ def _normal_with_positions(text: str) -> tuple[str, list[int]]:
             space = True
             continue
         space = False
-        out.append(char.lower())
+        out.append("-" if char in "‑–—" else char.lower())
         positions.append(index)
     return "".join(out), positions

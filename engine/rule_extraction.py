@@ -17,7 +17,7 @@ came from before the rule is used.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from engine.metric_catalog import RATE_UNITS, UNIT_TOKENS, MetricVocabulary, unit_dimension
@@ -39,6 +39,7 @@ class ProposedRule:
     higher_is_better: bool | None = None  # priority and tie-breaker direction; None: the metric's own
     relative: bool = False  # near-best margin as a share of the best value
     families: tuple[str, ...] = ()  # family order, simplest first
+    implied: bool = False  # the metric is the model's size, named by its unit: "the model has to fit in 50 MB"
 
 
 # ---------------------------------------------------------------------------------------------------- units
@@ -216,10 +217,10 @@ _COMPARISONS = [
      r"does not exceed|do not exceed|not to exceed|never exceeds?|no more than|not more than|at most|no higher than|"
      r"not higher than|no greater than|not greater than|no larger than|no bigger than|no slower than|not above|"
      r"not over|up to|or less|or lower|or below|or fewer|maximum of|a maximum of|max\.? of|capped at|cap of|"
-     r"ceiling of|limit of|budget of|budget is|limit is|maximum is|fits? (?:in|into|within)|within|≤|<=|=<", "<="),
+     r"ceiling of|limit of|budget of|budget is|limit is|maximum is|fits? (?:in|into|within)|within|at (?:the )?maximum|≤|<=|=<", "<="),
     (r"no less than|not less than|at least|no lower than|not lower than|no fewer than|no smaller than|not below|"
      r"never (?:fall|drop|dip|go)s? below|must not (?:fall|drop|dip|go) below|should not (?:fall|drop|dip|go) below|"
-     r"not (?:fall|drop|dip|go) below|or more|or higher|or above|minimum of|a minimum of|min\.? of|"
+     r"not (?:fall|drop|dip|go) below|or more|or higher|or above|minimum of|a minimum of|min\.? of|at (?:a |the )?minimum|"
      r"floor of|minimum is|≥|>=|=>", ">="),
     (r"less than|lower than|below|under|beneath|fewer than|smaller than|shorter than|faster than|cheaper than|<", "<"),
     (r"more than|greater than|higher than|above|over(?!\s+the\b)|exceeds?|exceeding|in excess of|larger than|bigger than|"
@@ -232,6 +233,7 @@ _COMPARISONS = [
     (r"target of|target is|targets? (?:is |of )?|aim(?:s|ing)? for", "target"),
 ]
 _COMPARISON = re.compile("|".join(f"(?P<c{i}>{pattern})" for i, (pattern, _) in enumerate(_COMPARISONS)), re.I)
+_CLAUSES = re.compile(r";|,\s*(?:and|but|while)\b,?|\band,|\bbut\b")
 _CLAUSE_BREAK = re.compile(r";|,\s*(?:but|and|while|whereas)\b|\bbut\b", re.I)
 _PLUS_MINUS = re.compile(r"\bwithin\s+(?:±|\+/-|\+-|plus or minus)\s*(?P<n>\d[\d,.]*\s*(?:%|percent|[a-zµ]+)?)", re.I)
 _TRAILING = {"or less", "or lower", "or below", "or fewer", "or more", "or higher", "or above", "or better", "or worse"}
@@ -252,7 +254,9 @@ _CONDITION = re.compile(r"(?:^\s*|[,;(]\s*|\b(?:and|but)\s+)(?:if|when|whenever|
                         r"though|e\.g\.|for example|for instance|such as)\b", re.I)
 _ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
 _DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|measured|logged|can|could|might|may(?! not)|"
-                          r"often|typically|usually|easily|tends? to|historically|last year|in (?:19|20)\d\d|failed|passed|led|ranked|won|lost|broke|"
+                          r"often|typically|usually|easily|tends? to|historically|last (?:year|spring|summer|autumn|winter)|"
+                          r"until|used to|previously|formerly|no longer|any ?more|in the past|superseded|dropped|"
+                          r"in (?:19|20)\d\d|failed|passed|led|won|lost|broke|"
                           r"beat|missed|excluded|promoted|replaced|retired|observed|showed|reported|request to|requested|"
                           r"proposal|proposed|raise|relax|declined|quotes?|quoted|according to|comparable|exceeded|fell|dropped|came in|"
                           r"stayed|competitive)\b", re.I)
@@ -261,8 +265,8 @@ _REJECT_IF = re.compile(
     r"\b(?:reject\w*|exclud\w*|disqualif\w*|ruled out|fails?|not (?:be )?(?:deployed|accepted|considered|promoted)|"
     r"never (?:be )?(?:deployed|accepted|promoted)|blocked)\s+(?:if|when|whenever|once)\b"
     r"|\b(?:not|never|won't|will not|cannot|can't|do not|don't|would rather not)\s+(?:ship|launch|deploy|release|accept|promote|"
-    r"approve|go live with|put)\s+(?:\w+\s+){0,2}?(?:anything|any model|any candidate|a model|models|candidates|any detector|"
-    r"any \w+)\s+(?:whose|that|which|with|if|where|when|unless)\b", re.I)
+    r"approve|go live with|put)\s+(?:anything|(?:an?|any|the)?\s*[\w-]+(?:\s+[\w-]+)?)\s+(?:whose|that|which|with|if|where|"
+    r"when|unless)\b", re.I)
 
 _PICK = re.compile(
     r"\b(?:pick|picks|choose|chooses|choosing|select|selects|selection|prefer|prefers|preferred|take|takes|deploy|deploys|"
@@ -298,13 +302,16 @@ def read_rules(unit: str, vocabulary: MetricVocabulary, families=(), observed: d
     observed = observed or {}
     rules = _criteria(unit, vocabulary, observed)
     if not _DESCRIPTIVE.search(unit):  # "gradient boosting and linear were within the margin" is history, not policy
-        rules += _preferences(unit, vocabulary) + _margins(unit, vocabulary) + _family_order(unit, families)
+        rules += _margins(unit, vocabulary) + _family_order(unit, families)
+    for clause in _CLAUSES.split(unit):  # "Gini is reported too, and the winner is whichever has the highest Gini"
+        if clause.strip() and not _DESCRIPTIVE.search(clause):
+            rules += [replace(rule, sentence=unit) for rule in _preferences(clause, vocabulary)]
     return [rule for rule in rules if confirm(rule, vocabulary)]
 
 
 def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[ProposedRule]:
     mentions = vocabulary.mentions(unit)
-    if not mentions:
+    if not mentions and not _THE_MODEL.search(unit):
         return []
     rules, previous_keys, previous_end = [], (), 0
     for comparison, start, number in _comparisons(unit):
@@ -316,9 +323,10 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[Propose
         after = _prefer_logged([m for m in mentions if number.start < m.start <= number.end + 40
                                 and not _NUMBER.search(unit[number.end:max(number.end, m.start)])], vocabulary)
         keys = _subject(before, after, unit, vocabulary) or previous_keys
+        implied = not keys and bool(keys := _size_of_the_model(segment, number, vocabulary))
         previous_end, previous_keys = number.end, keys
-        if _REJECT_IF.search(segment):
-            comparison, hard = _NEGATION[comparison], True
+        if keys and _REJECT_IF.search(segment):
+            comparison, hard = _NEGATION[comparison], not _SOFT.search(segment)
         elif keys and _requires(segment, unit):
             hard = _hardness(segment, unit) and comparison != "target"
         else:
@@ -328,8 +336,19 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[Propose
             threshold = convert(number.value, number.unit, spec, observed.get(key, []))
             op = _resolved(comparison, spec.higher_is_better)
             if threshold is not None and op is not None:
-                rules.append(ProposedRule(CRITERION, unit, (key,), op, threshold, number.text, hard))
+                rules.append(ProposedRule(CRITERION, unit, (key,), op, threshold, number.text, hard, implied=implied))
     return rules
+
+
+_THE_MODEL = re.compile(r"\b(?:the |a |each |any )?(?:model|artefact|artifact|checkpoint|weights|binary|bundle)\b", re.I)
+
+
+def _size_of_the_model(segment: str, number: WrittenNumber, vocabulary: MetricVocabulary) -> tuple[str, ...]:
+    """"The model has to fit in a quarter of a megabyte": a size with no metric named bounds the one logged model size."""
+    if unit_dimension(number.unit) != "size" or not _THE_MODEL.search(segment):
+        return ()
+    sizes = vocabulary.keys_of_kind("model_size") or [k for k in vocabulary.keys if vocabulary.spec(k).dimension == "size"]
+    return tuple(sizes) if len(sizes) == 1 else ()
 
 
 def _subject(before, after, unit: str, vocabulary: MetricVocabulary) -> tuple[str, ...]:
@@ -337,10 +356,12 @@ def _subject(before, after, unit: str, vocabulary: MetricVocabulary) -> tuple[st
     the first named right after its number ("at least 2,000 requests per second"); a logged metric wins over a
     catalog word nobody logs."""
     outside = [m for m in before if unit[:m.start].count("(") <= unit[:m.start].count(")")] or before
+    if " | " in unit and outside:  # a table row names its metric in its first cell
+        outside = outside[:1]
     logged_before = [m for m in outside if set(m.keys) <= vocabulary.logged]
     logged_after = [m for m in after if set(m.keys) <= vocabulary.logged]
     if logged_before:
-        return logged_before[-1].keys
+        return logged_before[0 if " | " in unit else -1].keys
     if logged_after:
         return logged_after[0].keys
     return outside[-1].keys if outside else after[0].keys if after else ()
@@ -392,13 +413,15 @@ def _comparisons(unit: str):
             following = re.match(_FILLER, unit[match.end():])
             found = [n for n in numbers(unit) if match.end() <= n.start <= match.end() + following.end()
                      and not _looks_like_a_year(n, unit[match.end():n.start])]
-            if not found and words in ("at most", "at least", "at the most", "at the least", "maximum", "minimum", "max", "min"):
+            if not found and words in _AFTER_THE_NUMBER:
                 found = [n for n in numbers(unit[:match.start()]) if re.fullmatch(r"[\s,]*", unit[n.end:match.start()])]  # "5% at most"
             comparison = _negated(unit[:match.start()], comparison)
         if found:
             yield comparison, match.start(), found[-1]
 
 
+_AFTER_THE_NUMBER = {"at most", "at least", "at the most", "at the least", "maximum", "minimum", "max", "min", "at minimum",
+                     "at a minimum", "at maximum", "at the minimum", "at the maximum"}
 _NEGATION = {"<": ">=", ">": "<=", "<=": ">", ">=": "<", "better": "worse_eq", "worse": "better_eq", "better_eq": "worse",
              "worse_eq": "better", "target": "target"}
 
@@ -423,13 +446,18 @@ def _negated(before: str, comparison: str) -> str:
     return comparison
 
 
+_NONE_MAY = re.compile(r"\bno\s+\w+(?:\s+\w+)?\s+(?:may|can|should|must|will|is allowed to)\b", re.I)  # "no candidate may"
+# "can absorb at most", "will tolerate no more than": a stated capacity is a limit, not a possibility
+_CAPACITY = re.compile(r"\b(?:can|will|would|could)\s+(?:only\s+)?(?:\w+\s+){1,2}?(?=at most|no more than|up to|at least|at the most)", re.I)
+
+
 def _requires(segment: str, unit: str) -> bool:
     """A comparison is a rule when its clause requires or prefers it, not when it describes or conditions."""
-    if _ONLY_IF.search(segment):
+    if _ONLY_IF.search(segment) or _NONE_MAY.search(segment):
         return True
-    if _CONDITION.search(segment) or _DESCRIPTIVE.search(segment):
+    if _CONDITION.search(segment) or (_DESCRIPTIVE.search(_CAPACITY.sub("", segment))):
         return False
-    return bool(_HARD.search(segment) or _SOFT.search(segment) or _HARD.search(unit) or _SOFT.search(unit)
+    return bool(_HARD.search(segment) or _SOFT.search(segment) or _HARD.search(unit) or _SOFT.search(unit) or _CAPACITY.search(segment)
                 or re.search(r"[<>≤≥]", segment) or " | " in unit or unit.startswith("- "))
 
 
@@ -565,6 +593,9 @@ def _family_order(unit: str, families) -> list[ProposedRule]:
 def confirm(rule: ProposedRule, vocabulary: MetricVocabulary) -> bool:
     """The deterministic check every proposed rule passes before it is used: its metric and number are in its sentence."""
     named = {key for mention in vocabulary.mentions(rule.sentence) for key in mention.keys}
+    if rule.implied:
+        named |= set(rule.metrics) if _THE_MODEL.search(rule.sentence) and numbers(rule.sentence) and any(
+            unit_dimension(n.unit) == "size" for n in numbers(rule.sentence)) else set()
     if rule.kind in (CRITERION, PRIORITY) and not set(rule.metrics) <= named:
         return False
     if rule.kind == TIE_BREAKER and not (set(rule.metrics) <= named or _SMALLER_MODEL.search(rule.sentence)
