@@ -114,6 +114,11 @@ def decide(use_case: str, candidates, criteria: list[AcceptanceCriterion], polic
         blocked.append(f"{len(passing)} candidates pass every hard criterion and no document names a metric to rank them on")
 
     ranked_passing, near = ([(c, ch) for c, ch in passing], set()) if blocked or priority is None else _rank_passing(passing, priority, policy)
+    if not blocked and priority is not None and len(ranked_passing) > 1 and _order_key(ranked_passing[0], priority, policy, near) \
+            == _order_key(ranked_passing[1], priority, policy, near):
+        blocked.append(f"{ranked_passing[0][0].name} and {ranked_passing[1][0].name} tie on every rule that ranks them "
+                       f"({priority.name}" + (f", {policy.tie_breaker}" if policy.tie_breaker else "") + ") and no document "
+                       "says how to break the tie")
     passes = "passes every hard criterion" if has_hard else "has no hard criterion to fail"
     assessments = []
     for index, (candidate, checks) in enumerate(ranked_passing):
@@ -169,6 +174,15 @@ def near_best(policy: UseCasePolicy, value: float, best: float) -> bool:
     if policy.near_best_relative:
         margin *= abs(best)
     return abs(value - best) <= margin + 1e-12
+
+
+def _order_key(item, priority, policy, near: set[str]) -> tuple:
+    """What ranks a passing candidate, its name left out: two equal keys are a tie the rules do not break."""
+    candidate, checks = item
+    if candidate.name not in near:
+        return (_priority_key(candidate, priority),)
+    return (any(not ch.passed for ch in checks if not ch.criterion.hard), _family_rank(candidate, policy),
+            _tie_breaker_key(candidate, policy), _priority_key(candidate, priority))
 
 
 def _rank_passing(passing, priority, policy) -> tuple[list, set[str]]:

@@ -238,7 +238,7 @@ _CLAUSE_BREAK = re.compile(r";|,\s*(?:but|and|while|whereas)\b|\bbut\b", re.I)
 _PLUS_MINUS = re.compile(r"\bwithin\s+(?:±|\+/-|\+-|plus or minus)\s*(?P<n>\d[\d,.]*\s*(?:%|percent|[a-zµ]+)?)", re.I)
 _TRAILING = {"or less", "or lower", "or below", "or fewer", "or more", "or higher", "or above", "or better", "or worse"}
 _FILLER = r"(?:\s*(?:the|a|an|of|value of|mark of|level of|threshold of|roughly|about|around|approximately|[:=~|]))*\s*"
-_BETWEEN = re.compile(r"\b(?:between|from|within|in the range(?: of)?|range of|inside)\s+(?P<a>[-+]?\d[\d,.]*)\s*(?P<ua>[%\w]*)\s+(?:and|to|-|–)\s+(?P<b>[-+]?\d[\d,.]*\s*(?:%|[a-zµ]+)?)", re.I)
+_BETWEEN = re.compile(r"\b(?:between|from|within|in the range(?: of)?|range of|inside)\s+(?P<a>[-+]?\d[\d,.]*)\s*(?P<ua>[%\w]*)(?:\s+(?:and|to)\s+|\s*[-–]\s*)(?P<b>[-+]?\d[\d,.]*\s*(?:%|[a-zµ]+)?)", re.I)
 
 _SOFT = re.compile(
     r"\b(?:should|shouldn't|ideally|preferably|preferred|prefer(?:ably)?|would like|nice to have|target|aim(?:s|ing)? (?:for|at|to)|"
@@ -281,7 +281,7 @@ _SUPERLATIVE = re.compile(r"\b(?:best|highest|lowest|largest|smallest|top|greate
 _BEST = re.compile(r"\b(?:best|better|strongest|optimal)\b", re.I)
 _DIRECTION_NOTE = re.compile(r"\((?:[^)]*?)\b(higher|lower|larger|smaller)\b[^)]*\bbetter\b[^)]*\)", re.I)
 _TIE = re.compile(r"\b(?:ties?|tied|tie-?break\w*|equally good|equivalent|a draw|dead heat|same score|cannot be separated|"
-                  r"too close to call|otherwise equal|identical|(?:exactly )?the same|equal)\b", re.I)
+                  r"too close to call|otherwise equal|identical|(?:exactly )?the same|equal|(?:exactly )?level|on a par|neck and neck)\b", re.I)
 _SMALLER_MODEL = re.compile(r"\b(?:smaller|smallest|lighter|lightest|leaner)\s+(?:model|one|artefact|artifact|candidate|checkpoint)s?\b", re.I)
 _FASTER_MODEL = re.compile(r"\b(?:faster|fastest|quicker|quickest)\s+(?:model|one|candidate)s?\b", re.I)
 _CHEAPER_MODEL = re.compile(r"\b(?:cheaper|cheapest)\s+(?:model|one|candidate)s?\b", re.I)
@@ -361,10 +361,32 @@ def _subject(before, after, unit: str, vocabulary: MetricVocabulary) -> tuple[st
     logged_before = [m for m in outside if set(m.keys) <= vocabulary.logged]
     logged_after = [m for m in after if set(m.keys) <= vocabulary.logged]
     if logged_before:
-        return logged_before[0 if " | " in unit else -1].keys
+        return _disambiguated(logged_before[0 if " | " in unit else -1].keys, unit)
     if logged_after:
-        return logged_after[0].keys
+        return _disambiguated(logged_after[0].keys, unit)
     return outside[-1].keys if outside else after[0].keys if after else ()
+
+
+def _disambiguated(keys: tuple[str, ...], unit: str) -> tuple[str, ...]:
+    """A generic word ("precision") that fits precision_at_10pct and precision_at_20pct names the one whose own part
+    the sentence writes ("in that top decile", "at 10%"); else all of them."""
+    if len(keys) < 2:
+        return keys
+    text = unit.lower()
+    written = [key for key in keys if any(form in text for form in _own_forms(key, keys))]
+    return tuple(written) if len(written) == 1 else keys
+
+
+def _own_forms(key: str, keys: tuple[str, ...]) -> list[str]:
+    shared = set.intersection(*(set(re.split(r"[_\-@]+", k.lower())) for k in keys))
+    forms = []
+    for token in set(re.split(r"[_\-@]+", key.lower())) - shared:
+        if share := re.fullmatch(r"(\d+)(?:pct|percent|p)", token):
+            n = share.group(1)
+            forms += [f"{n}%", f"{n} %", f"{n} percent"] + {"10": ["decile"], "20": ["quintile"], "25": ["quartile"]}.get(n, [])
+        elif percentile := re.fullmatch(r"p(\d{2,3})", token):
+            forms += [token, f"{percentile.group(1)}th"]
+    return forms
 
 
 def _prefer_logged(mentions, vocabulary: MetricVocabulary) -> list:

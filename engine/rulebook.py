@@ -125,16 +125,26 @@ def named_use_cases(text: str, terms: dict[str, tuple[str, ...]]) -> set[str]:
 def loosely_named_use_cases(text: str, use_cases) -> set[str]:
     """Use cases whose name's words the text uses, not necessarily together: "Speech recognition for call-centre
     transcription" names call-center-asr's "call" and "centre", "Fraud scoring for cards" names card-fraud. A name of
-    two words needs both, a longer one all but one."""
+    two words needs both, a longer one all but one; of several names it uses, only those it uses most fully count."""
     words = set(re.findall(r"[a-z0-9]+", text.lower()))
     words |= {word[:-1] for word in words if word.endswith("s")}
-    found = set()
+
+    plain = set(re.findall(r"[a-z0-9]+", text.lower()))
+
+    def used(token: str) -> bool:  # "tumor" is used by "tumour"; the abbreviation "recs" by "recommendations"
+        if any(variant in words for variant in spelled_both_ways(token)):
+            return True
+        plural = token.endswith("s") and 3 < len(token) <= 5
+        return plural and any(word.startswith(token[:-1]) and word.endswith("s") and len(word) > len(token) for word in plain)
+
+    scores = {}
     for use_case in use_cases:
         tokens = [t for t in re.split(r"[-_./\s]+", use_case.lower()) if t]
-        present = sum(any(variant in words for variant in spelled_both_ways(token)) for token in tokens)
+        present = sum(used(token) for token in tokens)
         if len(tokens) >= 2 and present >= max(2, len(tokens) - 1):
-            found.add(use_case)
-    return found
+            scores[use_case] = present / len(tokens)
+    best = max(scores.values(), default=0)
+    return {use_case for use_case, score in scores.items() if score == best}  # the names it uses most fully
 
 
 def document_governance(connection, terms: dict[str, tuple[str, ...]], only: str | None = None) -> dict[int, tuple[tuple[str, ...], str]]:

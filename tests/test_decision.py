@@ -140,6 +140,16 @@ def test_house_rules_apply_only_where_a_document_states_them():
     assert decide("tumor-screening", [BOOSTING, slow_linear], CRITERIA, no_order).recommended is BOOSTING
 
 
+def test_an_exact_tie_no_rule_breaks_recommends_nothing():
+    twin = candidate("ts-twin", "gradient-boosting", f1=0.966, roc_auc=0.997, latency_p95_ms=4.2, model_size_mb=0.6)
+    bare = UseCasePolicy("tumor-screening", "roc_auc", None, "criteria:tumor-screening")
+    decision = decide("tumor-screening", [BOOSTING, twin], CRITERIA, bare)
+    assert decision.recommended is None and "tie on every rule" in decision.blocked[0]
+    with_tie_breaker = UseCasePolicy("tumor-screening", "roc_auc", "latency_p95_ms", "criteria:tumor-screening", near_best_margin=0.0)
+    faster = candidate("ts-twin", "gradient-boosting", f1=0.966, roc_auc=0.997, latency_p95_ms=3.0, model_size_mb=0.6)
+    assert decide("tumor-screening", [BOOSTING, faster], CRITERIA, with_tie_breaker).recommended is faster
+
+
 def test_no_rules_recommend_nothing_and_never_claim_criteria():
     decision = decide("tumor-screening", ALL, [], None)
     assert decision.recommended is None and decision.blocked

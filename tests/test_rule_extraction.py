@@ -49,6 +49,18 @@ def criteria(sentence: str) -> set[tuple]:
     ("- `f1` >= 0.95 — hard — The second reader must keep errors rare.", {("f1", ">=", 0.95, True)}),
     ("- `model_size_mb` <= 20 — soft — larger artefacts only with a written justification.", {("model_size_mb", "<=", 20, False)}),
     ("- Recall: at least 0.9", {("recall", ">=", 0.9, True)}),  # a list item states a rule without a modal
+    ("The service cannot be slower than 250 ms at p95.", {("latency_p95_ms", "<=", 250, True)}),
+    ("No candidate may take longer than 80 ms at p95.", {("latency_p95_ms", "<=", 80, True)}),
+    ("We will not ship anything whose recall is below 0.8.", {("recall", ">=", 0.8, True)}),
+    ("We would rather not ship anything whose precision is below 0.6, but the editors can overrule it.",
+     {("precision", ">=", 0.6, False)}),
+    ("Recall has to be 0.8 at minimum.", {("recall", ">=", 0.8, True)}),
+    ("- Log loss: 0.3 at most.", {("log_loss", "<=", 0.3, True)}),
+    ("The gateway can absorb at most 1,500 requests per second.", {("throughput_rps", "<=", 1500, True)}),
+    ("Throughput must be at least 3 requests a minute.", {("throughput_rps", ">=", 0.05, True)}),
+    ("The p95 latency must stay within 20-40 ms.", {("latency_p95_ms", ">=", 20, True), ("latency_p95_ms", "<=", 40, True)}),
+    ("The model has to fit in a quarter of a megabyte.", {("model_size_mb", "<=", 0.25, True)}),
+    ("It must use no more than 2 GiB of RAM.", {("peak_ram_gb", "<=", 2, True)}),  # who writes GiB logs GiB
     ("A score of 0.7 or better on the team score is required.", set()),  # direction unknown: "better" cannot be read
 ])
 def test_comparisons_in_words_units_and_hardness(sentence, expected):
@@ -66,6 +78,8 @@ def test_comparisons_in_words_units_and_hardness(sentence, expected):
     "Anything slower than 10 ms at the 95th percentile produces visible stutter.",
     "Recall over the 2024 backtest improved.",
     "The vendor we are replacing measures 15% WER on it.",
+    "Until last quarter we ranked by recall; please don't any more.",
+    "When PSI rose above 0.3 last spring we retrained the champion.",
 ])
 def test_sentences_that_describe_propose_no_rule(sentence):
     assert criteria(sentence) == set()
