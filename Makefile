@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python bench/knowledge.py
 	$(BIN)/python bench/chat.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/rules.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache
