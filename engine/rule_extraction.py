@@ -1,13 +1,14 @@
 """Acceptance criteria and the selection policy, read from the plain sentences, lists and tables teams write.
 
-Documents are cut into units (a sentence, a list item, a table row read with its header) and each unit is read
-against the registry's metric vocabulary (`MetricVocabulary`): comparisons in words or symbols ("no lower than
-0.85", "must not exceed 1.2 GB", "between 0 and 12%", "a latency budget of 40 ms", ">= 0.95"), hard or soft from
+Documents are cut into units by engine.statements (a sentence, a list item, a table row read with its header)
+and each unit is read against the registry's metric vocabulary (`MetricVocabulary`): comparisons in words or
+symbols ("no lower than 0.85", "must not exceed 1.2 GB", "between 0 and 12%", "a latency budget of 40 ms",
+">= 0.95", "cannot be slower than 250 ms", "we will not ship anything whose PSI exceeds 0.25"), hard or soft from
 the unit's own words ("must", "is not deployed unless" / "should", "ideally", "with a written exception"),
 preference sentences ("of the models that qualify, pick the one with the best AUC"), tie-breaks ("ties go to the
 smaller model"), near-best margins ("within 0.005 of the best") and a family order ("prefer, in this order,
-linear, gradient boosting, ..."). Thresholds in other units are converted with pint ("0.2 s" against a metric in
-ms). Sentences that describe rather than require ("the 2024 model had an AUC of 0.91", "forests can easily
+linear, gradient boosting, ..."). Thresholds in other units are converted (engine.quantities: "0.2 s" against a
+metric in ms, "fourteen a week" against one per day). Sentences that describe rather than require ("the 2024 model had an AUC of 0.91", "forests can easily
 exceed the 5 MB budget", "if latency is above 40 ms the page times out") propose nothing.
 
 Whatever proposes a rule, `confirm` checks that its metric and its number are really written in the unit it
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from functools import cache
 
-from engine.metric_catalog import RATE_UNITS, UNIT_TOKENS, MetricVocabulary, unit_dimension
+from engine.metric_catalog import MetricVocabulary, unit_dimension
+from engine.quantities import FRACTION_WORDS, NUMBER, WORD_NUMBER, WrittenNumber, convert, numbers
 
 CRITERION, PRIORITY, TIE_BREAKER, NEAR_BEST, FAMILY_ORDER = "criterion", "priority", "tie_breaker", "near_best", "family_order"
 
@@ -40,172 +41,6 @@ class ProposedRule:
     relative: bool = False  # near-best margin as a share of the best value
     families: tuple[str, ...] = ()  # family order, simplest first
     implied: bool = False  # the metric is the model's size, named by its unit: "the model has to fit in 50 MB"
-
-
-# ---------------------------------------------------------------------------------------------------- units
-
-_BULLET = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)]|\(?[a-z][.)]|\[[ xX✓]?\])\s+")
-_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(`*A-Z0-9])|(?<=;)\s+")
-_HARD_COLUMN = re.compile(r"type|kind|hard|mandatory|blocking|required|level|strength|must|binding|severity", re.I)
-_YES, _NO = {"yes", "y", "true", "x", "✓", "✔"}, {"no", "n", "false", "-", "—"}
-
-
-def rule_units(text: str) -> list[str]:
-    """The text cut into sentences, list items and table rows (each row prefixed by its header's words)."""
-    return [unit for _heading, unit in headed_rule_units(text)]
-
-
-def headed_rule_units(text: str) -> list[tuple[str, str]]:
-    """(the heading the unit stands under, the unit): a section titled for one use case speaks of that one."""
-    units, paragraph, header, heading = [], [], None, ""
-    lines = text.splitlines()
-
-    def flush() -> None:
-        if paragraph:
-            units.extend((heading, part.strip()) for part in _SENTENCE_END.split(" ".join(paragraph)) if part.strip())
-            paragraph.clear()
-
-    for index, line in enumerate(lines):
-        stripped = line.strip()
-        if stripped.startswith("|"):
-            flush()
-            cells = [cell.strip() for cell in stripped.strip("|").split("|")]
-            following = lines[index + 1].strip() if index + 1 < len(lines) else ""
-            if _TABLE_RULE.match(following):
-                header = cells
-            elif not _TABLE_RULE.match(stripped):
-                units.append((heading, _table_row(cells, header)))
-            continue
-        header = None
-        if not stripped or stripped.startswith("#"):
-            flush()
-            if stripped.startswith("#"):
-                heading = stripped.lstrip("#").strip()
-            continue
-        if _BULLET.match(line):
-            flush()
-            paragraph.append("- " + _BULLET.sub("", line).strip())  # a list item keeps its mark: lists state rules
-            continue
-        paragraph.append(stripped)
-    flush()
-    return [(heading, unit) for heading, unit in units if unit]
-
-
-def _table_row(cells: list[str], header: list[str] | None) -> str:
-    """A row as one readable unit: a yes/no cell under a 'hard?' column becomes the word hard or soft."""
-    words = []
-    for position, cell in enumerate(cells):
-        name = header[position] if header and position < len(header) else ""
-        first = (cell.lower().split() or [""])[0].strip(",.;:")
-        if name and _HARD_COLUMN.search(name) and first in _YES | _NO:
-            cell = "hard" if first in _YES else "soft"
-        words.append(cell)
-    return " | ".join(words)
-
-
-# ---------------------------------------------------------------------------------------------------- numbers
-
-_UNIT_WORDS = sorted({*UNIT_TOKENS, "per cent"} - {"day", "days", "week", "weeks"}, key=len, reverse=True)
-_NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-                 "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
-                 "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
-                 "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "a hundred": 100,
-                 "thousand": 1000, "a thousand": 1000}
-_FRACTIONS = {"half a": 0.5, "half an": 0.5, "a half": 0.5, "a quarter of a": 0.25, "a quarter of an": 0.25,
-              "a third of a": 1 / 3, "a third of an": 1 / 3, "three quarters of a": 0.75, "three quarters of an": 0.75}
-_UNIT = "|".join(re.escape(u) for u in _UNIT_WORDS)
-_WORD = "|".join(re.escape(w) for w in sorted(_NUMBER_WORDS, key=len, reverse=True))
-_DIGITS = r"[-+±]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-# "0.2 s", "1,200 MB", "$0.05"; number words and fractions only with a unit ("five cents", "an hour", "half a second");
-# "one in five" is a share.
-_NUMBER = re.compile(
-    r"(?<![\w.@])(?P<dollar>\$\s?)?(?P<n>" + _DIGITS + r")(?:\s*(?P<u>" + _UNIT + r")(?![\w]))?"
-    r"|(?<![\w])(?P<ratio_a>" + _DIGITS + r"|" + _WORD + r")\s+in\s+(?:every\s+)?(?P<ratio_b>" + _DIGITS + r"|" + _WORD + r")(?![\w])"
-    r"|(?<![\w])(?P<f>" + "|".join(sorted(map(re.escape, _FRACTIONS), key=len, reverse=True)) + r")\s+(?P<fu>" + _UNIT + r")(?![\w])"
-    r"|(?<![\w])(?P<w>" + _WORD + r"|an?)\s+(?:an?\s+)?(?P<wu>" + _UNIT + r")(?![\w])",
-    re.I,
-)
-_FRACTION_WORDS = re.compile(r"\b(?:half|quarter|third)\b", re.I)
-_WORD_NUMBER = re.compile(r"(?<![\w])(?:" + _WORD + r")(?![\w])", re.I)
-# "2 pages per second", "fourteen false alarms a week", "one per ten hours": the number is a rate
-_RATE = re.compile(r"^(?:\s+[a-z][\w-]*){0,3}?\s+(?:per|a|an|each|every)\s+(?:(?P<n>\d+|" + _WORD + r")\s+)?"
-                   r"(?P<u>" + "|".join(sorted(RATE_UNITS, key=len, reverse=True)) + r")s?\b", re.I)
-
-
-@dataclass(frozen=True)
-class WrittenNumber:
-    """A number as written in a text, with its unit in pint's spelling ("ms", "GB"), "%" or ""."""
-
-    start: int
-    end: int
-    value: float
-    unit: str
-    text: str
-
-
-def numbers(text: str) -> list[WrittenNumber]:
-    found, taken = [], set()
-    for match in _WORD_NUMBER.finditer(text):  # "fourteen false alarms a week", "one per ten hours"
-        if rate := _RATE.match(text[match.end():match.end() + 60]):
-            value = _value(match.group(0)) / (_value(rate.group("n")) if rate.group("n") else 1)
-            end = match.end() + rate.end()
-            found.append(WrittenNumber(match.start(), end, value, f"1/{RATE_UNITS[rate.group('u').lower()]}", match.group(0)))
-            taken.update(range(match.start(), end))
-    for match in _NUMBER.finditer(text):
-        if match.start() in taken:
-            continue
-        if match.group("ratio_a"):
-            value, unit = _value(match.group("ratio_a")) / max(_value(match.group("ratio_b")), 1e-12), ""
-        elif match.group("f"):
-            value, unit = _FRACTIONS[match.group("f").lower()], match.group("fu").lower()
-        elif match.group("w"):
-            word = match.group("w").lower()
-            value, unit = (1.0 if word in ("a", "an") else float(_NUMBER_WORDS[word])), match.group("wu").lower()
-        else:
-            value, unit = float(match.group("n").replace(",", "").replace("±", "")), (match.group("u") or "").lower()
-            unit = "USD" if match.group("dollar") else unit
-        unit = "%" if unit == "per cent" else UNIT_TOKENS.get(unit, unit if unit == "USD" else "")
-        end = match.end()
-        if not unit and (rate := _RATE.match(text[end:end + 60])):
-            value /= _value(rate.group("n")) if rate.group("n") else 1
-            unit, end = f"1/{RATE_UNITS[rate.group('u').lower()]}", end + rate.end()
-        found.append(WrittenNumber(match.start(), end, value, unit, match.group(0).strip()))
-    return sorted(found, key=lambda number: number.start)
-
-
-def _value(written: str) -> float:
-    written = written.lower().replace(",", "").replace("±", "")
-    return float(_NUMBER_WORDS[written]) if written in _NUMBER_WORDS else float(written)
-
-
-@cache
-def _units():
-    import pint  # a unit registry takes 0.3 s to build: only once, and only when a unit needs converting
-
-    return pint.UnitRegistry()
-
-
-def convert(value: float, unit: str, spec, observed: list[float]) -> float | None:
-    """The threshold in the metric's own unit, or None when the units cannot be the same kind of quantity."""
-    if unit == "%":
-        if spec.unit == "%":
-            return value
-        on_fraction_scale = max(abs(v) for v in observed) <= 1.5 if observed else spec.bounded
-        return value / 100 if on_fraction_scale else value
-    if not unit or unit == spec.unit:
-        return value
-    if spec.dimension == "money" and unit_dimension(unit) == "money":
-        return value / 100 if unit == "¢" else value
-    if not spec.unit or unit_dimension(unit) != spec.dimension:
-        return None  # "40 ms" cannot bound a score, "50 MB" cannot bound a latency
-    target = spec.unit
-    if unit in _BINARY.values() and target in _BINARY:
-        target = _BINARY[target]  # a team that writes GiB logs its "mb" in MiB
-    return float(_units().Quantity(value, unit).to(target).magnitude)
-
-
-_BINARY = {"kB": "KiB", "MB": "MiB", "GB": "GiB"}
 
 
 # ---------------------------------------------------------------------------------------------------- words
@@ -296,7 +131,7 @@ _SIMPLE = re.compile(r"\b(?:simple|simpler|simplest|simplicity|in (?:this|that|t
 
 def read_rules(unit: str, vocabulary: MetricVocabulary, families=(), observed: dict[str, list[float]] | None = None) -> list[ProposedRule]:
     """Every rule one unit states, read against the registry's vocabulary and family tags, each confirmed."""
-    if not (re.search(r"\d", unit) or _WORD_NUMBER.search(unit) or _FRACTION_WORDS.search(unit) or _PICK.search(unit)
+    if not (re.search(r"\d", unit) or WORD_NUMBER.search(unit) or FRACTION_WORDS.search(unit) or _PICK.search(unit)
             or _TIE.search(unit) or _SIMPLE.search(unit)):
         return []  # nothing to compare, prefer or order: most sentences of a document
     observed = observed or {}
@@ -321,7 +156,7 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[Propose
         segment = unit[clause_start:number.end]
         before = _prefer_logged([m for m in mentions if previous_end <= m.start and m.end <= start], vocabulary)
         after = _prefer_logged([m for m in mentions if number.start < m.start <= number.end + 40
-                                and not _NUMBER.search(unit[number.end:max(number.end, m.start)])], vocabulary)
+                                and not NUMBER.search(unit[number.end:max(number.end, m.start)])], vocabulary)
         keys = _subject(before, after, unit, vocabulary) or previous_keys
         implied = not keys and bool(keys := _size_of_the_model(segment, number, vocabulary))
         previous_end, previous_keys = number.end, keys

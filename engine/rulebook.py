@@ -26,7 +26,8 @@ from engine.criteria import (
 )
 from engine.decision import Decision, decide
 from engine.metric_catalog import MetricVocabulary, spelled_both_ways, vocabulary_for
-from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule, headed_rule_units, read_rules
+from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule, read_rules
+from engine.statements import headed_rule_units
 
 TABLE_DOMAINS = ("uc", "sql")  # rows imported from tables are data, not guidelines
 

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from engine.citations import find_markers
 from engine.decision import Decision
 from engine.metric_catalog import MetricVocabulary, unit_dimension, vocabulary_for
-from engine.rule_extraction import CRITERION, convert, numbers, read_rules
+from engine.quantities import convert, numbers
+from engine.rule_extraction import CRITERION, read_rules
 
 # Words that present a candidate as the one to deploy; the noun "deployment" and "Read before deploying" do not.
 _ENDORSE = re.compile(r"\b(?:recommend(?:s|ed|ing|ation)?|deploy(?:s|ed)?|go(?:es)? with|choos(?:e|es|ing)|chosen|choice|"

@@ -1,0 +1,116 @@
+"""Numbers as guidelines write them, with their units, and their conversion to a metric's own unit.
+
+"0.2 s", "1,200 MB", "$0.05", "five cents", "an hour", "half a second", "one in five", "2 pages per second",
+"fourteen false alarms a week": each is a value and a unit in pint's spelling (a rate as "1/week"); `convert`
+turns it into the unit a registry metric is logged in, with pint, or refuses when the two cannot be the same kind
+of quantity ("40 ms" cannot bound a score).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+from engine.metric_catalog import RATE_UNITS, UNIT_TOKENS, unit_dimension
+
+_UNIT_WORDS = sorted({*UNIT_TOKENS, "per cent"} - {"day", "days", "week", "weeks"}, key=len, reverse=True)
+_NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+                 "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+                 "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
+                 "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "a hundred": 100,
+                 "thousand": 1000, "a thousand": 1000}
+_FRACTIONS = {"half a": 0.5, "half an": 0.5, "a half": 0.5, "a quarter of a": 0.25, "a quarter of an": 0.25,
+              "a third of a": 1 / 3, "a third of an": 1 / 3, "three quarters of a": 0.75, "three quarters of an": 0.75}
+_UNIT = "|".join(re.escape(u) for u in _UNIT_WORDS)
+_WORD = "|".join(re.escape(w) for w in sorted(_NUMBER_WORDS, key=len, reverse=True))
+_DIGITS = r"[-+±]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+# "0.2 s", "1,200 MB", "$0.05"; number words and fractions only with a unit ("five cents", "an hour", "half a second");
+# "one in five" is a share.
+NUMBER = re.compile(
+    r"(?<![\w.@])(?P<dollar>\$\s?)?(?P<n>" + _DIGITS + r")(?:\s*(?P<u>" + _UNIT + r")(?![\w]))?"
+    r"|(?<![\w])(?P<ratio_a>" + _DIGITS + r"|" + _WORD + r")\s+in\s+(?:every\s+)?(?P<ratio_b>" + _DIGITS + r"|" + _WORD + r")(?![\w])"
+    r"|(?<![\w])(?P<f>" + "|".join(sorted(map(re.escape, _FRACTIONS), key=len, reverse=True)) + r")\s+(?P<fu>" + _UNIT + r")(?![\w])"
+    r"|(?<![\w])(?P<w>" + _WORD + r"|an?)\s+(?:an?\s+)?(?P<wu>" + _UNIT + r")(?![\w])",
+    re.I,
+)
+FRACTION_WORDS = re.compile(r"\b(?:half|quarter|third)\b", re.I)
+WORD_NUMBER = re.compile(r"(?<![\w])(?:" + _WORD + r")(?![\w])", re.I)
+# "2 pages per second", "fourteen false alarms a week", "one per ten hours": the number is a rate
+_RATE = re.compile(r"^(?:\s+[a-z][\w-]*){0,3}?\s+(?:per|a|an|each|every)\s+(?:(?P<n>\d+|" + _WORD + r")\s+)?"
+                   r"(?P<u>" + "|".join(sorted(RATE_UNITS, key=len, reverse=True)) + r")s?\b", re.I)
+
+
+@dataclass(frozen=True)
+class WrittenNumber:
+    """A number as written in a text, with its unit in pint's spelling ("ms", "GB"), "%" or ""."""
+
+    start: int
+    end: int
+    value: float
+    unit: str
+    text: str
+
+
+def numbers(text: str) -> list[WrittenNumber]:
+    found, taken = [], set()
+    for match in WORD_NUMBER.finditer(text):  # "fourteen false alarms a week", "one per ten hours"
+        if rate := _RATE.match(text[match.end():match.end() + 60]):
+            value = _value(match.group(0)) / (_value(rate.group("n")) if rate.group("n") else 1)
+            end = match.end() + rate.end()
+            found.append(WrittenNumber(match.start(), end, value, f"1/{RATE_UNITS[rate.group('u').lower()]}", match.group(0)))
+            taken.update(range(match.start(), end))
+    for match in NUMBER.finditer(text):
+        if match.start() in taken:
+            continue
+        if match.group("ratio_a"):
+            value, unit = _value(match.group("ratio_a")) / max(_value(match.group("ratio_b")), 1e-12), ""
+        elif match.group("f"):
+            value, unit = _FRACTIONS[match.group("f").lower()], match.group("fu").lower()
+        elif match.group("w"):
+            word = match.group("w").lower()
+            value, unit = (1.0 if word in ("a", "an") else float(_NUMBER_WORDS[word])), match.group("wu").lower()
+        else:
+            value, unit = float(match.group("n").replace(",", "").replace("±", "")), (match.group("u") or "").lower()
+            unit = "USD" if match.group("dollar") else unit
+        unit = "%" if unit == "per cent" else UNIT_TOKENS.get(unit, unit if unit == "USD" else "")
+        end = match.end()
+        if not unit and (rate := _RATE.match(text[end:end + 60])):
+            value /= _value(rate.group("n")) if rate.group("n") else 1
+            unit, end = f"1/{RATE_UNITS[rate.group('u').lower()]}", end + rate.end()
+        found.append(WrittenNumber(match.start(), end, value, unit, match.group(0).strip()))
+    return sorted(found, key=lambda number: number.start)
+
+
+def _value(written: str) -> float:
+    written = written.lower().replace(",", "").replace("±", "")
+    return float(_NUMBER_WORDS[written]) if written in _NUMBER_WORDS else float(written)
+
+
+@cache
+def _units():
+    import pint  # a unit registry takes 0.3 s to build: only once, and only when a unit needs converting
+
+    return pint.UnitRegistry()
+
+
+def convert(value: float, unit: str, spec, observed: list[float]) -> float | None:
+    """The threshold in the metric's own unit, or None when the units cannot be the same kind of quantity."""
+    if unit == "%":
+        if spec.unit == "%":
+            return value
+        on_fraction_scale = max(abs(v) for v in observed) <= 1.5 if observed else spec.bounded
+        return value / 100 if on_fraction_scale else value
+    if not unit or unit == spec.unit:
+        return value
+    if spec.dimension == "money" and unit_dimension(unit) == "money":
+        return value / 100 if unit == "¢" else value
+    if not spec.unit or unit_dimension(unit) != spec.dimension:
+        return None  # "40 ms" cannot bound a score, "50 MB" cannot bound a latency
+    target = spec.unit
+    if unit in _BINARY.values() and target in _BINARY:
+        target = _BINARY[target]  # a team that writes GiB logs its "mb" in MiB
+    return float(_units().Quantity(value, unit).to(target).magnitude)
+
+
+_BINARY = {"kB": "KiB", "MB": "MiB", "GB": "GiB"}
