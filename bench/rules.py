@@ -14,7 +14,9 @@ What is measured
    count partial agreement (metric; + comparison; + threshold). Precision = matched / extracted, recall =
    matched / expected, over all cases; the priority metric (and its direction) is counted the same way.
 2. Recommendation accuracy: `engine.decision.decide` on each case's registry with the rules each extractor
-   read; right when it names the expected model (or nothing, where nothing passes the written rules).
+   read; right when it names the expected model (or nothing, where nothing passes the written rules; a case that
+   expects nothing is also "right" when nothing was read, which tests/test_rule_cases.py does not accept). "wrong
+   model" counts the worst outcome apart: a model recommended that the written rules do not choose.
 3. Routing precision on `demo/routing.jsonl` (paraphrases, look-alikes, off-topic and two-named questions over
    the demo registry's own descriptions) with the bundled embedder: a routed question is right when it went to
    its use case; precision = right routings / routings; refusals and questions asked back are counted apart.
@@ -90,7 +92,7 @@ def score(extracted: list[tuple], expected: list[tuple]) -> dict:
 
 def extraction_and_accuracy(cases) -> dict:
     totals = {who: {"extracted": 0, "expected": 0, "metric": 0, "comparison": 0, "threshold": 0, "rule": 0,
-                    "priority_right": 0, "priority_extracted": 0, "right": 0} for who in ("product", "baseline")}
+                    "priority_right": 0, "priority_extracted": 0, "right": 0, "wrong_model": 0} for who in ("product", "baseline")}
     timings, rows = [], []
     for case in cases:
         candidates = candidates_of(case)
@@ -118,6 +120,7 @@ def extraction_and_accuracy(cases) -> dict:
             recommended = decide(case.use_case, candidates, criteria, policy, blockers).recommended
             got = recommended.name if recommended else None
             total["right"] += got == case.expected_recommendation
+            total["wrong_model"] += got is not None and got != case.expected_recommendation  # the worst outcome
             row[who] = got
         rows.append(row)
     priorities = sum(1 for case in cases if case.priority)
@@ -130,6 +133,7 @@ def extraction_and_accuracy(cases) -> dict:
             "priority_precision": round(total["priority_right"] / total["priority_extracted"], 3) if total["priority_extracted"] else 0.0,
             "priority_recall": round(total["priority_right"] / priorities, 3) if priorities else 0.0,
             "recommendation_accuracy": round(total["right"] / len(cases), 3),
+            "wrong_model_recommended": total["wrong_model"],
             "rules_extracted": total["extracted"], "rules_expected": total["expected"],
         }
     summary["cases"] = rows
@@ -211,12 +215,13 @@ def report(title: str, cases, rows: bool = True) -> dict:
     ex = extraction_and_accuracy(cases)
     print(f"Rule extraction, {title}: {len(cases)} unseen use cases ({ex['product']['rules_expected']} expected rules)")
     print(f"{'':10} {'P metric':>9} {'P +comp':>8} {'P +thr':>7} {'P rule':>7} {'R metric':>9} {'R +comp':>8} {'R +thr':>7} "
-          f"{'R rule':>7} {'P prio':>7} {'R prio':>7} {'recommend':>10}")
+          f"{'R rule':>7} {'P prio':>7} {'R prio':>7} {'recommend':>10} {'wrong model':>12}")
     for who in ("baseline", "product"):
         s = ex[who]
         print(f"{who:10} {s['precision_metric']:>9} {s['precision_comparison']:>8} {s['precision_threshold']:>7} "
               f"{s['precision_rule']:>7} {s['recall_metric']:>9} {s['recall_comparison']:>8} {s['recall_threshold']:>7} "
-              f"{s['recall_rule']:>7} {s['priority_precision']:>7} {s['priority_recall']:>7} {s['recommendation_accuracy']:>10}")
+              f"{s['recall_rule']:>7} {s['priority_precision']:>7} {s['priority_recall']:>7} {s['recommendation_accuracy']:>10} "
+              f"{s['wrong_model_recommended']:>12}")
     for row in ex["cases"] if rows else ():
         mark = "ok " if row["product"] == row["expected"] else "MISS"
         print(f"  {mark} {row['case']:28} expected {row['expected']!s:26} product {row['product']!s:26} baseline {row['baseline']}")
