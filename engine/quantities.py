@@ -23,7 +23,9 @@ _NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5
 _FRACTIONS = {"half a": 0.5, "half an": 0.5, "a half": 0.5, "a quarter of a": 0.25, "a quarter of an": 0.25,
               "a third of a": 1 / 3, "a third of an": 1 / 3, "three quarters of a": 0.75, "three quarters of an": 0.75}
 _UNIT = "|".join(re.escape(u) for u in _UNIT_WORDS)
-_WORD = "|".join(re.escape(w) for w in sorted(_NUMBER_WORDS, key=len, reverse=True))
+_ONE_WORD = "|".join(re.escape(w) for w in sorted(_NUMBER_WORDS, key=len, reverse=True))
+# "two hundred", "ninety-five", "one and a half", "twelve thousand": number words written together
+_WORD = rf"(?:{_ONE_WORD})(?:(?:\s+and\s+|[\s-]+)(?:{_ONE_WORD}|a half))*"
 _DIGITS = r"[-+±]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 # "0.2 s", "1,200 MB", "$0.05"; number words and fractions only with a unit ("five cents", "an hour", "half a second");
 # "one in five" is a share.
@@ -69,7 +71,7 @@ def numbers(text: str) -> list[WrittenNumber]:
             value, unit = _FRACTIONS[match.group("f").lower()], match.group("fu").lower()
         elif match.group("w"):
             word = match.group("w").lower()
-            value, unit = (1.0 if word in ("a", "an") else float(_NUMBER_WORDS[word])), match.group("wu").lower()
+            value, unit = (1.0 if word in ("a", "an") else _value(word)), match.group("wu").lower()
         else:
             value, unit = float(match.group("n").replace(",", "").replace("±", "")), (match.group("u") or "").lower()
             unit = "USD" if match.group("dollar") else unit
@@ -83,8 +85,22 @@ def numbers(text: str) -> list[WrittenNumber]:
 
 
 def _value(written: str) -> float:
-    written = written.lower().replace(",", "").replace("±", "")
-    return float(_NUMBER_WORDS[written]) if written in _NUMBER_WORDS else float(written)
+    written = written.lower().replace(",", "").replace("±", "").strip()
+    if re.fullmatch(r"[-+]?\d+(?:\.\d+)?", written):
+        return float(written)
+    total, current = 0.0, 0.0
+    for word in re.split(r"[\s-]+", written.replace("a half", "half")):
+        if word in ("and", "a", "an"):
+            continue
+        if word == "half":
+            current += 0.5
+        elif word in ("hundred",):
+            current = (current or 1) * 100
+        elif word in ("thousand",):
+            total, current = total + (current or 1) * 1000, 0.0
+        else:
+            current += _NUMBER_WORDS[word]
+    return total + current
 
 
 @cache

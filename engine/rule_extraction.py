@@ -59,7 +59,8 @@ _COMPARISONS = [
      r"floor of|minimum is|≥|>=|=>", ">="),
     (r"less than|lower than|below|under|beneath|fewer than|smaller than|shorter than|faster than|cheaper than|<", "<"),
     (r"more than|greater than|higher than|above|over(?!\s+the\b)|exceeds?|exceeding|in excess of|larger than|bigger than|"
-     r"longer than|slower than|>", ">"),
+     r"longer than|slower than|go(?:es)? beyond|beyond|>", ">"),
+    (r"fall(?:s)? short of|falls? below", "<"),
     (r"(?:required |needs? |has |have )?to reach|reach(?:es)?|achieves?", ">="),
     (r"or better", "better_eq"),
     (r"or worse", "worse_eq"),
@@ -67,7 +68,7 @@ _COMPARISONS = [
     (r"worse than", "worse"),
     (r"target of|target is|targets? (?:is |of )?|aim(?:s|ing)? for", "target"),
 ]
-_COMPARISON = re.compile("|".join(f"(?P<c{i}>{pattern})" for i, (pattern, _) in enumerate(_COMPARISONS)), re.I)
+_COMPARISON = re.compile("(?:" + "|".join(f"(?P<c{i}>{pattern})" for i, (pattern, _) in enumerate(_COMPARISONS)) + r")(?![a-z])", re.I)
 _CLAUSES = re.compile(r";|,\s*(?:and|but|while)\b,?|\band,|\bbut\b")
 _CLAUSE_BREAK = re.compile(r";|,\s*(?:but|and|while|whereas)\b|\bbut\b", re.I)
 _PLUS_MINUS = re.compile(r"\bwithin\s+(?:±|\+/-|\+-|plus or minus)\s*(?P<n>\d[\d,.]*\s*(?:%|percent|[a-zµ]+)?)", re.I)
@@ -160,7 +161,9 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[Propose
         keys = _subject(before, after, unit, vocabulary) or previous_keys
         implied = not keys and bool(keys := _size_of_the_model(segment, number, vocabulary))
         previous_end, previous_keys = number.end, keys
-        if keys and _REJECT_IF.search(segment):
+        if keys and _DISQUALIFIES.match(unit[number.end:number.end + 60]):  # "exceeding 8 GB disqualifies"
+            comparison, hard = _NEGATION[comparison], True
+        elif keys and _REJECT_IF.search(segment):
             comparison, hard = _NEGATION[comparison], not _SOFT.search(segment)
         elif keys and _requires(segment, unit):
             hard = _hardness(segment, unit) and comparison != "target"
@@ -303,6 +306,8 @@ def _negated(before: str, comparison: str) -> str:
     return comparison
 
 
+_DISQUALIFIES = re.compile(r"^[^.;]{0,40}?\b(?:disqualif\w*|rules? (?:it|the model|a model|a candidate) out|is a no-go|"
+                           r"is not acceptable|is unacceptable|means (?:rejection|no-go)|is rejected|gets? (?:it )?rejected)\b", re.I)
 _NONE_MAY = re.compile(r"\bno\s+\w+(?:\s+\w+)?\s+(?:may|can|should|must|will|is allowed to)\b", re.I)  # "no candidate may"
 # "can absorb at most", "will tolerate no more than": a stated capacity is a limit, not a possibility
 _CAPACITY = re.compile(r"\b(?:can|will|would|could)\s+(?:only\s+)?(?:\w+\s+){1,2}?(?=at most|no more than|up to|at least|at the most)", re.I)
