@@ -188,9 +188,6 @@ class MetricSpec:
         text = f"{value:.{decimals}f}"
         return f"{text} {self.unit}" if self.unit else text
 
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.higher_is_better else a < b
-
     @property
     def dimension(self) -> str:
         return unit_dimension(self.unit)
