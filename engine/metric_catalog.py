@@ -142,7 +142,7 @@ UNIT_TOKENS = {
     "kb": "kB", "kilobyte": "kB", "kilobytes": "kB", "kib": "KiB",
     "mb": "MB", "megabyte": "MB", "megabytes": "MB", "mib": "MiB", "mebibytes": "MiB",
     "gb": "GB", "gigabyte": "GB", "gigabytes": "GB", "gib": "GiB", "gibibytes": "GiB",
-    "pct": "%", "percent": "%", "%": "%", "perc": "%",
+    "pct": "%", "percent": "%", "%": "%", "perc": "%", "percentage points": "%", "percentage point": "%", "pp": "%",
     "usd": "USD", "dollar": "USD", "dollars": "USD", "cent": "¢", "cents": "¢",
     "mm": "mm", "millimetre": "mm", "millimetres": "mm", "millimeter": "mm", "millimeters": "mm",
     "cm": "cm", "centimetre": "cm", "centimetres": "cm", "centimeter": "cm", "centimeters": "cm",

@@ -224,6 +224,10 @@ def _own_forms(key: str, keys: tuple[str, ...]) -> list[str]:
             forms += [f"{n}%", f"{n} %", f"{n} percent"] + {"10": ["decile"], "20": ["quintile"], "25": ["quartile"]}.get(n, [])
         elif percentile := re.fullmatch(r"p(\d{2,3})", token):
             forms += [token, f"{percentile.group(1)}th"]
+        elif top := re.fullmatch(r"top(\d+)", token):
+            forms += [f"top {top.group(1)}", token]
+        elif token.isalpha() and len(token) >= 4:
+            forms.append(token)  # uplift_calibration_slope is the one a sentence about its "slope" names
     return forms
 
 
@@ -308,6 +312,9 @@ def _negated(before: str, comparison: str) -> str:
 
 _DISQUALIFIES = re.compile(r"^[^.;]{0,40}?\b(?:disqualif\w*|rules? (?:it|the model|a model|a candidate) out|is a no-go|"
                            r"is not acceptable|is unacceptable|means (?:rejection|no-go)|is rejected|gets? (?:it )?rejected)\b", re.I)
+# "must improve on the champion by at least 2 points" bounds a difference, not the metric: not a threshold to check
+_RELATIVE_TO = re.compile(r"\b(?:improve\w*|beat\w*|outperform\w*)\b[^.;]{0,40}?\bby\b|\b(?:than|over) the (?:current|champion|"
+                          r"baseline|incumbent|production)\b[^.;]{0,20}?\bby\b", re.I)
 _NONE_MAY = re.compile(r"\bno\s+\w+(?:\s+\w+)?\s+(?:may|can|should|must|will|is allowed to)\b", re.I)  # "no candidate may"
 # "can absorb at most", "will tolerate no more than": a stated capacity is a limit, not a possibility
 _CAPACITY = re.compile(r"\b(?:can|will|would|could)\s+(?:only\s+)?(?:\w+\s+){1,2}?(?=at most|no more than|up to|at least|at the most)", re.I)
@@ -317,7 +324,7 @@ def _requires(segment: str, unit: str) -> bool:
     """A comparison is a rule when its clause requires or prefers it, not when it describes or conditions."""
     if _ONLY_IF.search(segment) or _NONE_MAY.search(segment):
         return True
-    if _CONDITION.search(segment) or (_DESCRIPTIVE.search(_CAPACITY.sub("", segment))):
+    if _CONDITION.search(segment) or _DESCRIPTIVE.search(_CAPACITY.sub("", segment)) or _RELATIVE_TO.search(unit):
         return False
     return bool(_HARD.search(segment) or _SOFT.search(segment) or _HARD.search(unit) or _SOFT.search(unit) or _CAPACITY.search(segment)
                 or re.search(r"[<>≤≥]", segment) or " | " in unit or unit.startswith("- "))

@@ -62,6 +62,10 @@ def criteria(sentence: str) -> set[tuple]:
     ("The p95 latency must stay within 20-40 ms.", {("latency_p95_ms", ">=", 20, True), ("latency_p95_ms", "<=", 40, True)}),
     ("The model has to fit in a quarter of a megabyte.", {("model_size_mb", "<=", 0.25, True)}),
     ("It must use no more than 2 GiB of RAM.", {("peak_ram_gb", "<=", 2, True)}),  # who writes GiB logs GiB
+    ("Recall must be at least 90 percentage points.", {("recall", ">=", 0.9, True)}),
+    ("The p95 latency must be under two hundred milliseconds.", {("latency_p95_ms", "<", 200, True)}),
+    ("Exceeding 8 GB of RAM disqualifies a candidate.", {("peak_ram_gb", "<=", 8, True)}),
+    ("Recall shall not fall short of ninety percent.", {("recall", ">=", 0.9, True)}),
     ("A score of 0.7 or better on the team score is required.", set()),  # direction unknown: "better" cannot be read
 ])
 def test_comparisons_in_words_units_and_hardness(sentence, expected):
@@ -80,6 +84,7 @@ def test_comparisons_in_words_units_and_hardness(sentence, expected):
     "Recall over the 2024 backtest improved.",
     "The vendor we are replacing measures 15% WER on it.",
     "Until last quarter we ranked by recall; please don't any more.",
+    "Recall must improve on the champion by at least 2.5 percentage points.",  # a difference, not a threshold
     "When PSI rose above 0.3 last spring we retrained the champion.",
 ])
 def test_sentences_that_describe_propose_no_rule(sentence):
