@@ -117,7 +117,7 @@ _SUPERLATIVE = re.compile(r"\b(?:best|highest|lowest|largest|smallest|top|greate
 _BEST = re.compile(r"\b(?:best|better|strongest|optimal)\b", re.I)
 _DIRECTION_NOTE = re.compile(r"\((?:[^)]*?)\b(higher|lower|larger|smaller)\b[^)]*\bbetter\b[^)]*\)", re.I)
 _TIE = re.compile(r"\b(?:ties?|tied|tie-?break\w*|equally good|equivalent|a draw|dead heat|same score|cannot be separated|"
-                  r"too close to call|otherwise equal|identical|(?:exactly )?the same|equal|(?:exactly )?level|on a par|neck and neck)\b", re.I)
+                  r"too close to call|otherwise equal|identical|(?:exactly )?the same|equal|exactly level|level (?:on|with)|on a par|neck and neck)\b", re.I)
 _SMALLER_MODEL = re.compile(r"\b(?:smaller|smallest|lighter|lightest|leaner)\s+(?:model|one|artefact|artifact|candidate|checkpoint)s?\b", re.I)
 _FASTER_MODEL = re.compile(r"\b(?:faster|fastest|quicker|quickest)\s+(?:model|one|candidate)s?\b", re.I)
 _CHEAPER_MODEL = re.compile(r"\b(?:cheaper|cheapest)\s+(?:model|one|candidate)s?\b", re.I)

@@ -128,7 +128,7 @@ def loosely_named_use_cases(text: str, use_cases) -> set[str]:
     transcription" names call-center-asr's "call" and "centre", "Fraud scoring for cards" names card-fraud. A name of
     two words needs both, a longer one all but one; of several names it uses, only those it uses most fully count."""
     words = set(re.findall(r"[a-z0-9]+", text.lower()))
-    words |= {word[:-1] for word in words if word.endswith("s")}
+    words |= {word[:-1] for word in words if word.endswith("s")} | {word[:-3] + "y" for word in words if word.endswith("ies")}
 
     plain = set(re.findall(r"[a-z0-9]+", text.lower()))
 
