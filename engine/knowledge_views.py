@@ -193,10 +193,10 @@ class PolicyFields:
                    policy.near_best_relative, ", ".join(policy.family_order))
 
 
-def rules_from_editor(use_case: str, rows: list[dict], fields: PolicyFields, sources: dict | None = None):
+def rules_from_editor(use_case: str, rows: list[dict], fields: PolicyFields, previous: UseCasePolicy | None = None):
     """The editor's rows and ranking fields as validated rules; the first malformed row raises CriteriaError naming it.
 
-    `sources` keeps the documents that stated each policy part (UseCasePolicy.part_sources)."""
+    The policy keeps citing the document the `previous` policy came from."""
     rules = []
     for number, row in enumerate(rows, start=1):
         if all(_blank(row.get(column)) for column in CRITERIA_COLUMNS):
@@ -219,14 +219,13 @@ def rules_from_editor(use_case: str, rows: list[dict], fields: PolicyFields, sou
             margin = float(fields.margin) if fields.margin.strip() else None
         except ValueError:
             raise CriteriaError(f"near-best margin {fields.margin!r} is not a number") from None
-        source = next((rule.source_id for rule in rules), f"criteria:{use_case}")
+        source = previous.source_id if previous else next((rule.source_id for rule in rules), f"criteria:{use_case}")
         policy = UseCasePolicy(
-            use_case, fields.priority.strip(), fields.tie_breaker.strip() or None, (sources or {}).get("priority", source),
+            use_case, fields.priority.strip(), fields.tie_breaker.strip() or None, source,
             reviewed=True, priority_higher_is_better=DIRECTIONS[fields.priority_direction],
             tie_breaker_higher_is_better=DIRECTIONS[fields.tie_direction], near_best_margin=margin,
             near_best_relative=fields.relative,
             family_order=tuple(part.strip() for part in fields.family_order.split(",") if part.strip()),
-            part_sources={k: v for k, v in (sources or {}).items() if k != "priority"},
         )
     return rules, policy
 

@@ -151,10 +151,27 @@ def loosely_named_use_cases(text: str, use_cases) -> set[str]:
 def document_governance(connection, terms: dict[str, tuple[str, ...]], only: str | None = None) -> dict[int, tuple[tuple[str, ...], str]]:
     """Every document -> (the use cases it governs, how that was decided); () for a document that governs none.
 
-    `only`: the answer needs one use case's documents, so only its name is searched in the full-text index."""
+    `only`: the answer needs one use case's documents, so only its name is searched in the full-text index. The
+    result is kept until a chunk or an admin's assignment changes: every question of the chat asks for it."""
     assigned = document_assignments(connection)
+    database = connection.execute("PRAGMA database_list").fetchone()[2] or f"memory:{id(connection)}"
+    generation = connection.execute("SELECT generation FROM index_state").fetchone()[0]
+    key = (database, generation, tuple(sorted(assigned.items())), tuple(sorted(terms.items())), only)
+    if key not in _governed:
+        if len(_governed) > _GOVERNED_CACHE:
+            _governed.clear()
+        _governed[key] = _read_governance(connection, terms, only, assigned)
+    return _governed[key]
+
+
+_governed: dict[tuple, dict] = {}
+_GOVERNED_CACHE = 64
+
+
+def _read_governance(connection, terms, only, assigned) -> dict[int, tuple[tuple[str, ...], str]]:
     named = _documents_naming(connection, {only: terms[only]} if only else terms)
-    openings = dict(connection.execute("SELECT document_id, text FROM chunks WHERE chunk_index = 0"))
+    openings = dict(connection.execute(
+        f"SELECT document_id, text FROM chunks WHERE chunk_index = 0 AND source_domain NOT IN {TABLE_DOMAINS}"))
     governance = {}
     for document_id, title, origin, metadata, domain, source_ids in connection.execute(
             """SELECT d.id, d.title, d.origin, d.metadata, min(c.source_domain), json_group_array(DISTINCT c.source_id)
@@ -223,23 +240,23 @@ def rulebook(connection, use_case: str, candidates, all_candidates=None) -> Rule
     all_candidates = candidates if all_candidates is None else all_candidates
     terms = use_case_terms(all_candidates, [use_case])
     governance = document_governance(connection, terms, only=use_case)
-    documents = []
-    for document_id, title, origin in connection.execute("SELECT id, title, origin FROM documents ORDER BY id"):
-        use_cases, how = governance.get(document_id, ((), ""))
-        if use_case in use_cases:
-            documents.append(GoverningDocument(document_id, title, origin, how))
+    governing = [document_id for document_id, (use_cases, _) in governance.items() if use_case in use_cases]
+    documents = [GoverningDocument(document_id, title, origin, governance[document_id][1]) for document_id, title, origin in
+                 connection.execute(f"SELECT id, title, origin FROM documents WHERE id IN ({', '.join('?' * len(governing))}) "
+                                    "ORDER BY id", governing)]
     texts = []
     for document in documents:
         texts += [RuleText(source_id, document.title, text, document.origin) for source_id, text in connection.execute(
             "SELECT source_id, text FROM chunks WHERE document_id = ? ORDER BY chunk_index", (document.document_id,))]
-    extracted = rules_from_texts(use_case, texts, candidates, terms, metric_directions(connection), tuple(documents))
+    directions = metric_directions(connection)
+    extracted = rules_from_texts(use_case, texts, candidates, terms, directions, tuple(documents))
     extracted = _with_claimed_twice(extracted, texts)
     criteria, policy, reviewer = reviewed_rules(connection, use_case)
     if reviewer is None:
         return extracted
-    directions = tuple(sorted(metric_directions(connection).items()))
+    vocabulary = vocabulary_for(frozenset(_keys(candidates)), tuple(sorted(directions.items())))
     return Rulebook(use_case, tuple(criteria), policy, "reviewed", reviewed_by=reviewer, documents=tuple(documents),
-                    undirected=_undirected(policy, vocabulary_for(frozenset(_keys(candidates)), directions)),
+                    undirected=_undirected(policy, vocabulary),
                     extracted=extracted)
 
 

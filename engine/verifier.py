@@ -83,7 +83,7 @@ def endorsed_names(text: str, names: list[str]) -> list[str]:
     """The candidates the text presents as recommended, to deploy or as the choice, in order; a negated or set-aside
     one ("do not deploy A", "B instead of A", "A is not recommended") is not presented."""
     endorsed: list[str] = []
-    clean = re.sub(r"<<SRC:[^>]*>>", lambda m: " " * len(m.group(0)), text)
+    clean = _without_markers(text)
     start = 0
     for boundary in [*(m.start() for m in _CLAUSE.finditer(clean)), len(clean)]:
         clause = clean[start:boundary]
@@ -96,6 +96,11 @@ def endorsed_names(text: str, names: list[str]) -> list[str]:
             if chosen and chosen not in endorsed:
                 endorsed.append(chosen)
     return endorsed
+
+
+def _without_markers(text: str) -> str:
+    """The text with each <<SRC:...>> marker blanked out in place, so positions still point into the original."""
+    return re.sub(r"<<SRC:[^>]*>>", lambda m: " " * len(m.group(0)), text)
 
 
 def _attached(clause: str, cue, mentions) -> str | None:
@@ -144,7 +149,7 @@ def metric_numbers(text: str, vocabulary: MetricVocabulary):
 
     A metric named up to 40 characters before the number (in the same sentence, with no other number between)
     says which metric; a unit alone says only the kind ("12.3 ms" is one of the logged times)."""
-    clean = re.sub(r"<<SRC:[^>]*>>", lambda m: " " * len(m.group(0)), text)
+    clean = _without_markers(text)
     mentions = vocabulary.mentions(clean)
     for number in numbers(clean):
         window = clean[max(0, number.start - _NUMBER_WINDOW):number.start]
@@ -188,7 +193,7 @@ def _is_real_value(keys, number, decision: Decision, candidates, vocabulary: Met
 def _rule_problems(text: str, decision: Decision, vocabulary: MetricVocabulary) -> list[str]:
     """A sentence that states a rule must state one of the decision's rules (metric, bound and threshold)."""
     problems = []
-    clean = re.sub(r"<<SRC:[^>]*>>", " ", text)
+    clean = _without_markers(text)
     for sentence in re.split(r"(?<=[.!?;])\s+|\n", clean):
         for rule in read_rules(sentence, vocabulary):
             if rule.kind != CRITERION:

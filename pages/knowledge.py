@@ -318,8 +318,7 @@ def criteria_tab(kb, settings) -> None:
     save, restore = st.columns(2)
     if save.button("Save as reviewed", type="primary"):
         try:
-            criteria, policy = views.rules_from_editor(use_case, edited.to_dict("records"), fields,
-                                                       rules.policy.part_sources if rules.policy else None)
+            criteria, policy = views.rules_from_editor(use_case, edited.to_dict("records"), fields, rules.policy)
             save_reviewed_rules(kb.connection, use_case, criteria, policy, current_identity().name or "admin")
         except CriteriaError as error:
             st.error(f"Not saved: {error}. The rules are unchanged.")
