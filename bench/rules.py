@@ -39,13 +39,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 from rule_cases_support import load_cases  # noqa: E402
 
 from engine.candidates import Candidate  # noqa: E402
 from engine.criteria import AcceptanceCriterion, UseCasePolicy  # noqa: E402
 from engine.decision import decide  # noqa: E402
+from engine.demo_registry import USE_CASES  # noqa: E402
 from engine.documents import parse_file  # noqa: E402
+from engine.models import load_embedder  # noqa: E402
 from engine.rulebook import RuleText, rules_from_texts  # noqa: E402
+from engine.settings import load_settings  # noqa: E402
+from engine.use_cases import match_use_case, use_case_descriptions  # noqa: E402
 
 # The baseline: the product's markup-only extraction before it read prose (engine/criteria.py until this change).
 _METRIC = r"`?([A-Za-z][A-Za-z0-9_@.\-]*)`?"
@@ -143,13 +148,6 @@ def extraction_and_accuracy(cases) -> dict:
 
 def routing() -> dict:
     """Routing precision on demo/routing.jsonl, the product's rule against the earlier similarity floor."""
-    import numpy as np
-
-    from engine.demo_registry import USE_CASES
-    from engine.models import load_embedder
-    from engine.settings import load_settings
-    from engine.use_cases import match_use_case, use_case_descriptions
-
     embedder = load_embedder(load_settings().embedding_model)
 
     def embed(texts):
