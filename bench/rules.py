@@ -48,7 +48,7 @@ from engine.decision import decide  # noqa: E402
 from engine.demo_registry import USE_CASES  # noqa: E402
 from engine.documents import parse_file  # noqa: E402
 from engine.models import load_embedder  # noqa: E402
-from engine.rulebook import RuleText, rules_from_texts  # noqa: E402
+from engine.rulebook import RuleText, rules_from_texts, use_case_terms  # noqa: E402
 from engine.settings import load_settings  # noqa: E402
 from engine.use_cases import match_use_case, use_case_descriptions  # noqa: E402
 
@@ -73,8 +73,9 @@ def baseline_rules(use_case: str, text: str) -> tuple[list[AcceptanceCriterion],
 
 
 def candidates_of(case) -> list[Candidate]:
-    return [Candidate(m.name, "1", None, case.use_case, case.task, m.family, m.description, "run", dict(m.metrics),
-                      f"registry:{m.name}", None) for m in case.candidates]
+    """Every model the case registers, a decoy of another use case (`extra_tags`) under its own use case."""
+    return [Candidate(m.name, "1", None, m.tags(case)["use_case"], case.task, m.family, m.description, "run", dict(m.metrics),
+                      f"registry:{m.name}", None) for m in case.models]
 
 
 def rule_keys(criteria) -> list[tuple]:
@@ -100,12 +101,13 @@ def extraction_and_accuracy(cases) -> dict:
                     "priority_right": 0, "priority_extracted": 0, "right": 0, "wrong_model": 0} for who in ("product", "baseline")}
     timings, rows = [], []
     for case in cases:
-        candidates = candidates_of(case)
+        registry = candidates_of(case)
+        candidates = [c for c in registry if c.use_case == case.use_case]
         parsed = parse_file(case.guideline_path.name, case.guideline_path.read_bytes())  # HTML and front matter as ingested
         text = "\n\n".join(section.text for section in parsed.sections)
         expected = [(r.metric, r.comparison, round(float(r.threshold), 6), r.hard) for r in case.expected_rules]
         started = time.perf_counter()
-        book = rules_from_texts(case.use_case, [RuleText("doc:guideline", case.name, text)], candidates)
+        book = rules_from_texts(case.use_case, [RuleText("doc:guideline", case.name, text)], candidates, use_case_terms(registry))
         timings.append((time.perf_counter() - started) * 1000)
         read = {"product": (list(book.criteria), book.policy, book.blockers()),
                 "baseline": (*baseline_rules(case.use_case, text), ())}

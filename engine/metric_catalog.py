@@ -37,6 +37,8 @@ KINDS: tuple[MetricKind, ...] = (
     MetricKind("f1", "F1", True, ("f1", "f1 score", "f1-score", "f score", "f-score", "f measure", "f-measure", "macro f1"), bounded=True),
     MetricKind("precision", "precision", True, ("precision", "ppv", "positive predictive value"), bounded=True),
     MetricKind("recall", "recall", True, ("recall", "sensitivity", "true positive rate", "tpr", "detection rate"), bounded=True),
+    MetricKind("npv", "negative predictive value", True, ("npv", "negative predictive value"), bounded=True),
+    MetricKind("mos", "mean opinion score", True, ("mos", "mean opinion score", "opinion score")),
     MetricKind("specificity", "specificity", True, ("specificity", "true negative rate", "tnr", "selectivity"), bounded=True),
     MetricKind("roc_auc", "ROC AUC", True, ("roc auc", "roc-auc", "auc", "auroc", "auc roc", "area under the roc curve",
                                            "area under the curve"), bounded=True),
@@ -243,7 +245,7 @@ def metric_spec(name: str) -> MetricSpec:
     prefix = [t for t in tokens if t in _SPLIT_PREFIXES and t not in ("mean", "avg", "average", "overall")]
     if prefix:
         label = f"{prefix[0]} {label}"
-    words = _key_words(name) + _iou_words(kind, core) + _kind_words(kind, percentile, at_k)
+    words = _own_top_k(_key_words(name) + _iou_words(kind, core) + _kind_words(kind, percentile, at_k), name)
     return MetricSpec(name, label, kind.higher_is_better, unit, kind.bounded, kind.decimals, kind.name, percentile,
                       tuple(dict.fromkeys(words)))
 
@@ -260,7 +262,16 @@ def _kind_of(core: list[str]) -> MetricKind | None:
 
 def _key_words(name: str) -> list[str]:
     spaced = " ".join(_tokens(name))
-    return list(dict.fromkeys([name.lower(), spaced]))
+    written = [re.sub(r"\btop(\d+)\b", rf"top{sep}\1", spaced) for sep in ("-", " ")]  # top5 accuracy: "top-5 accuracy"
+    return list(dict.fromkeys([name.lower(), spaced, *written]))
+
+
+def _own_top_k(words: list[str], name: str) -> list[str]:
+    """top5_accuracy is not named by the catalog's "top-1 accuracy": words of another top-k are not the key's."""
+    own = re.search(r"top[-_ ]?(\d+)", name.lower())
+    if not own:
+        return words
+    return [w for w in words if not (other := re.search(r"top[- ]?(\d+)", w)) or other.group(1) == own.group(1)]
 
 
 _ENGLISH_SHORT_WORDS = {"a", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no", "of",
@@ -268,6 +279,11 @@ _ENGLISH_SHORT_WORDS = {"a", "an", "as", "at", "be", "by", "do", "go", "he", "if
                         "not", "our", "the", "was", "who", "all", "any", "new", "one", "per", "top", "use", "set", "run"}
 _GENERIC_TOKENS = {"rate", "score", "error", "time", "model", "size", "test", "mean", "total", "count", "value", "metric",
                    "loss", "ratio", "per", "at", "avg", "max", "min", "top", "overall", "offline", "online", "valid", "holdout"}
+
+
+def _is_initialism(token: str) -> bool:
+    """"ttfa", "mttr": a key word with no vowel where English needs one, read as the initials of a phrase."""
+    return 3 <= len(token) <= 5 and token.isalpha() and token not in _ENGLISH_SHORT_WORDS and not re.search(r"[aeiou]", token[1:-1] or "x")
 
 
 def _inflected(tokens: list[str]) -> str:
@@ -337,6 +353,7 @@ class MetricMention:
     end: int
     keys: tuple[str, ...]  # several when the words fit several logged keys ("latency" with p50 and p95 logged)
     words: str
+    partial: bool = False  # named by one word of the key ("voice" for voice_size_mb) or its initials, not its name
 
 
 @lru_cache(maxsize=64)
@@ -361,6 +378,7 @@ class MetricVocabulary:
         self.specs = specs
         self.logged = frozenset(self.keys)
         phrases: dict[str, set[str]] = {}  # regex -> keys it names
+        partial: set[str] = set()  # phrases that name a key by one of its words or its initials only: weak evidence
         for key, spec in self.specs.items():
             for word in spec.words or _key_words(key):
                 for variant in spelled_both_ways(_normal(word)):
@@ -378,12 +396,18 @@ class MetricVocabulary:
                     if len(token) >= 4 and token.isalpha() and token not in _GENERIC_TOKENS and not _KIND_BY_WORD.get(token):
                         for variant in spelled_both_ways(token):
                             phrases.setdefault(_inflected([variant]), set()).add(key)  # "batch" for batch_runtime_s
+                            partial.add(_inflected([variant]))
+                if len(tokens) == 1 and _is_initialism(tokens[0]) and spec.kind is None:  # ttfa_ms: "time to first audio"
+                    spelled_out = r"[\s\-]+".join(f"{letter}[a-z]*" for letter in tokens[0])
+                    phrases.setdefault(spelled_out, set()).add(key)
+                    partial.add(spelled_out)
         for phrase, keys in phrases.items():  # a phrase a logged key answers to is that key's, not the catalog's
             if keys & self.logged and keys - self.logged:
                 keys -= keys - self.logged
         # A word several keys share ("latency", "auc", "batch") names all of them; a specific one names one.
         self._patterns = sorted(phrases, key=_literal_length, reverse=True)
         self._keys_of = [tuple(sorted(phrases[p])) for p in self._patterns]
+        self._partial = [p in partial for p in self._patterns]
         self._pattern = re.compile(
             r"(?<![\w@])(?:" + "|".join(f"(?P<p{i}>{p})" for i, p in enumerate(self._patterns)) + r")(?![\w@])"
         ) if phrases else None
@@ -408,7 +432,8 @@ class MetricVocabulary:
         found = []
         for match in self._pattern.finditer(normal):
             start, end = positions[match.start()], positions[match.end() - 1] + 1
-            found.append(MetricMention(start, end, self._keys_of[int(match.lastgroup[1:])], text[start:end]))
+            index = int(match.lastgroup[1:])
+            found.append(MetricMention(start, end, self._keys_of[index], text[start:end], self._partial[index]))
         return found
 
     def keys_of_kind(self, kind: str) -> list[str]:

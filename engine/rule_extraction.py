@@ -68,7 +68,7 @@ _COMPARISONS = [
     (r"worse than", "worse"),
     (r"target of|target is|targets? (?:is |of )?|aim(?:s|ing)? for", "target"),
 ]
-_COMPARISON = re.compile("(?:" + "|".join(f"(?P<c{i}>{pattern})" for i, (pattern, _) in enumerate(_COMPARISONS)) + r")(?![a-z])", re.I)
+_COMPARISON = re.compile(r"(?:(?<![A-Za-z])|(?=[<>≤≥=]))(?:" + "|".join(f"(?P<c{i}>{pattern})" for i, (pattern, _) in enumerate(_COMPARISONS)) + r")(?![a-z])", re.I)
 _CLAUSES = re.compile(r";|,\s*(?:and|but|while)\b,?|\band,|\bbut\b")
 _CLAUSE_BREAK = re.compile(r";|,\s*(?:but|and|while|whereas)\b|\bbut\b", re.I)
 _PLUS_MINUS = re.compile(r"\bwithin\s+(?:±|\+/-|\+-|plus or minus)\s*(?P<n>\d[\d,.]*\s*(?:%|percent|[a-zµ]+)?)", re.I)
@@ -79,21 +79,22 @@ _BETWEEN = re.compile(r"\b(?:between|from|within|in the range(?: of)?|range of|i
 _SOFT = re.compile(
     r"\b(?:should|shouldn't|ideally|preferably|preferred|prefer(?:ably)?|would like|nice to have|target|aim(?:s|ing)? (?:for|at|to)|"
     r"aspire|desirable|desired|recommended|where possible|if possible|wherever possible|soft|exception|justification|tolerated|"
-    r"goal|optional|strive|nice to|would be (?:nice|good|great)|we'd like|would (?:also )?like|not a hard stop|would rather|"
-    r"rather not|preference|a guide|not a gate|can overrule|can be overruled)\b", re.I)
+    r"goal|optional|strive|nice to|would be (?:nice|good|great)|we'd like|would (?:also |still )?like|not a hard stop|would rather|"
+    r"rather not|preference|a guide|not a gate|can overrule|can be overruled|if (?:you|we) can|if feasible|"
+    r"nice-to-have|not blocking|non-blocking)\b", re.I)
 _HARD = re.compile(
     r"\b(?:must|required|requires?|requirement|has to|have to|need(?:s)? to|needs?|needed|only (?:when|if)|unless|shall|"
     r"mandatory|hard|non-negotiable|at all times|cannot|can't|may not|never|not deployed|not acceptable|unacceptable|"
     r"no exceptions?|is a must|disqualif\w*|budget|limit|limited to|maximum|minimum|cap|capped|floor|ceiling|ruled out|blocking|"
     r"gates?|gated|all required|go-live|before go-live|keep|bar)\b", re.I)
-_CONDITION = re.compile(r"(?:^\s*|[,;(]\s*|\b(?:and|but)\s+)(?:if|when|whenever|anything|any model that|because|since|although|"
+_CONDITION = re.compile(r"(?:^\s*|[,;(]\s*|\b(?:and|but)\s+)(?:if(?!\s+(?:you|we)\s+can\b|\s+possible\b|\s+feasible\b)|when|whenever|anything|any model that|because|since|although|"
                         r"though|e\.g\.|for example|for instance|such as)\b", re.I)
 _ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
 _DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|measured|logged|can|could|might|may(?! not)|"
                           r"often|typically|usually|easily|tends? to|historically|last (?:year|spring|summer|autumn|winter)|"
                           r"until|used to|previously|formerly|no longer|any ?more|in the past|superseded|dropped|"
                           r"in (?:19|20)\d\d|failed|passed|led|won|lost|broke|"
-                          r"beat|missed|excluded|promoted|replaced|retired|observed|showed|reported|request to|requested|"
+                          r"beat|missed|excluded|(?<!is )(?<!be )(?<!are )(?<!gets )promoted|replaced|retired|observed|showed|reported|request to|requested|"
                           r"proposal|proposed|raise|relax|declined|quotes?|quoted|according to|comparable|exceeded|fell|dropped|came in|"
                           r"stayed|competitive)\b", re.I)
 # "is rejected if latency exceeds 40 ms" states the rule "latency <= 40 ms" by its negation.
@@ -106,7 +107,7 @@ _REJECT_IF = re.compile(
 
 _PICK = re.compile(
     r"\b(?:pick|picks|choose|chooses|choosing|select|selects|selection|prefer|prefers|preferred|take|takes|deploy|deploys|"
-    r"go with|goes to|ships?|adopts?|adopted|goes live|ranking|ranked|rank|"
+    r"go with|goes to|ships?|adopts?|adopted|goes live|ranking|ranked|rank|(?:is|are|be|gets?) (?:promoted|released|deployed|chosen|selected)|"
     r"favou?r|favou?rs|wins?|winner|recommend|rank(?:ed|s)? (?:by|on)|sort(?:ed)? by|order(?:ed)? by|decided? (?:by|on)|"
     r"the one with|whichever has|maximi[sz]es?|minimi[sz]es?|optimi[sz]es? for|compare[ds]? on|priority|primary|deciding|"
     r"ranking metric|selection metric|main metric|key metric)\b", re.I)
@@ -130,13 +131,15 @@ _SIMPLE = re.compile(r"\b(?:simple|simpler|simplest|simplicity|in (?:this|that|t
 
 # ---------------------------------------------------------------------------------------------------- reading
 
-def read_rules(unit: str, vocabulary: MetricVocabulary, families=(), observed: dict[str, list[float]] | None = None) -> list[ProposedRule]:
-    """Every rule one unit states, read against the registry's vocabulary and family tags, each confirmed."""
+def read_rules(unit: str, vocabulary: MetricVocabulary, families=(), observed: dict[str, list[float]] | None = None,
+               heading: str = "") -> list[ProposedRule]:
+    """Every rule one unit states, read against the registry's vocabulary and family tags, each confirmed; the heading
+    it stands under ("Nice to have", "Required") says hard or soft where the unit itself does not."""
     if not (re.search(r"\d", unit) or WORD_NUMBER.search(unit) or FRACTION_WORDS.search(unit) or _PICK.search(unit)
             or _TIE.search(unit) or _SIMPLE.search(unit)):
         return []  # nothing to compare, prefer or order: most sentences of a document
     observed = observed or {}
-    rules = _criteria(unit, vocabulary, observed)
+    rules = _criteria(unit, vocabulary, observed, heading)
     if not _DESCRIPTIVE.search(unit):  # "gradient boosting and linear were within the margin" is history, not policy
         rules += _margins(unit, vocabulary) + _family_order(unit, families)
     for clause in _CLAUSES.split(unit):  # "Gini is reported too, and the winner is whichever has the highest Gini"
@@ -145,9 +148,9 @@ def read_rules(unit: str, vocabulary: MetricVocabulary, families=(), observed: d
     return [rule for rule in rules if confirm(rule, vocabulary)]
 
 
-def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[ProposedRule]:
+def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = "") -> list[ProposedRule]:
     mentions = vocabulary.mentions(unit)
-    if not mentions and not _THE_MODEL.search(unit):
+    if not mentions and not (_THE_MODEL.search(unit) or _PER_PREDICTION.search(unit)):
         return []
     rules, previous_keys, previous_end = [], (), 0
     for comparison, start, number in _comparisons(unit):
@@ -155,18 +158,20 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[Propose
             continue  # "within 0.005 of the best" is a margin, "ties go to ..." a tie-break
         clause_start = max([previous_end] + [m.end() for m in _CLAUSE_BREAK.finditer(unit, 0, start)])
         segment = unit[clause_start:number.end]
-        before = _prefer_logged([m for m in mentions if previous_end <= m.start and m.end <= start], vocabulary)
-        after = _prefer_logged([m for m in mentions if number.start < m.start <= number.end + 40
-                                and not NUMBER.search(unit[number.end:max(number.end, m.start)])], vocabulary)
+        before = _fitting(_prefer_logged([m for m in mentions if previous_end <= m.start and m.end <= start], vocabulary),
+                          number, vocabulary)
+        after = _fitting(_prefer_logged([m for m in mentions if number.start < m.start <= number.end + 40
+                                         and not NUMBER.search(unit[number.end:max(number.end, m.start)])], vocabulary),
+                         number, vocabulary)
         keys = _subject(before, after, unit, vocabulary) or previous_keys
-        implied = not keys and bool(keys := _size_of_the_model(segment, number, vocabulary))
+        implied = not keys and bool(keys := _named_by_its_unit(segment, number.unit, vocabulary))
         previous_end, previous_keys = number.end, keys
         if keys and _DISQUALIFIES.match(unit[number.end:number.end + 60]):  # "exceeding 8 GB disqualifies"
             comparison, hard = _NEGATION[comparison], True
         elif keys and _REJECT_IF.search(segment):
             comparison, hard = _NEGATION[comparison], not _SOFT.search(segment)
         elif keys and _requires(segment, unit):
-            hard = _hardness(segment, unit) and comparison != "target"
+            hard = _hardness(segment, unit, heading) and comparison != "target"
         else:
             continue
         for key in keys:
@@ -179,14 +184,22 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed) -> list[Propose
 
 
 _THE_MODEL = re.compile(r"\b(?:the |a |each |any )?(?:model|artefact|artifact|checkpoint|weights|binary|bundle)\b", re.I)
+# "Inference on the CPU pool must stay under eighty milliseconds per image": a time per prediction
+_PER_PREDICTION = re.compile(r"\b(?:inference|predictions?|per (?:image|request|call|prediction|transaction|query|item|record|"
+                             r"sample|utterance|document|page)|responds?|response|answers?|scor(?:e|es|ing) (?:a|each|one))\b", re.I)
 
 
-def _size_of_the_model(segment: str, number: WrittenNumber, vocabulary: MetricVocabulary) -> tuple[str, ...]:
-    """"The model has to fit in a quarter of a megabyte": a size with no metric named bounds the one logged model size."""
-    if unit_dimension(number.unit) != "size" or not _THE_MODEL.search(segment):
-        return ()
-    sizes = vocabulary.keys_of_kind("model_size") or [k for k in vocabulary.keys if vocabulary.spec(k).dimension == "size"]
-    return tuple(sizes) if len(sizes) == 1 else ()
+def _named_by_its_unit(segment: str, unit: str, vocabulary: MetricVocabulary) -> tuple[str, ...]:
+    """A number whose unit only one logged metric can have bounds that metric when the words point at it: "the model
+    has to fit in a quarter of a megabyte" (its size), "inference must stay under eighty milliseconds" (its latency)."""
+    dimension = unit_dimension(unit)
+    if dimension == "size" and _THE_MODEL.search(segment):
+        sizes = vocabulary.keys_of_kind("model_size") or [k for k in vocabulary.keys if vocabulary.spec(k).dimension == "size"]
+        return tuple(sizes) if len(sizes) == 1 else ()
+    if dimension == "time" and _PER_PREDICTION.search(segment):
+        times = vocabulary.keys_of_kind("latency") or vocabulary.keys_of_kind("inference_time")
+        return tuple(times) if len(times) == 1 else ()
+    return ()
 
 
 def _subject(before, after, unit: str, vocabulary: MetricVocabulary) -> tuple[str, ...]:
@@ -229,6 +242,18 @@ def _own_forms(key: str, keys: tuple[str, ...]) -> list[str]:
         elif token.isalpha() and len(token) >= 4:
             forms.append(token)  # uplift_calibration_slope is the one a sentence about its "slope" names
     return forms
+
+
+def _fitting(mentions, number: WrittenNumber, vocabulary: MetricVocabulary) -> list:
+    """"MASE, scaled by that seasonal naive forecast, must be below 0.85": a bare number bounds a score, not the
+    forecast job's seconds, and "40 minutes" a time; the mentions whose unit can take the number win."""
+    dimension = unit_dimension(number.unit)
+
+    def fits(key: str) -> bool:
+        own = vocabulary.spec(key).dimension
+        return own == dimension or (dimension in ("", "percent") and own in ("", "percent"))
+
+    return [m for m in mentions if all(fits(key) for key in m.keys)] or mentions
 
 
 def _prefer_logged(mentions, vocabulary: MetricVocabulary) -> list:
@@ -276,7 +301,7 @@ def _comparisons(unit: str):
         else:
             following = re.match(_FILLER, unit[match.end():])
             found = [n for n in numbers(unit) if match.end() <= n.start <= match.end() + following.end()
-                     and not _looks_like_a_year(n, unit[match.end():n.start])]
+                     and not _looks_like_a_year(n, unit[match.end():n.start]) and not _PERIOD.match(unit, n.end)]
             if not found and words in _AFTER_THE_NUMBER:
                 found = [n for n in numbers(unit[:match.start()]) if re.fullmatch(r"[\s,]*", unit[n.end:match.start()])]  # "5% at most"
             comparison = _negated(unit[:match.start()], comparison)
@@ -288,6 +313,10 @@ _AFTER_THE_NUMBER = {"at most", "at least", "at the most", "at the least", "maxi
                      "at a minimum", "at maximum", "at the minimum", "at the maximum"}
 _NEGATION = {"<": ">=", ">": "<=", "<=": ">", ">=": "<", "better": "worse_eq", "worse": "better_eq", "better_eq": "worse",
              "worse_eq": "better", "target": "target"}
+
+
+# "an infarction within 30 days", "over the last 26 weeks": a bare number of calendar periods is a window, not a threshold
+_PERIOD = re.compile(r"\s*(?:calendar\s+)?(?:days?|weeks?|months?|years?|quarters?)\b", re.I)
 
 
 def _looks_like_a_year(number: WrittenNumber, filler: str) -> bool:
@@ -333,17 +362,18 @@ def _requires(segment: str, unit: str) -> bool:
 _MARKUP_KIND = re.compile(r"(?:^|[|—–-]\s*\**)(hard|soft)(?:\**\s*(?:[|—–-]|$))", re.I)
 
 
-def _hardness(segment: str, unit: str) -> bool:
-    """The comparison's own clause first, then a hard/soft cell or dash field, then the whole unit's words."""
+def _hardness(segment: str, unit: str, heading: str = "") -> bool:
+    """The comparison's own clause first, then a hard/soft cell or dash field, then the whole unit's words, then the
+    section's heading ("Nice to have")."""
     if _SOFT.search(segment):
         return False
     if _HARD.search(segment):
         return True
     if marked := _MARKUP_KIND.search(unit):
         return marked.group(1).lower() == "hard"
-    if _SOFT.search(unit):
-        return False
-    return True
+    if _SOFT.search(unit) or _HARD.search(unit):
+        return not _SOFT.search(unit)
+    return not _SOFT.search(heading)
 
 
 def _preferences(unit: str, vocabulary: MetricVocabulary) -> list[ProposedRule]:
@@ -358,19 +388,23 @@ def _preferences(unit: str, vocabulary: MetricVocabulary) -> list[ProposedRule]:
     if not pick or any(numbers(unit[c.end():c.end() + 12]) for c in _COMPARISON.finditer(unit)):
         return rules  # no preference, or a threshold sentence
     logged = [m for m in mentions if set(m.keys) <= vocabulary.logged]
+    logged = [m for m in logged if not m.partial] or logged  # "among the voices ..., the highest mean opinion score"
     # "the best MRR", "the highest validation AUC", "MAP@12, highest first": the superlative names the metric
     ranked = {}
     for word in _SUPERLATIVE.finditer(unit):
         for mention in logged:
             between = unit[word.end():mention.start] if mention.start >= word.end() else unit[mention.end:word.start()]
             if re.fullmatch(r"[\s,]*(?:(?:the|a|an|offline|online|validation|holdout|test|overall|mean|average)\s+)*[\s,]*", between):
-                ranked.setdefault(mention.keys, word.group(0))
-    named = set(ranked) or {m.keys for m in logged if m.end > pick.start() - 40}
+                ranked.setdefault(_disambiguated(mention.keys, unit), word.group(0))
+    named = set(ranked) or {_disambiguated(m.keys, unit) for m in logged if m.end > pick.start() - 40}
+    # "the lowest word error rate on the noisy set": the narrower mention is the one meant
+    named = {keys for keys in named if not any(set(other) < set(keys) for other in named)}
     if len(named) != 1 or len(next(iter(named))) != 1:
         return rules  # several metrics in one preference sentence: not a priority statement
     keys = next(iter(named))
     spec = vocabulary.spec(keys[0])
-    if not (ranked or re.search(r"priority|primary|deciding|rank|sort|order|maximi|minimi", unit, re.I)):
+    # "choose the one that rules out the largest share of patients (the rule-out rate)": a pick, a superlative, one metric
+    if not (ranked or _SUPERLATIVE.search(unit) or re.search(r"priority|primary|deciding|rank|sort|order|maximi|minimi", unit, re.I)):
         return rules
     direction = _direction(ranked.get(keys, unit), spec) if not _DIRECTION_NOTE.search(unit) else _direction(unit, spec)
     rules.append(ProposedRule(PRIORITY, unit, keys, higher_is_better=direction))
@@ -463,8 +497,7 @@ def confirm(rule: ProposedRule, vocabulary: MetricVocabulary) -> bool:
     """The deterministic check every proposed rule passes before it is used: its metric and number are in its sentence."""
     named = {key for mention in vocabulary.mentions(rule.sentence) for key in mention.keys}
     if rule.implied:
-        named |= set(rule.metrics) if _THE_MODEL.search(rule.sentence) and numbers(rule.sentence) and any(
-            unit_dimension(n.unit) == "size" for n in numbers(rule.sentence)) else set()
+        named |= {key for n in numbers(rule.sentence) for key in _named_by_its_unit(rule.sentence, n.unit, vocabulary)}
     if rule.kind in (CRITERION, PRIORITY) and not set(rule.metrics) <= named:
         return False
     if rule.kind == TIE_BREAKER and not (set(rule.metrics) <= named or _SMALLER_MODEL.search(rule.sentence)

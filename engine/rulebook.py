@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -27,7 +27,9 @@ from engine.criteria import (
 from engine.decision import Decision, decide
 from engine.metric_catalog import MetricVocabulary, spelled_both_ways, vocabulary_for
 from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule, read_rules
+from engine.quantities import numbers
 from engine.statements import headed_rule_units
+from engine.use_cases import described_use_case, use_case_descriptions
 
 TABLE_DOMAINS = ("uc", "sql")  # rows imported from tables are data, not guidelines
 
@@ -127,40 +129,71 @@ def loosely_named_use_cases(text: str, use_cases) -> set[str]:
     """Use cases whose name's words the text uses, not necessarily together: "Speech recognition for call-centre
     transcription" names call-center-asr's "call" and "centre", "Fraud scoring for cards" names card-fraud. A name of
     two words needs both, a longer one all but one; of several names it uses, only those it uses most fully count."""
-    words = set(re.findall(r"[a-z0-9]+", text.lower()))
-    words |= {word[:-1] for word in words if word.endswith("s")} | {word[:-3] + "y" for word in words if word.endswith("ies")}
-
-    plain = set(re.findall(r"[a-z0-9]+", text.lower()))
-
-    def used(token: str) -> bool:  # "tumor" is used by "tumour"; the abbreviation "recs" by "recommendations"
-        if any(variant in words for variant in spelled_both_ways(token)):
-            return True
-        plural = token.endswith("s") and 3 < len(token) <= 5
-        return plural and any(word.startswith(token[:-1]) and word.endswith("s") and len(word) > len(token) for word in plain)
-
+    used = _word_user(text)
     scores = {}
     for use_case in use_cases:
-        tokens = [t for t in re.split(r"[-_./\s]+", use_case.lower()) if t]
-        present = sum(used(token) for token in tokens)
+        tokens = _name_tokens(use_case)
+        present = sum(map(used, tokens))
         if len(tokens) >= 2 and present >= max(2, len(tokens) - 1):
             scores[use_case] = present / len(tokens)
     best = max(scores.values(), default=0)
     return {use_case for use_case, score in scores.items() if score == best}  # the names it uses most fully
 
 
-def document_governance(connection, terms: dict[str, tuple[str, ...]], only: str | None = None) -> dict[int, tuple[tuple[str, ...], str]]:
+def _name_tokens(use_case: str) -> list[str]:
+    return [t for t in re.split(r"[-_./\s]+", use_case.lower()) if t]
+
+
+def _word_user(text: str):
+    """Whether the text uses a word of a use case's name: "tumor" is used by "tumour", the abbreviation "recs" by
+    "recommendations", the initialism "pe" by "pulmonary embolism"."""
+    plain = re.findall(r"[a-z0-9]+", text.lower())
+    words = set(plain) | {word[:-1] for word in plain if word.endswith("s")} | {word[:-3] + "y" for word in plain if word.endswith("ies")}
+    initials = {"".join(word[0] for word in plain[i:i + n]) for n in (2, 3, 4) for i in range(len(plain) - n + 1)
+                if all(len(word) >= 3 and word.isalpha() for word in plain[i:i + n])}
+
+    def used(token: str) -> bool:
+        if any(variant in words for variant in spelled_both_ways(token)):
+            return True
+        if 2 <= len(token) <= 4 and token.isalpha() and token in initials:
+            return True
+        plural = token.endswith("s") and 3 < len(token) <= 5
+        return plural and any(word.startswith(token[:-1]) and word.endswith("s") and len(word) > len(token) for word in plain)
+
+    return used
+
+
+def section_of_another(heading: str, use_case: str, use_cases) -> bool:
+    """A section headed with the words that only another use case's name has ("Suspected pulmonary embolism" for
+    pe-rule-out, beside chest-pain-rule-out) and none of this one's speaks of that other use case."""
+    if not heading:
+        return False
+    shared = Counter(token for name in set(use_cases) | {use_case} for token in set(_name_tokens(name)))
+    used = _word_user(heading)
+
+    def distinct_used(name: str) -> bool:
+        return any(shared[token] == 1 and used(token) for token in _name_tokens(name))
+
+    return not distinct_used(use_case) and any(distinct_used(name) for name in use_cases if name != use_case)
+
+
+def document_governance(connection, terms: dict[str, tuple[str, ...]], only: str | None = None,
+                        descriptions: dict[str, str] | None = None) -> dict[int, tuple[tuple[str, ...], str]]:
     """Every document -> (the use cases it governs, how that was decided); () for a document that governs none.
 
-    `only`: the answer needs one use case's documents, so only its name is searched in the full-text index. The
+    `only`: the answer needs one use case's documents, so only its name is searched in the full-text index.
+    `descriptions` (engine.use_cases.use_case_descriptions): a title that names no use case may describe one. The
     result is kept until a chunk or an admin's assignment changes: every question of the chat asks for it."""
     assigned = document_assignments(connection)
+    descriptions = descriptions or {}
     database = connection.execute("PRAGMA database_list").fetchone()[2] or f"memory:{id(connection)}"
     generation = connection.execute("SELECT generation FROM index_state").fetchone()[0]
-    key = (database, generation, tuple(sorted(assigned.items())), tuple(sorted(terms.items())), only)
+    key = (database, generation, tuple(sorted(assigned.items())), tuple(sorted(terms.items())), only,
+           tuple(sorted(descriptions.items())))
     if key not in _governed:
         if len(_governed) > _GOVERNED_CACHE:
             _governed.clear()
-        _governed[key] = _read_governance(connection, terms, only, assigned)
+        _governed[key] = _read_governance(connection, terms, only, assigned, descriptions)
     return _governed[key]
 
 
@@ -168,7 +201,7 @@ _governed: dict[tuple, dict] = {}
 _GOVERNED_CACHE = 64
 
 
-def _read_governance(connection, terms, only, assigned) -> dict[int, tuple[tuple[str, ...], str]]:
+def _read_governance(connection, terms, only, assigned, descriptions) -> dict[int, tuple[tuple[str, ...], str]]:
     named = _documents_naming(connection, {only: terms[only]} if only else terms)
     openings = dict(connection.execute(
         f"SELECT document_id, text FROM chunks WHERE chunk_index = 0 AND source_domain NOT IN {TABLE_DOMAINS}"))
@@ -185,16 +218,20 @@ def _read_governance(connection, terms, only, assigned) -> dict[int, tuple[tuple
         else:
             opening = f"{title}\n{openings.get(document_id, '')}"
             governance[document_id] = governed_by(metadata, named.get(document_id, set()) | named_use_cases(title, terms)
-                                                  | loosely_named_use_cases(opening, terms))
+                                                  | loosely_named_use_cases(opening, terms), described_use_case(title, descriptions))
     return governance
 
 
-def governed_by(metadata: dict, named: set[str]) -> tuple[tuple[str, ...], str]:
-    """The use cases a document governs and how that was decided, from its front matter else the use cases it names."""
+def governed_by(metadata: dict, named: set[str], described: str | None = None) -> tuple[tuple[str, ...], str]:
+    """The use cases a document governs and how that was decided: its front matter, else the use cases it names,
+    else the one its title describes in the words of the registry's descriptions."""
     if declared := _declared(metadata):
         return tuple(declared), "front matter"
-    use_cases = tuple(sorted(named))
-    return use_cases, "named in its text" if use_cases else "it names no use case of the registry"
+    if named:
+        return tuple(sorted(named)), "named in its text"
+    if described:
+        return (described,), "its title describes it"
+    return (), "it names no use case of the registry"
 
 
 def _declared(metadata: dict) -> list[str]:
@@ -239,7 +276,7 @@ def rulebook(connection, use_case: str, candidates, all_candidates=None) -> Rule
     `candidates` are the use case's; `all_candidates` every use case's (to tell which documents name which)."""
     all_candidates = candidates if all_candidates is None else all_candidates
     terms = use_case_terms(all_candidates, [use_case])
-    governance = document_governance(connection, terms, only=use_case)
+    governance = document_governance(connection, terms, only=use_case, descriptions=use_case_descriptions(all_candidates))
     governing = [document_id for document_id, (use_cases, _) in governance.items() if use_case in use_cases]
     documents = [GoverningDocument(document_id, title, origin, governance[document_id][1]) for document_id, title, origin in
                  connection.execute(f"SELECT id, title, origin FROM documents WHERE id IN ({', '.join('?' * len(governing))}) "
@@ -318,14 +355,23 @@ def _read_rules(use_case: str, texts: list[RuleText], candidates, terms, directi
     others = {name: words for name, words in terms.items() if name != use_case}
     found: dict[tuple, tuple[ProposedRule, RuleText]] = {}
     for text in texts:
+        previous = ""
         for heading, unit in headed_rule_units(text.text):
-            if _about_another(unit, use_case, terms, others) or _about_another(heading, use_case, terms, others):
+            if (_about_another(unit, use_case, terms, others) or _about_another(heading, use_case, terms, others)
+                    or section_of_another(heading, use_case, terms)):
                 continue  # a sentence, or a section, about another use case
-            for rule in read_rules(unit, vocabulary, families, observed):
+            # "... score the character error rate of that round trip. It is capped at two percent.": read with the one before
+            refers_back = previous and _REFERS_BACK.match(unit) and numbers(unit) and not vocabulary.mentions(unit)
+            reading = f"{previous} {unit}" if refers_back else unit
+            previous = unit
+            for rule in read_rules(reading, vocabulary, families, observed, heading):
                 key = (rule.kind, rule.metrics, rule.comparison, rule.threshold, rule.hard, rule.higher_is_better,
                        rule.relative, rule.families, text.document)
                 found.setdefault(key, (rule, text))  # the same rule twice in a document (list and table, chunk overlap)
     return _assemble(use_case, list(found.values()), vocabulary, documents)
+
+
+_REFERS_BACK = re.compile(r"(?:it|this|that|this (?:figure|number|value|metric|score|rate))\b", re.I)
 
 
 def _about_another(text: str, use_case: str, terms, others) -> bool:

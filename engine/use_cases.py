@@ -199,6 +199,22 @@ def _vocabularies(descriptions: dict[str, str]) -> dict[str, frozenset[str]]:
     return vocabularies
 
 
+TITLE_WORDS = 3  # a document's title shares at least this many content words with one use case's description...
+TITLE_MARGIN = 2  # ...and this many more than with any other use case's, to govern it by description
+
+
+def described_use_case(title: str, descriptions: dict[str, str]) -> str | None:
+    """The use case a document's title describes in the registry's own words ("Card transaction categories
+    (budgeting app)" for txn-categorisation, whose models categorise card transactions for the budgeting app), by
+    shared content words with a clear lead over every other use case; None when no use case is clearly described."""
+    words = _content(title)
+    counts = sorted(((len(_shared(words, vocabulary)), use_case) for use_case, vocabulary in _vocabularies(descriptions).items()),
+                    reverse=True)
+    if not counts or counts[0][0] < TITLE_WORDS or (len(counts) > 1 and counts[0][0] - counts[1][0] < TITLE_MARGIN):
+        return None
+    return counts[0][1]
+
+
 def _named(question: str, known: tuple[str, ...]) -> list[str]:
     """The use cases the question names: those whose whole name it spells out (word for word, after stemming),
     except a name found only inside a longer name that is also found (fraud in card fraud). When no whole name is
@@ -215,7 +231,12 @@ def _named(question: str, known: tuple[str, ...]) -> list[str]:
                            for i, j in found)]
     parts = {use_case: _longest_part(name, words) for use_case, name in names.items() if len(name) >= 3}
     longest = max(parts.values(), default=0)
-    return [use_case for use_case, length in parts.items() if length == longest] if longest >= 2 else []
+    if longest < 2:
+        return []
+    tied = [use_case for use_case, length in parts.items() if length == longest]
+    # "rule out a heart attack ... with chest pain" uses all of chest-pain-rule-out's words, two of pe-rule-out's
+    coverage = {use_case: sum(word in words for word in names[use_case]) / len(names[use_case]) for use_case in tied}
+    return [use_case for use_case in tied if coverage[use_case] == max(coverage.values())]
 
 
 def _longest_part(name: list[str], words: list[str]) -> int:

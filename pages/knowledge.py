@@ -28,6 +28,7 @@ from engine.documents import SUPPORTED_SUFFIXES
 from engine.rulebook import document_governance, rulebook, use_case_terms
 from engine.search import hybrid_search
 from engine.sources import KINDS, Source, SourceError, export_csv, import_csv, list_sources, unknown_sources
+from engine.use_cases import use_case_descriptions
 from engine.workspace import make_chunker, open_knowledge_base
 
 PAGE_SIZE = 20
@@ -356,7 +357,8 @@ def governance_form(kb, snapshot) -> None:
     """Which use case each document governs, and the admin's choice where its text does not say (or says wrongly)."""
     st.subheader("Documents and the use cases they govern")
     documents = kb.documents()
-    governance = document_governance(kb.connection, use_case_terms(snapshot.candidates))
+    governance = document_governance(kb.connection, use_case_terms(snapshot.candidates),
+                                     descriptions=use_case_descriptions(snapshot.candidates))
     st.dataframe(views.governance_rows(documents, governance), hide_index=True, width="stretch")
     if not documents:
         return
