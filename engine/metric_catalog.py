@@ -432,6 +432,9 @@ class MetricVocabulary:
         found = []
         for match in self._pattern.finditer(normal):
             start, end = positions[match.start()], positions[match.end() - 1] + 1
+            written = text[start:end]
+            if len(written) <= 3 and written.isalpha() and written.islower() and written not in self.logged:
+                continue  # "der" is an article, "DER" the diarization error rate; a logged key "mae" is itself
             index = int(match.lastgroup[1:])
             found.append(MetricMention(start, end, self._keys_of[index], text[start:end], self._partial[index]))
         return found

@@ -212,10 +212,17 @@ def _subject(before, after, unit: str, vocabulary: MetricVocabulary) -> tuple[st
     logged_before = [m for m in outside if set(m.keys) <= vocabulary.logged]
     logged_after = [m for m in after if set(m.keys) <= vocabulary.logged]
     if logged_before:
-        return _disambiguated(logged_before[0 if " | " in unit else -1].keys, unit)
+        chosen = logged_before[0 if " | " in unit else -1]
+        head = next((m for m in reversed(logged_before) if not m.partial and m.end <= chosen.start), None)
+        if chosen.partial and head and len(_disambiguated(head.keys, unit)) == 1 and _MODIFIER.fullmatch(unit[head.end:chosen.start]):
+            chosen = head  # "macro F1 over the 200 most frequent tags": the tags qualify the F1
+        return _disambiguated(chosen.keys, unit)
     if logged_after:
         return _disambiguated(logged_after[0].keys, unit)
     return outside[-1].keys if outside else after[0].keys if after else ()
+
+
+_MODIFIER = re.compile(r"\s+(?:over|of|on|for|across|in|at|per|among|from)\b[^,;:()]*", re.I)
 
 
 def _disambiguated(keys: tuple[str, ...], unit: str) -> tuple[str, ...]:

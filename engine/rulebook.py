@@ -140,8 +140,18 @@ def loosely_named_use_cases(text: str, use_cases) -> set[str]:
     return {use_case for use_case, score in scores.items() if score == best}  # the names it uses most fully
 
 
+_FUNCTION_WORDS = {"a", "an", "and", "as", "at", "by", "for", "from", "in", "of", "on", "or", "per", "the", "to", "vs", "with"}
+
+
 def _name_tokens(use_case: str) -> list[str]:
-    return [t for t in re.split(r"[-_./\s]+", use_case.lower()) if t]
+    """The words of a use case's name that can name it ("to" of ivr-text-to-speech cannot)."""
+    return [t for t in re.split(r"[-_./\s]+", use_case.lower()) if t and t not in _FUNCTION_WORDS]
+
+
+def _initials(plain: list[str]) -> set[str]:
+    """The initials of every run of two to four content words: "pulmonary embolism" gives "pe"."""
+    return {"".join(word[0] for word in plain[i:i + n]) for n in (2, 3, 4) for i in range(len(plain) - n + 1)
+            if all(len(word) >= 3 and word.isalpha() for word in plain[i:i + n])}
 
 
 def _word_user(text: str):
@@ -149,8 +159,7 @@ def _word_user(text: str):
     "recommendations", the initialism "pe" by "pulmonary embolism"."""
     plain = re.findall(r"[a-z0-9]+", text.lower())
     words = set(plain) | {word[:-1] for word in plain if word.endswith("s")} | {word[:-3] + "y" for word in plain if word.endswith("ies")}
-    initials = {"".join(word[0] for word in plain[i:i + n]) for n in (2, 3, 4) for i in range(len(plain) - n + 1)
-                if all(len(word) >= 3 and word.isalpha() for word in plain[i:i + n])}
+    initials = _initials(plain)
 
     def used(token: str) -> bool:
         if any(variant in words for variant in spelled_both_ways(token)):
@@ -164,17 +173,19 @@ def _word_user(text: str):
 
 
 def section_of_another(heading: str, use_case: str, use_cases) -> bool:
-    """A section headed with the words that only another use case's name has ("Suspected pulmonary embolism" for
-    pe-rule-out, beside chest-pain-rule-out) and none of this one's speaks of that other use case."""
+    """A section headed with another use case's name ("2. Pulmonary embolism rule-out"), or with the initialism only
+    another use case's name has spelled out ("Suspected pulmonary embolism" for pe-rule-out, beside
+    chest-pain-rule-out) and none of this one's own words, speaks of that other use case."""
     if not heading:
         return False
-    shared = Counter(token for name in set(use_cases) | {use_case} for token in set(_name_tokens(name)))
-    used = _word_user(heading)
-
-    def distinct_used(name: str) -> bool:
-        return any(shared[token] == 1 and used(token) for token in _name_tokens(name))
-
-    return not distinct_used(use_case) and any(distinct_used(name) for name in use_cases if name != use_case)
+    names = set(use_cases) | {use_case}
+    if named := loosely_named_use_cases(heading, names):
+        return use_case not in named
+    shared = Counter(token for name in names for token in set(_name_tokens(name)))
+    used, initials = _word_user(heading), _initials(re.findall(r"[a-z0-9]+", heading.lower()))
+    own = [token for token in _name_tokens(use_case) if shared[token] == 1]
+    return not any(map(used, own)) and any(shared[token] == 1 and 2 <= len(token) <= 4 and token in initials
+                                           for name in names - {use_case} for token in _name_tokens(name))
 
 
 def document_governance(connection, terms: dict[str, tuple[str, ...]], only: str | None = None,
@@ -218,7 +229,8 @@ def _read_governance(connection, terms, only, assigned, descriptions) -> dict[in
         else:
             opening = f"{title}\n{openings.get(document_id, '')}"
             governance[document_id] = governed_by(metadata, named.get(document_id, set()) | named_use_cases(title, terms)
-                                                  | loosely_named_use_cases(opening, terms), described_use_case(title, descriptions))
+                                                  | (loosely_named_use_cases(title, terms) or loosely_named_use_cases(opening, terms)),
+                                                  described_use_case(title, descriptions))
     return governance
 
 

@@ -11,6 +11,8 @@ import re
 
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)]|\(?[a-z][.)]|\[[ xX✓]?\])\s+")
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
+_SETEXT_RULE = re.compile(r"^(?:={3,}|-{3,})$")
+_INDENTED = re.compile(r"^(?: {2,}|\t)\S")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(`*A-Z0-9])|(?<=;)\s+")
 _HARD_COLUMN = re.compile(r"type|kind|hard|mandatory|blocking|required|level|strength|must|binding|severity", re.I)
 _YES, _NO = {"yes", "y", "true", "x", "✓", "✔"}, {"no", "n", "false", "-", "—"}
@@ -23,16 +25,33 @@ def rule_units(text: str) -> list[str]:
 
 def headed_rule_units(text: str) -> list[tuple[str, str]]:
     """(the heading the unit stands under, the unit): a section titled for one use case speaks of that one."""
-    units, paragraph, header, heading = [], [], None, ""
+    units, paragraph, header, heading, indented_list = [], [], None, "", False
     lines = text.splitlines()
 
     def flush() -> None:
         if paragraph:
-            units.extend((heading, part.strip()) for part in _SENTENCE_END.split(" ".join(paragraph)) if part.strip())
+            units.extend((heading, part.strip()) for sentence in _SENTENCE_END.split(" ".join(paragraph))
+                         for part in _in_each_language(sentence) if part.strip())
             paragraph.clear()
 
     for index, line in enumerate(lines):
         stripped = line.strip()
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if _SETEXT_RULE.match(stripped) and not paragraph:
+            continue  # the underline of a heading taken below
+        if stripped and _SETEXT_RULE.match(following.strip()) and not _BULLET.match(line) and not paragraph:
+            heading = stripped  # "Release gates" over a line of "====="
+            continue
+        if stripped.endswith(":") and _INDENTED.match(following) and not _BULLET.match(line):
+            flush()
+            heading = stripped.rstrip(":")  # "gates (blocking, every one must hold):" over indented lines
+            indented_list = True
+            continue
+        if indented_list and _INDENTED.match(line):
+            flush()
+            paragraph.append("- " + stripped)  # an indented line under a "...:" line is an item of that list
+            continue
+        indented_list = False
         if stripped.startswith("|"):
             flush()
             cells = [cell.strip() for cell in stripped.strip("|").split("|")]
@@ -55,6 +74,18 @@ def headed_rule_units(text: str) -> list[tuple[str, str]]:
         paragraph.append(stripped)
     flush()
     return [(heading, unit) for heading, unit in units if unit]
+
+
+def _in_each_language(sentence: str) -> list[str]:
+    """"Genauigkeit ... ≥ 90 % / accuracy of the estimated number of speakers ≥ 90%": a rule written twice, in two
+    languages, is two units; a slash inside a quantity ("req / s") is not such a split."""
+    parts = _LANGUAGE_SPLIT.split(sentence)
+    if len(parts) == 2 and all(re.search(r"\d", part) for part in parts):
+        return [parts[0], ("- " if sentence.startswith("- ") else "") + parts[1]]
+    return [sentence]
+
+
+_LANGUAGE_SPLIT = re.compile(r"\s+/\s+")
 
 
 def _table_row(cells: list[str], header: list[str] | None) -> str:
