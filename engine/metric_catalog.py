@@ -109,12 +109,40 @@ KINDS: tuple[MetricKind, ...] = (
                bounded=True),
     MetricKind("detection_delay", "detection delay", False, ("detection delay", "time to detection", "time to detect",
                                                             "detection latency"), decimals=1, dimension="time", default_unit="s"),
-    MetricKind("coverage", "coverage", True, ("coverage", "catalog coverage", "item coverage", "interval coverage",
+    MetricKind("coverage", "coverage", True, ("coverage", "catalog coverage", "item coverage", "interval coverage", "picp",
+                                              "prediction interval coverage probability", "prediction interval coverage",
                                               "prediction interval covers", "interval covers", "covers")),
     MetricKind("novelty", "novelty", True, ("novelty",)),
     MetricKind("rtf", "real-time factor", False, ("real-time factor", "real time factor", "rtf")),
     MetricKind("mdape", "median absolute percentage error", False, ("median absolute percentage error", "mdape", "median ape",
                                                                      "median absolute percent error"), decimals=3),
+    MetricKind("fid", "FID", False, ("fid", "fréchet inception distance", "frechet inception distance"), decimals=2),
+    MetricKind("clip_score", "CLIP score", True, ("clip score", "clipscore")),
+    MetricKind("c_index", "C-index", True, ("c-index", "c index", "concordance index", "harrell's c", "harrell's c-index",
+                                            "concordance"), bounded=True),
+    MetricKind("ibs", "integrated Brier score", False, ("integrated brier score", "integrated brier", "ibs"), bounded=True),
+    MetricKind("crps", "CRPS", False, ("crps", "continuous ranked probability score"), decimals=3),
+    MetricKind("demographic_parity", "demographic parity difference", False,
+               ("demographic parity difference", "demographic parity gap", "demographic parity", "statistical parity difference",
+                "dp difference", "dp diff", "dp gap"), bounded=True),
+    MetricKind("equal_opportunity", "equal opportunity gap", False,
+               ("equal opportunity gap", "equal opportunity difference", "equal opportunity", "eo gap", "eo difference",
+                "eo diff"), bounded=True),
+    MetricKind("hallucination_rate", "hallucination rate", False, ("hallucination rate", "hallucinations", "halluc rate"),
+               bounded=True),
+    MetricKind("toxicity_rate", "toxicity rate", False, ("toxicity rate", "toxicity", "toxic responses"), bounded=True),
+    MetricKind("win_rate", "win rate", True, ("win rate", "winrate"), bounded=True),
+    MetricKind("ttft", "time to first token", False, ("time to first token", "ttft", "first token latency"),
+               decimals=1, dimension="time", default_unit="ms"),
+    MetricKind("hamming_loss", "Hamming loss", False, ("hamming loss",), bounded=True, decimals=4),
+    MetricKind("gpu_memory", "GPU memory", False, ("gpu memory", "vram", "video memory", "gpu ram", "peak gpu memory"),
+               decimals=2, dimension="size", default_unit="MB"),
+    MetricKind("energy", "energy", False, ("energy per inference", "energy use", "energy consumption", "energy"),
+               decimals=2, dimension="energy", default_unit="J"),
+    MetricKind("power", "power", False, ("power draw", "average power", "power consumption", "power use", "power"),
+               decimals=2, dimension="power", default_unit="mW"),
+    MetricKind("emissions", "CO2 emissions", False, ("co2 emissions", "co2", "co₂", "carbon emissions", "carbon footprint",
+                                                     "emissions", "co2e"), decimals=1, dimension="mass", default_unit="kg"),
     MetricKind("runtime", "runtime", False, ("runtime", "run time", "wall time", "wall-clock time", "batch time"),
                decimals=1, dimension="time", default_unit="s"),
 )
@@ -149,10 +177,18 @@ UNIT_TOKENS = {
     "mm": "mm", "millimetre": "mm", "millimetres": "mm", "millimeter": "mm", "millimeters": "mm",
     "cm": "cm", "centimetre": "cm", "centimetres": "cm", "centimeter": "cm", "centimeters": "cm",
     "day": "day", "days": "day", "week": "week", "weeks": "week",
+    "j": "J", "joule": "J", "joules": "J", "mj": "mJ", "millijoule": "mJ", "millijoules": "mJ", "kj": "kJ",
+    "wh": "Wh", "kwh": "kWh", "watt-hour": "Wh", "watt-hours": "Wh",
+    "mw": "mW", "milliwatt": "mW", "milliwatts": "mW", "w": "W", "watt": "W", "watts": "W", "kw": "kW",
+    "megawatt": "MW", "megawatts": "MW",
+    "g": "g", "gram": "g", "grams": "g", "kg": "kg", "kilogram": "kg", "kilograms": "kg", "tonne": "t", "tonnes": "t",
+    "m": "m", "metre": "m", "metres": "m", "meter": "m", "meters": "m", "km": "km", "kilometre": "km", "kilometres": "km",
+    "kilometer": "km", "kilometers": "km",
 }
 RATE_UNITS = {"second": "s", "sec": "s", "s": "s", "minute": "min", "min": "min", "hour": "h", "hr": "h", "h": "h",
               "day": "day", "week": "week", "month": "month"}  # "per <this>": a rate
 _KEY_UNITS = {token: unit for token, unit in UNIT_TOKENS.items() if unit not in ("min", "h", "day", "week")}  # "min_recall"
+_ITEM_COUNTS = {"1k": 1000.0, "k": 1000.0, "1000": 1000.0, "thousand": 1000.0, "1m": 1e6, "million": 1e6, "100": 100.0}  # cost_usd_per_1k
 _TIME_UNITS = {"ms", "µs", "s", "min", "h", "day", "week"}
 _SIZE_UNITS = {"kB", "KiB", "MB", "MiB", "GB", "GiB"}
 _SPLIT_PREFIXES = {"val", "valid", "validation", "test", "holdout", "eval", "offline", "mean", "avg", "average", "overall"}
@@ -160,10 +196,14 @@ _LOWER_WORDS = {"error", "loss", "latency", "time", "duration", "size", "memory"
                 "gap", "bias", "mb", "gb", "ms", "kb", "alarm", "alarms", "false", "misses", "rejection", "distance", "runtime"}
 
 
+_OTHER_DIMENSIONS = {"USD": "money", "¢": "money", "mm": "length", "cm": "length", "m": "length", "km": "length",
+                     "J": "energy", "mJ": "energy", "kJ": "energy", "Wh": "energy", "kWh": "energy",
+                     "mW": "power", "W": "power", "kW": "power", "MW": "power", "g": "mass", "kg": "mass", "t": "mass"}
+
+
 def unit_dimension(unit: str) -> str:
     return ("time" if unit in _TIME_UNITS else "size" if unit in _SIZE_UNITS else "percent" if unit == "%"
-            else "money" if unit in ("USD", "¢") else "length" if unit in ("mm", "cm") else "rate" if unit.startswith("1/")
-            else "")
+            else "rate" if unit.startswith("1/") else _OTHER_DIMENSIONS.get(unit, ""))
 
 
 @dataclass(frozen=True)
@@ -179,6 +219,7 @@ class MetricSpec:
     kind: str | None = None
     percentile: int | None = None
     words: tuple[str, ...] = ()
+    per: float = 1.0  # items one value is for: cost_usd_per_1k is per 1000 requests
 
     def format(self, value: float) -> str:
         """The value as the product writes it everywhere (prompt, answer, tables), unit included.
@@ -219,21 +260,24 @@ def metric_spec(name: str) -> MetricSpec:
         unit = f"1/{RATE_UNITS[per]}"  # false_alarms_per_day, pages_per_minute
     elif any(t in ("fps", "rps", "qps") for t in tokens):
         unit = "1/s"
-    percentile = next((int(m.group(1)) for t in tokens if (m := re.fullmatch(r"p(\d{2,3})", t))), None)
+    items = next((_ITEM_COUNTS[tokens[i + 1]] for i, t in enumerate(tokens[:-1]) if t == "per" and tokens[i + 1] in _ITEM_COUNTS), 1.0)
+    written_percentiles = [int(m.group(1)) for t in tokens if (m := re.fullmatch(r"p(\d{2,3})", t))]
+    percentile = written_percentiles[0] if len(written_percentiles) == 1 else None  # picp_p10_p90 is an interval
     at_k = next((tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "at" and re.fullmatch(r"\d+(?:pct|percent|p)?", tokens[i + 1])), None)
     if at_k is None and re.search(r"@(\d+)", name):
         at_k = re.search(r"@(\d+)", name).group(1)
+    counted = ("per", *_ITEM_COUNTS) if items != 1.0 else ()
     core = [t for t in tokens if t not in UNIT_TOKENS and not re.fullmatch(r"p\d{2,3}", t) and t != "at" and t != at_k
-            and t not in _SPLIT_PREFIXES and not (per and t in ("per", per))]
+            and t not in _SPLIT_PREFIXES and not (per and t in ("per", per)) and t not in counted]
     whole = [t for t in tokens if t not in UNIT_TOKENS and not re.fullmatch(r"p\d{2,3}", t) and t != "at" and t != at_k
-             and not (per and t in ("per", per))]
+             and not (per and t in ("per", per)) and t not in counted]
     kind = _kind_of(whole) if _kind_of(whole) and " ".join(whole) in _KIND_BY_WORD else _kind_of(core)  # "average precision"
     if kind is None:
         higher = False if any(t in _LOWER_WORDS or t.endswith("error") for t in tokens) else None
         label = " ".join(core) or name
         own = MetricKind(label.replace(" ", "_"), label, bool(higher), (label,)) if core else None
         words = _key_words(name) + (_kind_words(own, percentile, at_k) if own and (at_k or percentile) else [])
-        return MetricSpec(name, label, higher, unit, decimals=2 if unit else 3, percentile=percentile, words=tuple(words))
+        return MetricSpec(name, label, higher, unit, decimals=2 if unit else 3, percentile=percentile, words=tuple(words), per=items)
     if not unit and kind.default_unit and kind.dimension:
         unit = kind.default_unit
     phrase = " ".join(core)
@@ -247,7 +291,7 @@ def metric_spec(name: str) -> MetricSpec:
         label = f"{prefix[0]} {label}"
     words = _own_top_k(_key_words(name) + _iou_words(kind, core) + _kind_words(kind, percentile, at_k), name)
     return MetricSpec(name, label, kind.higher_is_better, unit, kind.bounded, kind.decimals, kind.name, percentile,
-                      tuple(dict.fromkeys(words)))
+                      tuple(dict.fromkeys(words)), items)
 
 
 def _kind_of(core: list[str]) -> MetricKind | None:
@@ -279,6 +323,14 @@ _ENGLISH_SHORT_WORDS = {"a", "an", "as", "at", "be", "by", "do", "go", "he", "if
                         "not", "our", "the", "was", "who", "all", "any", "new", "one", "per", "top", "use", "set", "run"}
 _GENERIC_TOKENS = {"rate", "score", "error", "time", "model", "size", "test", "mean", "total", "count", "value", "metric",
                    "loss", "ratio", "per", "at", "avg", "max", "min", "top", "overall", "offline", "online", "valid", "holdout"}
+
+
+# Short forms teams use in metric keys, for the word a sentence writes instead
+_ABBREVIATIONS = {"img": "image", "imgs": "images", "gen": "generation", "lat": "latency", "mem": "memory", "spk": "speaker",
+                  "req": "request", "reqs": "requests", "resp": "response", "doc": "document", "docs": "documents",
+                  "pred": "prediction", "preds": "predictions", "inf": "inference", "tok": "token", "toks": "tokens",
+                  "seq": "sequence", "err": "error", "fcst": "forecast", "trn": "training", "util": "utilisation",
+                  "calib": "calibration", "cnt": "count", "num": "number", "txn": "transaction", "cust": "customer"}
 
 
 def _is_initialism(token: str) -> bool:
@@ -393,6 +445,7 @@ class MetricVocabulary:
                     if acronym not in _ENGLISH_SHORT_WORDS and acronym not in UNIT_TOKENS and not _KIND_BY_WORD.get(acronym):
                         phrases.setdefault(re.escape(acronym), set()).add(key)  # "NE" for normalized_entropy
                 for token in tokens if len(tokens) > 1 else ():
+                    token = _ABBREVIATIONS.get(token, token)  # gen_ms_per_img: "per image"
                     if len(token) >= 4 and token.isalpha() and token not in _GENERIC_TOKENS and not _KIND_BY_WORD.get(token):
                         for variant in spelled_both_ways(token):
                             phrases.setdefault(_inflected([variant]), set()).add(key)  # "batch" for batch_runtime_s

@@ -26,16 +26,21 @@ _UNIT = "|".join(re.escape(u) for u in _UNIT_WORDS)
 _ONE_WORD = "|".join(re.escape(w) for w in sorted(_NUMBER_WORDS, key=len, reverse=True))
 # "two hundred", "ninety-five", "one and a half", "twelve thousand": number words written together
 _WORD = rf"(?:{_ONE_WORD})(?:(?:\s+and\s+|[\s-]+)(?:{_ONE_WORD}|a half))*"
-_DIGITS = r"[-+±]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+_DIGITS = r"[-+±]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+,\d{1,2}(?![\d,])|\d+)(?:\.\d+)?"  # "2,5 GB" is a decimal comma
 # "0.2 s", "1,200 MB", "$0.05"; number words and fractions only with a unit ("five cents", "an hour", "half a second");
 # "one in five" is a share.
+_END = r"(?![^\W¹²³⁴⁵⁶⁷⁸⁹⁰])"  # a footnote mark may follow a unit: "250 m¹", "2 ms³"
 NUMBER = re.compile(
-    r"(?<![\w.@])(?P<dollar>\$\s?)?(?P<n>" + _DIGITS + r")(?:\s*(?P<u>" + _UNIT + r")(?![\w]))?"
-    r"|(?<![\w])(?P<ratio_a>" + _DIGITS + r"|" + _WORD + r")\s+in\s+(?:every\s+)?(?P<ratio_b>" + _DIGITS + r"|" + _WORD + r")(?![\w])"
-    r"|(?<![\w])(?P<f>" + "|".join(sorted(map(re.escape, _FRACTIONS), key=len, reverse=True)) + r")\s+(?P<fu>" + _UNIT + r")(?![\w])"
-    r"|(?<![\w])(?P<w>" + _WORD + r"|an?)\s+(?:an?\s+)?(?P<wu>" + _UNIT + r")(?![\w])",
+    r"(?<![\w])(?P<ratio_a>" + _DIGITS + r"|" + _WORD + r")(?:\s+(?!in\b)[a-z]{3,})?\s+in\s+(?:every\s+)?"
+    r"(?!(?:19|20)\d\d(?![\d,]))(?P<ratio_b>" + _DIGITS + r"|" + _WORD + r")" + _END +  # "one image in 500", not "in 2024"
+    r"|(?<![\w.@])(?P<dollar>\$\s?)?(?P<n>" + _DIGITS + r")(?:\s*(?P<u>" + _UNIT + r")" + _END + r")?"
+    r"|(?<![\w])(?P<f>" + "|".join(sorted(map(re.escape, _FRACTIONS), key=len, reverse=True)) + r")\s+(?P<fu>" + _UNIT + r")" + _END +
+    r"|(?<![\w])(?P<w>" + _WORD + r"|an?)\s+(?:an?\s+)?(?P<wu>" + _UNIT + r")" + _END,
     re.I,
 )
+# "0.4 cents per request", "$4 per 1,000 requests": what an amount is counted for
+_PER_ITEMS = re.compile(r"^\s*(?:per|for each|for every|each|/)\s*(?:(?P<n>[\d,]+|1k|thousand|a thousand|million|1m)\s+)?[a-z]{3,}", re.I)
+_COUNTS = {"1k": 1000, "thousand": 1000, "a thousand": 1000, "million": 1e6, "1m": 1e6}
 FRACTION_WORDS = re.compile(r"\b(?:half|quarter|third)\b", re.I)
 WORD_NUMBER = re.compile(r"(?<![\w])(?:" + _WORD + r")(?![\w])", re.I)
 # "2 pages per second", "fourteen false alarms a week", "one per ten hours": the number is a rate
@@ -52,6 +57,7 @@ class WrittenNumber:
     value: float
     unit: str
     text: str
+    per: float | None = None  # how many items an amount is for: "$4 per 1,000 requests" is 4 per 1000
 
 
 def numbers(text: str) -> list[WrittenNumber]:
@@ -73,21 +79,34 @@ def numbers(text: str) -> list[WrittenNumber]:
             word = match.group("w").lower()
             value, unit = (1.0 if word in ("a", "an") else _value(word)), match.group("wu").lower()
         else:
-            value, unit = float(match.group("n").replace(",", "").replace("±", "")), (match.group("u") or "").lower()
+            value, unit = _digits(match.group("n")), (match.group("u") or "").lower()
             unit = "USD" if match.group("dollar") else unit
         unit = "%" if unit == "per cent" else UNIT_TOKENS.get(unit, unit if unit == "USD" else "")
         end = match.end()
         if not unit and (rate := _RATE.match(text[end:end + 60])):
             value /= _value(rate.group("n")) if rate.group("n") else 1
             unit, end = f"1/{RATE_UNITS[rate.group('u').lower()]}", end + rate.end()
-        found.append(WrittenNumber(match.start(), end, value, unit, match.group(0).strip()))
+        per = None
+        if unit_dimension(unit) in ("money", "energy", "mass") and (items := _PER_ITEMS.match(text[end:end + 40])):
+            written = (items.group("n") or "1").lower()
+            per = _COUNTS.get(written) or float(written.replace(",", "") or 1)
+        found.append(WrittenNumber(match.start(), end, value, unit, match.group(0).strip(), per))
     return sorted(found, key=lambda number: number.start)
 
 
+def _digits(written: str) -> float:
+    """"1,200" is twelve hundred, "2,5" two and a half (a decimal comma is followed by one or two digits)."""
+    written = written.replace("±", "").strip()
+    if re.fullmatch(r"[-+]?\d+,\d{1,2}", written):
+        return float(written.replace(",", "."))
+    return float(written.replace(",", ""))
+
+
 def _value(written: str) -> float:
-    written = written.lower().replace(",", "").replace("±", "").strip()
-    if re.fullmatch(r"[-+]?\d+(?:\.\d+)?", written):
-        return float(written)
+    written = written.lower().replace("±", "").strip()
+    if re.fullmatch(r"[-+]?[\d,]+(?:\.\d+)?", written):
+        return _digits(written)
+    written = written.replace(",", "")
     total, current = 0.0, 0.0
     for word in re.split(r"[\s-]+", written.replace("a half", "half")):
         if word in ("and", "a", "an"):
@@ -110,15 +129,19 @@ def _units():
     return pint.UnitRegistry()
 
 
-def convert(value: float, unit: str, spec, observed: list[float]) -> float | None:
-    """The threshold in the metric's own unit, or None when the units cannot be the same kind of quantity."""
+def convert(value: float, unit: str, spec, observed: list[float], per: float | None = None) -> float | None:
+    """The threshold in the metric's own unit, or None when the units cannot be the same kind of quantity.
+
+    `per`: the items the written amount is for ("0.4 cents per request" against cost_usd_per_1k is 4.0)."""
+    if per is not None:
+        value = value * spec.per / per
     if unit == "%":
         if spec.unit == "%":
             return value
         on_fraction_scale = max(abs(v) for v in observed) <= 1.5 if observed else spec.bounded
         return value / 100 if on_fraction_scale else value
-    if not unit or unit == spec.unit:
-        return value
+    if not unit or unit.lower() == spec.unit.lower():
+        return value  # also "4.5 MW" against pinball_q90_mw: a key cannot tell mW from MW, its team can
     if spec.dimension == "money" and unit_dimension(unit) == "money":
         return value / 100 if unit == "¢" else value
     if not spec.unit or unit_dimension(unit) != spec.dimension:

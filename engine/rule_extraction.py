@@ -24,6 +24,9 @@ from engine.metric_catalog import MetricVocabulary, unit_dimension
 from engine.quantities import FRACTION_WORDS, NUMBER, WORD_NUMBER, WrittenNumber, convert, numbers
 
 CRITERION, PRIORITY, TIE_BREAKER, NEAR_BEST, FAMILY_ORDER = "criterion", "priority", "tie_breaker", "near_best", "family_order"
+# A hard requirement the unit states ("Four seconds per image at the most") whose metric could not be told: it must
+# stop the decision rather than vanish, or the model that breaks it may be recommended.
+UNREAD = "unread"
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,12 @@ class ProposedRule:
 # (pattern, comparison). Longest first; "{N}" is where the number stands. Direction words ("faster than") read
 # the metric's own direction: they are resolved in _comparison().
 _COMPARISONS = [
-    (r"must not exceed|may not exceed|must never exceed|should not exceed|shall not exceed|cannot exceed|can't exceed|"
+    (r"at the most|at the very most|must not exceed|may not exceed|must never exceed|should not exceed|shall not exceed|cannot exceed|can't exceed|"
      r"does not exceed|do not exceed|not to exceed|never exceeds?|no more than|not more than|at most|no higher than|"
      r"not higher than|no greater than|not greater than|no larger than|no bigger than|no slower than|not above|"
      r"not over|up to|or less|or lower|or below|or fewer|maximum of|a maximum of|max\.? of|capped at|cap of|"
      r"ceiling of|limit of|budget of|budget is|limit is|maximum is|fits? (?:in|into|within)|within|at (?:the )?maximum|≤|<=|=<", "<="),
-    (r"no less than|not less than|at least|no lower than|not lower than|no fewer than|no smaller than|not below|"
+    (r"at the least|at the very least|no less than|not less than|at least|no lower than|not lower than|no fewer than|no smaller than|not below|"
      r"never (?:fall|drop|dip|go)s? below|must not (?:fall|drop|dip|go) below|should not (?:fall|drop|dip|go) below|"
      r"not (?:fall|drop|dip|go) below|or more|or higher|or above|minimum of|a minimum of|min\.? of|at (?:a |the )?minimum|"
      r"floor of|minimum is|≥|>=|=>", ">="),
@@ -73,7 +76,7 @@ _CLAUSES = re.compile(r";|,\s*(?:and|but|while)\b,?|\band,|\bbut\b")
 _CLAUSE_BREAK = re.compile(r";|,\s*(?:but|and|while|whereas)\b|\bbut\b", re.I)
 _PLUS_MINUS = re.compile(r"\bwithin\s+(?:±|\+/-|\+-|plus or minus)\s*(?P<n>\d[\d,.]*\s*(?:%|percent|[a-zµ]+)?)", re.I)
 _TRAILING = {"or less", "or lower", "or below", "or fewer", "or more", "or higher", "or above", "or better", "or worse"}
-_FILLER = r"(?:\s*(?:the|a|an|of|value of|mark of|level of|threshold of|roughly|about|around|approximately|[:=~|]))*\s*"
+_FILLER = r"(?:\s*(?:the|a|an|of|value of|mark of|level of|threshold of|roughly|about|around|approximately|[a-z]+['’]s|[:=~|]))*\s*"
 _BETWEEN = re.compile(r"\b(?:between|from|within|in the range(?: of)?|range of|inside)\s+(?P<a>[-+]?\d[\d,.]*)\s*(?P<ua>[%\w]*)(?:\s+(?:and|to)\s+|\s*[-–]\s*)(?P<b>[-+]?\d[\d,.]*\s*(?:%|[a-zµ]+)?)", re.I)
 
 _SOFT = re.compile(
@@ -81,13 +84,14 @@ _SOFT = re.compile(
     r"aspire|desirable|desired|recommended|where possible|if possible|wherever possible|soft|exception|justification|tolerated|"
     r"goal|optional|strive|nice to|would be (?:nice|good|great)|we'd like|would (?:also |still )?like|not a hard stop|would rather|"
     r"rather not|preference|a guide|not a gate|can overrule|can be overruled|if (?:you|we) can|if feasible|"
-    r"nice-to-have|not blocking|non-blocking)\b", re.I)
+    r"nice-to-have|not blocking|non-blocking|not (?:a |the )?gates?|not part of the bar|"
+    r"can (?:still )?(?:go live|ship|be deployed|be released|launch) without)\b", re.I)
 _HARD = re.compile(
     r"\b(?:must|required|requires?|requirement|has to|have to|need(?:s)? to|needs?|needed|only (?:when|if)|unless|shall|"
     r"mandatory|hard|non-negotiable|at all times|cannot|can't|may not|never|not deployed|not acceptable|unacceptable|"
     r"no exceptions?|is a must|disqualif\w*|budget|limit|limited to|maximum|minimum|cap|capped|floor|ceiling|ruled out|blocking|"
     r"gates?|gated|all required|go-live|before go-live|keep|bar)\b", re.I)
-_CONDITION = re.compile(r"(?:^\s*|[,;(]\s*|\b(?:and|but)\s+)(?:if(?!\s+(?:you|we)\s+can\b|\s+possible\b|\s+feasible\b)|when|whenever|anything|any model that|because|since|although|"
+_CONDITION = re.compile(r"(?:^\s*|[,;:(]\s*|\b(?:and|but)\s+)(?:if(?!\s+(?:you|we)\s+can\b|\s+possible\b|\s+feasible\b)|when|whenever|anything|any model that|because|since|although|"
                         r"though|e\.g\.|for example|for instance|such as)\b", re.I)
 _ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
 _DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|measured|logged|can|could|might|may(?! not)|"
@@ -150,8 +154,6 @@ def read_rules(unit: str, vocabulary: MetricVocabulary, families=(), observed: d
 
 def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = "") -> list[ProposedRule]:
     mentions = vocabulary.mentions(unit)
-    if not mentions and not (_THE_MODEL.search(unit) or _PER_PREDICTION.search(unit)):
-        return []
     rules, previous_keys, previous_end = [], (), 0
     for comparison, start, number in _comparisons(unit):
         if _TIE.search(unit[max(previous_end, start - 60):start]) or _MARGIN.match(unit[start:]) and _MARGIN_CONTEXT.search(unit):
@@ -170,17 +172,27 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = 
             comparison, hard = _NEGATION[comparison], True
         elif keys and _REJECT_IF.search(segment):
             comparison, hard = _NEGATION[comparison], not _SOFT.search(segment)
-        elif keys and _requires(segment, unit):
+        elif _requires(segment, unit, heading):
             hard = _hardness(segment, unit, heading) and comparison != "target"
         else:
             continue
+        read = []
         for key in keys:
             spec = vocabulary.spec(key)
-            threshold = convert(number.value, number.unit, spec, observed.get(key, []))
+            threshold = convert(number.value, number.unit, spec, observed.get(key, []), number.per)
             op = _resolved(comparison, spec.higher_is_better)
             if threshold is not None and op is not None:
-                rules.append(ProposedRule(CRITERION, unit, (key,), op, threshold, number.text, hard, implied=implied))
+                read.append(ProposedRule(CRITERION, unit, (key,), op, threshold, number.text, hard, implied=implied))
+        if not read and hard and _states_a_requirement(segment, unit, heading):
+            read.append(ProposedRule(UNREAD, unit, keys, comparison, number.value, number.text))
+        rules += read
     return rules
+
+
+def _states_a_requirement(segment: str, unit: str, heading: str) -> bool:
+    """Hard words in the clause, the unit or the heading above it ("Go-live gates (ALL blocking)"), or a ≤/≥ sign:
+    what a reader takes for a requirement even when the product cannot tell which metric it bounds."""
+    return bool(_HARD.search(segment) or _HARD.search(unit) or _HARD.search(heading) or re.search(r"[<>≤≥]", segment))
 
 
 _THE_MODEL = re.compile(r"\b(?:the |a |each |any )?(?:model|artefact|artifact|checkpoint|weights|binary|bundle)\b", re.I)
@@ -310,12 +322,14 @@ def _comparisons(unit: str):
             found = [n for n in numbers(unit) if match.end() <= n.start <= match.end() + following.end()
                      and not _looks_like_a_year(n, unit[match.end():n.start]) and not _PERIOD.match(unit, n.end)]
             if not found and words in _AFTER_THE_NUMBER:
-                found = [n for n in numbers(unit[:match.start()]) if re.fullmatch(r"[\s,]*", unit[n.end:match.start()])]  # "5% at most"
+                found = [n for n in numbers(unit[:match.start()]) if _PER_WHAT.fullmatch(unit[n.end:match.start()])]  # "5% at most"
             comparison = _negated(unit[:match.start()], comparison)
         if found:
             yield comparison, match.start(), found[-1]
 
 
+# between a number and its "at most": nothing, or what it is counted per ("four seconds per 1024 by 1024 image")
+_PER_WHAT = re.compile(r"[\s,]*(?:(?:per|a|an|each|for each)\s+[^,;.()]{1,40}?[\s,]*)?", re.I)
 _AFTER_THE_NUMBER = {"at most", "at least", "at the most", "at the least", "maximum", "minimum", "max", "min", "at minimum",
                      "at a minimum", "at maximum", "at the minimum", "at the maximum"}
 _NEGATION = {"<": ">=", ">": "<=", "<=": ">", ">=": "<", "better": "worse_eq", "worse": "better_eq", "better_eq": "worse",
@@ -356,14 +370,15 @@ _NONE_MAY = re.compile(r"\bno\s+\w+(?:\s+\w+)?\s+(?:may|can|should|must|will|is 
 _CAPACITY = re.compile(r"\b(?:can|will|would|could)\s+(?:only\s+)?(?:\w+\s+){1,2}?(?=at most|no more than|up to|at least|at the most)", re.I)
 
 
-def _requires(segment: str, unit: str) -> bool:
-    """A comparison is a rule when its clause requires or prefers it, not when it describes or conditions."""
+def _requires(segment: str, unit: str, heading: str = "") -> bool:
+    """A comparison is a rule when its clause requires or prefers it, not when it describes or conditions; a heading
+    that asks or states a requirement ("How fast does it have to be?") makes the plain answer under it one."""
     if _ONLY_IF.search(segment) or _NONE_MAY.search(segment):
         return True
     if _CONDITION.search(segment) or _DESCRIPTIVE.search(_CAPACITY.sub("", segment)) or _RELATIVE_TO.search(unit):
         return False
     return bool(_HARD.search(segment) or _SOFT.search(segment) or _HARD.search(unit) or _SOFT.search(unit) or _CAPACITY.search(segment)
-                or re.search(r"[<>≤≥]", segment) or " | " in unit or unit.startswith("- "))
+                or re.search(r"[<>≤≥]", segment) or " | " in unit or unit.startswith("- ") or _HARD.search(heading))
 
 
 _MARKUP_KIND = re.compile(r"(?:^|[|—–-]\s*\**)(hard|soft)(?:\**\s*(?:[|—–-]|$))", re.I)
@@ -510,7 +525,7 @@ def confirm(rule: ProposedRule, vocabulary: MetricVocabulary) -> bool:
     if rule.kind == TIE_BREAKER and not (set(rule.metrics) <= named or _SMALLER_MODEL.search(rule.sentence)
                                          or _FASTER_MODEL.search(rule.sentence) or _CHEAPER_MODEL.search(rule.sentence)):
         return False
-    if rule.kind in (CRITERION, NEAR_BEST):
+    if rule.kind in (CRITERION, NEAR_BEST, UNREAD):
         number = re.sub(r"[\s,]", "", rule.written.lower())
         if not number or number not in re.sub(r"[\s,]", "", rule.sentence.lower()):
             return False

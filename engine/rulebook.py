@@ -26,7 +26,7 @@ from engine.criteria import (
 )
 from engine.decision import Decision, decide
 from engine.metric_catalog import MetricVocabulary, spelled_both_ways, vocabulary_for
-from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule, read_rules
+from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, UNREAD, ProposedRule, read_rules
 from engine.quantities import numbers
 from engine.statements import headed_rule_units
 from engine.use_cases import described_use_case, use_case_descriptions
@@ -74,6 +74,7 @@ class Rulebook:
     undirected: tuple[str, ...] = ()  # metrics a rule ranks on whose direction nobody gave
     reviewed_by: str | None = None
     extracted: Rulebook | None = field(default=None, compare=False)  # for a reviewed use case: what the documents say now
+    unread: tuple[RuleProvenance, ...] = ()  # hard requirements stated in a sentence the extraction could not read
 
     @property
     def hard_criteria(self) -> list[AcceptanceCriterion]:
@@ -82,6 +83,9 @@ class Rulebook:
     def blockers(self) -> list[str]:
         """Why no candidate may be recommended from these rules, whatever the metrics (empty when they can decide)."""
         reasons = [conflict.text for conflict in self.conflicts]
+        reasons += [f'{s.document} <<SRC:{s.source_id}>> states a hard requirement that could not be read as a rule: '
+                    f'"{s.sentence}" ({s.rule}); an admin writes it as a rule on the Knowledge page (Criteria tab)'
+                    for s in self.unread]
         if self.undirected:
             reasons.append(f"no document says whether higher or lower is better for {', '.join(self.undirected)}: "
                            "an admin sets it on the Knowledge page (Criteria tab)")
@@ -398,6 +402,9 @@ def _describe(rule: ProposedRule, vocabulary: MetricVocabulary) -> str:
         direction = rule.higher_is_better if rule.higher_is_better is not None else vocabulary.spec(rule.metrics[0]).higher_is_better
         way = {True: "highest", False: "lowest", None: "best"}[direction]
         return f"{'rank on' if rule.kind == PRIORITY else 'ties go to'} the {way} {rule.metrics[0]}"
+    if rule.kind == UNREAD:
+        bounded = f" of {', '.join(rule.metrics)}" if rule.metrics else ""
+        return f"a hard limit{bounded} at {rule.written} that could not be read as a rule on a logged metric"
     if rule.kind == NEAR_BEST:
         margin = f"{rule.threshold:.4g} {'relative' if rule.relative else 'absolute'}"
         return f"near-best margin {margin}" + (f" for {', '.join(rule.metrics)}" if rule.metrics else "")
@@ -451,8 +458,17 @@ def _assemble(use_case: str, found: list[tuple[ProposedRule, RuleText]], vocabul
             family_order=order_rule.families if order_rule else (), part_sources=part_sources,
         )
         undirected = _undirected(policy, vocabulary)
-    state = "extracted" if criteria or policy or conflicts else "none"
-    return Rulebook(use_case, criteria, policy, state, tuple(provenance.values()), tuple(conflicts), tuple(documents), undirected)
+    # a requirement also read elsewhere in its document (the other language of a bilingual rule, a summary) is read
+    read = {(rule.comparison, text.document, _as_written(rule.written)) for rule, text in found if rule.kind == CRITERION}
+    unread = tuple(dict.fromkeys(provenance[id(rule)] for rule, text in found if rule.kind == UNREAD
+                                 and (rule.comparison, text.document, _as_written(rule.written)) not in read))
+    state = "extracted" if criteria or policy or conflicts or unread else "none"
+    return Rulebook(use_case, criteria, policy, state, tuple(provenance.values()), tuple(conflicts), tuple(documents), undirected,
+                    unread=unread)
+
+
+def _as_written(number: str) -> str:
+    return re.sub(r"\s+", "", number.lower()).replace(",", ".")
 
 
 def _value(rule: ProposedRule):

@@ -12,6 +12,7 @@ import re
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)]|\(?[a-z][.)]|\[[ xX✓]?\])\s+")
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
 _SETEXT_RULE = re.compile(r"^(?:={3,}|-{3,})$")
+_BOLD_LINE = re.compile(r"^(?:\*\*[^*]+\*\*|__[^_]+__)$")
 _INDENTED = re.compile(r"^(?: {2,}|\t)\S")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(`*A-Z0-9])|(?<=;)\s+")
 _HARD_COLUMN = re.compile(r"type|kind|hard|mandatory|blocking|required|level|strength|must|binding|severity", re.I)
@@ -41,6 +42,10 @@ def headed_rule_units(text: str) -> list[tuple[str, str]]:
             continue  # the underline of a heading taken below
         if stripped and _SETEXT_RULE.match(following.strip()) and not _BULLET.match(line) and not paragraph:
             heading = stripped  # "Release gates" over a line of "====="
+            continue
+        if _BOLD_LINE.match(stripped):
+            flush()
+            heading = stripped.strip("*_ ")  # "**How fast does it have to be?**" heads its answer
             continue
         if stripped.endswith(":") and _INDENTED.match(following) and not _BULLET.match(line):
             flush()
