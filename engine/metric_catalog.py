@@ -243,7 +243,9 @@ def _tokens(key: str) -> list[str]:
     """The key's words; "hausdorff95" is the word and its percentile (p95), while "f1", "r2", "map50" stay whole."""
     tokens = []
     for token in re.split(r"[_\-.@/\s:]+", key.lower()):
-        if split := re.fullmatch(r"([a-z]{4,})(\d{2,3})", token):
+        if (split := re.fullmatch(r"([a-z]{3,})(\d{1,3})", token)) and split.group(1) in _AT_K_WORDS:
+            tokens += [split.group(1), "at", split.group(2)]  # ndcg10 is nDCG@10
+        elif split := re.fullmatch(r"([a-z]{4,})(\d{2,3})", token):
             tokens += [split.group(1), f"p{split.group(2)}"]
         elif token:
             tokens.append(token)
@@ -272,6 +274,8 @@ def metric_spec(name: str) -> MetricSpec:
     whole = [t for t in tokens if t not in UNIT_TOKENS and not re.fullmatch(r"p\d{2,3}", t) and t != "at" and t != at_k
              and not (per and t in ("per", per)) and t not in counted]
     kind = _kind_of(whole) if _kind_of(whole) and " ".join(whole) in _KIND_BY_WORD else _kind_of(core)  # "average precision"
+    if kind is None and percentile is not None and unit in _TIME_UNITS:
+        kind = _KIND_BY_WORD["latency"]  # score_p99_ms: a percentile of a time is a latency
     if kind is None:
         higher = False if any(t in _LOWER_WORDS or t.endswith("error") for t in tokens) else None
         label = " ".join(core) or name
@@ -304,8 +308,11 @@ def _kind_of(core: list[str]) -> MetricKind | None:
     return None
 
 
+_AT_K_WORDS = {"ndcg", "mrr", "recall", "precision", "prec", "hit", "hitrate", "map"}  # "ndcg10": at 10 results
+
+
 def _key_words(name: str) -> list[str]:
-    spaced = " ".join(_tokens(name))
+    spaced = " ".join(re.sub(r"^(\d+)([a-z]+)$", r"\1 \2", token) for token in _tokens(name))  # within_50m_rate: "50 m"
     written = [re.sub(r"\btop(\d+)\b", rf"top{sep}\1", spaced) for sep in ("-", " ")]  # top5 accuracy: "top-5 accuracy"
     return list(dict.fromkeys([name.lower(), spaced, *written]))
 
@@ -326,11 +333,13 @@ _GENERIC_TOKENS = {"rate", "score", "error", "time", "model", "size", "test", "m
 
 
 # Short forms teams use in metric keys, for the word a sentence writes instead
-_ABBREVIATIONS = {"img": "image", "imgs": "images", "gen": "generation", "lat": "latency", "mem": "memory", "spk": "speaker",
+ABBREVIATIONS = {"img": "image", "imgs": "images", "gen": "generation", "lat": "latency", "mem": "memory", "spk": "speaker",
                   "req": "request", "reqs": "requests", "resp": "response", "doc": "document", "docs": "documents",
                   "pred": "prediction", "preds": "predictions", "inf": "inference", "tok": "token", "toks": "tokens",
                   "seq": "sequence", "err": "error", "fcst": "forecast", "trn": "training", "util": "utilisation",
-                  "calib": "calibration", "cnt": "count", "num": "number", "txn": "transaction", "cust": "customer"}
+                  "calib": "calibration", "cnt": "count", "num": "number", "txn": "transaction", "cust": "customer",
+                  "pvalue": "p-value", "pval": "p-value", "dcal": "d-calibration", "de": "german", "en": "english",
+                  "fr": "french", "es": "spanish"}
 
 
 def _is_initialism(token: str) -> bool:
@@ -445,8 +454,8 @@ class MetricVocabulary:
                     if acronym not in _ENGLISH_SHORT_WORDS and acronym not in UNIT_TOKENS and not _KIND_BY_WORD.get(acronym):
                         phrases.setdefault(re.escape(acronym), set()).add(key)  # "NE" for normalized_entropy
                 for token in tokens if len(tokens) > 1 else ():
-                    token = _ABBREVIATIONS.get(token, token)  # gen_ms_per_img: "per image"
-                    if len(token) >= 4 and token.isalpha() and token not in _GENERIC_TOKENS and not _KIND_BY_WORD.get(token):
+                    token = ABBREVIATIONS.get(token, token)  # gen_ms_per_img: "per image"
+                    if len(token) >= 4 and token.replace("-", "").isalpha() and token not in _GENERIC_TOKENS and not _KIND_BY_WORD.get(token):
                         for variant in spelled_both_ways(token):
                             phrases.setdefault(_inflected([variant]), set()).add(key)  # "batch" for batch_runtime_s
                             partial.add(_inflected([variant]))

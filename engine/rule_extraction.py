@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from engine.metric_catalog import MetricVocabulary, unit_dimension
+from engine.metric_catalog import ABBREVIATIONS, MetricVocabulary, unit_dimension
 from engine.quantities import FRACTION_WORDS, NUMBER, WORD_NUMBER, WrittenNumber, convert, numbers
 
 CRITERION, PRIORITY, TIE_BREAKER, NEAR_BEST, FAMILY_ORDER = "criterion", "priority", "tie_breaker", "near_best", "family_order"
@@ -156,8 +156,12 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = 
     mentions = vocabulary.mentions(unit)
     rules, previous_keys, previous_end = [], (), 0
     for comparison, start, number in _comparisons(unit):
-        if _TIE.search(unit[max(previous_end, start - 60):start]) or _MARGIN.match(unit[start:]) and _MARGIN_CONTEXT.search(unit):
+        window = max(previous_end, start - 60)
+        tie = any(not any(m.start <= t.start() < m.end for m in mentions) for t in _TIE.finditer(unit, window, start))
+        if tie or _MARGIN.match(unit[start:]) and _MARGIN_CONTEXT.search(unit):
             continue  # "within 0.005 of the best" is a margin, "ties go to ..." a tie-break
+        if any(m.start <= start < m.end and re.search(r"\d", m.words) for m in mentions):
+            continue  # "placed within 50 m" names within_50m_rate: part of the metric, not a threshold
         clause_start = max([previous_end] + [m.end() for m in _CLAUSE_BREAK.finditer(unit, 0, start)])
         segment = unit[clause_start:number.end]
         before = _fitting(_prefer_logged([m for m in mentions if previous_end <= m.start and m.end <= start], vocabulary),
@@ -203,15 +207,19 @@ _PER_PREDICTION = re.compile(r"\b(?:inference|predictions?|per (?:image|request|
 
 def _named_by_its_unit(segment: str, unit: str, vocabulary: MetricVocabulary) -> tuple[str, ...]:
     """A number whose unit only one logged metric can have bounds that metric when the words point at it: "the model
-    has to fit in a quarter of a megabyte" (its size), "inference must stay under eighty milliseconds" (its latency)."""
+    has to fit in a quarter of a megabyte" (its size), "inference must stay under eighty milliseconds" (its latency),
+    "the 90th percentile of the distance ... under 250 m" (the one error in metres the sentence's p90 picks)."""
     dimension = unit_dimension(unit)
     if dimension == "size" and _THE_MODEL.search(segment):
-        sizes = vocabulary.keys_of_kind("model_size") or [k for k in vocabulary.keys if vocabulary.spec(k).dimension == "size"]
-        return tuple(sizes) if len(sizes) == 1 else ()
-    if dimension == "time" and _PER_PREDICTION.search(segment):
-        times = vocabulary.keys_of_kind("latency") or vocabulary.keys_of_kind("inference_time")
-        return tuple(times) if len(times) == 1 else ()
-    return ()
+        keys = vocabulary.keys_of_kind("model_size") or [k for k in vocabulary.keys if vocabulary.spec(k).dimension == "size"]
+    elif dimension == "time" and _PER_PREDICTION.search(segment):
+        keys = vocabulary.keys_of_kind("latency") or vocabulary.keys_of_kind("inference_time")
+    elif dimension in ("length", "energy", "power", "mass"):  # units no score, size or time can have
+        keys = [k for k in vocabulary.keys if vocabulary.spec(k).dimension == dimension]
+    else:
+        return ()
+    keys = _disambiguated(tuple(keys), segment)
+    return keys if len(keys) == 1 else ()
 
 
 def _subject(before, after, unit: str, vocabulary: MetricVocabulary) -> tuple[str, ...]:
@@ -239,12 +247,17 @@ _MODIFIER = re.compile(r"\s+(?:over|of|on|for|across|in|at|per|among|from)\b[^,;
 
 def _disambiguated(keys: tuple[str, ...], unit: str) -> tuple[str, ...]:
     """A generic word ("precision") that fits precision_at_10pct and precision_at_20pct names the one whose own part
-    the sentence writes ("in that top decile", "at 10%"); else all of them."""
+    the sentence writes ("in that top decile", "at 10%"); when the sentence writes no key's own part, the key that
+    is the others' plain form (recall_at_50 beside recall_at_50_de); else all of them."""
     if len(keys) < 2:
         return keys
     text = unit.lower()
     written = [key for key in keys if any(form in text for form in _own_forms(key, keys))]
-    return tuple(written) if len(written) == 1 else keys
+    if len(written) == 1:
+        return tuple(written)
+    parts = {key: set(re.split(r"[_\-@]+", key.lower())) for key in keys}
+    plain = [key for key in keys if all(parts[key] < parts[other] for other in keys if other != key)]
+    return tuple(plain) if not written and len(plain) == 1 else keys
 
 
 def _own_forms(key: str, keys: tuple[str, ...]) -> list[str]:
@@ -260,6 +273,8 @@ def _own_forms(key: str, keys: tuple[str, ...]) -> list[str]:
             forms += [f"top {top.group(1)}", token]
         elif token.isalpha() and len(token) >= 4:
             forms.append(token)  # uplift_calibration_slope is the one a sentence about its "slope" names
+        elif token in ABBREVIATIONS:
+            forms.append(ABBREVIATIONS[token])  # recall_at_50_de is the one "on the German subset" names
     return forms
 
 

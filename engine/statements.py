@@ -14,7 +14,7 @@ _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
 _SETEXT_RULE = re.compile(r"^(?:={3,}|-{3,})$")
 _BOLD_LINE = re.compile(r"^(?:\*\*[^*]+\*\*|__[^_]+__)$")
 _INDENTED = re.compile(r"^(?: {2,}|\t)\S")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(`*A-Z0-9])|(?<=;)\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(`*A-Z0-9¹²³⁴⁵⁶⁷⁸⁹])|(?<=;)\s+")
 _HARD_COLUMN = re.compile(r"type|kind|hard|mandatory|blocking|required|level|strength|must|binding|severity", re.I)
 _YES, _NO = {"yes", "y", "true", "x", "✓", "✔"}, {"no", "n", "false", "-", "—"}
 
