@@ -70,6 +70,7 @@ KINDS: tuple[MetricKind, ...] = (
     MetricKind("cer", "character error rate", False, ("cer", "character error rate"), bounded=True),
     MetricKind("bleu", "BLEU", True, ("bleu", "bleu score")),
     MetricKind("perplexity", "perplexity", False, ("perplexity", "ppl")),
+    MetricKind("miou", "mean IoU", True, ("miou", "mean iou", "mean intersection over union"), bounded=True),
     MetricKind("iou", "IoU", True, ("iou", "intersection over union", "jaccard"), bounded=True),
     MetricKind("loss", "loss", False, ("loss", "validation loss")),
     MetricKind("latency", "latency", False, ("latency", "response time", "inference latency", "prediction latency",

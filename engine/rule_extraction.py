@@ -94,7 +94,7 @@ _HARD = re.compile(
 _CONDITION = re.compile(r"(?:^\s*|[,;:(]\s*|\b(?:and|but)\s+)(?:if(?!\s+(?:you|we)\s+can\b|\s+possible\b|\s+feasible\b)|when|whenever|anything|any model that|because|since|although|"
                         r"though|e\.g\.|for example|for instance|such as)\b", re.I)
 _ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
-_DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|measured|logged|can|could|might|may(?! not)|"
+_DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|measured|logged|can(?!['’]t|not)|could(?!n['’]t| not)|might|may(?! not)|"
                           r"often|typically|usually|easily|tends? to|historically|last (?:year|spring|summer|autumn|winter)|"
                           r"until|used to|previously|formerly|no longer|any ?more|in the past|superseded|dropped|"
                           r"in (?:19|20)\d\d|failed|passed|led|won|lost|broke|"
@@ -364,7 +364,8 @@ def _looks_like_a_year(number: WrittenNumber, filler: str) -> bool:
 _NEGATED_BEFORE = re.compile(
     r"(?:\b(?:not|never|no|cannot|can't|can not|may not|must not|mustn't|should not|shouldn't|will not|won't|"
     r"is not allowed to|are not allowed to)|\bno\s+\w+(?:\s+\w+)?\s+(?:may|can|should|must|will|is allowed to))\s+"
-    r"(?:ever\s+)?(?:be\s+|go\s+|fall\s+|drop\s+|get\s+|take\s+|run\s+|come in\s+|stay\s+|last\s+|grow\s+|use\s+)?$",
+    r"(?:ever\s+)?(?:be\s+|go\s+|fall\s+|drop\s+|get\s+|take\s+|run\s+|come in\s+|stay\s+|last\s+|grow\s+|use\s+|"
+    r"have\s+(?:been\s+)?[a-z]+(?:ed|en|t)\s+)?$",  # "can't have emitted more than 50 kg"
     re.I)
 
 
@@ -443,6 +444,8 @@ def _preferences(unit: str, vocabulary: MetricVocabulary) -> list[ProposedRule]:
     # "choose the one that rules out the largest share of patients (the rule-out rate)": a pick, a superlative, one metric
     if not (ranked or _SUPERLATIVE.search(unit) or re.search(r"priority|primary|deciding|rank|sort|order|maximi|minimi", unit, re.I)):
         return rules
+    if not ranked and all(m.partial for m in logged if _disambiguated(m.keys, unit) == keys):
+        return rules  # "Priority: Major ... Labels: vector-index": a word of a key is not a ranking
     direction = _direction(ranked.get(keys, unit), spec) if not _DIRECTION_NOTE.search(unit) else _direction(unit, spec)
     rules.append(ProposedRule(PRIORITY, unit, keys, higher_is_better=direction))
     return rules
