@@ -343,6 +343,16 @@ ABBREVIATIONS = {"img": "image", "imgs": "images", "gen": "generation", "lat": "
                   "fr": "french", "es": "spanish"}
 
 
+def _quantity_phrase(token: str) -> str | None:
+    """A number with its unit inside a key ("50m", "5min", "10pct") as prose writes it: "50 m", "±5 minutes", "10%"."""
+    found = re.fullmatch(r"(\d+)([a-z%]+)", token)
+    if not found or found.group(2) not in UNIT_TOKENS:
+        return None
+    unit = UNIT_TOKENS[found.group(2)]
+    spellings = sorted({word for word, same in UNIT_TOKENS.items() if same == unit}, key=len, reverse=True)
+    return rf"(?:±|\+/-)?\s*{found.group(1)}\s*(?:{'|'.join(map(re.escape, spellings))})"
+
+
 def _is_initialism(token: str) -> bool:
     """"ttfa", "mttr": a key word with no vowel where English needs one, read as the initials of a phrase."""
     return 3 <= len(token) <= 5 and token.isalpha() and token not in _ENGLISH_SHORT_WORDS and not re.search(r"[aeiou]", token[1:-1] or "x")
@@ -460,6 +470,11 @@ class MetricVocabulary:
                         for variant in spelled_both_ways(token):
                             phrases.setdefault(_inflected([variant]), set()).add(key)  # "batch" for batch_runtime_s
                             partial.add(_inflected([variant]))
+                for before, token in zip([""] + tokens, tokens):
+                    if quantity := _quantity_phrase(token):  # within_50m_rate: "within 50 m", share_within_5min: "±5 minutes"
+                        phrase = (re.escape(before) + r"\s+" if before.isalpha() else "") + quantity
+                        phrases.setdefault(phrase, set()).add(key)
+                        partial.add(phrase)
                 if len(tokens) == 1 and _is_initialism(tokens[0]) and spec.kind is None:  # ttfa_ms: "time to first audio"
                     spelled_out = r"[\s\-]+".join(f"{letter}[a-z]*" for letter in tokens[0])
                     phrases.setdefault(spelled_out, set()).add(key)

@@ -96,7 +96,7 @@ _CONDITION = re.compile(r"(?:^\s*|[,;:(]\s*|\b(?:and|but)\s+)(?:if(?!\s+(?:you|w
 _ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
 _DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|measured|logged|can(?!['’]t|not)|could(?!n['’]t| not)|might|may(?! not)|"
                           r"often|typically|usually|easily|tends? to|historically|last (?:year|spring|summer|autumn|winter)|"
-                          r"until|used to|previously|formerly|no longer|any ?more|in the past|superseded|dropped|"
+                          r"until|used to|previously|formerly|former|earlier limit|old limit|previous limit|no longer|any ?more|in the past|superseded|dropped|"
                           r"in (?:19|20)\d\d|failed|passed|led|won|lost|broke|"
                           r"beat|missed|excluded|(?<!is )(?<!be )(?<!are )(?<!gets )promoted|replaced|retired|observed|showed|reported|request to|requested|"
                           r"proposal|proposed|raise|relax|declined|quotes?|quoted|according to|comparable|exceeded|fell|dropped|came in|"
@@ -442,13 +442,18 @@ def _preferences(unit: str, vocabulary: MetricVocabulary) -> list[ProposedRule]:
     keys = next(iter(named))
     spec = vocabulary.spec(keys[0])
     # "choose the one that rules out the largest share of patients (the rule-out rate)": a pick, a superlative, one metric
-    if not (ranked or _SUPERLATIVE.search(unit) or re.search(r"priority|primary|deciding|rank|sort|order|maximi|minimi", unit, re.I)):
+    if not (ranked or _SUPERLATIVE.search(unit) or _RANKING_WORD.search(unit)):
         return rules
     if not ranked and all(m.partial for m in logged if _disambiguated(m.keys, unit) == keys):
         return rules  # "Priority: Major ... Labels: vector-index": a word of a key is not a ranking
     direction = _direction(ranked.get(keys, unit), spec) if not _DIRECTION_NOTE.search(unit) else _direction(unit, spec)
     rules.append(ProposedRule(PRIORITY, unit, keys, higher_is_better=direction))
     return rules
+
+
+# "Priority metric: AUC" ranks; a ticket's "**Priority:** Major" does not
+_RANKING_WORD = re.compile(r"priority(?!\W{0,4}:\W{0,4}(?:major|minor|critical|high|medium|low|blocker|trivial|urgent|normal|p[0-4])\b)|"
+                           r"primary|deciding|rank|sort|order|maximi|minimi", re.I)
 
 
 def _tie_breaker(unit: str, tie, mentions, vocabulary: MetricVocabulary) -> list[ProposedRule]:
