@@ -185,7 +185,9 @@ UNIT_TOKENS = {
     "g": "g", "gram": "g", "grams": "g", "kg": "kg", "kilogram": "kg", "kilograms": "kg", "tonne": "t", "tonnes": "t",
     "m": "m", "metre": "m", "metres": "m", "meter": "m", "meters": "m", "km": "km", "kilometre": "km", "kilometres": "km",
     "kilometer": "km", "kilometers": "km",
+    "t/ha": "t/ha", "tonnes per hectare": "t/ha", "tonnes/ha": "t/ha", "kg/ha": "kg/ha", "kilograms per hectare": "kg/ha",
 }
+_COMPOUND_UNITS = {("kg", "ha"): "kg/ha", ("t", "ha"): "t/ha"}  # rmse_kg_ha: kilograms per hectare
 RATE_UNITS = {"second": "s", "sec": "s", "s": "s", "minute": "min", "min": "min", "hour": "h", "hr": "h", "h": "h",
               "day": "day", "week": "week", "month": "month"}  # "per <this>": a rate
 _KEY_UNITS = {token: unit for token, unit in UNIT_TOKENS.items() if unit not in ("min", "h", "day", "week")}  # "min_recall"
@@ -199,7 +201,8 @@ _LOWER_WORDS = {"error", "loss", "latency", "time", "duration", "size", "memory"
 
 _OTHER_DIMENSIONS = {"USD": "money", "¢": "money", "mm": "length", "cm": "length", "m": "length", "km": "length",
                      "J": "energy", "mJ": "energy", "kJ": "energy", "Wh": "energy", "kWh": "energy",
-                     "mW": "power", "W": "power", "kW": "power", "MW": "power", "g": "mass", "kg": "mass", "t": "mass"}
+                     "mW": "power", "W": "power", "kW": "power", "MW": "power", "g": "mass", "kg": "mass", "t": "mass",
+                     "t/ha": "yield", "kg/ha": "yield"}
 
 
 def unit_dimension(unit: str) -> str:
@@ -257,7 +260,8 @@ def _tokens(key: str) -> list[str]:
 def metric_spec(name: str) -> MetricSpec:
     """What a registry metric key is: from the catalog and the key's own parts (split prefix, percentile, unit, @k)."""
     tokens = _tokens(name)
-    unit = next((_KEY_UNITS[t] for t in reversed(tokens[1:]) if t in _KEY_UNITS), "")
+    unit = next((_COMPOUND_UNITS[pair] for pair in zip(tokens, tokens[1:]) if pair in _COMPOUND_UNITS), None) or next(
+        (_KEY_UNITS[t] for t in reversed(tokens[1:]) if t in _KEY_UNITS), "")
     per = next((tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "per" and tokens[i + 1] in RATE_UNITS), None)
     if per:
         unit = f"1/{RATE_UNITS[per]}"  # false_alarms_per_day, pages_per_minute

@@ -29,10 +29,12 @@ _WORD = rf"(?:{_ONE_WORD})(?:(?:\s+and\s+|[\s-]+)(?:{_ONE_WORD}|a half))*"
 _DIGITS = r"[-+±]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+,\d{1,2}(?![\d,])|\d+)(?:\.\d+)?"  # "2,5 GB" is a decimal comma
 # "0.2 s", "1,200 MB", "$0.05"; number words and fractions only with a unit ("five cents", "an hour", "half a second");
 # "one in five" is a share.
+_TIME_WORDS = "|".join(sorted((re.escape(w) for w in RATE_UNITS), key=len, reverse=True)) + r"|hours|minutes|seconds|days|weeks|months"
 _END = r"(?![^\W¹²³⁴⁵⁶⁷⁸⁹⁰])"  # a footnote mark may follow a unit: "250 m¹", "2 ms³"
 NUMBER = re.compile(
-    r"(?<![\w])(?P<ratio_a>" + _DIGITS + r"|" + _WORD + r")(?:\s+(?!in\b)[a-z]{3,})?\s+in\s+(?:every\s+)?"
+    r"(?<![\w$£€])(?P<ratio_a>" + _DIGITS + r"|" + _WORD + r")(?:(?:\s+(?!in\b|per\b)[a-z]{3,})?\s+(?:in|out of)|\s+per)\s+(?:every\s+)?"
     r"(?!(?:19|20)\d\d(?![\d,]))(?P<ratio_b>" + _DIGITS + r"|" + _WORD + r")" + _END +  # "one image in 500", not "in 2024"
+    r"(?!\s*(?:" + _TIME_WORDS + r")\b)"  # "1 per 10 hours" is a rate
     r"|(?<![\w.@])(?P<dollar>\$\s?)?(?P<n>" + _DIGITS + r")(?:\s*(?P<u>" + _UNIT + r")" + _END + r")?"
     r"|(?<![\w])(?P<f>" + "|".join(sorted(map(re.escape, _FRACTIONS), key=len, reverse=True)) + r")\s+(?P<fu>" + _UNIT + r")" + _END +
     r"|(?<![\w])(?P<w>" + _WORD + r"|an?)\s+(?:an?\s+)?(?P<wu>" + _UNIT + r")" + _END,

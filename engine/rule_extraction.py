@@ -252,7 +252,8 @@ def _disambiguated(keys: tuple[str, ...], unit: str) -> tuple[str, ...]:
     if len(keys) < 2:
         return keys
     text = unit.lower()
-    written = [key for key in keys if any(form in text for form in _own_forms(key, keys))]
+    joined = text.replace("-", "")  # "hold-out" writes holdout
+    written = [key for key in keys if any(form in text or form in joined for form in _own_forms(key, keys))]
     if len(written) == 1:
         return tuple(written)
     parts = {key: set(re.split(r"[_\-@]+", key.lower())) for key in keys}
