@@ -77,7 +77,8 @@ _CLAUSE_BREAK = re.compile(r";|,\s*(?:but|and|while|whereas)\b|\bbut\b", re.I)
 _PLUS_MINUS = re.compile(r"\bwithin\s+(?:±|\+/-|\+-|plus or minus)\s*(?P<n>\d[\d,.]*\s*(?:%|percent|[a-zµ]+)?)", re.I)
 _TRAILING = {"or less", "or lower", "or below", "or fewer", "or more", "or higher", "or above", "or better", "or worse"}
 _FILLER = r"(?:\s*(?:the|a|an|of|value of|mark of|level of|threshold of|roughly|about|around|approximately|[a-z]+['’]s|[:=~|]))*\s*"
-_BETWEEN = re.compile(r"\b(?:between|from|within|in the range(?: of)?|range of|inside)\s+(?P<a>[-+]?\d[\d,.]*)\s*(?P<ua>[%\w]*)(?:\s+(?:and|to)\s+|\s*[-–]\s*)(?P<b>[-+]?\d[\d,.]*\s*(?:%|[a-zµ]+)?)", re.I)
+_BETWEEN = re.compile(r"(?<!relaxed )(?<!raised )(?<!lowered )(?<!tightened )(?<!changed )(?<!drops )(?<!dropped )(?<!moved )"
+                      r"(?<!increased )(?<!reduced )(?<!goes )(?<!went )\b(?:between|from|within|in the range(?: of)?|range of|inside)\s+(?P<a>[-+]?\d[\d,.]*)\s*(?P<ua>[%\w]*)(?:\s+(?:and|to)\s+|\s*[-–]\s*)(?P<b>[-+]?\d[\d,.]*\s*(?:%|[a-zµ]+)?)", re.I)
 
 _SOFT = re.compile(
     r"\b(?:should|shouldn't|ideally|preferably|preferred|prefer(?:ably)?|would like|nice to have|target|aim(?:s|ing)? (?:for|at|to)|"
@@ -94,7 +95,7 @@ _HARD = re.compile(
 _CONDITION = re.compile(r"(?:^\s*|[,;:(]\s*|\b(?:and|but)\s+)(?:if(?!\s+(?:you|we)\s+can\b|\s+possible\b|\s+feasible\b)|when|whenever|anything|any model that|because|since|although|"
                         r"though|e\.g\.|for example|for instance|such as)\b", re.I)
 _ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
-_DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|measured|logged|can(?!['’]t|not)|could(?!n['’]t| not)|might|may(?! not)|"
+_DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|(?<!the )(?<!our )(?<!its )measured|(?<!the )logged|can(?!['’]t|not)|could(?!n['’]t| not)|might|may(?! not)|"
                           r"often|typically|usually|easily|tends? to|historically|last (?:year|spring|summer|autumn|winter)|"
                           r"until|used to|previously|formerly|former|earlier limit|old limit|previous limit|no longer|any ?more|in the past|superseded|dropped|"
                           r"in (?:19|20)\d\d|failed|passed|led|won|lost|broke|"
@@ -172,7 +173,10 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = 
         keys = _subject(before, after, unit, vocabulary) or previous_keys
         implied = not keys and bool(keys := _named_by_its_unit(segment, number.unit, vocabulary))
         previous_end, previous_keys = number.end, keys
-        if keys and _DISQUALIFIES.match(unit[number.end:number.end + 60]):  # "exceeding 8 GB disqualifies"
+        if _RELATIVE_TO.search(unit):
+            continue  # "does not beat seasonal naive by more than 15%": a difference, not a threshold
+        if keys and _DISQUALIFIES.match(unit[number.end:number.end + 60]) and not _MODAL.search(segment):
+            # "exceeding 8 GB disqualifies", "a model whose retraining takes longer than 90 minutes is not released"
             comparison, hard = _NEGATION[comparison], True
         elif keys and _REJECT_IF.search(segment):
             comparison, hard = _NEGATION[comparison], not _SOFT.search(segment)
@@ -378,7 +382,10 @@ def _negated(before: str, comparison: str) -> str:
 
 
 _DISQUALIFIES = re.compile(r"^[^.;]{0,40}?\b(?:disqualif\w*|rules? (?:it|the model|a model|a candidate) out|is a no-go|"
-                           r"is not acceptable|is unacceptable|means (?:rejection|no-go)|is rejected|gets? (?:it )?rejected)\b", re.I)
+                           r"is not acceptable|is unacceptable|means (?:rejection|no-go)|is rejected|gets? (?:it )?rejected|"
+                           r"(?:is|are|will be) (?:not|never) (?:released|deployed|shipped|promoted|approved|accepted)|"
+                           r"(?:does not|doesn't|do not|will not|won't) go live)\b", re.I)
+_MODAL = re.compile(r"\b(?:must|shall|has to|have to|needs? to|is required to|are required to)\b", re.I)
 # "must improve on the champion by at least 2 points" bounds a difference, not the metric: not a threshold to check
 _RELATIVE_TO = re.compile(r"\b(?:improve\w*|beat\w*|outperform\w*)\b[^.;]{0,40}?\bby\b|\b(?:than|over) the (?:current|champion|"
                           r"baseline|incumbent|production)\b[^.;]{0,20}?\bby\b", re.I)

@@ -369,7 +369,7 @@ def _read_rules(use_case: str, texts: list[RuleText], candidates, terms, directi
         for key, value in candidate.metrics.items():
             observed.setdefault(key, []).append(value)
     others = {name: words for name, words in terms.items() if name != use_case}
-    found: dict[tuple, tuple[ProposedRule, RuleText]] = {}
+    found: dict[tuple, tuple[ProposedRule, RuleText, str]] = {}
     for text in texts:
         previous = ""
         for heading, unit in headed_rule_units(text.text):
@@ -383,8 +383,41 @@ def _read_rules(use_case: str, texts: list[RuleText], candidates, terms, directi
             for rule in read_rules(reading, vocabulary, families, observed, heading):
                 key = (rule.kind, rule.metrics, rule.comparison, rule.threshold, rule.hard, rule.higher_is_better,
                        rule.relative, rule.families, text.document)
-                found.setdefault(key, (rule, text))  # the same rule twice in a document (list and table, chunk overlap)
-    return _assemble(use_case, list(found.values()), vocabulary, documents)
+                found.setdefault(key, (rule, text, heading))  # the same rule twice in a document (list and table, chunk overlap)
+    return _assemble(use_case, _newest_only(list(found.values())), vocabulary, documents)
+
+
+_VERSION = re.compile(r"\bv(?:ersion)?\s?(\d+(?:\.\d+)*)\b", re.I)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DATE = re.compile(r"\b(\d{4})-(\d\d)-(\d\d)\b|\b(\d{1,2})\s+(" + "|".join(_MONTHS) + r")[a-z]*\.?\s+(\d{4})\b", re.I)
+
+
+def _recency(heading: str) -> tuple | None:
+    """Where a section stands in a changelog: its version ("v3"), else its date ("6 May 2025", "2025-05-06")."""
+    if version := _VERSION.search(heading):
+        return (0, *map(int, version.group(1).split(".")))
+    if date := _DATE.search(heading):
+        if date.group(1):
+            return (1, int(date.group(1)), int(date.group(2)), int(date.group(3)))
+        return (1, int(date.group(6)), _MONTHS.index(date.group(5).lower()[:3]) + 1, int(date.group(4)))
+    return None
+
+
+def _newest_only(found: list[tuple[ProposedRule, RuleText, str]]) -> list[tuple[ProposedRule, RuleText]]:
+    """A changelog states a rule again when it changes it ("v3: coverage between 77% and 83%", "v1: between 75% and
+    85%"): of one document's rules on the same bound, those under its newest version or date stand; the older ones
+    are history, not a conflict. Sections without a version or date are never dropped."""
+    def subject(rule: ProposedRule, text: RuleText) -> tuple:
+        bound = _bound(rule.comparison) if rule.kind == CRITERION else ""
+        return text.document, rule.kind, rule.metrics if rule.kind != PRIORITY else (), bound
+
+    newest: dict[tuple, tuple] = {}
+    for rule, text, heading in found:
+        if (when := _recency(heading)) is not None:
+            key = subject(rule, text)
+            newest[key] = max(newest.get(key, when), when)
+    return [(rule, text) for rule, text, heading in found
+            if (when := _recency(heading)) is None or when == newest[subject(rule, text)]]
 
 
 _REFERS_BACK = re.compile(r"(?:it|this|that|this (?:figure|number|value|metric|score|rate))\b", re.I)
