@@ -17,6 +17,7 @@ from engine.ingest import FileOutcome, Progress, ingest_files
 from engine.knowledge_base import StoredChunk, StoredDocument
 from engine.knowledge_base import knowledge_stats as _stats
 from engine.metric_catalog import metric_spec
+from engine.rule_extraction import UNREAD
 from engine.search import SearchHit
 from engine.sources import CSV_COLUMNS, Source, replace_sources, sources_from_rows
 
@@ -235,9 +236,12 @@ def provenance_rows(rules) -> list[dict]:
     disputed = {statement for conflict in rules.conflicts for statement in conflict.statements}
     state = "reviewed by " + rules.reviewed_by if rules.state == "reviewed" else None
     source = rules.extracted if rules.state == "reviewed" else rules
+    unread = set(source.unread) if source else set()
     return [{"rule": p.rule, "sentence": p.sentence, "document": p.document, "source_id": p.source_id,
-             "state": "in conflict" if p in disputed else (f"not used: {state}" if state else "extracted")}
-            for p in (source.provenance if source else ())]
+             "state": "in conflict" if p in disputed else (f"not used: {state}" if state else
+                                                           "not read: blocks the use case until written below" if p in unread
+                                                           else "extracted")}
+            for p in (source.provenance if source else ()) if p.kind != UNREAD or p in unread]
 
 
 def governance_rows(documents, governance: dict) -> list[dict]:

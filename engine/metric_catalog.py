@@ -287,7 +287,9 @@ def metric_spec(name: str) -> MetricSpec:
         label = " ".join(core) or name
         own = MetricKind(label.replace(" ", "_"), label, bool(higher), (label,)) if core else None
         words = _key_words(name) + (_kind_words(own, percentile, at_k) if own and (at_k or percentile) else [])
-        return MetricSpec(name, label, higher, unit, decimals=2 if unit else 3, percentile=percentile, words=tuple(words), per=items)
+        shares = not unit and any(t in ("rate", "share", "ratio", "fraction", "proportion", "coverage") for t in tokens)
+        return MetricSpec(name, label, higher, unit, bounded=shares, decimals=2 if unit else 3, percentile=percentile,
+                          words=tuple(words), per=items)  # within_50m_rate is a share: "85%" is 0.85
     if not unit and kind.default_unit and kind.dimension:
         unit = kind.default_unit
     phrase = " ".join(core)
@@ -360,7 +362,7 @@ def _quantity_phrase(token: str) -> str | None:
 
 def _is_initialism(token: str) -> bool:
     """"ttfa", "mttr": a key word with no vowel where English needs one, read as the initials of a phrase."""
-    return 3 <= len(token) <= 5 and token.isalpha() and token not in _ENGLISH_SHORT_WORDS and not re.search(r"[aeiou]", token[1:-1] or "x")
+    return 2 <= len(token) <= 5 and token.isalpha() and token not in _ENGLISH_SHORT_WORDS and not re.search(r"[aeiou]", token[1:-1] or "x")
 
 
 def _inflected(tokens: list[str]) -> str:
@@ -480,8 +482,9 @@ class MetricVocabulary:
                         phrase = (re.escape(before) + r"\s+" if before.isalpha() else "") + quantity
                         phrases.setdefault(phrase, set()).add(key)
                         partial.add(phrase)
-                if len(tokens) == 1 and _is_initialism(tokens[0]) and spec.kind is None:  # ttfa_ms: "time to first audio"
-                    spelled_out = r"[\s\-]+".join(f"{letter}[a-z]*" for letter in tokens[0])
+                named_by = [t for t in tokens if t != "per"]
+                if len(named_by) == 1 and _is_initialism(named_by[0]) and spec.kind is None:  # ttfa_ms: "time to first audio"
+                    spelled_out = r"[\s\-]+".join(f"{letter}[a-z]*" for letter in named_by[0])
                     phrases.setdefault(spelled_out, set()).add(key)
                     partial.add(spelled_out)
         for phrase, keys in phrases.items():  # a phrase a logged key answers to is that key's, not the catalog's

@@ -36,6 +36,7 @@ NUMBER = re.compile(
     r"(?!(?:19|20)\d\d(?![\d,]))(?P<ratio_b>" + _DIGITS + r"|" + _WORD + r")" + _END +  # "one image in 500", not "in 2024"
     r"(?!\s*(?:" + _TIME_WORDS + r")\b)"  # "1 per 10 hours" is a rate
     r"|(?<![\w.@])(?P<dollar>\$\s?)?(?P<n>" + _DIGITS + r")(?:\s*(?P<u>" + _UNIT + r")" + _END + r")?"
+    r"|(?<![\w])(?P<parts>" + _WORD + r")\s+(?P<part>tenths?|hundredths?|thousandths?)" + _END +  # "nine tenths"
     r"|(?<![\w])(?P<f>" + "|".join(sorted(map(re.escape, _FRACTIONS), key=len, reverse=True)) + r")\s+(?P<fu>" + _UNIT + r")" + _END +
     r"|(?<![\w])(?P<w>" + _WORD + r"|an?)\s+(?:an?\s+)?(?P<wu>" + _UNIT + r")" + _END,
     re.I,
@@ -75,6 +76,9 @@ def numbers(text: str) -> list[WrittenNumber]:
             continue
         if match.group("ratio_a"):
             value, unit = _value(match.group("ratio_a")) / max(_value(match.group("ratio_b")), 1e-12), ""
+        elif match.group("parts"):
+            share = {"tenth": 10, "hundredth": 100, "thousandth": 1000}[match.group("part").lower().rstrip("s")]
+            value, unit = _value(match.group("parts")) / share, ""
         elif match.group("f"):
             value, unit = _FRACTIONS[match.group("f").lower()], match.group("fu").lower()
         elif match.group("w"):

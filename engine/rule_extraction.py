@@ -95,12 +95,12 @@ _HARD = re.compile(
 _CONDITION = re.compile(r"(?:^\s*|[,;:(]\s*|\b(?:and|but)\s+)(?:if(?!\s+(?:you|we)\s+can\b|\s+possible\b|\s+feasible\b)|when|whenever|anything|any model that|because|since|although|"
                         r"though|e\.g\.|for example|for instance|such as)\b", re.I)
 _ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
-_DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|(?<!the )(?<!our )(?<!its )measured|(?<!the )logged|can(?!['’]t|not)|could(?!n['’]t| not)|might|may(?! not)|"
+_DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|(?<!the )(?<!our )(?<!its )measured|(?<!the )logged|(?<!if you )(?<!if we )can(?!['’]t|not)|could(?!n['’]t| not)|might|may(?! not)|"
                           r"often|typically|usually|easily|tends? to|historically|last (?:year|spring|summer|autumn|winter)|"
                           r"until|used to|previously|formerly|former|earlier limit|old limit|previous limit|no longer|any ?more|in the past|superseded|dropped|"
                           r"in (?:19|20)\d\d|failed|passed|led|won|lost|broke|"
                           r"beat|missed|excluded|(?<!is )(?<!be )(?<!are )(?<!gets )promoted|replaced|retired|observed|showed|reported|request to|requested|"
-                          r"proposal|proposed|raise|relax|declined|quotes?|quoted|according to|comparable|exceeded|fell|dropped|came in|"
+                          r"proposal|proposed|raise (?:the|a|our) (?:limit|threshold|budget|bar)|raised|relax(?:ed|ing)?(?= the)|declined|quotes?|quoted|according to|comparable|exceeded|fell|dropped|came in|"
                           r"stayed|competitive)\b", re.I)
 # "is rejected if latency exceeds 40 ms" states the rule "latency <= 40 ms" by its negation.
 _REJECT_IF = re.compile(
@@ -170,7 +170,10 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = 
         after = _fitting(_prefer_logged([m for m in mentions if number.start < m.start <= number.end + 40
                                          and not NUMBER.search(unit[number.end:max(number.end, m.start)])], vocabulary),
                          number, vocabulary)
-        keys = _subject(before, after, unit, vocabulary) or previous_keys
+        owned = [m for m in after if _OF_THE.fullmatch(unit[number.end:m.start])]  # "under forty kilobytes of RAM"
+        if after and _fits(after[0], number, vocabulary) and not any(_fits(m, number, vocabulary) for m in before):
+            owned = owned or after[:1]  # "more than one false alarm a week": the only metric a rate can bound
+        keys = _disambiguated(owned[0].keys, unit) if owned else _subject(before, after, unit, vocabulary) or previous_keys
         implied = not keys and bool(keys := _named_by_its_unit(segment, number.unit, vocabulary))
         previous_end, previous_keys = number.end, keys
         if _RELATIVE_TO.search(unit):
@@ -246,6 +249,7 @@ def _subject(before, after, unit: str, vocabulary: MetricVocabulary) -> tuple[st
     return outside[-1].keys if outside else after[0].keys if after else ()
 
 
+_OF_THE = re.compile(r"\s+(?:of|in)\s+(?:the\s+|its\s+)?", re.I)
 _MODIFIER = re.compile(r"\s+(?:over|of|on|for|across|in|at|per|among|from)\b[^,;:()]*", re.I)
 
 
@@ -286,13 +290,13 @@ def _own_forms(key: str, keys: tuple[str, ...]) -> list[str]:
 def _fitting(mentions, number: WrittenNumber, vocabulary: MetricVocabulary) -> list:
     """"MASE, scaled by that seasonal naive forecast, must be below 0.85": a bare number bounds a score, not the
     forecast job's seconds, and "40 minutes" a time; the mentions whose unit can take the number win."""
+    return [m for m in mentions if _fits(m, number, vocabulary)] or mentions
+
+
+def _fits(mention, number: WrittenNumber, vocabulary: MetricVocabulary) -> bool:
     dimension = unit_dimension(number.unit)
-
-    def fits(key: str) -> bool:
-        own = vocabulary.spec(key).dimension
-        return own == dimension or (dimension in ("", "percent") and own in ("", "percent"))
-
-    return [m for m in mentions if all(fits(key) for key in m.keys)] or mentions
+    owns = [vocabulary.spec(key).dimension for key in mention.keys]
+    return all(own == dimension or (dimension in ("", "percent") and own in ("", "percent")) for own in owns)
 
 
 def _prefer_logged(mentions, vocabulary: MetricVocabulary) -> list:
@@ -369,8 +373,8 @@ def _looks_like_a_year(number: WrittenNumber, filler: str) -> bool:
 _NEGATED_BEFORE = re.compile(
     r"(?:\b(?:not|never|no|cannot|can't|can not|may not|must not|mustn't|should not|shouldn't|will not|won't|"
     r"is not allowed to|are not allowed to)|\bno\s+\w+(?:\s+\w+)?\s+(?:may|can|should|must|will|is allowed to))\s+"
-    r"(?:ever\s+)?(?:be\s+|go\s+|fall\s+|drop\s+|get\s+|take\s+|run\s+|come in\s+|stay\s+|last\s+|grow\s+|use\s+|"
-    r"have\s+(?:been\s+)?[a-z]+(?:ed|en|t)\s+)?$",  # "can't have emitted more than 50 kg"
+    r"(?:ever\s+)?(?:be\s+|have\s+(?:been\s+)?[a-z]+(?:ed|en|t)\s+|(?!only\b|just\b|even\b)[a-z]+\s+)?$",
+    # "can't have emitted more than 50 kg", "must not raise more than one false alarm", "may not use more than 2 GB"
     re.I)
 
 

@@ -212,6 +212,7 @@ def document_governance(connection, terms: dict[str, tuple[str, ...]], only: str
     return _governed[key]
 
 
+_OPENING_CHARS = 600  # a title that describes nothing ("Slack export: #helpdesk-bot-eval"): its first lines may
 _governed: dict[tuple, dict] = {}
 _GOVERNED_CACHE = 64
 
@@ -220,6 +221,10 @@ def _read_governance(connection, terms, only, assigned, descriptions) -> dict[in
     named = _documents_naming(connection, {only: terms[only]} if only else terms)
     openings = dict(connection.execute(
         f"SELECT document_id, text FROM chunks WHERE chunk_index = 0 AND source_domain NOT IN {TABLE_DOMAINS}"))
+    beginnings = dict(connection.execute(  # a first chunk may be a header line only: what the first lines describe
+        f"""SELECT document_id, substr(group_concat(text, char(10)), 1, {_OPENING_CHARS}) FROM
+            (SELECT document_id, text FROM chunks WHERE chunk_index < 4 AND source_domain NOT IN {TABLE_DOMAINS}
+             ORDER BY document_id, chunk_index) GROUP BY document_id"""))
     governance = {}
     for document_id, title, origin, metadata, domain, source_ids in connection.execute(
             """SELECT d.id, d.title, d.origin, d.metadata, min(c.source_domain), json_group_array(DISTINCT c.source_id)
@@ -234,7 +239,8 @@ def _read_governance(connection, terms, only, assigned, descriptions) -> dict[in
             opening = f"{title}\n{openings.get(document_id, '')}"
             governance[document_id] = governed_by(metadata, named.get(document_id, set()) | named_use_cases(title, terms)
                                                   | (loosely_named_use_cases(title, terms) or loosely_named_use_cases(opening, terms)),
-                                                  described_use_case(title, descriptions))
+                                                  described_use_case(title, descriptions)
+                                                  or described_use_case(beginnings.get(document_id, ""), descriptions))
     return governance
 
 
@@ -246,7 +252,7 @@ def governed_by(metadata: dict, named: set[str], described: str | None = None) -
     if named:
         return tuple(sorted(named)), "named in its text"
     if described:
-        return (described,), "its title describes it"
+        return (described,), "its opening describes it"
     return (), "it names no use case of the registry"
 
 

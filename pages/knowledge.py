@@ -293,6 +293,10 @@ def criteria_tab(kb, settings) -> None:
                 "none": "No rule found: " + rules.missing_text() + "."}[rules.state])
     for conflict in (rules.extracted or rules).conflicts:
         st.warning(conflict.text + ". No model is recommended for this use case until you save reviewed rules.")
+    for unread in rules.unread:  # a reviewed rule set does not read its documents
+        st.warning(f'"{unread.sentence}" ({unread.document}) reads like a hard requirement, but no rule on a logged metric '
+                   "could be read from it. No model is recommended for this use case until you save reviewed rules "
+                   "that include it.")
     st.dataframe(views.provenance_rows(rules), hide_index=True, width="stretch",
                  column_config={"sentence": st.column_config.TextColumn(width="large")})
     st.caption("Governed by: " + ("; ".join(f"{d.title} ({d.how})" for d in rules.documents) or "no document"))

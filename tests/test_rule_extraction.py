@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from engine.metric_catalog import MetricVocabulary, metric_spec
-from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule, confirm, read_rules
-from engine.statements import rule_units
+from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, UNREAD, ProposedRule, confirm, read_rules
+from engine.statements import headed_rule_units, rule_units
 
 KEYS = ["latency_p50_ms", "latency_p95_ms", "model_size_mb", "roc_auc", "f1", "recall", "precision", "mape", "rmse",
         "log_loss", "training_time_s", "throughput_rps", "peak_ram_gb", "ndcg_at_10", "cost_per_1k_usd", "team_score"]
@@ -175,8 +175,108 @@ def test_phrases_find_the_logged_key_and_a_generic_word_names_every_key_it_fits(
     vocabulary = MetricVocabulary(["latency_p50_ms", "latency_p95_ms", "map_50", "map_50_95", "catalog_coverage", "serve_p99_ms"])
     found = {m.words: m.keys for m in vocabulary.mentions(
         "Latency matters; the 95th percentile latency and mAP at IoU 0.5 and mAP@0.5:0.95, catalogue coverage, serving p99.")}
-    assert found["Latency"] == ("latency_p50_ms", "latency_p95_ms")
+    assert found["Latency"] == ("latency_p50_ms", "latency_p95_ms", "serve_p99_ms")  # a percentile of a time is a latency
     assert found["95th percentile latency"] == ("latency_p95_ms",)
     assert found["mAP at IoU 0.5"] == ("map_50",) and found["mAP@0.5:0.95"] == ("map_50_95",)
     assert found["catalogue coverage"] == ("catalog_coverage",)
     assert found["serving"] == ("serve_p99_ms",)
+
+
+def criteria_with(keys: list[str], text: str, observed: dict | None = None) -> set[tuple]:
+    vocabulary = MetricVocabulary(keys, catalog_fallback=True)
+    return {(r.metrics[0], r.comparison, round(r.threshold, 6), r.hard)
+            for heading, unit in headed_rule_units(text) for r in read_rules(unit, vocabulary, (), observed or {}, heading)
+            if r.kind == CRITERION}
+
+
+@pytest.mark.parametrize(("keys", "text", "expected"), [
+    # the one metric a number's unit and the sentence's words can bound
+    (["cpu_latency_ms", "top1_accuracy"], "Inference on the CPU pool must stay under eighty milliseconds per image.",
+     {("cpu_latency_ms", "<", 80, True)}),
+    (["gen_ms_per_img", "fid_30k"], "**How fast does it have to be?**\nFour seconds per 1024 by 1024 image at the most, on one GPU.",
+     {("gen_ms_per_img", "<=", 4000, True)}),
+    (["p90_err_m", "median_err_m"], "The 90th percentile of the distance to the drop point must be under 250 m¹.",
+     {("p90_err_m", "<", 250, True)}),
+    (["top1_accuracy", "top5_accuracy"], "Top-5 accuracy shall not fall short of ninety-five percent.", {("top5_accuracy", ">=", 0.95, True)}),
+    # units teams write: cost per request against per 1k, energy, power, mass, yield, footnote marks, decimal commas
+    (["cost_usd_per_1k"], "Cost: at most 0.4 cents per request (blocking).", {("cost_usd_per_1k", "<=", 4.0, True)}),
+    (["energy_mj_per_tile"], "- Energy: no more than 2 joules per 512 x 512 tile.", {("energy_mj_per_tile", "<=", 2000, True)}),
+    (["avg_power_mw"], "Its average power draw must not go above one and a half milliwatts.", {("avg_power_mw", "<=", 1.5, True)}),
+    (["train_co2_kg"], "Training the model can't have emitted more than 50 kg CO2e.", {("train_co2_kg", "<=", 50, True)}),
+    (["rmse_kg_ha"], "RMSE must be no more than 0.65 t/ha.", {("rmse_kg_ha", "<=", 650, True)}),
+    (["p99_lookup_us"], "The 99th percentile lookup latency must be at most 2 ms³.", {("p99_lookup_us", "<=", 2000, True)}),
+    (["peak_rss_mb"], "- Peak memory ≤ 2,5 GB", {("peak_rss_mb", "<=", 2500, True)}),
+    (["toxicity_rate"], "Toxicity: at most 1 per 1,000 responses (blocking).", {("toxicity_rate", "<=", 0.001, True)}),
+    (["nsfw_flag_rate"], "The safety classifier must flag fewer than one image in 500.", {("nsfw_flag_rate", "<", 0.002, True)}),
+    (["f1_val"], "We would also like an F1 of at least nine tenths.", {("f1_val", ">=", 0.9, False)}),
+    (["fa_per_day"], "It must not raise more than one false alarm a week.", {("fa_per_day", "<=", round(1 / 7, 6), True)}),
+    (["ttfa_ms"], "Time to first audio is required to stay under a quarter of a second.", {("ttfa_ms", "<", 250, True)}),
+    # which metric a comparison bounds
+    (["flash_kb", "ram_kb"], "It has to fit in half a megabyte of flash, and it has to run in under forty kilobytes of RAM.",
+     {("flash_kb", "<=", 500, True), ("ram_kb", "<", 40, True)}),
+    (["mase_seasonal_naive", "forecast_job_s"], "A candidate's MASE, scaled by that seasonal naive forecast, must be below 0.85.",
+     {("mase_seasonal_naive", "<", 0.85, True)}),
+    (["macro_f1_top200", "micro_f1_test"], "- macro F1 over the 200 most frequent tags: 0.55 or better",
+     {("macro_f1_top200", ">=", 0.55, True)}),
+    (["recall_at_50", "recall_at_50_de"], "- AC1: Recall@50 on the clause benchmark is at least 90%.", {("recall_at_50", ">=", 0.9, True)}),
+    (["recall_at_50", "recall_at_50_de"], "Recall@50 on the German subset must be 0.85 or better.", {("recall_at_50_de", ">=", 0.85, True)}),
+    (["within_50m_rate", "p90_err_m"], "At least 85% of parcels must be placed within 50 m of the drop point.",
+     {("within_50m_rate", ">=", 0.85, True)}),
+    (["eo_gap_age"], "The equal opportunity gap across owner age bands shall not exceed 0.05.", {("eo_gap_age", "<=", 0.05, True)}),
+    (["npv"], "Its negative predictive value for an infarction within 30 days must be at least 99.5%.", {("npv", ">=", 0.995, True)}),
+    (["r2_holdout", "r2_worst_region"], "| Gate | Limit | Blocking |\n|---|---|---|\n| R² on the 2024 hold-out farms | 0.70 or higher | yes |\n"
+     "| R² in the worst of the nine regions | not below 0.45 | yes |\n",
+     {("r2_holdout", ">=", 0.7, True), ("r2_worst_region", ">=", 0.45, True)}),
+    (["train_wall_s"], "A model whose full retraining takes longer than 90 minutes is not released.", {("train_wall_s", "<=", 5400, True)}),
+    (["synthesis_rtf"], "A synthesis real-time factor below 0.1 would be nice, but it is not a condition.", {("synthesis_rtf", "<", 0.1, False)}),
+    (["artifact_size_mb"], "## Nice to have\n\n- [ ] Model artifact under 100 MB\n", {("artifact_size_mb", "<", 100, False)}),
+    (["disk_size_mb"], "If you can, keep the model under 500 MB on disk.", {("disk_size_mb", "<", 500, False)}),
+    # a bilingual rule is read once per language; "der" is an article, not DER
+    (["der_eval", "spk_count_acc"], "- Genauigkeit der geschätzten Sprecheranzahl ≥ 90 % / accuracy of the estimated number of speakers ≥ 90%",
+     {("spk_count_acc", ">=", 0.9, True)}),
+    # a "key: value" block under a heading line is a list with that heading
+    (["hamming_loss_test", "avg_tags_per_doc"], "gates (blocking):\n  Hamming loss on the test set: at most 0.0040\n\n"
+     "advisory (not blocking):\n  average number of tags per article: between 3 and 8\n",
+     {("hamming_loss_test", "<=", 0.004, True), ("avg_tags_per_doc", ">=", 3, False), ("avg_tags_per_doc", "<=", 8, False)}),
+])
+def test_units_subjects_and_layouts_of_teams_we_had_not_seen(keys, text, expected):
+    assert criteria_with(keys, text) == expected
+
+
+@pytest.mark.parametrize(("keys", "text"), [
+    (["p99_lookup_us"], "The former limit of 5 ms was retired in 2024."),
+    (["p95_latency_ms"], "FYI, not part of the bar: if a request takes longer than 2 seconds, the portal retries it once."),
+    (["mase_seasonal_naive"], "A forecast that does not beat seasonal naive by more than 15% on MASE does not go live."),
+    (["pinball_q90_mw"], "The limit on the pinball loss at P90 is relaxed from 4.0 MW to 4.5 MW."),
+])
+def test_history_conditions_and_changes_are_not_thresholds(keys, text):
+    assert criteria_with(keys, text) == set()
+
+
+@pytest.mark.parametrize(("keys", "sentence", "metric", "higher"), [
+    (["wer_clean", "wer_noisy"], "We deploy whichever qualifying model has the lowest word error rate on the noisy set.", "wer_noisy", False),
+    (["precision_at_1pct_fpr"], "Where more than one model satisfies criteria 3.1 to 3.3, the model with the highest precision at a "
+     "1% false positive rate is promoted.", "precision_at_1pct_fpr", True),
+    (["rule_out_rate", "npv"], "Among the models that meet both, choose the one that rules out the largest share of patients "
+     "(the rule-out rate).", "rule_out_rate", True),
+    (["voice_size_mb", "mos"], "Among the voices that meet all four conditions, the one with the highest mean opinion score wins.",
+     "mos", True),
+    (["ndcg10_clauses", "index_mb"], "- AC4: the one with the best nDCG@10 on the clause benchmark is selected.", "ndcg10_clauses", True),
+])
+def test_preferences_of_teams_we_had_not_seen(keys, sentence, metric, higher):
+    vocabulary = MetricVocabulary(keys, catalog_fallback=True)
+    [rule] = [r for r in read_rules(sentence, vocabulary) if r.kind == PRIORITY]
+    assert (rule.metrics, rule.higher_is_better) == ((metric,), higher)
+
+
+def test_a_tickets_priority_field_is_not_a_ranking():
+    vocabulary = MetricVocabulary(["index_mb", "ndcg10_clauses"], catalog_fallback=True)
+    assert not read_rules("**Type:** Story **Priority:** Major **Labels:** embeddings, vector-index", vocabulary)
+
+
+def test_a_requirement_the_product_cannot_bind_is_proposed_as_unread_not_dropped():
+    vocabulary = MetricVocabulary(["roc_auc", "p95_latency_ms"], catalog_fallback=True)
+    [rule] = read_rules("The widget count must be at most 3 per page.", vocabulary)
+    assert (rule.kind, rule.comparison, rule.written, rule.hard) == (UNREAD, "<=", "3", True)
+    assert confirm(rule, vocabulary)
+    assert not read_rules("The dashboard shows at most 3 widgets per page.", vocabulary)  # no requirement words

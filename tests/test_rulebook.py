@@ -123,3 +123,62 @@ def test_imported_table_rows_govern_nothing_unless_an_admin_says(kb):
     kb.store_document(row, [Chunk(text, 9, "uc:main.notes:1")])
     governance = document_governance(kb.connection, use_case_terms(ALL))
     assert list(governance.values())[0][0] == ()
+
+
+def test_a_hard_requirement_that_cannot_be_read_stops_the_recommendation_and_says_which(kb, chunker):
+    unreadable = RULES + b"\nThe scorer must keep the widget count at most 3 per transaction.\n"
+    ingest(kb, chunker, ("rules.md", unreadable))
+    rules, decision = decision_for(kb.connection, "card-fraud", FRAUD, ALL)
+    [unread] = rules.unread
+    assert "widget count" in unread.sentence and unread.document == "Card fraud scoring: deployment rules"
+    assert decision.recommended is None and decision.blocked  # better than recommending a model that breaks it
+    text = compose_answer(decision)
+    assert "could not be read as a rule" in text and "widget count at most 3" in text and "<<SRC:doc:rules.md>>" in text
+
+
+def test_a_changelog_keeps_the_newest_value_of_each_rule(kb, chunker):
+    changelog = (b"# Card fraud scoring: rules changelog\n\n## v2 - 6 May 2025 (current)\n\n"
+                 b"- Recall must now be at least 92% (it was 90% in v1).\n\n## v1 - 2 September 2024\n\n"
+                 b"- Recall must be at least 90%.\n- The p99 latency has to stay below 40 ms.\n"
+                 b"- Of the models that qualify, pick the one with the best validation AUC.\n")
+    ingest(kb, chunker, ("changelog.md", changelog))
+    rules, decision = decision_for(kb.connection, "card-fraud", FRAUD, ALL)
+    assert not rules.conflicts
+    assert {(c.metric, c.threshold) for c in rules.criteria} == {("recall", 0.92), ("p99_latency_ms", 40)}  # v1's latency still holds
+    assert decision.recommended.name == "ccf-xgb"
+
+
+def test_a_section_about_another_use_case_gives_it_no_rules(kb, chunker):
+    chest = [candidate("cp-gbm", "chest-pain-rule-out", npv=0.997, sensitivity=0.99, specificity=0.5, rule_out_rate=0.44),
+             candidate("cp-lr", "chest-pain-rule-out", npv=0.996, sensitivity=0.985, specificity=0.58, rule_out_rate=0.40)]
+    embolism = [candidate("pe-gbm", "pe-rule-out", npv=0.99, sensitivity=0.97, specificity=0.47, rule_out_rate=0.38)]
+    guideline = (b"# Emergency department rule-out models\n\n## 1. Chest pain: ruling out a heart attack\n\n"
+                 b"- Its negative predictive value must be at least 99.5%.\n- Its sensitivity must be 98% or higher.\n"
+                 b"- Among the models that meet both, choose the one with the highest rule-out rate.\n\n"
+                 b"## 2. Suspected pulmonary embolism: avoiding CT scans\n\n- Its sensitivity must be at least 95%.\n"
+                 b"- Among the models that meet both, choose the one with the highest specificity.\n")
+    ingest(kb, chunker, ("ed.md", guideline))
+    rules, decision = decision_for(kb.connection, "chest-pain-rule-out", chest, chest + embolism)
+    assert not rules.conflicts and rules.policy.priority_metric == "rule_out_rate"
+    assert {(c.metric, c.threshold) for c in rules.criteria} == {("npv", 0.995), ("sensitivity", 0.98)}
+    assert decision.recommended.name == "cp-gbm"
+
+
+def test_a_title_that_describes_a_use_case_in_the_registrys_words_governs_it(kb, chunker):
+    described = [Candidate("tc-bert", "1", None, "txn-categorisation", "multiclass-classification", "transformer",
+                           "Categorises card transactions for the budgeting app.", "run", {"weighted_f1": 0.91},
+                           "registry:tc-bert", None)]
+    ingest(kb, chunker, ("checklist.md", b"# Card transaction categories (budgeting app): pre-release checklist\n\n"
+                                         b"- [ ] Weighted F1 of at least 0.88\n"))
+    rules = rulebook(kb.connection, "txn-categorisation", described, described + ALL)
+    assert [d.how for d in rules.documents] == ["its opening describes it"]
+    assert {(c.metric, c.threshold) for c in rules.criteria} == {("weighted_f1", 0.88)}
+
+
+def test_a_sentence_that_refers_back_is_read_with_the_one_before(kb, chunker):
+    voices = [candidate("tts-a", "ivr-voice", roundtrip_cer=0.011, mos=4.1), candidate("tts-b", "ivr-voice", roundtrip_cer=0.0205, mos=4.3)]
+    ingest(kb, chunker, ("ivr.md", b"# IVR voice: rules\n\nWe score the character error rate of the round trip. "
+                                   b"It is capped at two percent. The one with the highest mean opinion score wins.\n"))
+    rules, decision = decision_for(kb.connection, "ivr-voice", voices, voices)
+    assert {(c.metric, c.comparison, c.threshold) for c in rules.criteria} == {("roundtrip_cer", "<=", 0.02)}
+    assert decision.recommended.name == "tts-a"
