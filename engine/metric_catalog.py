@@ -175,6 +175,7 @@ UNIT_TOKENS = {
     "mb": "MB", "megabyte": "MB", "megabytes": "MB", "mib": "MiB", "mebibytes": "MiB",
     "gb": "GB", "gigabyte": "GB", "gigabytes": "GB", "gib": "GiB", "gibibytes": "GiB",
     "pct": "%", "percent": "%", "%": "%", "perc": "%", "percentage points": "%", "percentage point": "%", "pp": "%",
+    "points": "%", "point": "%",  # "no more than 8 points of UAR"
     "usd": "USD", "dollar": "USD", "dollars": "USD", "cent": "¢", "cents": "¢",
     "mm": "mm", "millimetre": "mm", "millimetres": "mm", "millimeter": "mm", "millimeters": "mm",
     "cm": "cm", "centimetre": "cm", "centimetres": "cm", "centimeter": "cm", "centimeters": "cm",

@@ -101,7 +101,7 @@ _DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|(?
                           r"in (?:19|20)\d\d|failed|passed|led|won|lost|broke|"
                           r"beat|missed|excluded|(?<!is )(?<!be )(?<!are )(?<!gets )promoted|replaced|retired|observed|showed|reported|request to|requested|"
                           r"proposal|proposed|raise (?:the|a|our) (?:limit|threshold|budget|bar)|raised|relax(?:ed|ing)?(?= the)|declined|quotes?|quoted|according to|comparable|exceeded|fell|dropped|came in|"
-                          r"stayed|competitive)\b", re.I)
+                          r"stayed|competitive|averaged)\b", re.I)
 # "is rejected if latency exceeds 40 ms" states the rule "latency <= 40 ms" by its negation.
 _REJECT_IF = re.compile(
     r"\b(?:reject\w*|exclud\w*|disqualif\w*|ruled out|fails?|not (?:be )?(?:deployed|accepted|considered|promoted)|"
@@ -201,9 +201,15 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = 
 
 
 def _states_a_requirement(segment: str, unit: str, heading: str) -> bool:
-    """Hard words in the clause, the unit or the heading above it ("Go-live gates (ALL blocking)"), or a ≤/≥ sign:
-    what a reader takes for a requirement even when the product cannot tell which metric it bounds."""
-    return bool(_HARD.search(segment) or _HARD.search(unit) or _HARD.search(heading) or re.search(r"[<>≤≥]", segment))
+    """Hard words in the clause, the unit or the heading above it ("Go-live gates (ALL blocking)"), a ≤/≥ sign or a
+    list item: what a reader takes for a requirement even when the product cannot tell which metric it bounds."""
+    return bool(_HARD.search(segment) or _HARD.search(unit) or _HARD.search(heading) or re.search(r"[<>≤≥]", segment)
+                or unit.startswith("- ") and not _DESCRIPTIVE.search(unit) and not _CONTEXT_HEADING.search(heading))
+
+
+# "## For context", "Notes", "Background": a list under such a heading informs, it does not require
+_CONTEXT_HEADING = re.compile(r"\b(?:context|background|notes?|history|for reference|for information|informative|"
+                              r"not rules|not requirements|faq|glossary|definitions)\b", re.I)
 
 
 _THE_MODEL = re.compile(r"\b(?:the |a |each |any )?(?:model|artefact|artifact|checkpoint|weights|binary|bundle)\b", re.I)
@@ -261,7 +267,19 @@ def _disambiguated(keys: tuple[str, ...], unit: str) -> tuple[str, ...]:
         return keys
     text = unit.lower()
     joined = text.replace("-", "")  # "hold-out" writes holdout
-    written = [key for key in keys if any(form in text or form in joined for form in _own_forms(key, keys))]
+
+    def where(form: str) -> int:
+        found = [i for i in (text.find(form), joined.find(form)) if i >= 0]
+        return min(found) if found else -1
+
+    seen = {key: sorted(i for i in map(where, _own_forms(key, keys)) if i >= 0) for key in keys}
+    written = [key for key in keys if seen[key]]
+    if len(written) > 1:  # "its UAR on the worst-scoring accent group": worst and accent beat accent alone
+        most = max(len(seen[key]) for key in written)
+        written = [key for key in written if len(seen[key]) == most]
+        if len(written) > 1:  # "the gap between its best and its worst accent group": the part written first
+            first = min(seen[key][0] for key in written)
+            written = [key for key in written if seen[key][0] == first]
     if len(written) == 1:
         return tuple(written)
     parts = {key: set(re.split(r"[_\-@]+", key.lower())) for key in keys}
@@ -333,6 +351,8 @@ def _comparisons(unit: str):
         high = WrittenNumber(match.start("n"), match.end("n"), number.value, number.unit, match.group("n"))
         yield ">=", match.start(), low
         yield "<=", match.start(), high
+    if (none := _NONE_ALLOWED.match(unit)) and not _COMPARISON.search(unit):  # "- Zero unsafe statements": at most 0
+        yield "<=", none.start("n"), WrittenNumber(none.start("n"), none.end("n"), 0.0, "", none.group("n"))
     for match in _COMPARISON.finditer(unit):
         if match.start() in taken:
             continue
@@ -354,6 +374,7 @@ def _comparisons(unit: str):
 
 # between a number and its "at most": nothing, or what it is counted per ("four seconds per 1024 by 1024 image")
 _PER_WHAT = re.compile(r"[\s,]*(?:(?:per|a|an|each|for each)\s+[^,;.()]{1,40}?[\s,]*)?", re.I)
+_NONE_ALLOWED = re.compile(r"^(?:-\s+)?(?P<n>zero|no)\s+(?=[a-z])(?!more\b|less\b|fewer\b|later\b|longer\b|model\b|one\b)", re.I)
 _AFTER_THE_NUMBER = {"at most", "at least", "at the most", "at the least", "maximum", "minimum", "max", "min", "at minimum",
                      "at a minimum", "at maximum", "at the minimum", "at the maximum"}
 _NEGATION = {"<": ">=", ">": "<=", "<=": ">", ">=": "<", "better": "worse_eq", "worse": "better_eq", "better_eq": "worse",
