@@ -92,7 +92,7 @@ _HARD = re.compile(
     r"mandatory|hard|non-negotiable|at all times|cannot|can't|may not|never|not deployed|not acceptable|unacceptable|"
     r"no exceptions?|is a must|disqualif\w*|budget|limit|limited to|maximum|minimum|cap|capped|floor|ceiling|ruled out|blocking|"
     r"gates?|gated|all required|go-live|before go-live|keep|bar)\b", re.I)
-_CONDITION = re.compile(r"(?:^\s*|[,;:(]\s*|\b(?:and|but)\s+)(?:if(?!\s+(?:you|we)\s+can\b|\s+possible\b|\s+feasible\b)|when|whenever|anything|any model that|because|since|although|"
+_CONDITION = re.compile(r"(?:^\s*|[,;:(]\s*|\b(?:and|but)\s+)(?:if(?!\s+(?:you|we)\s+can\b|\s+possible\b|\s+feasible\b)|when|(?<=, )where|whenever|anything|any model that|because|since|although|"
                         r"though|e\.g\.|for example|for instance|such as)\b", re.I)
 _ONLY_IF = re.compile(r"\bonly (?:if|when)\b|\bunless\b", re.I)
 _DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|(?<!the )(?<!our )(?<!its )measured|(?<!the )logged|(?<!if you )(?<!if we )can(?!['’]t|not)|could(?!n['’]t| not)|might|may(?! not)|"
@@ -183,7 +183,7 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = 
             comparison, hard = _NEGATION[comparison], True
         elif keys and _REJECT_IF.search(segment):
             comparison, hard = _NEGATION[comparison], not _SOFT.search(segment)
-        elif _requires(segment, unit, heading):
+        elif _requires(segment, unit, heading) and not _HEDGED_AFTER.match(unit[number.end:]):
             hard = _hardness(segment, unit, heading) and comparison != "target"
         else:
             continue
@@ -209,7 +209,9 @@ def _states_a_requirement(segment: str, unit: str, heading: str) -> bool:
 
 # "## For context", "Notes", "Background": a list under such a heading informs, it does not require
 _CONTEXT_HEADING = re.compile(r"\b(?:context|background|notes?|history|for reference|for information|informative|"
-                              r"not rules|not requirements|faq|glossary|definitions)\b", re.I)
+                              r"not rules|not requirements|faq|glossary|definitions|rules? of thumb|tips)\b", re.I)
+# "An RMSE below 15 cycles usually means the model is good": what a number tends to mean, not a requirement
+_HEDGED_AFTER = re.compile(r"^[^.;]{0,30}?\b(?:usually|typically|often|generally|normally|tends? to|means?|indicates?|suggests?)\b", re.I)
 
 
 _THE_MODEL = re.compile(r"\b(?:the |a |each |any )?(?:model|artefact|artifact|checkpoint|weights|binary|bundle)\b", re.I)
@@ -427,7 +429,8 @@ def _requires(segment: str, unit: str, heading: str = "") -> bool:
     if _CONDITION.search(segment) or _DESCRIPTIVE.search(_CAPACITY.sub("", segment)) or _RELATIVE_TO.search(unit):
         return False
     return bool(_HARD.search(segment) or _SOFT.search(segment) or _HARD.search(unit) or _SOFT.search(unit) or _CAPACITY.search(segment)
-                or re.search(r"[<>≤≥]", segment) or " | " in unit or unit.startswith("- ") or _HARD.search(heading))
+                or re.search(r"[<>≤≥]", segment) or " | " in unit or _HARD.search(heading)
+                or unit.startswith("- ") and not _CONTEXT_HEADING.search(heading))
 
 
 _MARKUP_KIND = re.compile(r"(?:^|[|—–-]\s*\**)(hard|soft)(?:\**\s*(?:[|—–-]|$))", re.I)

@@ -15,8 +15,10 @@ _SETEXT_RULE = re.compile(r"^(?:={3,}|-{3,})$")
 _BOLD_LINE = re.compile(r"^(?:\*\*[^*]+\*\*|__[^_]+__)$")
 _INDENTED = re.compile(r"^(?: {2,}|\t)\S")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(`*A-Z0-9¹²³⁴⁵⁶⁷⁸⁹])|(?<=;)\s+")
-_HARD_COLUMN = re.compile(r"type|kind|hard|mandatory|blocking|required|level|strength|must|binding|severity", re.I)
-_YES, _NO = {"yes", "y", "true", "x", "✓", "✔"}, {"no", "n", "false", "-", "—"}
+_HARD_COLUMN = re.compile(r"type|kind|hard|mandatory|blocking|required|level|strength|must|binding|severity|rating|criticality", re.I)
+# a yes/no cell, or a risk register's rating: a High risk's control must hold, a Medium one's is watched
+_YES = {"yes", "y", "true", "x", "✓", "✔", "high", "critical", "blocker", "blocking", "mandatory", "required", "must"}
+_NO = {"no", "n", "false", "-", "—", "medium", "low", "should", "optional", "nice", "could", "advisory"}
 
 
 def rule_units(text: str) -> list[str]:
