@@ -276,6 +276,7 @@ def metric_spec(name: str) -> MetricSpec:
     if at_k is None and re.search(r"@(\d+)", name):
         at_k = re.search(r"@(\d+)", name).group(1)
     counted = ("per", *_ITEM_COUNTS) if items != 1.0 else ()
+    tokens = [ABBREVIATIONS.get(t, t) if t in _EXPANDED_IN_KINDS else t for t in tokens]  # gpu_mem_gib: GPU memory
     core = [t for t in tokens if t not in UNIT_TOKENS and not re.fullmatch(r"p\d{2,3}", t) and t != "at" and t != at_k
             and t not in _SPLIT_PREFIXES and not (per and t in ("per", per)) and t not in counted]
     whole = [t for t in tokens if t not in UNIT_TOKENS and not re.fullmatch(r"p\d{2,3}", t) and t != "at" and t != at_k
@@ -287,7 +288,8 @@ def metric_spec(name: str) -> MetricSpec:
         higher = False if any(t in _LOWER_WORDS or t.endswith("error") for t in tokens) else None
         label = " ".join(core) or name
         own = MetricKind(label.replace(" ", "_"), label, bool(higher), (label,)) if core else None
-        words = _key_words(name) + (_kind_words(own, percentile, at_k) if own and (at_k or percentile) else [])
+        words = _key_words(name) + [word for word in (_kind_words(own, percentile, at_k) if own and (at_k or percentile) else [])
+                                    if word not in _GENERIC_TOKENS]  # p90_err_m is not every "error"
         shares = not unit and any(t in ("rate", "share", "ratio", "fraction", "proportion", "coverage") for t in tokens)
         return MetricSpec(name, label, higher, unit, bounded=shares, decimals=2 if unit else 3, percentile=percentile,
                           words=tuple(words), per=items)  # within_50m_rate is a share: "85%" is 0.85
@@ -348,7 +350,7 @@ ABBREVIATIONS = {"img": "image", "imgs": "images", "gen": "generation", "lat": "
                   "seq": "sequence", "err": "error", "fcst": "forecast", "trn": "training", "util": "utilisation",
                   "calib": "calibration", "cnt": "count", "num": "number", "txn": "transaction", "cust": "customer",
                   "pvalue": "p-value", "pval": "p-value", "dcal": "d-calibration", "de": "german", "en": "english",
-                  "fr": "french", "es": "spanish"}
+                  "fr": "french", "es": "spanish", "ped": "pedestrian", "sens": "sensitivity", "spec": "specificity"}
 
 
 def _quantity_phrase(token: str) -> str | None:
@@ -359,6 +361,9 @@ def _quantity_phrase(token: str) -> str | None:
     unit = UNIT_TOKENS[found.group(2)]
     spellings = sorted({word for word, same in UNIT_TOKENS.items() if same == unit}, key=len, reverse=True)
     return rf"(?:±|\+/-)?\s*{found.group(1)}\s*(?:{'|'.join(map(re.escape, spellings))})"
+
+
+_EXPANDED_IN_KINDS = {"mem", "lat", "sens", "spec", "calib", "inf", "pred", "err"}  # short forms that name a kind
 
 
 def _is_initialism(token: str) -> bool:
@@ -467,6 +472,7 @@ class MetricVocabulary:
                 tokens = [t for t in _tokens(key) if t not in UNIT_TOKENS and t not in _SPLIT_PREFIXES]
                 if tokens and all(t.isalpha() for t in tokens):
                     phrases.setdefault(_inflected(tokens), set()).add(key)
+                    phrases.setdefault(_inflected([ABBREVIATIONS.get(t, t) for t in tokens]), set()).add(key)  # "median error"
                 alpha = [t for t in tokens if t.isalpha()]
                 if 2 <= len(alpha) <= 4 and len(alpha) == len(tokens):
                     acronym = "".join(t[0] for t in alpha)

@@ -86,7 +86,8 @@ _SOFT = re.compile(
     r"goal|optional|strive|nice to|would be (?:nice|good|great)|we'd like|would (?:also |still )?like|not a hard stop|would rather|"
     r"rather not|preference|a guide|not a gate|can overrule|can be overruled|if (?:you|we) can|if feasible|"
     r"nice-to-have|not blocking|non-blocking|not (?:a |the )?gates?|not part of the bar|"
-    r"can (?:still )?(?:go live|ship|be deployed|be released|launch) without)\b", re.I)
+    r"can (?:still )?(?:go live|ship|be deployed|be released|launch) without|(?<=\[)tracked(?=\])|tracked only|"
+    r"recommend, but do not require)\b", re.I)
 _HARD = re.compile(
     r"\b(?:must|required|requires?|requirement|has to|have to|need(?:s)? to|needs?|needed|only (?:when|if)|unless|shall|"
     r"mandatory|hard|non-negotiable|at all times|cannot|can't|may not|never|not deployed|not acceptable|unacceptable|"
@@ -101,7 +102,8 @@ _DESCRIPTIVE = re.compile(r"\b(?:was|were|had|did|got|scored|reached|achieved|(?
                           r"in (?:19|20)\d\d|failed|passed|led|won|lost|broke|"
                           r"beat|missed|excluded|(?<!is )(?<!be )(?<!are )(?<!gets )promoted|replaced|retired|observed|showed|reported|request to|requested|"
                           r"proposal|proposed|raise (?:the|a|our) (?:limit|threshold|budget|bar)|raised|relax(?:ed|ing)?(?= the)|declined|quotes?|quoted|according to|comparable|exceeded|fell|dropped|came in|"
-                          r"stayed|competitive|averaged)\b", re.I)
+                          r"stayed|competitive|averaged|discussed|next year|next quarter|roadmap|aspiration|ambition|published|"
+                          r"advertises|advertised|vendor claims|public checkpoints)\b", re.I)
 # "is rejected if latency exceeds 40 ms" states the rule "latency <= 40 ms" by its negation.
 _REJECT_IF = re.compile(
     r"\b(?:reject\w*|exclud\w*|disqualif\w*|ruled out|fails?|not (?:be )?(?:deployed|accepted|considered|promoted)|"
@@ -158,11 +160,14 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = 
     rules, previous_keys, previous_end = [], (), 0
     for comparison, start, number in _comparisons(unit):
         window = max(previous_end, start - 60)
-        tie = any(not any(m.start <= t.start() < m.end for m in mentions) for t in _TIE.finditer(unit, window, start))
+        tie = any(not any(m.start <= t.start() < m.end for m in mentions) and _names_a_tie(t, mentions)
+                  for t in _TIE.finditer(unit, window, start))
         if tie or _MARGIN.match(unit[start:]) and _MARGIN_CONTEXT.search(unit):
             continue  # "within 0.005 of the best" is a margin, "ties go to ..." a tie-break
         if any(m.start <= start < m.end and re.search(r"\d", m.words) for m in mentions):
             continue  # "placed within 50 m" names within_50m_rate: part of the metric, not a threshold
+        if _QUALIFIER.search(unit, 0, number.start) or _inside_an_aside(unit, start) and _outside_asides(unit):
+            continue  # "of the units with 30 or more cycles", "(completions that reproduce 150 or more characters)"
         clause_start = max([previous_end] + [m.end() for m in _CLAUSE_BREAK.finditer(unit, 0, start)])
         segment = unit[clause_start:number.end]
         before = _fitting(_prefer_logged([m for m in mentions if previous_end <= m.start and m.end <= start], vocabulary),
@@ -170,15 +175,16 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = 
         after = _fitting(_prefer_logged([m for m in mentions if number.start < m.start <= number.end + 40
                                          and not NUMBER.search(unit[number.end:max(number.end, m.start)])], vocabulary),
                          number, vocabulary)
-        owned = [m for m in after if _OF_THE.fullmatch(unit[number.end:m.start])]  # "under forty kilobytes of RAM"
-        if after and _fits(after[0], number, vocabulary) and not any(_fits(m, number, vocabulary) for m in before):
-            owned = owned or after[:1]  # "more than one false alarm a week": the only metric a rate can bound
-        keys = _disambiguated(owned[0].keys, unit) if owned else _subject(before, after, unit, vocabulary) or previous_keys
-        implied = not keys and bool(keys := _named_by_its_unit(segment, number.unit, vocabulary))
+        if missed := _recall_from_misses(unit, start, number, vocabulary):
+            comparison, number, keys = _MIRRORED.get(comparison, comparison), *missed
+        else:
+            keys = _bounded_keys(unit, number, before, after, vocabulary) or previous_keys
+        implied = bool(missed) or not keys and bool(keys := _named_by_its_unit(segment, number.unit, vocabulary))
         previous_end, previous_keys = number.end, keys
         if _RELATIVE_TO.search(unit):
             continue  # "does not beat seasonal naive by more than 15%": a difference, not a threshold
-        if keys and _DISQUALIFIES.match(unit[number.end:number.end + 60]) and not _MODAL.search(segment):
+        reach = 120 if _A_MODEL_THAT.search(segment) else 60  # "a model that misses ... in the backtest is not acceptable"
+        if keys and _DISQUALIFIES.match(unit[number.end:number.end + reach]) and not _MODAL.search(segment):
             # "exceeding 8 GB disqualifies", "a model whose retraining takes longer than 90 minutes is not released"
             comparison, hard = _NEGATION[comparison], True
         elif keys and _REJECT_IF.search(segment):
@@ -198,6 +204,25 @@ def _criteria(unit: str, vocabulary: MetricVocabulary, observed, heading: str = 
             read.append(ProposedRule(UNREAD, unit, keys, comparison, number.value, number.text))
         rules += read
     return rules
+
+
+def _bounded_keys(unit: str, number: WrittenNumber, before, after, vocabulary: MetricVocabulary) -> tuple[str, ...]:
+    """The metric a number bounds: the one it is "of" ("under forty kilobytes of RAM"), the only one after it its unit
+    fits ("more than one false alarm a week"), else the subject named before it."""
+    owned = [m for m in after if _OF_THE.fullmatch(unit[number.end:m.start])]
+    if after and _fits(after[0], number, vocabulary) and not any(_fits(m, number, vocabulary) for m in before):
+        owned = owned or after[:1]
+    return _disambiguated(owned[0].keys, unit) if owned else _subject(before, after, unit, vocabulary)
+
+
+def _recall_from_misses(unit: str, start: int, number: WrittenNumber, vocabulary: MetricVocabulary):
+    """"A model that misses more than one in five of the failures is not acceptable": a bound on the share missed is
+    one on the one recall the registry logs (1 - 0.2); (the share as a recall, the recall key) or None."""
+    recalls = vocabulary.keys_of_kind("recall")
+    if not _MISSES.search(unit, 0, start) or number.unit not in ("", "%") or len(recalls) != 1:
+        return None
+    share = number.value / 100 if number.unit == "%" else number.value
+    return replace(number, value=1 - share, unit=""), tuple(recalls)
 
 
 def _states_a_requirement(segment: str, unit: str, heading: str) -> bool:
@@ -255,6 +280,23 @@ def _subject(before, after, unit: str, vocabulary: MetricVocabulary) -> tuple[st
     if logged_after:
         return _disambiguated(logged_after[0].keys, unit)
     return outside[-1].keys if outside else after[0].keys if after else ()
+
+
+_QUALIFIER = re.compile(r"\b(?:with|having|for)\s+(?:at least\s+|more than\s+|over\s+|up to\s+)?$", re.I)
+
+
+def _inside_an_aside(unit: str, position: int) -> bool:
+    return unit[:position].count("(") > unit[:position].count(")")
+
+
+def _outside_asides(unit: str) -> bool:
+    """Whether the unit compares something outside its parentheses too."""
+    return any(not _inside_an_aside(unit, match.start()) for match in _COMPARISON.finditer(unit))
+
+
+def _names_a_tie(word, mentions) -> bool:
+    """"the same WAPE" ties two models; "at the same operating point" does not."""
+    return not word.group(0).lower().endswith("the same") or any(0 <= m.start - word.end() <= 2 for m in mentions)
 
 
 _OF_THE = re.compile(r"\s+(?:of|in)\s+(?:the\s+|its\s+)?", re.I)
@@ -379,6 +421,8 @@ _PER_WHAT = re.compile(r"[\s,]*(?:(?:per|a|an|each|for each)\s+[^,;.()]{1,40}?[\
 _NONE_ALLOWED = re.compile(r"^(?:-\s+)?(?P<n>zero|no)\s+(?=[a-z])(?!more\b|less\b|fewer\b|later\b|longer\b|model\b|one\b)", re.I)
 _AFTER_THE_NUMBER = {"at most", "at least", "at the most", "at the least", "maximum", "minimum", "max", "min", "at minimum",
                      "at a minimum", "at maximum", "at the minimum", "at the maximum"}
+_MISSES = re.compile(r"\bmiss(?:es|ed)?\s+$", re.I)
+_MIRRORED = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
 _NEGATION = {"<": ">=", ">": "<=", "<=": ">", ">=": "<", "better": "worse_eq", "worse": "better_eq", "better_eq": "worse",
              "worse_eq": "better", "target": "target"}
 
@@ -408,7 +452,8 @@ def _negated(before: str, comparison: str) -> str:
     return comparison
 
 
-_DISQUALIFIES = re.compile(r"^[^.;]{0,40}?\b(?:disqualif\w*|rules? (?:it|the model|a model|a candidate) out|is a no-go|"
+_A_MODEL_THAT = re.compile(r"\b(?:a|any)\s+(?:model|candidate|forecast|scorer|detector|classifier|system)\s+(?:that|whose|which)\b", re.I)
+_DISQUALIFIES = re.compile(r"^[^.;]{0,100}?\b(?:disqualif\w*|rules? (?:it|the model|a model|a candidate) out|is a no-go|"
                            r"is not acceptable|is unacceptable|means (?:rejection|no-go)|is rejected|gets? (?:it )?rejected|"
                            r"(?:is|are|will be) (?:not|never) (?:released|deployed|shipped|promoted|approved|accepted)|"
                            r"(?:does not|doesn't|do not|will not|won't) go live)\b", re.I)
@@ -478,7 +523,7 @@ def _preferences(unit: str, vocabulary: MetricVocabulary) -> list[ProposedRule]:
     keys = next(iter(named))
     spec = vocabulary.spec(keys[0])
     # "choose the one that rules out the largest share of patients (the rule-out rate)": a pick, a superlative, one metric
-    if not (ranked or _SUPERLATIVE.search(unit) or _RANKING_WORD.search(unit)):
+    if not (ranked or _SUPERLATIVE.search(_COMPARISON.sub(" ", unit)) or _RANKING_WORD.search(unit)):  # "at least" ranks nothing
         return rules
     if not ranked and all(m.partial for m in logged if _disambiguated(m.keys, unit) == keys):
         return rules  # "Priority: Major ... Labels: vector-index": a word of a key is not a ranking
@@ -579,6 +624,7 @@ def confirm(rule: ProposedRule, vocabulary: MetricVocabulary) -> bool:
     named = {key for mention in vocabulary.mentions(rule.sentence) for key in mention.keys}
     if rule.implied:
         named |= {key for n in numbers(rule.sentence) for key in _named_by_its_unit(rule.sentence, n.unit, vocabulary)}
+        named |= set(vocabulary.keys_of_kind("recall")) if re.search(r"\bmiss(?:es|ed)?\b", rule.sentence, re.I) else set()
     if rule.kind in (CRITERION, PRIORITY) and not set(rule.metrics) <= named:
         return False
     if rule.kind == TIE_BREAKER and not (set(rule.metrics) <= named or _SMALLER_MODEL.search(rule.sentence)
