@@ -87,7 +87,7 @@ _SOFT = re.compile(
     r"rather not|preference|a guide|not a gate|can overrule|can be overruled|if (?:you|we) can|if feasible|"
     r"nice-to-have|not blocking|non-blocking|not (?:a |the )?gates?|not part of the bar|"
     r"can (?:still )?(?:go live|ship|be deployed|be released|launch) without|(?<=\[)tracked(?=\])|tracked only|"
-    r"recommend, but do not require)\b", re.I)
+    r"do not require|does not require|not required|not a requirement)\b", re.I)
 _HARD = re.compile(
     r"\b(?:must|required|requires?|requirement|has to|have to|need(?:s)? to|needs?|needed|only (?:when|if)|unless|shall|"
     r"mandatory|hard|non-negotiable|at all times|cannot|can't|may not|never|not deployed|not acceptable|unacceptable|"

@@ -24,8 +24,20 @@ CASES = load_cases()
 IDS = [case.name for case in CASES]
 # A held-out batch is measured once before any change is made for it (bench/rules.py, tests/rule_cases/README.md); the
 # cases it still misreads are listed here with the reason, as strict expected failures: one that starts passing fails
-# here, so the mark is removed. Every batch so far is read in full.
-NOT_YET_READ: dict[str, str] = {}
+# here, so the mark is removed. Batches 1 to 4 are read in full; these are batch 5's.
+NOT_YET_READ: dict[str, str] = {
+    "apu-remaining-life": "'happen for at most 5% of the units' is bound to the units' coverage, not the late-prediction rate",
+    "arterial-speed-forecast": "MAE in km/h at 15 and 60 minutes ahead against '2 metres per second' and a tender's knock-out table",
+    "complaint-letter-summaries": "an SLA's 'shall ensure ... achieves a Factual Consistency Score': unread, so it cannot say nothing passes",
+    "drug-target-links": "the question is ambiguous between drug-target-links and the decoy protein-interaction-links: it asks",
+    "finance-text-to-sql": "'Fewer than 3 in every 100 generated queries fail to parse' names no metric (unread, safe)",
+    "home-contents-risk-premium": "actual-to-expected 'within ±3%' of 1, per-segment deviation and a regulator's numbers",
+    "hr-handbook-qa": "an OKR page: key results tagged [launch gate] and [tracked], exact match against F1",
+    "ide-inline-completion": "'regurgitation rate (... 150 or more characters ...)' names no metric; p90 time to first token",
+    "rehab-exercise-pose": "'PCK at 0.2' (a threshold inside the metric's name) and a model card's limitations list",
+    "retinal-dr-screening": "two sensitivities at 90% specificity (referable, vision-threatening) are not told apart",
+    "yard-truck-lidar-3d": "a note that overrides a table row, NDS against mAP, pedestrian AP in 3D",
+}
 PRODUCT_CASES = [pytest.param(case, id=case.name, marks=pytest.mark.xfail(reason=NOT_YET_READ[case.name], strict=True))
                  if case.name in NOT_YET_READ else pytest.param(case, id=case.name) for case in CASES]
 HARD_CLAIMS = ("passes every hard criterion", "pass every hard criterion")
