@@ -229,9 +229,14 @@ def _states_a_requirement(segment: str, unit: str, heading: str) -> bool:
     """Hard words in the clause, the unit or the heading above it ("Go-live gates (ALL blocking)"), a ≤/≥ sign or a
     list item: what a reader takes for a requirement even when the product cannot tell which metric it bounds."""
     return bool(_HARD.search(segment) or _HARD.search(unit) or _HARD.search(heading) or re.search(r"[<>≤≥]", segment)
-                or unit.startswith("- ") and not _DESCRIPTIVE.search(unit) and not _CONTEXT_HEADING.search(heading))
+                or unit.startswith("- ") and not _DESCRIPTIVE.search(unit) and not _CONTEXT_HEADING.search(heading)
+                and not _A_STEP.match(unit))
 
 
+# "- **Warm-up.** Make at least 10 warm-up calls": a step of a procedure, what a person does, not what a model must meet
+_A_STEP = re.compile(r"^-\s+(?:\*\*[^*]{1,40}\*\*\s*|[A-Z][\w -]{0,30}[.:]\s+)?(?:make|run|use|take|copy|time|discard|repeat|"
+                     r"record|measure|call|send|collect|load|start|wait|write|compute|average|report|check|trigger|"
+                     r"open|click|upload|download|restart|set|add|remove)\b", re.I)
 # "## For context", "Notes", "Background": a list under such a heading informs, it does not require
 _CONTEXT_HEADING = re.compile(r"\b(?:context|background|notes?|history|for reference|for information|informative|"
                               r"not rules|not requirements|faq|glossary|definitions|rules? of thumb|tips)\b", re.I)

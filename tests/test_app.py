@@ -467,6 +467,21 @@ def test_the_criteria_tab_says_which_documents_govern_nothing_and_an_admin_assig
     assert any("disagree" in w.value for w in at.warning)  # its 2 ms latency rule contradicts the criteria document
 
 
+def test_the_criteria_tab_shows_a_requirement_it_could_not_read(demo_copy, monkeypatch):
+    monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
+    with knowledge_base() as kb:
+        from engine.ingest import ingest_files
+        from engine.workspace import make_chunker
+
+        [outcome] = ingest_files(kb, make_chunker(load_settings()), [(
+            "screening-ops.md", b"# Tumour screening: operations\n\nThe screening service must keep the queue at most 3 deep.\n")])
+        assert outcome.ok
+    at = open_criteria_tab("tumor-screening")
+    assert any("queue at most 3 deep" in w.value and "could be read" in w.value for w in at.warning)
+    states = {row["sentence"]: row["state"] for row in table_with(at, "rule")}
+    assert states["The screening service must keep the queue at most 3 deep."].startswith("not read")
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [
