@@ -236,11 +236,12 @@ def _read_governance(connection, terms, only, assigned, descriptions) -> dict[in
         elif domain in TABLE_DOMAINS and not _declared(metadata):
             governance[document_id] = ((), "imported table rows govern no use case unless an admin chooses one")
         else:
-            opening = f"{title}\n{openings.get(document_id, '')}"
-            governance[document_id] = governed_by(metadata, named.get(document_id, set()) | named_use_cases(title, terms)
-                                                  | (loosely_named_use_cases(title, terms) or loosely_named_use_cases(opening, terms)),
-                                                  described_use_case(title, descriptions)
-                                                  or described_use_case(beginnings.get(document_id, ""), descriptions))
+            opening, beginning = f"{title}\n{openings.get(document_id, '')}", beginnings.get(document_id, "")
+            loose = loosely_named_use_cases(title, terms) or loosely_named_use_cases(opening, terms)
+            if len(loose) > 1 and (told := described_use_case(beginning, {u: descriptions[u] for u in loose if u in descriptions}, 1)):
+                loose = {told}  # "overdraft ... approval" and "credit ... risk" both used: the one its lines describe
+            governance[document_id] = governed_by(metadata, named.get(document_id, set()) | named_use_cases(title, terms) | loose,
+                                                  described_use_case(title, descriptions) or described_use_case(beginning, descriptions))
     return governance
 
 

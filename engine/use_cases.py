@@ -203,14 +203,15 @@ TITLE_WORDS = 3  # a document's title shares at least this many content words wi
 TITLE_MARGIN = 2  # ...and this many more than with any other use case's, to govern it by description
 
 
-def described_use_case(title: str, descriptions: dict[str, str]) -> str | None:
+def described_use_case(title: str, descriptions: dict[str, str], margin: int = TITLE_MARGIN) -> str | None:
     """The use case a document's title describes in the registry's own words ("Card transaction categories
     (budgeting app)" for txn-categorisation, whose models categorise card transactions for the budgeting app), by
-    shared content words with a clear lead over every other use case; None when no use case is clearly described."""
+    shared content words with a clear lead over every other use case (`margin` words); None when none is clearly
+    described."""
     words = _content(title)
     counts = sorted(((len(_shared(words, vocabulary)), use_case) for use_case, vocabulary in _vocabularies(descriptions).items()),
                     reverse=True)
-    if not counts or counts[0][0] < TITLE_WORDS or (len(counts) > 1 and counts[0][0] - counts[1][0] < TITLE_MARGIN):
+    if not counts or counts[0][0] < TITLE_WORDS or (len(counts) > 1 and counts[0][0] - counts[1][0] < margin):
         return None
     return counts[0][1]
 
