@@ -38,6 +38,8 @@ What is measured
    first token), prompt tokens / TTFT (roughly the prefill rate), and tokens/s after the first piece (tokens
    counted by re-tokenizing the text). The baseline is the same model answering the question alone, without the
    prompt's instructions, candidates table and knowledge excerpts: the difference is what the prompt costs.
+   Then the same model and prompts through llama.cpp (`engine.gguf_llm`, the bundled Q4_1 GGUF file as it ships),
+   side by side: TTFT and decode tokens/s, and the decode ratio against transformers (target >= 4x).
 
 How the data is built
 The registry is a real sqlite MLflow store (`sqlite:///<tmp>/mlflow.db`) written through MlflowClient as a
@@ -85,6 +87,7 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from engine.assistant import draft_stream, prepare_answer  # noqa: E402
 from engine.candidates import CHAMPION, all_pages, candidate_source, fetch_candidates, read_candidates, refreshing  # noqa: E402
 from engine.chunking import Chunker  # noqa: E402
+from engine.gguf_llm import gguf_file, load_gguf  # noqa: E402
 from engine.rulebook import document_governance, use_case_terms  # noqa: E402
 from engine.ingest import ingest_files  # noqa: E402
 from engine.knowledge_base import KnowledgeBase  # noqa: E402
@@ -96,6 +99,7 @@ from engine.sources import refresh_sources  # noqa: E402
 from engine.use_cases import match_use_case  # noqa: E402
 
 PREPARE_P95_TARGET_MS = 150.0
+GGUF_DECODE_RATIO_TARGET = 4.0  # issue 12: llama.cpp decodes the chat's prompt at least 4x faster than transformers
 WARMUP_QUESTIONS = 10
 REGIONS = ("EMEA", "Americas", "APAC", "Nordics", "LATAM")
 FAMILIES = ("linear", "gradient-boosting", "random-forest", "mlp")
@@ -427,6 +431,23 @@ def bench_llm(settings, prepared, repeats: int, max_new_tokens: int) -> dict:
             "conversion_s": round(convert_s, 2), "load_s": round(load_s, 2), **rows}
 
 
+def bench_llm_gguf(settings, prepared, repeats: int, max_new_tokens: int, tokenizer) -> dict:
+    """The same model and prompts through llama.cpp on the bundled GGUF file (engine.gguf_llm), greedy: side by side
+    with the transformers rows above, tokens counted with the same tokenizer."""
+    gguf_settings = settings.model_copy(update={"llm_backend": "llama_cpp"})
+    _, load_s = timed(lambda: load_gguf(gguf_file(gguf_settings, resolve_llm_version(gguf_settings, "base"))))
+    backend = llm_backend(gguf_settings)
+    prompts = {"real": prepared.messages, "question_only": [{"role": "user", "content": prepared.question}]}
+    rows = {name: {"runs": []} for name in prompts}
+    for _ in range(repeats):
+        for name, messages in prompts.items():
+            rows[name]["runs"].append(generation(backend.stream(messages, max_new_tokens=max_new_tokens), tokenizer))
+    for row in rows.values():
+        row["ttft_p50_ms"] = round(float(np.median([run["ttft_ms"] for run in row["runs"]])), 1)
+        row["tokens_per_s_p50"] = round(float(np.median([run["tokens_per_s"] for run in row["runs"]])), 1)
+    return {"version": backend.version, "load_s": round(load_s, 2), **rows}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------------------
@@ -486,8 +507,21 @@ def print_llm(llm: dict) -> None:
               f"{row['tokens_per_s_p50']:>14}  " + " / ".join(f"{run['ttft_ms']:,.0f}" for run in row["runs"]))
 
 
+def print_llm_gguf(gguf: dict, llm: dict) -> None:
+    print(f"\nLLM  {gguf['version']} through llama.cpp from its bundled GGUF file (Q4_1), greedy; load {gguf['load_s']} s")
+    print(f"  {'prompt':<40}{'TTFT p50 ms':>13}{'tokens/s p50':>14}{'decode vs transformers':>24}")
+    for label, name in (("real prompt from prepare_answer", "real"), ("question alone (baseline)", "question_only")):
+        row, reference = gguf[name], llm[name]
+        ratio = row["tokens_per_s_p50"] / reference["tokens_per_s_p50"] if reference["tokens_per_s_p50"] else float("nan")
+        print(f"  {label:<40}{row['ttft_p50_ms']:>13,}{row['tokens_per_s_p50']:>14}{ratio:>23.1f}x")
+
+
 def verdicts(report: dict) -> list[dict]:
     found = []
+    if "llm_gguf" in report:
+        ratio = report["llm_gguf"]["real"]["tokens_per_s_p50"] / report["llm"]["real"]["tokens_per_s_p50"]
+        found.append({"target": "decode tokens/s, llama.cpp against transformers float32, the chat's real prompt",
+                      "value": round(ratio, 2), "goal": f">= {GGUF_DECODE_RATIO_TARGET:g}x", "pass": ratio >= GGUF_DECODE_RATIO_TARGET})
     for mode in TARGET_MODES:
         p95 = report["prepare"][mode]["all"]["p95_ms"]
         found.append({"target": f"prepare_answer p95 ms, {mode}, {report['models']:,} models, {report['chunks']:,} chunks",
@@ -542,6 +576,9 @@ def main() -> None:
         prepared = prepare_answer(warm_settings, kb, f"Which model should I deploy for {demo_case.label}?")
         report["llm"] = bench_llm(warm_settings, prepared, args.llm_repeats, args.max_new_tokens)
         print_llm(report["llm"])
+        report["llm_gguf"] = bench_llm_gguf(warm_settings, prepared, args.llm_repeats, args.max_new_tokens,
+                                            load_tokenizer(warm_settings.base_model))
+        print_llm_gguf(report["llm_gguf"], report["llm"])
         kb.connection.close()
     finish_report(report, verdicts(report), started)
 

@@ -1,4 +1,5 @@
-"""The LLM that writes the chat's drafts: a transformers model in this process, or an OpenAI-compatible endpoint.
+"""The LLM that writes the chat's drafts: a transformers model in this process, llama.cpp on the version's GGUF file
+(engine.gguf_llm), or an OpenAI-compatible endpoint.
 
 `llm_backend(settings)` returns the configured backend, built once per process and shared by every Streamlit
 session. Building it loads and contacts nothing, so a missing model or a dead endpoint surfaces as an `LlmError`
@@ -44,6 +45,7 @@ Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 ROLES = ("system", "user", "assistant")
 CHAMPION = "champion"
 ADAPTER_ARTIFACT = "adapter"
+EXPORTS_ARTIFACT = "exports"  # exports/<format>/ in a version's MLflow run (training.export writes them)
 BASE_MODEL_TAG = "base_model"
 PARENT_VERSION_TAG = "parent_version"
 MAX_LINEAGE = 32  # parent_version links followed before a registry is taken for corrupt (a loop)
@@ -77,7 +79,8 @@ def check_request(messages: list[Message], max_new_tokens: int, temperature: flo
         raise LlmError(f"temperature must be 0 (greedy) or positive (got {temperature!r})")
 
 
-def _first_line(error: object) -> str:
+def first_line(error: object) -> str:
+    """An error as the one line a user sees (a traceback's last word is no use to them)."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
 
@@ -125,7 +128,7 @@ def resolve_llm_version(settings, wanted: str | None = None) -> LlmVersion:
             if number is None:
                 return LlmVersion(settings.base_model)
     except MlflowException as error:
-        raise LlmError(f"cannot read the LLM versions of {name} from the MLflow registry: {_first_line(error.message)}") from None
+        raise LlmError(f"cannot read the LLM versions of {name} from the MLflow registry: {first_line(error.message)}") from None
     return registry_version(name, str(number), settings.tracking_uri, settings.mlflow_registry_uri)
 
 
@@ -144,7 +147,7 @@ def registry_version(name: str, number: str, tracking_uri: str, registry_uri: st
             raise
         return _version_with_lineage(client, name, found, tracking_uri)
     except MlflowException as error:
-        raise LlmError(f"cannot read the LLM versions of {name} from the MLflow registry: {_first_line(error.message)}") from None
+        raise LlmError(f"cannot read the LLM versions of {name} from the MLflow registry: {first_line(error.message)}") from None
 
 
 def _version_with_lineage(client, name: str, found, tracking_uri: str) -> LlmVersion:
@@ -159,7 +162,7 @@ def _version_with_lineage(client, name: str, found, tracking_uri: str) -> LlmVer
             chain.append(client.get_model_version(name, parent))
         except MlflowException as error:
             raise LlmError(f"LLM version {name}/{chain[-1].version} names parent version {parent}, "
-                           f"which cannot be read: {_first_line(error)}") from None
+                           f"which cannot be read: {first_line(error)}") from None
     version = None
     for link in reversed(chain):
         base_model = link.tags.get(BASE_MODEL_TAG)
@@ -221,12 +224,12 @@ def _merge_adapter(model, version: LlmVersion):
                 run_id=version.run_id, artifact_path=ADAPTER_ARTIFACT, dst_path=folder, tracking_uri=version.tracking_uri)
         except (MlflowException, OSError) as error:
             raise LlmError(f"cannot fetch the {ADAPTER_ARTIFACT}/ artifact of {version.label} "
-                           f"(run {version.run_id}): {_first_line(error)}") from None
+                           f"(run {version.run_id}): {first_line(error)}") from None
         try:
             return PeftModel.from_pretrained(model, adapter).merge_and_unload()
         except (OSError, ValueError, RuntimeError, KeyError) as error:
             raise LlmError(f"the adapter of {version.label} does not fit its base model {version.base_model}: "
-                           f"{_first_line(error)}") from None
+                           f"{first_line(error)}") from None
 
 
 # --- generating in process --------------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ def _chat_template(tokenizer, messages: list[Message]) -> list[int]:
     try:
         return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
     except ValueError as error:  # no chat template
-        raise LlmError(f"the model's tokenizer cannot format a chat: {_first_line(error)}") from None
+        raise LlmError(f"the model's tokenizer cannot format a chat: {first_line(error)}") from None
 
 
 def _generate(loaded: LoadedLlm, messages: list[Message], max_new_tokens: int, temperature: float,
@@ -306,7 +309,7 @@ def _generate(loaded: LoadedLlm, messages: list[Message], max_new_tokens: int, t
     finally:
         stop.set()
     if failures:
-        raise LlmError(f"generation with {label} failed: {type(failures[0]).__name__}: {_first_line(failures[0])}")
+        raise LlmError(f"generation with {label} failed: {type(failures[0]).__name__}: {first_line(failures[0])}")
 
 
 class InProcessLlm:
@@ -406,13 +409,13 @@ class EndpointLlm:
         except openai.APITimeoutError:
             raise self._failure(f"did not answer within {self._timeout_s:g} s{'' if started else self._tries()}") from None
         except openai.APIConnectionError as error:
-            raise self._failure(f"cannot be reached ({_first_line(error.__cause__ or error)}){'' if started else self._tries()}") from None
+            raise self._failure(f"cannot be reached ({first_line(error.__cause__ or error)}){'' if started else self._tries()}") from None
         except openai.APIStatusError as error:
             raise self._failure(self._status_problem(error)) from None
         except openai.APIError as error:  # an error event inside a started stream
-            raise self._failure(f"reported an error while streaming: {_first_line(error.message)}") from None
+            raise self._failure(f"reported an error while streaming: {first_line(error.message)}") from None
         except (ValueError, AttributeError, TypeError) as error:  # undecodable or misshapen chunks
-            raise self._failure(f"sent a malformed stream ({type(error).__name__}: {_first_line(error)})") from None
+            raise self._failure(f"sent a malformed stream ({type(error).__name__}: {first_line(error)})") from None
         if not answered:
             raise self._failure("returned an empty answer")
 
@@ -423,7 +426,7 @@ class EndpointLlm:
         status, body = error.status_code, error.body
         detail = body.get("error", body) if isinstance(body, dict) else body
         detail = detail.get("message") if isinstance(detail, dict) else detail
-        detail = _first_line(detail)[:200] if detail else error.response.reason_phrase
+        detail = first_line(detail)[:200] if detail else error.response.reason_phrase
         if status in (401, 403):
             return (f"refused the token (HTTP {status}: {detail})" if self._token
                     else f"needs a token (HTTP {status}: {detail}); set DEPLOYWISE_LLM_API_KEY")
@@ -447,6 +450,12 @@ def llm_backend(settings) -> LlmBackend:
         token = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         key = ("openai", settings.llm_endpoint, settings.llm_model, token, settings.llm_timeout_s, settings.llm_max_retries)
         build = EndpointLlm
+    elif settings.llm_backend == "llama_cpp":
+        from engine.gguf_llm import GgufLlm  # imports engine.llm: built here, after both modules exist
+
+        key = ("llama_cpp", settings.base_model, settings.llm_version, settings.llm_registry_name, settings.tracking_uri,
+               settings.mlflow_registry_uri, settings.llm_timeout_s, str(settings.workspace))
+        build = GgufLlm
     else:
         key = ("transformers", settings.base_model, settings.llm_version, settings.llm_registry_name,
                settings.tracking_uri, settings.mlflow_registry_uri, settings.llm_timeout_s)

@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     import_row_limit: int = Field(10_000, gt=0, description="Most rows read per table by a Unity Catalog or SQL import")
     mlflow_registry_uri: str | None = Field(None, description="Model registry URI when it differs from tracking, e.g. 'databricks-uc'")
     candidates_ttl_s: float = Field(60.0, ge=0, le=86_400, description="How long candidate metrics from MLflow are reused")
-    llm_backend: Literal["transformers", "openai"] = Field("transformers", description="'transformers' (in process) or 'openai' (any OpenAI-compatible endpoint)")
+    llm_backend: Literal["transformers", "llama_cpp", "openai"] = Field(
+        "transformers", description="'transformers' (in process), 'llama_cpp' (in process, the version's GGUF file) or "
+                                    "'openai' (any OpenAI-compatible endpoint)")
     llm_registry_name: str = Field("deploywise-llm", min_length=1, description="Registered model holding the LLM versions")
     llm_version: str = Field("champion", min_length=1, description="In-process LLM: 'base', 'champion' (the registry alias, else base) or a version number")
     llm_endpoint: str | None = Field(None, description="Base URL of an OpenAI-compatible API, e.g. http://localhost:11434/v1")

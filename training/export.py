@@ -39,10 +39,10 @@ from pathlib import Path
 
 from engine.access import require_admin
 from engine.background import StatusFile, run_work
+from engine.llm import EXPORTS_ARTIFACT
 from engine.store import utc_now
 
 FORMATS = ("safetensors", "gguf-f16", "gguf-q8_0")
-EXPORTS_ARTIFACT = "exports"  # exports/<format>/ in the version's MLflow run
 MANIFEST = "export.json"
 MODELFILE = "Modelfile"
 # The check's prompts: short questions of the chat's kind.

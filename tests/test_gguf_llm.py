@@ -1,0 +1,82 @@
+"""llama.cpp on GGUF files (engine.gguf_llm): the bundled base model as it ships, a registered version from its checked
+export, refusals as one line, and two sessions answered at once by one loaded model."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from test_export import settings  # noqa: F401 - the fixture: a copy of the tiny-Llama registry of test_llm_versions
+from test_llm_versions import registry_template  # noqa: F401 - the fixture behind it
+
+from engine.gguf_llm import GgufLlm, gguf_file, load_gguf, stream_gguf
+from engine.llm import LlmError, llm_backend, resolve_llm_version
+from engine.prompting import SYSTEM_PROMPT
+from engine.settings import load_settings
+from training.export import export_version
+
+pytestmark = pytest.mark.slow
+QUESTION = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture
+def base(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.setenv("DEPLOYWISE_LLM_BACKEND", "llama_cpp")
+    monkeypatch.setenv("DEPLOYWISE_LLM_VERSION", "base")
+    return load_settings()
+
+
+def test_the_bundled_gguf_answers_greedily_within_its_token_budget(base):
+    backend = llm_backend(base)
+    assert isinstance(backend, GgufLlm) and backend.version == "base:SmolLM2-135M-Instruct"
+    first = "".join(backend.stream(QUESTION, max_new_tokens=24))
+    assert "Paris" in first
+    assert "".join(backend.stream(QUESTION, max_new_tokens=24)) == first  # temperature 0 is deterministic
+    short = list(backend.stream(QUESTION, max_new_tokens=3))
+    loaded = load_gguf(gguf_file(base, resolve_llm_version(base, "base")))
+    assert 1 <= len(loaded.model.tokenize("".join(short).encode(), add_bos=False)) <= 4  # 3 tokens, re-tokenized
+
+
+def test_two_sessions_asking_at_once_both_get_answers(base):
+    backend, answers = llm_backend(base), {}
+
+    def ask(name: str) -> None:
+        answers[name] = "".join(backend.stream(QUESTION, max_new_tokens=8))
+
+    threads = [threading.Thread(target=ask, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert answers["one"] and answers["one"] == answers["two"]
+
+
+def test_a_busy_model_refuses_after_the_wait_and_a_bad_request_before_any_work(base):
+    loaded = load_gguf(gguf_file(base, resolve_llm_version(base, "base")))
+    with loaded.lock:  # another session is generating
+        with pytest.raises(LlmError, match=r"^the LLM is busy with another answer for more than 0.1 s"):
+            list(stream_gguf(loaded, QUESTION, max_new_tokens=4, temperature=0.0, wait_s=0.1))
+    with pytest.raises(LlmError, match="max_new_tokens must be a positive whole number"):
+        list(stream_gguf(loaded, QUESTION, max_new_tokens=0, temperature=0.0, wait_s=1))
+
+
+def test_a_corrupt_or_missing_gguf_is_one_line(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(LlmError) as refused:
+        load_gguf(broken)
+    assert str(refused.value).startswith("llama.cpp cannot load broken.gguf") and "\n" not in str(refused.value)
+    with pytest.raises(LlmError, match="does not exist"):
+        load_gguf(tmp_path / "missing.gguf")
+
+
+def test_a_registered_version_runs_from_its_checked_export_and_one_without_is_refused(settings, monkeypatch):  # noqa: F811
+    with pytest.raises(LlmError, match=r"deploywise-llm/2 has no checked GGUF export \(gguf-q8_0 or gguf-f16\)"):
+        list(GgufLlm(settings, "2").stream(QUESTION, max_new_tokens=4))
+    export_version(settings, "2", "gguf-q8_0")
+    backend = GgufLlm(settings, "2")
+    text = "".join(backend.stream(QUESTION, max_new_tokens=6))
+    assert text and backend.version == "deploywise-llm/2"  # a tiny random model: some text, not sense
+    path = gguf_file(settings, resolve_llm_version(settings, "2"))
+    assert path.name == "deploywise-llm-2-q8_0.gguf" and path.is_relative_to(settings.workspace.resolve() / "exports")
