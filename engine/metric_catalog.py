@@ -154,14 +154,15 @@ SPELLINGS = (("tumor", "tumour"), ("color", "colour"), ("behavior", "behaviour")
              ("normalized", "normalised"), ("serialized", "serialised"), ("artifact", "artefact"), ("modeling", "modelling"))
 
 
-def spelled_both_ways(text: str) -> list[str]:
+@lru_cache(maxsize=16384)
+def spelled_both_ways(text: str) -> tuple[str, ...]:
     """The text in American and British spelling (tumor/tumour, catalog/catalogue)."""
     variants = {text}
     for american, british in SPELLINGS:
         for variant in list(variants):
             variants |= {re.sub(rf"{american}(?!{british[len(american):]})", british, variant) if british.startswith(american)
                          else variant.replace(american, british), variant.replace(british, american)}
-    return sorted(variants)
+    return tuple(sorted(variants))
 _GENERIC_KINDS = {"loss", "cost", "memory", "model_size", "throughput", "map"}  # their words are everyday English too
 _KIND_BY_WORD = {word: kind for kind in KINDS for word in (kind.name.replace("_", " "), *kind.words)}
 

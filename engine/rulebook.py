@@ -15,6 +15,7 @@ import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 
 from engine.criteria import (
     NO_USE_CASE,
@@ -115,7 +116,7 @@ def use_case_terms(candidates, names=()) -> dict[str, tuple[str, ...]]:
     return {use_case: tuple(sorted(words, key=len, reverse=True)) for use_case, words in terms.items()}
 
 
-def _spelled(name: str) -> list[str]:
+def _spelled(name: str) -> tuple[str, ...]:
     return spelled_both_ways(re.sub(r"[-_./]+", " ", name.lower()).strip())
 
 
@@ -212,7 +213,7 @@ def document_governance(connection, terms: dict[str, tuple[str, ...]], only: str
     return _governed[key]
 
 
-_OPENING_CHARS = 600  # a title that describes nothing ("Slack export: #helpdesk-bot-eval"): its first lines may
+_OPENING_CHARS = 600  # a file with no title of its own ("guideline.txt", a Slack export): its first lines may describe
 _governed: dict[tuple, dict] = {}
 _GOVERNED_CACHE = 64
 
@@ -240,8 +241,10 @@ def _read_governance(connection, terms, only, assigned, descriptions) -> dict[in
             loose = loosely_named_use_cases(title, terms) or loosely_named_use_cases(opening, terms)
             if len(loose) > 1 and (told := described_use_case(beginning, {u: descriptions[u] for u in loose if u in descriptions}, 1)):
                 loose = {told}  # "overdraft ... approval" and "credit ... risk" both used: the one its lines describe
+            untitled = title == Path(origin.partition(":")[2] or origin).stem  # "guideline.txt": no title of its own
             governance[document_id] = governed_by(metadata, named.get(document_id, set()) | named_use_cases(title, terms) | loose,
-                                                  described_use_case(title, descriptions) or described_use_case(beginning, descriptions))
+                                                  described_use_case(title, descriptions)
+                                                  or (described_use_case(beginning, descriptions) if untitled else None))
     return governance
 
 
