@@ -30,6 +30,7 @@ from engine.llm import (
     check_request,
     first_line,
     resolve_llm_version,
+    version_label,
 )
 from engine.models import BUNDLED, BUNDLED_LLM_GGUF, bundled_llm_dir
 
@@ -130,15 +131,8 @@ class GgufLlm:
 
     @property
     def version(self) -> str:
-        """The version that wrote this thread's last stream, else the current one ("base:..." before any load)."""
-        used = getattr(self._used, "version", None)
-        if used:
-            return used
-        if self._current is not None:
-            return self._current[0].label
-        if self._wanted == "base":
-            return LlmVersion(self._settings.base_model).label
-        return f"{self._settings.llm_registry_name}/{self._wanted}"
+        return version_label(self._settings, self._wanted, getattr(self._used, "version", None),
+                             self._current[0] if self._current else None)
 
     def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float = 0.0) -> Iterator[str]:
         check_request(messages, max_new_tokens, temperature)

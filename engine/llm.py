@@ -312,6 +312,18 @@ def _generate(loaded: LoadedLlm, messages: list[Message], max_new_tokens: int, t
         raise LlmError(f"generation with {label} failed: {type(failures[0]).__name__}: {first_line(failures[0])}")
 
 
+def version_label(settings, wanted: str, used: str | None, current: LlmVersion | None) -> str:
+    """What an in-process backend reports: the version that wrote the caller's last stream, else the one loaded,
+    else the one configured ("base:..." or "<registered model>/<wanted>")."""
+    if used:
+        return used
+    if current is not None:
+        return current.label
+    if wanted == "base":
+        return LlmVersion(settings.base_model).label
+    return f"{settings.llm_registry_name}/{wanted}"
+
+
 class InProcessLlm:
     """A transformers model in this process, shared by all sessions; with 'champion' it follows the registry alias."""
 
@@ -328,14 +340,8 @@ class InProcessLlm:
     @property
     def version(self) -> str:
         """The version that wrote this thread's last stream (each session runs in its own thread), else the current one."""
-        used = getattr(self._used, "version", None)
-        if used:
-            return used
-        if self._current is not None:
-            return self._current.version.label
-        if self._wanted == "base":
-            return LlmVersion(self._settings.base_model).label
-        return f"{self._settings.llm_registry_name}/{self._wanted}"
+        return version_label(self._settings, self._wanted, getattr(self._used, "version", None),
+                             self._current.version if self._current else None)
 
     def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float = 0.0) -> Iterator[str]:
         check_request(messages, max_new_tokens, temperature)
