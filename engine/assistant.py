@@ -131,7 +131,7 @@ def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
         if decision.recommended or decision.closest else None,
         notices, timings, compose_answer(decision, hits, age_note=age_note), started, rules,
     )
-    timings["prepare_ms"] = _ms(started)
+    timings["recommendation_ms"] = _ms(started)  # question -> the decision and its composed answer, ready to show
     return prepared
 
 

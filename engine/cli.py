@@ -113,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _ask(args, settings) -> int:
     from engine.assistant import QuestionError, ask
+    from engine.chat_views import answer_times
     from engine.citations import strip_markers
     from engine.llm import llm_backend
     from engine.workspace import open_knowledge_base
@@ -129,7 +130,7 @@ def _ask(args, settings) -> int:
     lines = [strip_markers(answer.text), ""]
     lines += [f"[{c.number}] {c.display_name}" + (f" <{c.url}>" if c.url else "") + f" ({c.source_id})" for c in answer.citations]
     lines += [f"note: {notice}" for notice in answer.notices]
-    lines.append(f"({answer.origin}, {answer.llm_version}, {answer.timings['total_ms'] / 1000:.1f} s, answer #{answer.record_id})")
+    lines.append(f"({answer.origin}, {answer.llm_version}, {answer_times(answer.timings)}, answer #{answer.record_id})")
     _print(args, answer.to_dict(), "\n".join(lines))
     return EXIT_OK if answer.prepared.decision is not None else EXIT_PARTIAL
 

@@ -164,6 +164,7 @@ def test_cli_ask_prints_json_for_scripts(demo_workspace, monkeypatch, capsys):
     payload = json.loads(capsys.readouterr().out)
     assert payload["use_case"] == "digit-recognition" and payload["recommendation"] == payload["decision"]["recommended"]
     assert payload["answer_origin"] == "llm" and payload["citations"] and payload["timings_ms"]["total_ms"] > 0
+    assert 0 < payload["timings_ms"]["recommendation_ms"] <= payload["timings_ms"]["total_ms"]  # the decision comes first
     assert payload["llm_version"].startswith("openai:")
     assert cli_main(["ask", "  "]) == 2
 

@@ -73,6 +73,8 @@ def test_a_question_gets_a_verified_answer_with_links_and_evidence(llm):
     assert all(href.startswith(("https://", "source?id=")) for href in shown.hrefs)
     assert all(not m.proto.allow_html for m in at.markdown)
     assert f"answer #{record.id}" in captions(at) and "Written by the LLM and verified" in captions(at)
+    recommendation, whole = record.timings["recommendation_ms"] / 1000, record.timings["total_ms"] / 1000
+    assert f"recommendation {recommendation:.1f} s, whole answer {whole:.1f} s" in captions(at)  # both times shown
     evidence = next(e for e in at.expander if e.label == "Candidates and criteria check")
     candidates, checks = (frame.value for frame in evidence.dataframe)
     assert set(candidates["model"]) == {c["name"] for c in record.candidates} and len(candidates) == 4
