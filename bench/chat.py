@@ -30,7 +30,7 @@ What is measured
    the product is `engine.candidates.read_candidates` (no cache: a fixed number of batched calls). Both run on
    the same store, alternately, `--read-repeats` times; the figures are medians, MlflowClient calls are counted,
    and both reads must return the same metrics for every model.
-3. LLM: the in-process transformers backend (`engine.llm.llm_backend`, llm_backend "transformers", version
+3. LLM: the in-process transformers backend (`engine.llm_backends.llm_backend`, llm_backend "transformers", version
    "base", the bundled SmolLM2-135M-Instruct in float32) streaming the draft (`draft_stream`) of one demo-like
    question's real prompt from `prepare_answer`, greedy, `--max-new-tokens`. Model load (and the one-time
    GGUF -> float32 conversion, ~0 s once cached in ~/.cache/deploywise) is timed apart. Per repetition: time to
@@ -91,7 +91,8 @@ from engine.gguf_llm import gguf_file, load_gguf  # noqa: E402
 from engine.rulebook import document_governance, use_case_terms  # noqa: E402
 from engine.ingest import ingest_files  # noqa: E402
 from engine.knowledge_base import KnowledgeBase  # noqa: E402
-from engine.llm import fit_prompt, llm_backend, load_llm, resolve_llm_version  # noqa: E402
+from engine.llm import fit_prompt, load_llm, resolve_llm_version  # noqa: E402
+from engine.llm_backends import llm_backend  # noqa: E402
 from engine.models import bundled_model_folder, load_tokenizer  # noqa: E402
 from engine.search import hybrid_search  # noqa: E402
 from engine.settings import load_settings  # noqa: E402

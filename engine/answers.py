@@ -163,3 +163,11 @@ def answer_counts_by_version(connection) -> dict[str, dict]:
            FROM answers a LEFT JOIN feedback f ON f.answer_id = a.id GROUP BY a.llm_version ORDER BY a.llm_version"""
     ).fetchall()
     return {version: {"answers": answers, "thumbs_up": up, "thumbs_down": down} for version, answers, up, down in rows}
+
+
+def answer_times(timings: dict) -> str:
+    """"recommendation 0.8 s, whole answer 37.2 s"; an answer stored before the first was timed shows the second."""
+    whole = f"{timings.get('total_ms', 0) / 1000:.1f} s"
+    if "recommendation_ms" not in timings:
+        return whole
+    return f"recommendation {timings['recommendation_ms'] / 1000:.1f} s, whole answer {whole}"

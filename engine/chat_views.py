@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from engine.answers import answer_times
 from engine.metric_catalog import display_order, metric_spec
 
 ORIGIN_LABELS = {
@@ -53,10 +54,3 @@ def answer_caption(record) -> str:
     return (f"{ORIGIN_LABELS.get(record.answer_origin, record.answer_origin)} · {record.llm_version} · "
             f"{answer_times(record.timings)} · answer #{record.id}")
 
-
-def answer_times(timings: dict) -> str:
-    """"recommendation 0.8 s, whole answer 37.2 s"; an answer stored before the first was timed shows the second."""
-    whole = f"{timings.get('total_ms', 0) / 1000:.1f} s"
-    if "recommendation_ms" not in timings:
-        return whole
-    return f"recommendation {timings['recommendation_ms'] / 1000:.1f} s, whole answer {whole}"

@@ -12,6 +12,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from engine.answers import answer_times
 from engine.settings import SettingsError, load_settings
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -113,9 +114,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _ask(args, settings) -> int:
     from engine.assistant import QuestionError, ask
-    from engine.chat_views import answer_times
     from engine.citations import strip_markers
-    from engine.llm import llm_backend
+    from engine.llm_backends import llm_backend
     from engine.workspace import open_knowledge_base
 
     if not args.question.strip():

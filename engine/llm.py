@@ -1,9 +1,8 @@
 """The LLM that writes the chat's drafts: a transformers model in this process, llama.cpp on the version's GGUF file
 (engine.gguf_llm), or an OpenAI-compatible endpoint.
 
-`llm_backend(settings)` returns the configured backend, built once per process and shared by every Streamlit
-session. Building it loads and contacts nothing, so a missing model or a dead endpoint surfaces as an `LlmError`
-while streaming, where the chat falls back to its composed answer.
+`engine.llm_backends.llm_backend(settings)` returns the configured backend, built once per process and shared by
+every Streamlit session.
 
 LLM versions in the MLflow registry (the CPT and SFT jobs write them this way):
 - registered model `settings.llm_registry_name` (default `deploywise-llm`), one model version per trained
@@ -442,31 +441,3 @@ class EndpointLlm:
     def _failure(self, problem: str) -> LlmError:
         message = f"LLM endpoint {self.endpoint} ({self.model}) {problem}"
         return LlmError(message.replace(self._token, "***") if self._token else message)
-
-
-# --- the configured backend ------------------------------------------------------------------------------------
-
-_backends: dict[tuple, LlmBackend] = {}
-_backends_lock = threading.Lock()
-
-
-def llm_backend(settings) -> LlmBackend:
-    """The configured backend, one per distinct configuration in this process; nothing is loaded or called yet."""
-    if settings.llm_backend == "openai":
-        token = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-        key = ("openai", settings.llm_endpoint, settings.llm_model, token, settings.llm_timeout_s, settings.llm_max_retries)
-        build = EndpointLlm
-    elif settings.llm_backend == "llama_cpp":
-        from engine.gguf_llm import GgufLlm  # imports engine.llm: built here, after both modules exist
-
-        key = ("llama_cpp", settings.base_model, settings.llm_version, settings.llm_registry_name, settings.tracking_uri,
-               settings.mlflow_registry_uri, settings.llm_timeout_s, str(settings.workspace))
-        build = GgufLlm
-    else:
-        key = ("transformers", settings.base_model, settings.llm_version, settings.llm_registry_name,
-               settings.tracking_uri, settings.mlflow_registry_uri, settings.llm_timeout_s)
-        build = InProcessLlm
-    with _backends_lock:
-        if key not in _backends:
-            _backends[key] = build(settings)
-        return _backends[key]

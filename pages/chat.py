@@ -10,7 +10,8 @@ from engine.assistant import QuestionError, draft_stream, finish_answer, prepare
 from engine.chat_views import answer_caption, candidates_frame, criteria_frame
 from engine.citations import escape_markdown, render_answer_markdown, resolve_citations, sources_list
 from engine.deep_links import through_entry_point
-from engine.llm import LlmError, llm_backend
+from engine.llm import LlmError
+from engine.llm_backends import llm_backend
 from engine.workspace import open_knowledge_base
 
 through_entry_point("pages/chat.py")

@@ -13,7 +13,7 @@ from engine.answers import feedback_for, load_answer, save_feedback
 from engine.assistant import QuestionError, ask
 from engine.cli import main as cli_main
 from engine.ingest import ingest_files
-from engine.llm import llm_backend
+from engine.llm_backends import llm_backend
 from engine.settings import load_settings
 from engine.workspace import make_chunker, open_knowledge_base
 from tests.openai_server import OpenAIServer, decided_model, faithful_answer as faithful

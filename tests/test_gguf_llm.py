@@ -10,7 +10,8 @@ from test_export import settings  # noqa: F401 - the fixture: a copy of the tiny
 from test_llm_versions import registry_template  # noqa: F401 - the fixture behind it
 
 from engine.gguf_llm import GgufLlm, gguf_file, load_gguf, stream_gguf
-from engine.llm import LlmError, llm_backend, resolve_llm_version
+from engine.llm import LlmError, resolve_llm_version
+from engine.llm_backends import llm_backend
 from engine.prompting import SYSTEM_PROMPT
 from engine.settings import load_settings
 from training.export import export_version

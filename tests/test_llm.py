@@ -15,8 +15,8 @@ from openai_server import OpenAIServer
 from peft import LoraConfig, get_peft_model
 from tiny_models import save_tiny_llama
 
-from engine.llm import (InProcessLlm, LlmError, LlmVersion, fit_prompt, llm_backend, load_base_model, load_llm,
-                        resolve_llm_version)
+from engine.llm import InProcessLlm, LlmError, LlmVersion, fit_prompt, load_base_model, load_llm, resolve_llm_version
+from engine.llm_backends import llm_backend
 from engine.models import load_tokenizer
 from engine.settings import load_settings
 
