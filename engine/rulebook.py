@@ -30,7 +30,7 @@ from engine.metric_catalog import MetricVocabulary, spelled_both_ways, vocabular
 from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, UNREAD, ProposedRule, read_rules
 from engine.quantities import numbers
 from engine.statements import headed_rule_units
-from engine.use_cases import described_use_case, use_case_descriptions
+from engine.use_cases import described_use_case, initials, use_case_descriptions
 
 TABLE_DOMAINS = ("uc", "sql")  # rows imported from tables are data, not guidelines
 
@@ -153,23 +153,17 @@ def _name_tokens(use_case: str) -> list[str]:
     return [t for t in re.split(r"[-_./\s]+", use_case.lower()) if t and t not in _FUNCTION_WORDS]
 
 
-def _initials(plain: list[str]) -> set[str]:
-    """The initials of every run of two to four content words: "pulmonary embolism" gives "pe"."""
-    return {"".join(word[0] for word in plain[i:i + n]) for n in (2, 3, 4) for i in range(len(plain) - n + 1)
-            if all(len(word) >= 3 and word.isalpha() for word in plain[i:i + n])}
-
-
 def _word_user(text: str):
     """Whether the text uses a word of a use case's name: "tumor" is used by "tumour", the abbreviation "recs" by
     "recommendations", the initialism "pe" by "pulmonary embolism"."""
     plain = re.findall(r"[a-z0-9]+", text.lower())
     words = set(plain) | {word[:-1] for word in plain if word.endswith("s")} | {word[:-3] + "y" for word in plain if word.endswith("ies")}
-    initials = _initials(plain)
+    spelled = initials(plain)
 
     def used(token: str) -> bool:
         if any(variant in words for variant in spelled_both_ways(token)):
             return True
-        if 2 <= len(token) <= 4 and token.isalpha() and token in initials:
+        if 2 <= len(token) <= 4 and token.isalpha() and token in spelled:
             return True
         plural = token.endswith("s") and 3 < len(token) <= 5
         return plural and any(word.startswith(token[:-1]) and word.endswith("s") and len(word) > len(token) for word in plain)
@@ -187,9 +181,9 @@ def section_of_another(heading: str, use_case: str, use_cases) -> bool:
     if named := loosely_named_use_cases(heading, names):
         return use_case not in named
     shared = Counter(token for name in names for token in set(_name_tokens(name)))
-    used, initials = _word_user(heading), _initials(re.findall(r"[a-z0-9]+", heading.lower()))
+    used, spelled = _word_user(heading), initials(re.findall(r"[a-z0-9]+", heading.lower()))
     own = [token for token in _name_tokens(use_case) if shared[token] == 1]
-    return not any(map(used, own)) and any(shared[token] == 1 and 2 <= len(token) <= 4 and token in initials
+    return not any(map(used, own)) and any(shared[token] == 1 and 2 <= len(token) <= 4 and token in spelled
                                            for name in names - {use_case} for token in _name_tokens(name))
 
 
@@ -222,10 +216,6 @@ def _read_governance(connection, terms, only, assigned, descriptions) -> dict[in
     named = _documents_naming(connection, {only: terms[only]} if only else terms)
     openings = dict(connection.execute(
         f"SELECT document_id, text FROM chunks WHERE chunk_index = 0 AND source_domain NOT IN {TABLE_DOMAINS}"))
-    beginnings = dict(connection.execute(  # a first chunk may be a header line only: what the first lines describe
-        f"""SELECT document_id, substr(group_concat(text, char(10)), 1, {_OPENING_CHARS}) FROM
-            (SELECT document_id, text FROM chunks WHERE chunk_index < 4 AND source_domain NOT IN {TABLE_DOMAINS}
-             ORDER BY document_id, chunk_index) GROUP BY document_id"""))
     governance = {}
     for document_id, title, origin, metadata, domain, source_ids in connection.execute(
             """SELECT d.id, d.title, d.origin, d.metadata, min(c.source_domain), json_group_array(DISTINCT c.source_id)
@@ -237,15 +227,24 @@ def _read_governance(connection, terms, only, assigned, descriptions) -> dict[in
         elif domain in TABLE_DOMAINS and not _declared(metadata):
             governance[document_id] = ((), "imported table rows govern no use case unless an admin chooses one")
         else:
-            opening, beginning = f"{title}\n{openings.get(document_id, '')}", beginnings.get(document_id, "")
+            opening = f"{title}\n{openings.get(document_id, '')}"
             loose = loosely_named_use_cases(title, terms) or loosely_named_use_cases(opening, terms)
-            if len(loose) > 1 and (told := described_use_case(beginning, {u: descriptions[u] for u in loose if u in descriptions}, 1)):
+            if len(loose) > 1 and (told := described_use_case(_beginning(connection, document_id),
+                                                              {u: descriptions[u] for u in loose if u in descriptions}, 1)):
                 loose = {told}  # "overdraft ... approval" and "credit ... risk" both used: the one its lines describe
             untitled = title == Path(origin.partition(":")[2] or origin).stem  # "guideline.txt": no title of its own
-            governance[document_id] = governed_by(metadata, named.get(document_id, set()) | named_use_cases(title, terms) | loose,
-                                                  described_use_case(title, descriptions)
-                                                  or (described_use_case(beginning, descriptions) if untitled else None))
+            governance[document_id] = governed_by(
+                metadata, named.get(document_id, set()) | named_use_cases(title, terms) | loose,
+                described_use_case(title, descriptions)
+                or (described_use_case(_beginning(connection, document_id), descriptions) if untitled else None))
     return governance
+
+
+def _beginning(connection, document_id: int) -> str:
+    """A document's first lines: its first chunk may be a header line only ("Slack export: #helpdesk-bot-eval")."""
+    texts = connection.execute("SELECT text FROM chunks WHERE document_id = ? AND chunk_index < 4 ORDER BY chunk_index",
+                               (document_id,))
+    return "\n".join(text for (text,) in texts)[:_OPENING_CHARS]
 
 
 def governed_by(metadata: dict, named: set[str], described: str | None = None) -> tuple[tuple[str, ...], str]:

@@ -186,8 +186,14 @@ def use_case_descriptions(candidates) -> dict[str, str]:
 
 
 def _vocabularies(descriptions: dict[str, str]) -> dict[str, frozenset[str]]:
-    """Each use case's content words, without those most use cases share (they tell none of them apart)."""
-    vocabularies = {use_case: _content(text) for use_case, text in descriptions.items()}
+    """Each use case's content words, without those most use cases share (they tell none of them apart); the same
+    registry's descriptions come back with every question and every governed document: computed once."""
+    return _vocabularies_of(tuple(sorted(descriptions.items())))
+
+
+@lru_cache(maxsize=64)
+def _vocabularies_of(descriptions: tuple[tuple[str, str], ...]) -> dict[str, frozenset[str]]:
+    vocabularies = {use_case: _content(text) for use_case, text in descriptions}
     if len(vocabularies) >= 4:
         counts: dict[str, int] = {}
         for words in vocabularies.values():
@@ -255,17 +261,17 @@ def _name(use_case: str) -> frozenset[str]:
     return frozenset(_stem(word) for word in _words(use_case))
 
 
-def _initials(words: list[str]) -> set[str]:
+def initials(words: list[str]) -> set[str]:
     """The initials of every run of two to four content words: "heart failure" gives "hf"."""
     return {"".join(word[0] for word in words[i:i + n]) for n in (2, 3, 4) for i in range(len(words) - n + 1)
             if all(len(word) >= 3 and word.isalpha() and word not in _STOPWORDS for word in words[i:i + n])}
 
 
-def _named_with_initials(use_case: str, stems: list[str], initials: set[str]) -> bool:
+def _named_with_initials(use_case: str, stems: list[str], spelled_out: set[str]) -> bool:
     """A name with an initialism, spelled out: "readmission ... after a heart failure" for hf-readmission-survival.
     All of its words but one are there, the initialism among them."""
-    name = [word for word in _words(use_case)]
-    spelled = [word for word in name if 2 <= len(word) <= 4 and word.isalpha() and word in initials]
+    name = _words(use_case)
+    spelled = [word for word in name if 2 <= len(word) <= 4 and word.isalpha() and word in spelled_out]
     used = sum(_stem(word) in stems or word in spelled for word in name)
     return bool(spelled) and len(name) >= 2 and used >= max(2, len(name) - 1)
 
@@ -300,10 +306,10 @@ def match_use_case(question: str, candidates, embed) -> UseCaseMatch:
     words = _content(question[:2000])
     vocabularies = _vocabularies(descriptions)
     shared = {use_case: _shared(words, vocabularies[use_case]) for use_case in pool}
-    initials = _initials(_words(question[:2000]))
+    spelled_initials = initials(_words(question[:2000]))
     evidence = {use_case: similarities[use_case] + WORD_WEIGHT * min(len(shared[use_case]), MAX_WORDS)
                 + (NAME_WEIGHT if use_case in reordered or _loosely_named(use_case, stems, partly=True)
-                   or _named_with_initials(use_case, stems, initials) else 0.0)
+                   or _named_with_initials(use_case, stems, spelled_initials) else 0.0)
                 for use_case in pool}
     order = sorted(pool, key=lambda use_case: (-evidence[use_case], use_case))
     if len(named) + len(reordered) >= 2:  # two or more named: ask which, best first
