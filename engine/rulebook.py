@@ -420,13 +420,13 @@ def _newest_only(found: list[tuple[ProposedRule, RuleText, str]]) -> list[tuple[
         bound = _bound(rule.comparison) if rule.kind == CRITERION else ""
         return text.document, rule.kind, rule.metrics if rule.kind != PRIORITY else (), bound
 
+    dated = [(rule, text, _recency(heading)) for rule, text, heading in found]
     newest: dict[tuple, tuple] = {}
-    for rule, text, heading in found:
-        if (when := _recency(heading)) is not None:
+    for rule, text, when in dated:
+        if when is not None:
             key = subject(rule, text)
             newest[key] = max(newest.get(key, when), when)
-    return [(rule, text) for rule, text, heading in found
-            if (when := _recency(heading)) is None or when == newest[subject(rule, text)]]
+    return [(rule, text) for rule, text, when in dated if when is None or when == newest[subject(rule, text)]]
 
 
 _REFERS_BACK = re.compile(r"(?:it|this|that|this (?:figure|number|value|metric|score|rate))\b", re.I)
