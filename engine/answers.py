@@ -1,5 +1,10 @@
 """Answer records and their feedback: what was asked, what was answered from what, and what users thought of it.
 
+An answer is stored as soon as its decision is shown (`answer`: the composed answer, `explanation_state`
+'pending' when the LLM is to explain it); the LLM's explanation is added once, when it is done
+(`record_explanation`): the verified sentences shown, the whole draft for admins, and the outcome. Answers
+stored before explanations existed hold the LLM's whole answer in `answer` (origin 'llm' or 'llm-retry').
+
 Every answer is kept with the LLM version that wrote it and the evidence it was built from, so an admin can
 review flagged answers and compare versions. The evidence columns hold plain JSON (strict: no NaN or
 infinity, which other JSON readers reject); anything else is refused before a row is written.
@@ -15,9 +20,15 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from engine.explanation import EXPLANATION_STATES, STATE_LABELS, Explanation
 from engine.store import transaction, utc_now
 
 ANSWER_ORIGINS = ("llm", "llm-retry", "deterministic")
+ORIGIN_LABELS = {  # answers stored before the decision was shown first: the LLM wrote the whole answer
+    "llm": "Written by the LLM and verified",
+    "llm-retry": "Written by the LLM on its second attempt and verified",
+    "deterministic": "Decided by the team's rules",
+}
 MAX_FEEDBACK_CHARS = 10_000
 _JSON_FIELDS = {"candidates": list, "decision": dict, "sources": list, "verification": dict, "timings": dict, "notices": list}
 
@@ -38,6 +49,9 @@ class AnswerRecord:
     verification: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    explanation: str = ""  # the LLM's verified sentences, as shown below the decision
+    explanation_state: str = "none"  # engine.explanation.EXPLANATION_STATES
+    explanation_draft: str = ""  # everything the LLM wrote, for admins
 
 
 @dataclass(frozen=True)
@@ -78,8 +92,11 @@ def _answer_row(record: AnswerRecord) -> dict:
         raise ValueError(f"answer field 'asked_at' is {record.asked_at!r}, not an ISO-8601 time") from None
     if not all(isinstance(notice, str) for notice in record.notices):
         raise ValueError("answer field 'notices' must hold only text")
+    if record.explanation_state not in EXPLANATION_STATES:
+        raise ValueError(f"answer field 'explanation_state' is {record.explanation_state!r}, not one of {', '.join(EXPLANATION_STATES)}")
     row = {name: getattr(record, name) for name in ("asked_at", "question", "use_case", "answer", "answer_origin",
-                                                    "llm_version", "recommended_model")}
+                                                    "llm_version", "recommended_model", "explanation",
+                                                    "explanation_state", "explanation_draft")}
     return row | {name: _json_column(name, getattr(record, name)) for name in _JSON_FIELDS}
 
 
@@ -91,6 +108,20 @@ def save_answer(connection, record: AnswerRecord) -> int:
             f"INSERT INTO answers({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
         )
     return cursor.lastrowid
+
+
+def record_explanation(connection, answer_id: int, explanation: Explanation, llm_version: str, timings: dict) -> None:
+    """Add the LLM's explanation to an answer stored while it was pending (once: a second call is refused)."""
+    if explanation.state not in EXPLANATION_STATES or explanation.state in ("none", "pending"):
+        raise ValueError(f"an explanation that is {explanation.state!r} is not finished")
+    values = [explanation.text, explanation.state, explanation.draft, _json_column("verification", explanation.verification()),
+              _json_column("timings", timings), llm_version, answer_id]
+    with transaction(connection):
+        updated = connection.execute(
+            """UPDATE answers SET explanation = ?, explanation_state = ?, explanation_draft = ?, verification = ?,
+               timings = ?, llm_version = ? WHERE id = ? AND explanation_state = 'pending'""", values).rowcount
+    if not updated:
+        raise KeyError(f"no answer {answer_id} is waiting for its explanation")
 
 
 def _record(row) -> AnswerRecord:
@@ -171,3 +202,11 @@ def answer_times(timings: dict) -> str:
     if "recommendation_ms" not in timings:
         return whole
     return f"recommendation {timings['recommendation_ms'] / 1000:.1f} s, whole answer {whole}"
+
+
+def answer_label(answer_origin: str, explanation_state: str, llm_version: str) -> str:
+    """Who wrote what: "Decided by the team's rules · Explained by the LLM, every sentence verified (base:...)"."""
+    label = ORIGIN_LABELS.get(answer_origin, answer_origin)
+    if answer_origin != "deterministic":
+        return f"{label} · {llm_version}"
+    return label if explanation_state == "none" else f"{label} · {STATE_LABELS[explanation_state]} ({llm_version})"

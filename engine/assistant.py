@@ -1,24 +1,24 @@
-"""One chat answer, end to end: candidates -> knowledge -> decision -> LLM draft -> verification -> record.
+"""One chat answer, end to end: candidates -> knowledge -> decision (shown, stored) -> the LLM's verified explanation.
 
-The page and the CLI share these three steps. `prepare_answer` does the fast, deterministic part; the caller
-streams `draft_stream` wherever tokens should appear; `finish_answer` verifies the draft, retries once with
-constraints, falls back to the composed answer, resolves citations and stores the answer record.
+The page and the CLI share these steps. `prepare_answer` does the fast, deterministic part and `record_answer`
+stores its composed answer at once: that is what the user sees first, within a second or so. Then
+`explanation_run` streams the LLM's explanation of that decision, one verified sentence at a time, wherever the
+caller shows it, and `finish_answer` adds it to the stored record. Nothing shown is taken back.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from engine.answers import AnswerRecord, save_answer
+from engine.answers import AnswerRecord, record_explanation, save_answer
 from engine.candidates import CandidatesUnavailable, CandidateSnapshot, candidate_source, fetch_candidates
 from engine.citations import Citation, cited_chunks, find_markers, resolve_citations
 from engine.composer import compose_answer
 from engine.decision import Decision
-from engine.llm import LlmError
-from engine.prompting import MAX_QUESTION_CHARS, build_messages, retry_messages
+from engine.explanation import Explanation, ExplanationRun
+from engine.prompting import MAX_QUESTION_CHARS, build_messages
 from engine.rulebook import Rulebook, decision_for
 from engine.search import hybrid_search
 from engine.sources import refresh_sources, resolve
@@ -38,7 +38,7 @@ class PreparedAnswer:
     candidates: tuple = ()
     decision: Decision | None = None
     hits: list = field(default_factory=list)
-    messages: list[dict] | None = None  # None: nothing for the LLM to explain, the composed answer is final
+    messages: list[dict] | None = None  # the LLM's prompt; None: nothing for it to explain
     notices: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     fallback_text: str = ""
@@ -49,30 +49,30 @@ class PreparedAnswer:
 @dataclass(frozen=True)
 class ChatAnswer:
     record_id: int
-    text: str  # with <<SRC:...>> markers; render with engine.citations.render_answer_markdown
-    origin: str  # 'llm', 'llm-retry' or 'deterministic'
+    text: str  # the composed answer of the decision, with <<SRC:...>> markers (engine.citations.render_answer_markdown)
+    explanation: Explanation | None  # None when the LLM was not asked
     llm_version: str
-    citations: list[Citation]
+    citations: list[Citation]  # of the answer and its explanation, numbered together
     sources: list[dict]
-    verification: Verification | None
     notices: list[str]
     timings: dict
     prepared: PreparedAnswer
 
     def to_dict(self) -> dict:
         """What `deploywise ask --json` prints."""
-        decision = self.prepared.decision
+        decision, explanation = self.prepared.decision, self.explanation
         return {
             "answer_id": self.record_id,
             "question": self.prepared.question,
             "use_case": self.prepared.match.use_case,
             "recommendation": decision.recommended.name if decision and decision.recommended else None,
             "answer": self.text,
-            "answer_origin": self.origin,
+            "explanation": explanation.text if explanation else "",
+            "explanation_state": explanation.state if explanation else "none",
+            "explanation_problems": list(explanation.problems) if explanation else [],
             "llm_version": self.llm_version,
             "decision": decision.to_dict() if decision else None,
             "citations": [asdict(c) for c in self.citations],
-            "verification": self.verification.to_dict() if self.verification else None,
             "notices": self.notices,
             "timings_ms": self.timings,
         }
@@ -127,7 +127,7 @@ def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
     age_note = age_text(snapshot) if snapshot.error else None
     prepared = PreparedAnswer(
         question, match, snapshot, candidates, decision, hits,
-        build_messages(question, decision, candidates, hits, candidates[0].task if candidates else "")
+        build_messages(question, decision, hits, candidates[0].task if candidates else "")
         if decision.recommended or decision.closest else None,
         notices, timings, compose_answer(decision, hits, age_note=age_note), started, rules,
     )
@@ -148,56 +148,56 @@ def rule_notices(rules: Rulebook) -> list[str]:
     return notices
 
 
-def draft_stream(prepared: PreparedAnswer, backend, max_new_tokens: int) -> Iterator[str]:
-    """The LLM's first attempt, piece by piece; raises engine.llm.LlmError when the backend fails."""
-    if prepared.messages is None:
-        return iter(())
-    return backend.stream(prepared.messages, max_new_tokens=max_new_tokens)
-
-
-def finish_answer(kb, prepared: PreparedAnswer, backend, draft: str | None, *, max_new_tokens: int,
-                  draft_error: str | None = None, generation_ms: float | None = None) -> ChatAnswer:
-    """Verify the draft; one constrained retry; else the composed answer, labelled. Then cite and store."""
-    notices, timings = list(prepared.notices), dict(prepared.timings)
-    if generation_ms is not None:
-        timings["generation_ms"] = round(generation_ms, 1)
-    verification, origin, text = None, "deterministic", prepared.fallback_text
-    if prepared.messages is not None and prepared.decision is not None:
-        known = offered_source_ids(prepared)
-        if draft_error is None and draft is not None:
-            verification = verify_draft(kb, prepared, draft, known)
-            if verification.ok:
-                origin, text = "llm", draft
-            else:
-                step = time.perf_counter()
-                messages = retry_messages(prepared.messages, draft, list(verification.problems), prepared.decision)
-                try:
-                    retry = "".join(backend.stream(messages, max_new_tokens=max_new_tokens))
-                    verification = verify_draft(kb, prepared, retry, known)
-                    if verification.ok:
-                        origin, text = "llm-retry", retry
-                except LlmError as error:
-                    draft_error = str(error)
-                timings["retry_ms"] = _ms(step)
-        if origin == "deterministic":
-            reason = (f"the LLM backend failed ({draft_error})" if draft_error
-                      else "the LLM's answer did not pass verification: " + "; ".join(verification.problems[:3]))
-            notices.append(f"Composed from the decision engine, not written by the LLM, because {reason}.")
-    citations = resolve_citations(kb.connection, text, context=prepared.question)
-    sources = [{"source_id": source_id, "chunks": [{"chunk_id": hit.chunk_id, "title": hit.document_title, "text": hit.text[:600]}
-                                                   for hit in hits]}
-               for source_id, hits in cited_chunks(citations, prepared.hits).items()]
-    timings["total_ms"] = _ms(prepared.started)
+def record_answer(kb, prepared: PreparedAnswer, llm_version: str) -> int:
+    """Store the composed answer as it is shown, before the LLM is asked anything; returns the answer's id."""
     decision = prepared.decision
     record = AnswerRecord(
         id=None, asked_at=datetime.now(UTC).isoformat(timespec="seconds"), question=prepared.question,
-        use_case=prepared.match.use_case, answer=text, answer_origin=origin, llm_version=backend.version,
-        recommended_model=decision.recommended.name if decision and decision.recommended else None,
+        use_case=prepared.match.use_case, answer=prepared.fallback_text, answer_origin="deterministic",
+        llm_version=llm_version, recommended_model=decision.recommended.name if decision and decision.recommended else None,
         candidates=[_candidate_row(c) for c in prepared.candidates], decision=decision.to_dict() if decision else {},
-        sources=sources, verification=verification.to_dict() if verification else {}, timings=timings, notices=notices,
+        sources=_cited_sources(kb, prepared, prepared.fallback_text),
+        timings=prepared.timings | ({} if prepared.messages is not None else {"total_ms": _ms(prepared.started)}),
+        notices=list(prepared.notices), explanation_state="pending" if prepared.messages is not None else "none",
     )
-    record_id = save_answer(kb.connection, record)
-    return ChatAnswer(record_id, text, origin, backend.version, citations, sources, verification, notices, timings, prepared)
+    return save_answer(kb.connection, record)
+
+
+def explanation_run(kb, prepared: PreparedAnswer, backend, max_new_tokens: int) -> ExplanationRun | None:
+    """The LLM's explanation of the decision, to iterate where its verified sentences should appear; None when there
+    is no decision to explain."""
+    if prepared.messages is None:
+        return None
+    return ExplanationRun(kb.connection, prepared.decision, prepared.candidates, offered_source_ids(prepared),
+                          prepared.messages, backend, max_new_tokens)
+
+
+def finish_answer(kb, prepared: PreparedAnswer, answer_id: int, backend, run: ExplanationRun | None) -> ChatAnswer:
+    """Add the explanation (its outcome once the run ended or was stopped) to the stored answer."""
+    timings = dict(prepared.timings)
+    explanation = run.result if run else None
+    if explanation is not None:
+        if explanation.state == "pending":  # the reader stopped before the LLM was done: keep what was shown
+            explanation.state = "partial" if explanation.sentences_kept else "dropped"
+            explanation.problems = ("the explanation was stopped before it was finished",)
+        if explanation.generation_ms is not None:
+            timings["generation_ms"] = explanation.generation_ms
+    timings["total_ms"] = _ms(prepared.started)
+    if explanation is not None:
+        record_explanation(kb.connection, answer_id, explanation, backend.version, timings)
+    text = prepared.fallback_text
+    shown = text + ("\n\n" + explanation.text if explanation and explanation.text else "")
+    citations = resolve_citations(kb.connection, shown, context=prepared.question)
+    return ChatAnswer(answer_id, text, explanation, backend.version if explanation else "", citations,
+                      _cited_sources(kb, prepared, shown), list(prepared.notices), timings, prepared)
+
+
+def _cited_sources(kb, prepared: PreparedAnswer, text: str) -> list[dict]:
+    """The retrieved chunks behind each source the text cites, as the record keeps them."""
+    citations = resolve_citations(kb.connection, text, log=False)
+    return [{"source_id": source_id, "chunks": [{"chunk_id": hit.chunk_id, "title": hit.document_title, "text": hit.text[:600]}
+                                                for hit in hits]}
+            for source_id, hits in cited_chunks(citations, prepared.hits).items()]
 
 
 def _candidate_row(candidate) -> dict:
@@ -222,17 +222,15 @@ def verify_draft(kb, prepared: PreparedAnswer, text: str, offered: set[str] | No
     return verify_answer(text, prepared.decision, prepared.candidates, known)
 
 
-def ask(settings, kb, backend, question: str, on_piece=None) -> ChatAnswer:
-    """The whole answer without a page (CLI, evaluation): stream the draft to `on_piece`, then finish it."""
+def ask(settings, kb, backend, question: str, on_decision=None, on_sentence=None) -> ChatAnswer:
+    """The whole answer without a page (CLI, evaluation): the decision to `on_decision` as soon as it is stored, then
+    each verified sentence of the explanation to `on_sentence`."""
     prepared = prepare_answer(settings, kb, question)
-    started, pieces, error = time.perf_counter(), [], None
-    try:
-        for piece in draft_stream(prepared, backend, settings.llm_max_new_tokens):
-            pieces.append(piece)
-            if on_piece:
-                on_piece(piece)
-    except LlmError as failure:
-        error = str(failure)
-    draft = "".join(pieces) if prepared.messages is not None else None
-    return finish_answer(kb, prepared, backend, draft, max_new_tokens=settings.llm_max_new_tokens, draft_error=error,
-                         generation_ms=(time.perf_counter() - started) * 1000 if prepared.messages is not None else None)
+    answer_id = record_answer(kb, prepared, backend.version)
+    if on_decision:
+        on_decision(prepared, answer_id)
+    run = explanation_run(kb, prepared, backend, settings.llm_max_new_tokens)
+    for sentence in run or ():
+        if on_sentence:
+            on_sentence(sentence)
+    return finish_answer(kb, prepared, answer_id, backend, run)

@@ -1,17 +1,14 @@
-"""Tables the chat page shows under an answer, built from the stored answer record (plain data, no Streamlit)."""
+"""What the chat page shows of an answer, built from the stored answer record and its run (plain data, no Streamlit)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pandas as pd
 
-from engine.answers import answer_times
+from engine.answers import answer_label, answer_times
+from engine.citations import render_answer_markdown, resolve_citations
 from engine.metric_catalog import display_order, metric_spec
-
-ORIGIN_LABELS = {
-    "llm": "Written by the LLM and verified",
-    "llm-retry": "Written by the LLM on its second attempt and verified",
-    "deterministic": "Composed from the decision engine",
-}
 
 
 def candidates_frame(record) -> pd.DataFrame:
@@ -51,6 +48,14 @@ def criteria_frame(record) -> pd.DataFrame:
 
 
 def answer_caption(record) -> str:
-    return (f"{ORIGIN_LABELS.get(record.answer_origin, record.answer_origin)} · {record.llm_version} · "
+    return (f"{answer_label(record.answer_origin, record.explanation_state, record.llm_version)} · "
             f"{answer_times(record.timings)} · answer #{record.id}")
 
+
+
+def rendered_sentences(connection, answer: str, run) -> Iterator[str]:
+    """The explanation's verified sentences as safe markdown, numbered as the whole answer numbers its sources."""
+    shown = answer
+    for sentence in run:
+        shown += "\n\n" + sentence if shown == answer else sentence
+        yield render_answer_markdown(sentence, resolve_citations(connection, shown, log=False))

@@ -12,7 +12,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from engine.answers import answer_times
+from engine.answers import answer_label, answer_times
+from engine.explanation import explanation_note
 from engine.settings import SettingsError, load_settings
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -113,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ask(args, settings) -> int:
+    """The decision is printed as soon as it is ready, then the LLM's explanation sentence by sentence (--json: all
+    at the end)."""
     from engine.assistant import QuestionError, ask
     from engine.citations import strip_markers
     from engine.llm_backends import llm_backend
@@ -120,17 +123,28 @@ def _ask(args, settings) -> int:
 
     if not args.question.strip():
         raise UsageError("the question is empty")
+
+    def show_decision(prepared, answer_id) -> None:
+        print(strip_markers(prepared.fallback_text) + "\n", flush=True)
+
+    def show_sentence(sentence: str) -> None:
+        print(strip_markers(sentence), end="", flush=True)
+
     kb = open_knowledge_base(settings)
     try:
-        answer = ask(settings, kb, llm_backend(settings), args.question)
+        answer = ask(settings, kb, llm_backend(settings), args.question,
+                     on_decision=None if args.json else show_decision, on_sentence=None if args.json else show_sentence)
     except QuestionError as error:
         raise UsageError(str(error)) from None
     finally:
         kb.connection.close()
-    lines = [strip_markers(answer.text), ""]
+    lines = ["", ""] if answer.explanation and answer.explanation.text else [""]
     lines += [f"[{c.number}] {c.display_name}" + (f" <{c.url}>" if c.url else "") + f" ({c.source_id})" for c in answer.citations]
     lines += [f"note: {notice}" for notice in answer.notices]
-    lines.append(f"({answer.origin}, {answer.llm_version}, {answer_times(answer.timings)}, answer #{answer.record_id})")
+    if answer.explanation and explanation_note(answer.explanation.state, answer.explanation.problems):
+        lines.append(f"note: {explanation_note(answer.explanation.state, answer.explanation.problems)}")
+    lines.append(f"({answer_label('deterministic', answer.explanation.state if answer.explanation else 'none', answer.llm_version)}, "
+                 f"{answer_times(answer.timings)}, answer #{answer.record_id})")
     _print(args, answer.to_dict(), "\n".join(lines))
     return EXIT_OK if answer.prepared.decision is not None else EXIT_PARTIAL
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from engine.decision import Assessment, Decision
 from engine.metric_catalog import metric_spec
+from engine.prompting import MAX_EXPLANATION_SENTENCES, explanation_opening
 
 NEAR_BUDGET_SHARE = 0.10  # a budget (latency, size, error) met with less than 10% headroom is worth a risk line
 NEAR_SCORE_SHARE = 0.01  # a score in [0, 1] within 1% of its threshold is worth a risk line
@@ -60,6 +61,43 @@ def compose_answer(decision: Decision, hits=(), *, age_note: str | None = None) 
         lines += ["", "Risks:"]
         lines += [f"- {risk}" for risk in risks]
     return _with_further_reading(lines, hits)
+
+
+def compose_explanation(decision: Decision) -> str:
+    """The explanation the LLM is asked for, written from the decision: the prefilled opening, why, then why not the
+    closest alternatives, each sentence ending with its marker. SFT data teaches this shape; it passes the verifier."""
+    policy_source = f" <<SRC:{decision.policy.source_id}>>" if decision.policy else ""
+    if decision.recommended:
+        winner = decision.assessment(decision.recommended.name)
+        metric = decision.priority_metric
+        if metric and policy_source:
+            among = " among the candidates that pass every hard criterion" if decision.has_hard_criteria else ""
+            why = f"it ranks first{among} on {metric} with {_value(winner.candidate, metric)}{policy_source}."
+        else:
+            why = f"it is the only candidate that passes every hard criterion <<SRC:{decision.criteria[0].source_id}>>."
+        sentences = [f"{explanation_opening(decision)} {why}"]
+        others = [a for a in decision.assessments if a is not winner]
+    elif decision.closest and decision.criteria:
+        sentences = [f"{explanation_opening(decision)} none of them passes every hard criterion <<SRC:{decision.criteria[0].source_id}>>."]
+        others = list(decision.assessments)
+    else:
+        return ""
+    for assessment in others[:MAX_EXPLANATION_SENTENCES - 1]:
+        sentences.append(_why_not_sentence(assessment, decision))
+    return " ".join(sentences)
+
+
+def _why_not_sentence(assessment: Assessment, decision: Decision) -> str:
+    candidate = assessment.candidate
+    if assessment.failed_hard:
+        check = assessment.failed_hard[0]
+        c = check.criterion
+        shown = metric_spec(c.metric).format(check.value) if check.value is not None else "no logged value"
+        return f"{candidate.name} has {c.metric} {shown}, which fails {c.metric} {c.comparison} {c.threshold:g} <<SRC:{c.source_id}>>."
+    metric = decision.priority_metric
+    shown = f" ({metric} {_value(candidate, metric)})" if metric else ""
+    source = decision.policy.source_id if decision.policy else candidate.source_id
+    return f"{candidate.name}{shown} {assessment.standing} <<SRC:{source}>>."
 
 
 def _with_further_reading(lines: list[str], hits) -> str:

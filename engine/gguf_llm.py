@@ -7,7 +7,7 @@ with what to do, and the chat falls back to its composed answer. Each file is lo
 by every session; one generation runs at a time, and a caller waits at most `settings.llm_timeout_s` for its turn.
 
 Why: the same 135M model decodes about 5x faster through llama.cpp than through transformers in float32 on these
-CPUs (ENVIRONMENT.md, bench/llm_runtime.py), and the file served is the file the export check verified.
+CPUs (ENVIRONMENT.md, bench/chat.py), and the file served is the file the export check verified.
 """
 
 from __future__ import annotations
@@ -36,12 +36,14 @@ from engine.models import BUNDLED, BUNDLED_LLM_GGUF, bundled_llm_dir
 
 SERVED_FORMATS = ("gguf-q8_0", "gguf-f16")  # the export formats llama.cpp serves, preferred first
 CONTEXT_TOKENS = 8192  # SmolLM2's trained context
+REPEAT_PENALTY = float(__import__("os").environ.get("RP", "1.0"))
 
 
 @dataclass(frozen=True, eq=False)
 class LoadedGguf:
     path: Path
     model: Any  # llama_cpp.Llama
+    chat: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter of the file's own chat template
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -55,6 +57,7 @@ def load_gguf(path: Path) -> LoadedGguf:
     with _loading:
         if path not in _loaded:
             from llama_cpp import Llama  # a compiled extension: imported when a GGUF is first served
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             if not path.is_file():
                 raise LlmError(f"the GGUF file {path} does not exist")
@@ -63,21 +66,37 @@ def load_gguf(path: Path) -> LoadedGguf:
                               verbose=False, seed=0)
             except (ValueError, RuntimeError, OSError) as error:
                 raise LlmError(f"llama.cpp cannot load {path.name}: {first_line(error)} (is it a complete GGUF file?)") from None
-            _loaded[path] = LoadedGguf(path, model)
+            template = model.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise LlmError(f"{path.name} holds no chat template (tokenizer.chat_template); re-export the version")
+            eos, bos = model.token_eos(), model.token_bos()
+            chat = Jinja2ChatFormatter(template, eos_token=model._model.token_get_text(eos) if eos != -1 else "",
+                                       bos_token=model._model.token_get_text(bos) if bos != -1 else "", stop_token_ids=[eos])
+            _loaded[path] = LoadedGguf(path, model, chat)
         return _loaded[path]
 
 
 def stream_gguf(loaded: LoadedGguf, messages: list[Message], *, max_new_tokens: int, temperature: float,
-                wait_s: float) -> Iterator[str]:
-    """The chat completion of the file's own chat template, piece by piece; greedy at temperature 0."""
+                wait_s: float, prefill: str = "", grammar: str | None = None) -> Iterator[str]:
+    """The reply after `prefill`, in the file's own chat template, piece by piece; greedy at temperature 0; a
+    `grammar` (GBNF) constrains what may be sampled."""
+    from llama_cpp import LlamaGrammar
+
     check_request(messages, max_new_tokens, temperature)
+    try:
+        constraint = LlamaGrammar.from_string(grammar, verbose=False) if grammar else None
+    except ValueError as error:
+        raise LlmError(f"the answer's grammar is not valid GBNF: {first_line(error)}") from None
     if not loaded.lock.acquire(timeout=wait_s):
         raise LlmError(f"the LLM is busy with another answer for more than {wait_s:g} s; ask again in a moment")
     try:
-        chunks = loaded.model.create_chat_completion(messages=messages, max_tokens=max_new_tokens,
-                                                     temperature=float(temperature), seed=0, stream=True)
+        formatted = loaded.chat(messages=messages)
+        prompt = loaded.model.tokenize((formatted.prompt + prefill).encode(), add_bos=not formatted.added_special, special=True)
+        chunks = loaded.model.create_completion(prompt, max_tokens=max_new_tokens, temperature=float(temperature), seed=0,
+                                                repeat_penalty=REPEAT_PENALTY,
+                                                stop=formatted.stop or [], grammar=constraint, stream=True)
         for chunk in chunks:
-            text = chunk["choices"][0]["delta"].get("content")
+            text = chunk["choices"][0]["text"]
             if text:
                 yield text
     except ValueError as error:  # "Requested tokens (...) exceed context window of ..."
@@ -134,12 +153,13 @@ class GgufLlm:
         return version_label(self._settings, self._wanted, getattr(self._used, "version", None),
                              self._current[0] if self._current else None)
 
-    def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float = 0.0) -> Iterator[str]:
+    def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float = 0.0, prefill: str = "",
+               grammar: str | None = None) -> Iterator[str]:
         check_request(messages, max_new_tokens, temperature)
         version, loaded = self._serving()
         self._used.version = version.label
         yield from stream_gguf(loaded, messages, max_new_tokens=max_new_tokens, temperature=temperature,
-                               wait_s=self._settings.llm_timeout_s)
+                               wait_s=self._settings.llm_timeout_s, prefill=prefill, grammar=grammar)
 
     def _serving(self) -> tuple[LlmVersion, LoadedGguf]:
         with self._lock:

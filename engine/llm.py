@@ -61,8 +61,11 @@ class LlmError(RuntimeError):
 class LlmBackend(Protocol):
     version: str  # stored with each answer: "base:SmolLM2-135M-Instruct", "deploywise-llm/3", "openai:<host>/<model>"
 
-    def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float = 0.0) -> Iterator[str]:
-        """Text pieces as they are generated; raises LlmError."""
+    def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float = 0.0, prefill: str = "",
+               grammar: str | None = None) -> Iterator[str]:
+        """Text pieces as they are generated, after `prefill` (the start of the reply, written for the model and not
+        repeated); `grammar` (GBNF) constrains the rest where the runtime can (llama.cpp), else it is ignored and
+        the verifier still checks the text. Raises LlmError."""
 
 
 def check_request(messages: list[Message], max_new_tokens: int, temperature: float) -> None:
@@ -263,7 +266,7 @@ def _chat_template(tokenizer, messages: list[Message]) -> list[int]:
 
 
 def _generate(loaded: LoadedLlm, messages: list[Message], max_new_tokens: int, temperature: float,
-              timeout_s: float) -> Iterator[str]:
+              timeout_s: float, prefill: str = "") -> Iterator[str]:
     """Generate in a thread while the caller reads the streamer; stopping early (closing) stops generate()."""
     import torch
     from transformers import StoppingCriteriaList, TextIteratorStreamer
@@ -294,7 +297,8 @@ def _generate(loaded: LoadedLlm, messages: list[Message], max_new_tokens: int, t
 
     loaded.lock.acquire()  # the tokenizer is used under the lock too; it is shared with the generation thread
     try:
-        prompt = torch.tensor([fit_prompt(tokenizer, messages, context - max_new_tokens)])
+        opening = tokenizer.encode(prefill, add_special_tokens=False) if prefill else []
+        prompt = torch.tensor([fit_prompt(tokenizer, messages, context - max_new_tokens - len(opening)) + opening])
         threading.Thread(target=run, args=(prompt,), name="llm-generate", daemon=True).start()
     except BaseException:
         loaded.lock.release()
@@ -342,11 +346,13 @@ class InProcessLlm:
         return version_label(self._settings, self._wanted, getattr(self._used, "version", None),
                              self._current.version if self._current else None)
 
-    def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float = 0.0) -> Iterator[str]:
+    def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float = 0.0, prefill: str = "",
+               grammar: str | None = None) -> Iterator[str]:
+        """See LlmBackend.stream; transformers has no grammar support here, so `grammar` is ignored."""
         check_request(messages, max_new_tokens, temperature)
         loaded = self._serving()
         self._used.version = loaded.version.label
-        yield from _generate(loaded, messages, max_new_tokens, temperature, self._settings.llm_timeout_s)
+        yield from _generate(loaded, messages, max_new_tokens, temperature, self._settings.llm_timeout_s, prefill)
 
     def _serving(self) -> LoadedLlm:
         with self._lock:
@@ -379,6 +385,15 @@ class InProcessLlm:
                 self._checked_at = time.monotonic()
 
 
+def _without_restated(text: str, pending: str) -> tuple[str, str]:
+    """(what of `text` is new, what of the opening a restating server has still to repeat): a server that ignores the
+    unfinished assistant message writes the opening again, which must not be shown twice."""
+    common = len(pending) if text.startswith(pending) else len(text) if pending.startswith(text) else 0
+    if common == 0:
+        return text, ""
+    return text[common:], pending[common:]
+
+
 # --- generating behind an OpenAI-compatible endpoint ------------------------------------------------------------
 
 
@@ -396,11 +411,18 @@ class EndpointLlm:
         self._client = OpenAI(base_url=self.endpoint, api_key=self._token or "not-needed",
                               timeout=settings.llm_timeout_s, max_retries=settings.llm_max_retries)
 
-    def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float = 0.0) -> Iterator[str]:
+    def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float = 0.0, prefill: str = "",
+               grammar: str | None = None) -> Iterator[str]:
+        """See LlmBackend.stream. The prefill is sent as a last, unfinished assistant message, which servers that
+        continue it (vLLM, llama.cpp server, Ollama) do; a reply that starts over has its restated opening removed.
+        `grammar` is not sent: the OpenAI API has no GBNF."""
         import openai
 
         check_request(messages, max_new_tokens, temperature)
+        if prefill:
+            messages = [*messages, {"role": "assistant", "content": prefill}]
         started = answered = False  # the client retries only before the stream has started
+        pending = prefill  # what a server that starts over repeats first
         try:
             with self._client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_new_tokens,
                                                       temperature=temperature, stream=True) as chunks:
@@ -408,6 +430,8 @@ class EndpointLlm:
                 for chunk in chunks:
                     for choice in chunk.choices or ():
                         text = choice.delta.content if choice.delta else None
+                        if text and pending:
+                            text, pending = _without_restated(text, pending)
                         if text:
                             answered = True
                             yield text

@@ -262,6 +262,13 @@ MIGRATIONS: list[str] = [
         set_at   TEXT NOT NULL
     );
     """,
+    # the decision is shown first and stored at once; the LLM's explanation of it is added when it is done
+    """
+    ALTER TABLE answers ADD COLUMN explanation TEXT NOT NULL DEFAULT '';
+    ALTER TABLE answers ADD COLUMN explanation_state TEXT NOT NULL DEFAULT 'none'
+        CHECK (explanation_state IN ('none', 'pending', 'kept', 'partial', 'dropped', 'failed'));
+    ALTER TABLE answers ADD COLUMN explanation_draft TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from engine.citations import find_markers
+from engine.citations import find_markers, strip_markers
 from engine.decision import Decision
 from engine.metric_catalog import MetricVocabulary, unit_dimension, vocabulary_for
 from engine.quantities import convert, numbers
@@ -29,6 +29,10 @@ _SET_ASIDE = re.compile(r"\b(?:instead of|rather than|over|than|unlike|versus|vs
 _BLOCK = re.compile(r"\b(?:because|since|although|though|while|whereas|instead of|rather than|over|unlike|versus|than)\b", re.I)
 _CLAUSE = re.compile(r"[;.!?\n]|\bbut\b|\bhowever\b", re.I)
 _NUMBER_WINDOW = 40  # characters before a number where the metric it is a value of is named
+_FUNCTION_WORDS = frozenset("""about above after again against also because been before being below between both could
+does doing down during each from further have having here into itself just more most only other over same should some
+such than that their theirs them then there these they this those through under until very what when where which while
+whom will with would your yours""".split())
 
 
 @dataclass(frozen=True)
@@ -44,18 +48,62 @@ class Verification:
 
 
 def verify_answer(text: str, decision: Decision, candidates, known_source_ids: set[str]) -> Verification:
-    problems: list[str] = []
-    names = sorted({c.name for c in candidates}, key=len, reverse=True)
+    """A whole answer: it must present the decision's model (or none) and cite at least one source."""
+    names = _names(candidates)
     endorsed = endorsed_names(text, names)
     recommended = endorsed[0] if endorsed else recommended_name(text, names)
     expected = decision.recommended.name if decision.recommended else None
     wrong = [name for name in endorsed if name != expected]
+    problems: list[str] = []
     if expected and (wrong or recommended != expected):
         shown = ", ".join(wrong) or recommended
         problems.append(f"it must recommend {expected}, the candidate the rules chose" + (f", not {shown}" if shown else ", and name it"))
     elif not expected and (wrong or recommended and endorsed):
         problems.append(f"no candidate may be recommended here, yet it recommends {', '.join(wrong) or recommended}")
+    numbers_checked = _claim_problems(text, decision, candidates, problems)
+    markers = tuple(find_markers(text))
+    if not markers:
+        problems.append("it cites no source: every claim needs a <<SRC:...>> marker")
+    problems += _marker_problems(markers, known_source_ids)
+    if not text.strip():
+        problems.append("it is empty")
+    return Verification(not problems, tuple(dict.fromkeys(problems)), recommended, numbers_checked, markers)
 
+
+def verify_sentence(text: str, decision: Decision, candidates, known_source_ids: set[str]) -> Verification:
+    """One sentence of the LLM's explanation of a decision already shown: it may not present any other model as the
+    one to deploy, its numbers and rules must be real, and it must end with (carry) a known source."""
+    endorsed = endorsed_names(text, _names(candidates))
+    expected = decision.recommended.name if decision.recommended else None
+    problems = [f"it presents {name} as the one to deploy, but the rules chose {expected or 'none'}"
+                for name in endorsed if name != expected]
+    numbers_checked = _claim_problems(text, decision, candidates, problems)
+    markers = tuple(find_markers(text))
+    if not markers:
+        problems.append("it cites no source")
+    problems += _marker_problems(markers, known_source_ids)
+    return Verification(not problems, tuple(dict.fromkeys(problems)), endorsed[0] if endorsed else None, numbers_checked, markers)
+
+
+def content_words(text: str) -> set[str]:
+    """Words of four letters or more, cut to five (so 'criteria' and 'criterion' meet), without common function words."""
+    return {word[:5] for word in re.findall(r"[a-z]{4,}", strip_markers(text).lower()) if word not in _FUNCTION_WORDS}
+
+
+def grounded(text: str, reference: str, share: float) -> bool:
+    """Whether at least `share` of the text's content words occur in the reference: a cheap guard against what a small
+    model invents (a claim about something the input never mentions); it cannot judge faithfulness itself."""
+    words = content_words(text)
+    return not words or len(words & content_words(reference)) / len(words) >= share
+
+
+def _names(candidates) -> list[str]:
+    return sorted({c.name for c in candidates}, key=len, reverse=True)
+
+
+def _claim_problems(text: str, decision: Decision, candidates, problems: list[str]) -> int:
+    """Adds what is wrong with the text's metric values and stated rules to `problems`; returns the values checked."""
+    names = _names(candidates)
     vocabulary = vocabulary_for(frozenset({key for c in candidates for key in c.metrics} | {c.metric for c in decision.criteria}))
     numbers_checked = 0
     for keys, number, context, position in metric_numbers(text, vocabulary):
@@ -67,16 +115,12 @@ def verify_answer(text: str, decision: Decision, candidates, known_source_ids: s
             label = vocabulary.spec(keys[0]).label
             problems.append(f"'{context.strip()}' gives a {label} of {number.text} that no candidate or criterion has")
     problems += _rule_problems(text, decision, vocabulary)
+    return numbers_checked
 
-    markers = tuple(find_markers(text))
-    if not markers:
-        problems.append("it cites no source: every claim needs a <<SRC:...>> marker")
+
+def _marker_problems(markers, known_source_ids: set[str]) -> list[str]:
     unknown = [marker for marker in markers if marker not in known_source_ids]
-    if unknown:
-        problems.append(f"it cites unknown sources: {', '.join(unknown[:5])}")
-    if not text.strip():
-        problems.append("it is empty")
-    return Verification(not problems, tuple(dict.fromkeys(problems)), recommended, numbers_checked, markers)
+    return [f"it cites unknown sources: {', '.join(unknown[:5])}"] if unknown else []
 
 
 def endorsed_names(text: str, names: list[str]) -> list[str]:

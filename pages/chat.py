@@ -1,16 +1,14 @@
-"""Chat: ask which model to deploy; the answer streams in, is verified, then shown with links and evidence."""
-
-import time
+"""Chat: ask which model to deploy; the rules' decision shows at once, then the LLM's verified explanation streams below."""
 
 import streamlit as st
 
 from engine.access import current_user_is_admin
 from engine.answers import feedback_for, load_answer, save_feedback
-from engine.assistant import QuestionError, draft_stream, finish_answer, prepare_answer
-from engine.chat_views import answer_caption, candidates_frame, criteria_frame
+from engine.assistant import QuestionError, explanation_run, finish_answer, prepare_answer, record_answer
+from engine.chat_views import answer_caption, candidates_frame, criteria_frame, rendered_sentences
 from engine.citations import escape_markdown, render_answer_markdown, resolve_citations, sources_list
 from engine.deep_links import through_entry_point
-from engine.llm import LlmError
+from engine.explanation import explanation_note
 from engine.llm_backends import llm_backend
 from engine.workspace import open_knowledge_base
 
@@ -46,12 +44,14 @@ def show_feedback(answer_id: int) -> None:
                     st.error(str(error))
 
 
-def show_answer(record) -> None:
+def show_answer(record, run=None) -> None:
+    """The stored answer: the decision, its explanation (streamed from `run` while the LLM writes it), the evidence."""
     with st.chat_message("user"):
         st.text(record.question)
     with st.chat_message("assistant"):
-        citations = resolve_citations(kb.connection, record.answer, log=False)
+        citations = resolve_citations(kb.connection, record.answer + "\n\n" + record.explanation, log=False)
         st.markdown(render_answer_markdown(record.answer, citations))
+        explained = st.container()
         for notice in record.notices:
             st.caption(f":material/info: {notice}")
         if citations:
@@ -67,6 +67,20 @@ def show_answer(record) -> None:
             with st.expander("Candidates and criteria check"):
                 st.dataframe(candidates_frame(record), hide_index=True, width="stretch")
                 st.dataframe(criteria_frame(record), hide_index=True, width="stretch")
+        if run is not None:
+            with explained:
+                st.caption("The LLM explains the decision; each sentence shows once it is checked against the metrics.")
+                st.write_stream(rendered_sentences(kb.connection, record.answer, run))
+            return
+        with explained:
+            if record.explanation:
+                st.markdown(render_answer_markdown(record.explanation, citations))
+            note = explanation_note(record.explanation_state, record.verification.get("problems"))
+            if note:
+                st.caption(f":material/info: {note}")
+            if record.explanation_draft and record.explanation_state != "kept" and current_user_is_admin():
+                with st.expander("What the LLM wrote (admins)"):
+                    st.text(record.explanation_draft)
         st.caption(answer_caption(record))
         show_feedback(record.id)
 
@@ -76,8 +90,6 @@ try:
         show_answer(load_answer(kb.connection, answer_id))
     question = st.chat_input("Which model should I deploy for tumour screening?", max_chars=20_000)
     if question is not None:
-        with st.chat_message("user"):
-            st.text(question)
         try:
             with st.status("Reading the registry and the knowledge base...") as status:
                 prepared = prepare_answer(settings, kb, question)
@@ -85,20 +97,12 @@ try:
         except QuestionError as error:
             st.warning(f"Nothing to answer: {error}.")
             st.stop()
-        backend = llm_backend(settings)  # loads nothing yet: a failure shows while streaming
-        draft, error, started = None, None, time.perf_counter()
-        if prepared.messages is not None:
-            with st.chat_message("assistant"):
-                st.caption("Drafting. The answer is checked against the metrics before it is shown.")
-                try:
-                    draft = st.write_stream(draft_stream(prepared, backend, settings.llm_max_new_tokens))
-                    draft = draft if isinstance(draft, str) else "".join(map(str, draft))
-                except LlmError as failure:
-                    error = str(failure)
-        with st.spinner("Checking the answer..."):
-            answer = finish_answer(kb, prepared, backend, draft, max_new_tokens=settings.llm_max_new_tokens, draft_error=error,
-                                   generation_ms=(time.perf_counter() - started) * 1000 if prepared.messages is not None else None)
-        history.append(answer.record_id)
+        backend = llm_backend(settings)  # loads nothing yet: a failure shows as the explanation's one line
+        answer_id = record_answer(kb, prepared, backend.version)
+        history.append(answer_id)
+        run = explanation_run(kb, prepared, backend, settings.llm_max_new_tokens)
+        show_answer(load_answer(kb.connection, answer_id), run)
+        finish_answer(kb, prepared, answer_id, backend, run)
         st.rerun()
 finally:
     kb.connection.close()

@@ -33,6 +33,7 @@ from engine.access import require_admin
 from engine.citations import find_markers, strip_markers
 from engine.llm import LlmError
 from engine.prompting import MAX_EXCERPTS
+from engine.verifier import grounded
 from training.sft_data import PairCandidate, SftDataError, SftDataset, add_pairs, check_name, create_dataset, get_dataset, update_dataset
 
 KNOWLEDGE_STYLES = ("factual", "conversational", "socratic", "problem-solving", "multiple-choice")
@@ -44,11 +45,6 @@ MAX_PER_SOURCE = 100
 MAX_QUESTIONS_PER_USE_CASE = 20
 TABLE_DOMAINS = ("uc", "sql")  # a table's rows are one source each table, not one per row
 MIN_GROUNDED_SHARE = 0.4
-_FUNCTION_WORDS = frozenset("""about above after again against also because been before being below between both could
-does doing down during each from further have having here into itself just more most only other over same should some
-such than that their theirs them then there these they this those through under until very what when where which while
-whom will with would your yours""".split())
-
 _STYLE_TASKS = {
     "factual": "Write one factual question a data scientist could ask that this excerpt answers, and its answer, "
                "using only facts stated in the excerpt.",
@@ -290,23 +286,11 @@ def knowledge_pair(style: str, chunk, reply: str, generator: str) -> PairCandida
         return "unparsable"
     question, answer = parsed
     question = strip_markers(question).strip()
-    if not grounded(f"{question}\n{answer}", chunk.text):
+    if not grounded(f"{question}\n{answer}", chunk.text, MIN_GROUNDED_SHARE):
         return "ungrounded"
     if chunk.source_id not in find_markers(answer):
         answer = f"{answer.rstrip()} <<SRC:{chunk.source_id}>>"
     return PairCandidate(style, question, answer, generator, (chunk.id,), (chunk.source_id,))
-
-
-def content_words(text: str) -> set[str]:
-    """Words of four letters or more, cut to five (so 'criteria' and 'criterion' meet), without common function words."""
-    return {word[:5] for word in re.findall(r"[a-z]{4,}", strip_markers(text).lower()) if word not in _FUNCTION_WORDS}
-
-
-def grounded(text: str, excerpt: str) -> bool:
-    """Whether at least MIN_GROUNDED_SHARE of the pair's content words occur in the excerpt: a cheap guard against a
-    pair about something else (a small generator's invention); the review judges faithfulness itself."""
-    words = content_words(text)
-    return not words or len(words & content_words(excerpt)) / len(words) >= MIN_GROUNDED_SHARE
 
 
 # --- the product's own task -----------------------------------------------------------------------------------------
