@@ -36,7 +36,6 @@ from engine.models import BUNDLED, BUNDLED_LLM_GGUF, bundled_llm_dir
 
 SERVED_FORMATS = ("gguf-q8_0", "gguf-f16")  # the export formats llama.cpp serves, preferred first
 CONTEXT_TOKENS = 8192  # SmolLM2's trained context
-REPEAT_PENALTY = float(__import__("os").environ.get("RP", "1.0"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,7 +92,6 @@ def stream_gguf(loaded: LoadedGguf, messages: list[Message], *, max_new_tokens: 
         formatted = loaded.chat(messages=messages)
         prompt = loaded.model.tokenize((formatted.prompt + prefill).encode(), add_bos=not formatted.added_special, special=True)
         chunks = loaded.model.create_completion(prompt, max_tokens=max_new_tokens, temperature=float(temperature), seed=0,
-                                                repeat_penalty=REPEAT_PENALTY,
                                                 stop=formatted.stop or [], grammar=constraint, stream=True)
         for chunk in chunks:
             text = chunk["choices"][0]["text"]

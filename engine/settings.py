@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     mlflow_registry_uri: str | None = Field(None, description="Model registry URI when it differs from tracking, e.g. 'databricks-uc'")
     candidates_ttl_s: float = Field(60.0, ge=0, le=86_400, description="How long candidate metrics from MLflow are reused")
     llm_backend: Literal["transformers", "llama_cpp", "openai"] = Field(
-        "transformers", description="'transformers' (in process), 'llama_cpp' (in process, the version's GGUF file) or "
-                                    "'openai' (any OpenAI-compatible endpoint)")
+        "llama_cpp", description="'llama_cpp' (in process, the version's checked GGUF file), 'transformers' (in process, "
+                                 "float32: slower, no grammar) or 'openai' (any OpenAI-compatible endpoint)")
     llm_registry_name: str = Field("deploywise-llm", min_length=1, description="Registered model holding the LLM versions")
     llm_version: str = Field("champion", min_length=1, description="In-process LLM: 'base', 'champion' (the registry alias, else base) or a version number")
     llm_endpoint: str | None = Field(None, description="Base URL of an OpenAI-compatible API, e.g. http://localhost:11434/v1")
@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     ray_dashboard_port: int = Field(8265, gt=0, lt=65536, description="Port of the local Ray head's dashboard (the Ray Jobs API)")
     ray_num_cpus: int | None = Field(None, gt=0, description="CPUs the local Ray head offers to training (default: all)")
     training_storage_path: str | None = Field(None, description="Where Ray Train keeps checkpoints (default <workspace>/runs; shared storage on a cluster)")
-    llm_max_new_tokens: int = Field(320, gt=0, le=8192, description="Longest answer the LLM may generate")
+    llm_max_new_tokens: int = Field(200, gt=0, le=8192, description="Longest explanation the LLM may generate, in tokens")
     admin_emails: Annotated[list[str], NoDecode] = Field(
         [], description="Emails of the administrators when users log in through OIDC (st.login), comma-separated")
     admin_user: str = Field("admin", min_length=1, max_length=64, pattern=r"^[^\s]+$",

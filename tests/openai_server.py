@@ -18,7 +18,8 @@ API:
 - `requests`: every POST received, in order, as `ReceivedRequest(path, authorization, body)`.
 Only POST /v1/chat/completions exists (with and without `"stream": true`); anything else is a 404.
 
-`faithful_answer` is a reply function that explains the decision the product's prompt carries, as a good LLM would.
+`faithful_answer` is a reply function that explains the decision the product's prompt carries, as a good LLM would:
+the continuation of the opening the product prefilled (the request's last, assistant message).
 """
 
 from __future__ import annotations
@@ -155,11 +156,10 @@ def decided_model(messages: list[dict]) -> str:
 
 
 def faithful_answer(messages: list[dict]) -> str:
-    """A short answer that recommends the decided model and cites only markers the prompt offered."""
-    name = decided_model(messages)
+    """The rest of a short explanation of the decided model, citing only markers the prompt offered."""
     use_case = re.search(r"^USE CASE: (\S+)", messages[1]["content"], re.M).group(1)
-    return (f"Recommendation: {name} <<SRC:registry:{name}>>\n"
-            f"It passes every hard criterion of the use case and ranks first on its priority metric <<SRC:criteria:{use_case}>>.")
+    return (f" it passes every hard criterion of the use case <<SRC:criteria:{use_case}>>. "
+            f"It ranks first on the priority metric among the candidates that pass <<SRC:criteria:{use_case}>>.")
 
 
 def _error(message: str, kind: str) -> dict:
