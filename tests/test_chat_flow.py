@@ -227,7 +227,7 @@ def test_real_smollm2_on_llama_cpp_never_gets_a_wrong_sentence_through(demo_work
     explanation = answer.explanation
     assert explanation.state in ("kept", "partial", "dropped") and explanation.draft.startswith(f"{decided} <<SRC:")
     assert explanation.text == "" or explanation.text.startswith(f"{decided} <<SRC:registry:{decided}>> is the one to deploy")
-    for sentence in split_sentences(explanation.text + " ")[0]:
+    for sentence in split_sentences(explanation.text, final=True)[0]:
         assert verify_sentence(sentence, answer.prepared.decision, answer.prepared.candidates,
                                offered_source_ids(answer.prepared)).ok
     assert set(find_markers(explanation.draft)) <= offered_source_ids(answer.prepared)  # the grammar allows no other marker

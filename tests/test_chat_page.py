@@ -60,19 +60,22 @@ def captions(at: AppTest) -> str:
     return "\n".join(c.value for c in at.caption)
 
 
-def test_a_question_gets_a_verified_answer_with_links_and_evidence(llm):
+def test_a_question_gets_the_decision_then_a_verified_explanation_with_links_and_evidence(llm):
     at = ask(QUESTION)
     [record] = stored_answers()
-    assert record.answer_origin == "llm" and record.use_case == "tumor-screening"
+    assert (record.answer_origin, record.explanation_state, record.use_case) == ("deterministic", "kept", "tumor-screening")
     assert [m.name for m in at.chat_message] == ["user", "assistant"]
     shown = parse(assistant_markdown(at))
     assert shown.visible.startswith(f"Recommendation: {record.recommended_model}")
+    explained = shown.visible.index(f"{record.recommended_model} [1] is the one to deploy because it passes every hard criterion")
+    assert shown.visible.index("Why:") < explained  # the decision, then the LLM's explanation below it
     assert "<<SRC:" not in shown.visible and "Sources" in shown.visible
     assert "Acceptance criteria — breast tumour screening" in shown.visible  # the registry's display name
     assert "source?id=criteria:tumor-screening" in shown.hrefs  # the team's document opens in the app
     assert all(href.startswith(("https://", "source?id=")) for href in shown.hrefs)
     assert all(not m.proto.allow_html for m in at.markdown)
-    assert f"answer #{record.id}" in captions(at) and "Written by the LLM and verified" in captions(at)
+    assert f"answer #{record.id}" in captions(at)
+    assert "Decided by the team's rules · Explained by the LLM, every sentence verified (openai:" in captions(at)
     recommendation, whole = record.timings["recommendation_ms"] / 1000, record.timings["total_ms"] / 1000
     assert f"recommendation {recommendation:.1f} s, whole answer {whole:.1f} s" in captions(at)  # both times shown
     evidence = next(e for e in at.expander if e.label == "Candidates and criteria check")
@@ -130,29 +133,36 @@ def test_an_empty_question_is_refused_and_nothing_is_stored(llm):
     assert stored_answers() == [] and llm.requests == []
 
 
-def test_a_failing_llm_gives_the_composed_answer_with_a_notice(llm):
+def test_a_failing_llm_leaves_the_decision_with_one_line(llm):
     llm.failure = "http_500"
     at = ask(QUESTION)
     [record] = stored_answers()
-    assert record.answer_origin == "deterministic"
+    assert (record.answer_origin, record.explanation_state) == ("deterministic", "failed")
     assert parse(assistant_markdown(at)).visible.startswith(f"Recommendation: {record.recommended_model}")
-    assert "Composed from the decision engine" in captions(at) and "LLM backend failed" in captions(at)
+    assert "The LLM could not explain the decision (LLM endpoint" in captions(at)
 
 
-def test_a_wrong_llm_recommendation_never_reaches_the_page(llm):
-    llm.reply = "Recommendation: tumor-screening-random-forest <<SRC:registry:tumor-screening-random-forest>> is the most accurate."
+def test_a_wrong_llm_recommendation_never_reaches_the_page_and_admins_can_read_it(llm):
+    llm.reply = (" we recommend tumor-screening-random-forest <<SRC:registry:tumor-screening-random-forest>> as the "
+                 "most accurate.")
     at = ask(QUESTION)
     [record] = stored_answers()
-    assert record.answer_origin == "deterministic" and record.recommended_model != "tumor-screening-random-forest"
-    assert parse(assistant_markdown(at)).visible.startswith(f"Recommendation: {record.recommended_model}")
-    assert "did not pass verification" in captions(at)
+    assert record.explanation_state == "dropped" and record.recommended_model != "tumor-screening-random-forest"
+    shown = parse(assistant_markdown(at)).visible
+    assert shown.startswith(f"Recommendation: {record.recommended_model}") and "we recommend" not in shown
+    assert "The LLM's explanation was dropped: it did not pass verification (it presents tumor-screening-random-forest" in captions(at)
+    draft = next(e for e in at.expander if e.label == "What the LLM wrote (admins)")
+    assert "we recommend tumor-screening-random-forest" in draft.text[0].value
 
 
-def test_html_in_the_llms_answer_is_shown_as_text(llm):
-    llm.reply = lambda messages: faithful_answer(messages) + "\n<script>alert('x')</script> [click](javascript:alert(1))"
+def test_html_in_the_llms_explanation_is_shown_as_text(llm):
+    llm.reply = (" it passes every hard criterion <<SRC:criteria:tumor-screening>>. The model ranks first on the "
+                 "priority metric among the candidates that passes every hard criterion of the use case "
+                 "<script>alert('x')</script> [x](javascript:alert(1)) "
+                 "<<SRC:criteria:tumor-screening>>.")
     at = ask(QUESTION)
     [record] = stored_answers()
-    assert record.answer_origin == "llm"
+    assert record.explanation_state == "kept" and "<script>" in record.explanation
     shown = parse(assistant_markdown(at))
     assert "<script>alert('x')</script>" in shown.visible and "script" not in shown.tags
     assert not any(href.startswith("javascript:") for href in shown.hrefs)
