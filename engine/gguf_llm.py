@@ -82,10 +82,7 @@ def stream_gguf(loaded: LoadedGguf, messages: list[Message], *, max_new_tokens: 
     from llama_cpp import LlamaGrammar
 
     check_request(messages, max_new_tokens, temperature)
-    try:
-        constraint = LlamaGrammar.from_string(grammar, verbose=False) if grammar else None
-    except ValueError as error:
-        raise LlmError(f"the answer's grammar is not valid GBNF: {first_line(error)}") from None
+    constraint = LlamaGrammar.from_string(grammar, verbose=False) if grammar else None  # parsed when sampling starts
     if not loaded.lock.acquire(timeout=wait_s):
         raise LlmError(f"the LLM is busy with another answer for more than {wait_s:g} s; ask again in a moment")
     try:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -189,6 +189,8 @@ def stored_feedback(workspace: Path, answer_id: int):
 
 
 TUMOR_QUESTION = "Which model should I deploy for tumour screening?"
+LLM_DELAY_S = 45  # how long the LLM waits before it answers the first question of the chat test (cold start)
+WARM_LLM_DELAY_S = 15  # and the second one
 SCREENSHOT = ROOT / "build/screenshots/chat-answer.png"
 
 
@@ -201,35 +203,47 @@ def test_a_question_gets_a_verified_answer_with_source_links_evidence_and_feedba
     page.goto(demo_app.url)
     page.get_by_role("heading", name="Which model should I deploy?").wait_for(timeout=90_000)
     page.get_by_test_id("stChatInputTextArea").fill(TUMOR_QUESTION)
+    demo_app.llm.slow_s, demo_app.llm.failure = LLM_DELAY_S, "slow"  # the LLM takes its time: the decision must not wait
+    pressed = time.perf_counter()
     page.keyboard.press("Enter")
-    # The draft streams in and is verified, then the page reruns and shows the stored answer, captioned with its
-    # number. The first question also loads the embedding model.
+    answer = page.get_by_test_id("stChatMessage").filter(has=page.get_by_test_id("stChatMessageAvatarAssistant"))
+    answer.get_by_text(re.compile(r"^Recommendation: tumor-screening-")).wait_for(timeout=LLM_DELAY_S * 1000)
+    to_recommendation = time.perf_counter() - pressed
+    print(f"\nEnter -> recommendation on screen: {to_recommendation:.1f} s (first question, embedder loaded cold)")
+    assert to_recommendation < LLM_DELAY_S and len(demo_app.llm.requests) == 1  # shown while the LLM was still asked
+    # Then the explanation streams in below it, and the page reruns to show the stored answer, captioned.
     page.get_by_text(re.compile(r" · answer #\d+$")).wait_for(timeout=180_000)
+    demo_app.llm.failure = None
 
     with knowledge_base(demo_app.workspace) as kb:
         [record] = recent_answers(kb.connection)
-        citations = resolve_citations(kb.connection, record.answer, log=False)
-    assert (record.question, record.use_case, record.answer_origin) == (TUMOR_QUESTION, "tumor-screening", "llm"), record.notices
+        citations = resolve_citations(kb.connection, record.answer + "\n\n" + record.explanation, log=False)
+    assert (record.question, record.use_case, record.answer_origin, record.explanation_state) == (
+        TUMOR_QUESTION, "tumor-screening", "deterministic", "kept"), record.verification
     assert record.recommended_model == decided_model(demo_app.llm.requests[0].body["messages"])
 
-    answer = page.get_by_test_id("stChatMessage").filter(has=page.get_by_test_id("stChatMessageAvatarAssistant"))
-    expect(answer).to_have_count(1, timeout=30_000)  # the streamed draft is gone, only the stored answer is left
-    expect(answer.get_by_text(re.compile(rf"^Written by the LLM and verified · .* · answer #{record.id}$"))).to_be_visible()
+    expect(answer).to_have_count(1, timeout=30_000)
+    expect(answer.get_by_text(re.compile(rf"^Decided by the team's rules · Explained by the LLM, every sentence verified "
+                                         rf"\(openai:.*\) · .* · answer #{record.id}$"))).to_be_visible()
     expect(answer.get_by_text(f"Recommendation: {record.recommended_model}")).to_be_visible()
+    expect(answer.get_by_text(re.compile(rf"^{record.recommended_model} \[1\] is the one to deploy because"))).to_be_visible()
 
     # Citations: numbered links, listed under Sources with their display names. A citation opens the source
     # registry's http(s) URL when it has one, else the app's own Source page (a model of a sqlite MLflow
     # registry has no web page; the demo documents carry no URL).
-    assert {c.source_id for c in citations} == {f"registry:{record.recommended_model}", "criteria:tumor-screening"}
+    assert {c.source_id for c in citations} >= {f"registry:{record.recommended_model}", "criteria:tumor-screening"}
     assert all(c.known for c in citations)
-    body, heading, sources = (answer.get_by_test_id("stMarkdownContainer").nth(n) for n in range(3))
+    body, explanation, heading, sources = (answer.get_by_test_id("stMarkdownContainer").nth(n) for n in range(4))
     expect(heading).to_have_text("Sources")
+    targets = {citation.url or f"{demo_app.url}/source?id={citation.source_id}" for citation in citations}
     for citation in citations:
         target = citation.url or f"{demo_app.url}/source?id={citation.source_id}"
-        assert_links_to(body.get_by_role("link", name=f"[{citation.number}]", exact=True), target)
+        assert_links_to(body.get_by_role("link", name=f"[{citation.number}]", exact=True).first, target)
         assert_links_to(sources.get_by_role("link", name=citation.display_name, exact=True), target)
         expect(sources).to_contain_text(f"{citation.number}. {citation.display_name} ({citation.source_id})")
-    expect(answer.get_by_role("link")).to_have_count(2 * len(citations))  # nothing else in the answer is a link
+    assert_links_to(explanation.get_by_role("link", name="[1]", exact=True), f"{demo_app.url}/source?id=registry:{record.recommended_model}")
+    hrefs = answer.get_by_role("link").evaluate_all("links => links.map(link => link.href)")
+    assert hrefs and {unquote(href) for href in hrefs} <= {unquote(target) for target in targets}  # no other link
     expect(page.locator("body")).not_to_contain_text("<<")
     expect(page.locator("body")).not_to_contain_text("SRC:")
     model = next(c for c in citations if c.source_id.startswith("registry:"))
@@ -271,3 +285,15 @@ def test_a_question_gets_a_verified_answer_with_source_links_evidence_and_feedba
 
     expect(page.get_by_test_id("stException")).to_have_count(0)
     full_page_screenshot(page, SCREENSHOT)
+
+    # A second question, caches warm: the recommendation again comes while the LLM still has not answered.
+    demo_app.llm.slow_s, demo_app.llm.failure = WARM_LLM_DELAY_S, "slow"
+    page.get_by_test_id("stChatInputTextArea").fill("Which model should ship for digit recognition in the mobile app?")
+    pressed = time.perf_counter()
+    page.keyboard.press("Enter")
+    answer.get_by_text(re.compile(r"^Recommendation: digit-recognition-")).wait_for(timeout=WARM_LLM_DELAY_S * 1000)
+    to_recommendation = time.perf_counter() - pressed
+    print(f"Enter -> recommendation on screen: {to_recommendation:.1f} s (second question, warm)")
+    assert to_recommendation < WARM_LLM_DELAY_S and len(demo_app.llm.requests) == 2
+    page.get_by_text(re.compile(r" · answer #2$")).wait_for(timeout=180_000)
+    demo_app.llm.failure = None

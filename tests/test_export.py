@@ -53,6 +53,7 @@ def settings(tmp_path, monkeypatch, registry_template, tiny_llama_folder):  # no
     artifact_repositories.clear()  # MLflow caches them by run id, and the copy's runs keep the template's ids
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(workspace))
     monkeypatch.setenv("DEPLOYWISE_BASE_MODEL", str(tiny_llama_folder))
+    monkeypatch.setenv("DEPLOYWISE_LLM_BACKEND", "transformers")  # a tiny HF folder has no GGUF file
     return load_settings()
 
 

@@ -3,6 +3,7 @@ export, refusals as one line, and two sessions answered at once by one loaded mo
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -12,7 +13,9 @@ from test_llm_versions import registry_template  # noqa: F401 - the fixture behi
 from engine.gguf_llm import GgufLlm, gguf_file, load_gguf, stream_gguf
 from engine.llm import LlmError, resolve_llm_version
 from engine.llm_backends import llm_backend
-from engine.prompting import SYSTEM_PROMPT
+from engine.citations import find_markers
+from engine.explanation import split_sentences
+from engine.prompting import SYSTEM_PROMPT, explanation_grammar
 from engine.settings import load_settings
 from training.export import export_version
 
@@ -81,3 +84,22 @@ def test_a_registered_version_runs_from_its_checked_export_and_one_without_is_re
     assert text and backend.version == "deploywise-llm/2"  # a tiny random model: some text, not sense
     path = gguf_file(settings, resolve_llm_version(settings, "2"))
     assert path.name == "deploywise-llm-2-q8_0.gguf" and path.is_relative_to(settings.workspace.resolve() / "exports")
+
+
+def test_the_reply_continues_the_prefilled_opening_and_the_grammar_binds_its_markers(base):
+    """The chat's explanation on llama.cpp: the opening is not repeated, and whatever the model writes after it ends
+    each sentence with one of the offered markers (the bundled 135M model, greedy)."""
+    backend = llm_backend(base)
+    opening = "tumor-screening-linear <<SRC:registry:tumor-screening-linear>> is the one to deploy because"
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": "DECISION: Recommend tumor-screening-linear <<SRC:registry:tumor-screening-linear>>: "
+                                            "it passes every hard criterion <<SRC:criteria:tumor-screening>>."}]
+    offered = {"registry:tumor-screening-linear", "criteria:tumor-screening"}
+    free = "".join(backend.stream(messages, max_new_tokens=40, prefill=opening))
+    bound = "".join(backend.stream(messages, max_new_tokens=120, prefill=opening, grammar=explanation_grammar(offered)))
+    assert not free.lstrip().startswith("tumor-screening-linear <<SRC") and free != bound
+    assert find_markers(bound) and set(find_markers(bound)) <= offered
+    assert "<" not in re.sub(r" <<SRC:[^>]*>>", "", bound)  # no other marker, nothing marker-like
+    sentences, _ = split_sentences(opening + bound, final=True)
+    assert sentences and all(find_markers(sentence) for sentence in sentences if sentence.strip())
+

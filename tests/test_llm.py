@@ -123,7 +123,8 @@ def tiny_llama(tmp_path_factory):
 
 
 def tiny_settings(tmp_path, tiny_llama, **overrides):
-    return load_settings(workspace=tmp_path / "workspace", base_model=str(tiny_llama), **{"llm_version": "base", **overrides})
+    return load_settings(workspace=tmp_path / "workspace", base_model=str(tiny_llama),
+                         **{"llm_version": "base", "llm_backend": "transformers", **overrides})
 
 
 def test_tiny_llama_streams_exactly_what_generate_writes(tmp_path, tiny_llama):
@@ -290,3 +291,22 @@ def test_real_smollm2_answers_in_english(tmp_path):
     words = answer.lower().split()
     assert "paris" in answer.lower() and {"the", "is", "of"} & set(words)
     assert sum(character.isascii() for character in answer) / len(answer) > 0.95
+
+
+@pytest.mark.parametrize("restates", [False, True])
+def test_the_prefilled_opening_is_sent_as_the_assistants_turn_and_never_shown_twice(restates):
+    opening = "ts-linear <<SRC:registry:ts-linear>> is the one to deploy because"
+    reply = (opening if restates else "") + " it is the fastest."
+    with OpenAIServer(reply=reply) as server:
+        text = "".join(llm_backend(endpoint_settings(server)).stream(QUESTION, max_new_tokens=64, prefill=opening,
+                                                                      grammar="root ::= [a-z]*"))
+        sent = server.requests[0].body
+    assert text == " it is the fastest."
+    assert sent["messages"][-1] == {"role": "assistant", "content": opening} and "grammar" not in sent
+
+
+def test_transformers_continues_after_the_prefill(tmp_path, tiny_llama):
+    backend = llm_backend(tiny_settings(tmp_path, tiny_llama))
+    plain = "".join(backend.stream(QUESTION, max_new_tokens=6))
+    prefilled = "".join(backend.stream(QUESTION, max_new_tokens=6, prefill="Deploy the forest because"))
+    assert plain and prefilled and prefilled != plain  # a tiny random model: different text after a different prompt

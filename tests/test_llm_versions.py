@@ -64,6 +64,7 @@ def settings(tmp_path, monkeypatch, registry_template, tiny_llama_folder):
     shutil.copy(registry_template, workspace / "mlflow.db")
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(workspace))
     monkeypatch.setenv("DEPLOYWISE_BASE_MODEL", str(tiny_llama_folder))
+    monkeypatch.setenv("DEPLOYWISE_LLM_BACKEND", "transformers")  # a tiny HF folder has no GGUF file
     settings = load_settings()
     connection = store.connect(settings.knowledge_db)
     with transaction(connection):

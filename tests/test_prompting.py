@@ -79,12 +79,6 @@ def test_the_opening_names_the_decided_model_and_the_grammar_allows_only_offered
     assert grammar.count("sentence") == MAX_EXPLANATION_SENTENCES  # the rule and its three optional uses
 
 
-def test_a_grammar_llama_cpp_rejects_is_not_produced():
-    from llama_cpp import LlamaGrammar
-
-    LlamaGrammar.from_string(explanation_grammar({"criteria:ts", "registry:ts-model-01"}), verbose=False)
-
-
 @pytest.mark.parametrize("latencies", [(3.0, 30.0), (3.0, 4.0), (30.0, 40.0)])
 def test_the_composed_explanation_starts_with_the_opening_and_every_sentence_verifies(latencies):
     candidates = [candidate(n, latency) for n, latency in enumerate(latencies, start=1)]

@@ -342,6 +342,7 @@ def test_form_values_merge_into_the_yaml_base_and_problems_split_per_key():
 @pytest.mark.slow
 def test_a_job_launched_from_the_form_trains_and_shows_its_version(documents, monkeypatch, ray_head, tiny_llama_folder):
     monkeypatch.setenv("DEPLOYWISE_BASE_MODEL", str(tiny_llama_folder))
+    monkeypatch.setenv("DEPLOYWISE_LLM_BACKEND", "transformers")  # a tiny HF folder has no GGUF file
     monkeypatch.setenv("DEPLOYWISE_RAY_DASHBOARD_PORT", str(ray_head))
     at = open_page()
     for key, value in {"max_steps": 6, "max_seq_length": 64, "batch_size": 2, "eval_steps": 3, "save_steps": 3}.items():
