@@ -116,7 +116,7 @@ def explanation_grammar(source_ids) -> str:
     more = " ".join(["(sentence"] * (MAX_EXPLANATION_SENTENCES - 1)) + ")?" * (MAX_EXPLANATION_SENTENCES - 1)
     return "\n".join([
         f"root ::= words end {more}",
-        'sentence ::= " " words end',
+        'sentence ::= " " [A-Z] words end',
         'words ::= ([^<.\\n] | "." [0-9])+',
         'end ::= marker "." | "." marker',
         'marker ::= " <<SRC:" id ">>"',

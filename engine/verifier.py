@@ -115,7 +115,25 @@ def _claim_problems(text: str, decision: Decision, candidates, problems: list[st
             label = vocabulary.spec(keys[0]).label
             problems.append(f"'{context.strip()}' gives a {label} of {number.text} that no candidate or criterion has")
     problems += _rule_problems(text, decision, vocabulary)
+    problems += _family_problems(text, decision, candidates)
     return numbers_checked
+
+
+def _family_problems(text: str, decision: Decision, candidates) -> list[str]:
+    """A sentence that says what family a candidate is ("This is a gradient-boosting model") must be right: the
+    candidate is the last one named before it in the sentence, else the decision's."""
+    family_of = {c.name: c.family for c in candidates if c.family}
+    names, problems = _names(candidates), []
+    clean = _without_markers(text)
+    for family in sorted(set(family_of.values())):
+        spelled = "[- ]".join(re.escape(part) for part in re.split(r"[-_ ]", family))
+        for claim in re.finditer(rf"\b(?:is|as|being)\s+(?:a|an|the|our)\s+(?:[\w-]+\s+){{0,2}}?{spelled}\b", clean, re.I):
+            sentence_start = max(clean.rfind(mark, 0, claim.start()) for mark in (". ", "\n", "; "))
+            about = _last_name(clean[sentence_start + 1:claim.start()], names) or (
+                decision.recommended.name if decision.recommended else None)
+            if about in family_of and family_of[about] != family:
+                problems.append(f"it calls {about} a {family} model, but it is {family_of[about]}")
+    return problems
 
 
 def _marker_problems(markers, known_source_ids: set[str]) -> list[str]:

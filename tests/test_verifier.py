@@ -9,7 +9,7 @@ from engine.candidates import Candidate
 from engine.composer import compose_answer
 from engine.criteria import AcceptanceCriterion, UseCasePolicy
 from engine.decision import decide
-from engine.verifier import endorsed_names, recommended_name, verify_answer
+from engine.verifier import endorsed_names, recommended_name, verify_answer, verify_sentence
 
 
 def candidate(name: str, **metrics) -> Candidate:
@@ -104,3 +104,38 @@ def test_when_nothing_may_be_recommended_no_endorsement_passes():
 def test_a_text_without_endorsing_words_is_read_as_naming_its_first_candidate():
     assert recommended_name("fraud-xgb <<SRC:registry:fraud-xgb>> with AUC 0.962.", NAMES) == "fraud-xgb"
     assert recommended_name("Nothing should be deployed; fraud-xgb fails.", NAMES) is None
+
+
+# --- one sentence of the LLM's explanation (engine.verifier.verify_sentence) ------------------------------------------
+
+MIXED = [Candidate(name, "1", None, "churn", "binary-classification", family, "", "run",
+                   {"pr_auc": auc, "p95_ms": latency}, f"registry:{name}", None)
+         for name, family, auc, latency in (("churn-logreg", "linear", 0.71, 2.0), ("churn-gbm", "gradient-boosting", 0.74, 9.0),
+                                            ("churn-rf", "random-forest", 0.76, 55.0))]
+MIXED_DECISION = decide("churn", MIXED, [AcceptanceCriterion("churn", "p95_ms", "<=", 20, True, "doc:churn")],
+                        UseCasePolicy("churn", "pr_auc", None, "doc:churn"))
+
+
+@pytest.mark.parametrize(("sentence", "problem"), [
+    ("This is a linear model <<SRC:doc:churn>>.", "it calls churn-gbm a linear model, but it is gradient-boosting"),
+    ("It is a random forest, so it is robust <<SRC:doc:churn>>.", "it calls churn-gbm a random-forest model"),
+    ("churn-rf is a Gradient Boosting model <<SRC:doc:churn>>.", "it calls churn-rf a gradient-boosting model"),
+    ("Its PR AUC of 0.80 is the best <<SRC:doc:churn>>.", "of 0.80 that no candidate or criterion has"),
+    ("Ship churn-rf instead <<SRC:registry:churn-rf>>.", "it presents churn-rf as the one to deploy, but the rules chose churn-gbm"),
+    ("It is the safest choice.", "it cites no source"),
+    ("It is fast <<SRC:doc:elsewhere>>.", "unknown sources: doc:elsewhere"),
+])
+def test_a_sentence_with_a_wrong_claim_fails(sentence, problem):
+    verdict = verify_sentence(sentence, MIXED_DECISION, MIXED, {"doc:churn", "registry:churn-rf"})
+    assert not verdict.ok and any(problem in p for p in verdict.problems), verdict.problems
+
+
+@pytest.mark.parametrize("sentence", [
+    "churn-gbm <<SRC:registry:churn-gbm>> is the one to deploy because it is a gradient boosting model with PR AUC 0.74 <<SRC:doc:churn>>.",
+    "churn-rf is a random-forest model whose p95 of 55.00 ms breaks the budget <<SRC:doc:churn>>.",
+    "Unlike the random-forest model, it meets p95_ms <= 20 <<SRC:doc:churn>>.",  # about the other one, not an identity
+    "churn-logreg, a linear model, ranks lower on PR AUC <<SRC:doc:churn>>.",
+])
+def test_a_true_sentence_passes(sentence):
+    verdict = verify_sentence(sentence, MIXED_DECISION, MIXED, {"doc:churn", "registry:churn-gbm"})
+    assert verdict.ok, verdict.problems
