@@ -14,16 +14,15 @@ from datetime import UTC, datetime
 
 from engine.answers import AnswerRecord, record_explanation, save_answer
 from engine.candidates import CandidatesUnavailable, CandidateSnapshot, candidate_source, fetch_candidates
-from engine.citations import Citation, cited_chunks, find_markers, resolve_citations
+from engine.citations import Citation, cited_chunks, resolve_citations
 from engine.composer import compose_answer
 from engine.decision import Decision
 from engine.explanation import Explanation, ExplanationRun
 from engine.prompting import MAX_QUESTION_CHARS, build_messages
 from engine.rulebook import Rulebook, decision_for
 from engine.search import hybrid_search
-from engine.sources import refresh_sources, resolve
+from engine.sources import refresh_sources
 from engine.use_cases import UseCaseMatch, clarifying_question, match_use_case
-from engine.verifier import Verification, verify_answer
 
 
 class QuestionError(ValueError):
@@ -213,13 +212,6 @@ def offered_source_ids(prepared: PreparedAnswer) -> set[str]:
     if prepared.decision.policy:
         ids.add(prepared.decision.policy.source_id)
     return ids
-
-
-def verify_draft(kb, prepared: PreparedAnswer, text: str, offered: set[str] | None = None) -> Verification:
-    """The chat's check of an answer to `prepared` (SFT data generation holds its pairs to the same bar)."""
-    offered = offered_source_ids(prepared) if offered is None else offered
-    known = offered | set(resolve(kb.connection, find_markers(text)))
-    return verify_answer(text, prepared.decision, prepared.candidates, known)
 
 
 def ask(settings, kb, backend, question: str, on_decision=None, on_sentence=None) -> ChatAnswer:

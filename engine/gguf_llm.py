@@ -105,28 +105,59 @@ def stream_gguf(loaded: LoadedGguf, messages: list[Message], *, max_new_tokens: 
 def gguf_file(settings, version: LlmVersion) -> Path:
     """The GGUF file that serves `version`: the bundled one for the bundled base model, else its checked export."""
     if version.number is None:
-        if version.base_model != BUNDLED:
-            raise LlmError(f"the base model {version.base_model} has no GGUF file; export it or use "
-                           "DEPLOYWISE_LLM_BACKEND=transformers")
-        return bundled_llm_dir() / BUNDLED_LLM_GGUF
-    from mlflow import MlflowClient
+        return _bundled_gguf(version)
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=version.tracking_uri or settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+    client = _client(settings, version)
     try:
-        tags = client.get_run(version.run_id).data.tags
-        for fmt in SERVED_FORMATS:
-            if tags.get(f"export.{fmt}.check") != "passed":
-                continue
-            [name] = [Path(item.path).name for item in client.list_artifacts(version.run_id, f"{EXPORTS_ARTIFACT}/{fmt}")
-                      if item.path.endswith(".gguf")]
-            folder = settings.workspace.resolve() / EXPORTS_ARTIFACT / ".downloads" / version.run_id
-            local = folder / EXPORTS_ARTIFACT / fmt / name
-            if not local.is_file():
-                local = Path(client.download_artifacts(version.run_id, f"{EXPORTS_ARTIFACT}/{fmt}/{name}", str(folder)))
-            return local
+        fmt = _served_format(client, version)
+        [name] = [Path(item.path).name for item in client.list_artifacts(version.run_id, f"{EXPORTS_ARTIFACT}/{fmt}")
+                  if item.path.endswith(".gguf")]
+        folder = settings.workspace.resolve() / EXPORTS_ARTIFACT / ".downloads" / version.run_id
+        local = folder / EXPORTS_ARTIFACT / fmt / name
+        if not local.is_file():
+            local = Path(client.download_artifacts(version.run_id, f"{EXPORTS_ARTIFACT}/{fmt}/{name}", str(folder)))
+        return local
     except (MlflowException, OSError, ValueError) as error:
         raise LlmError(f"cannot fetch the GGUF export of {version.label}: {first_line(error)}") from None
+
+
+def gguf_problem(settings, version: LlmVersion) -> str | None:
+    """Why llama.cpp cannot serve `version`, or None: read from the registry's tags, nothing fetched or loaded (so an
+    evaluation or SFT run can refuse before it starts)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if version.number is None:
+            _bundled_gguf(version)
+        else:
+            _served_format(_client(settings, version), version)
+    except LlmError as error:
+        return str(error)
+    except MlflowException as error:
+        return f"cannot read the run of {version.label}: {first_line(error.message)}"
+    return None
+
+
+def _bundled_gguf(version: LlmVersion) -> Path:
+    if version.base_model != BUNDLED:
+        raise LlmError(f"the base model {version.base_model} has no GGUF file; export it or use "
+                       "DEPLOYWISE_LLM_BACKEND=transformers")
+    return bundled_llm_dir() / BUNDLED_LLM_GGUF
+
+
+def _client(settings, version: LlmVersion):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=version.tracking_uri or settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+
+
+def _served_format(client, version: LlmVersion) -> str:
+    """The export format llama.cpp serves the version from: the first of SERVED_FORMATS whose check passed."""
+    tags = client.get_run(version.run_id).data.tags
+    for fmt in SERVED_FORMATS:
+        if tags.get(f"export.{fmt}.check") == "passed":
+            return fmt
     raise LlmError(f"{version.label} has no checked GGUF export (gguf-q8_0 or gguf-f16): export it on the LLM versions "
                    "page or with `deploywise export`, or use DEPLOYWISE_LLM_BACKEND=transformers")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 
-from engine.gguf_llm import GgufLlm
-from engine.llm import EndpointLlm, InProcessLlm, LlmBackend
+from engine.gguf_llm import GgufLlm, gguf_problem
+from engine.llm import EndpointLlm, InProcessLlm, LlmBackend, LlmVersion
 
 _backends: dict[tuple, LlmBackend] = {}
 _backends_lock = threading.Lock()
@@ -34,3 +34,20 @@ def llm_backend(settings) -> LlmBackend:
         if key not in _backends:
             _backends[key] = build(settings)
         return _backends[key]
+
+
+def version_settings(settings, wanted: str):
+    """The settings the chat would serve version `wanted` ("base", "champion" or a number) with, on its own runtime:
+    llama.cpp or transformers in process, and transformers in place of an endpoint, which cannot serve a chosen
+    version. The golden-set evaluation and SFT data generation run versions so: what is evaluated is what is served."""
+    update = {"llm_version": wanted}
+    if settings.llm_backend == "openai":
+        update["llm_backend"] = "transformers"
+    return settings.model_copy(update=update)
+
+
+def runtime_problem(settings, version: LlmVersion) -> str | None:
+    """Why the chat's runtime cannot serve `version`, or None (on llama.cpp, a version needs its GGUF file)."""
+    if version_settings(settings, "base").llm_backend != "llama_cpp":
+        return None
+    return gguf_problem(settings, version)

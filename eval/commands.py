@@ -12,7 +12,8 @@ EXIT_OK, EXIT_NO_GO = 0, 1
 SHOWN = (("domain_perplexity", "domain perplexity", "{:.2f}"), ("general_perplexity", "general perplexity", "{:.2f}"),
          ("accuracy", "accuracy", "{:.0%}"), ("citation_presence", "citation presence", "{:.0%}"),
          ("citation_correctness", "citation correctness", "{:.0%}"), ("refusal_accuracy", "refusal accuracy", "{:.0%}"),
-         ("agreement", "agreement", "{:.0%}"), ("fallback_rate", "fallback rate", "{:.0%}"),
+         ("agreement", "agreement", "{:.0%}"),
+         ("explanation_kept_rate", "explanations kept", "{:.0%}"), ("explanation_shown_rate", "explanations shown", "{:.0%}"),
          ("latency_p50_ms", "latency p50", "{:,.0f} ms"), ("latency_p95_ms", "latency p95", "{:,.0f} ms"))
 
 
@@ -26,7 +27,7 @@ def register(commands) -> None:
     evaluate.add_argument("--items", help="only these golden item ids, comma-separated")
     evaluate.add_argument("--snapshot", help="dataset snapshot whose held-out text is measured (default: the newest "
                                              "evaluated version's training snapshot)")
-    evaluate.add_argument("--max-new-tokens", type=int, help="longest answer (default DEPLOYWISE_LLM_MAX_NEW_TOKENS)")
+    evaluate.add_argument("--max-new-tokens", type=int, help="longest explanation, in tokens (default DEPLOYWISE_LLM_MAX_NEW_TOKENS)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
 

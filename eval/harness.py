@@ -3,16 +3,21 @@
 `evaluate_versions(settings, ["base", "3", "4"], golden_path)` does, for every version in one run:
 1. domain perplexity on a dataset snapshot's held-out documents and general perplexity on its held-out replay
    text (the forgetting check, against the base model's on the same text);
-2. every golden item asked through `engine.assistant.ask`, the chat's own pipeline (candidates, decision, prompt,
-   draft, verification, one retry, composed fallback), and scored by `eval.scoring`;
+2. every golden item asked through `engine.assistant.ask`, the chat's own pipeline (candidates, decision and its
+   composed answer, then the LLM's explanation, verified sentence by sentence) on the chat's own runtime
+   (`engine.llm_backends.llm_backend`: llama.cpp on the version's checked GGUF export, or transformers), and scored
+   by `eval.scoring`;
 3. the gate's verdict (`eval.gate`), then one MLflow run in the experiment `deploywise-evaluation` and, for a
    registry version, the `gate_*` tags on its model version (`eval.results`).
 
 Everything that can be wrong with the request (a version the registry lacks, a malformed golden file or gate
-configuration, no held-out text, a registry without the golden set's use cases) is found by `plan_evaluation`
-before anything is loaded or written: one `EvaluationError` line. Answers are asked against a private copy of
-the knowledge base, so an evaluation adds no answers or unknown-source entries to the workspace's. The candidates
-are read once per process, so every version is judged against the same registry.
+configuration, no held-out text, a registry without the golden set's use cases, a version the configured runtime
+cannot serve, such as one without a checked GGUF export on llama.cpp) is found by `plan_evaluation` before
+anything is loaded or written: one `EvaluationError` line. With an OpenAI-compatible endpoint configured, the
+versions are served in process by transformers: the endpoint serves a model of its own, not the version asked
+for. Answers are asked against a private copy of the knowledge base, so an evaluation adds no answers or
+unknown-source entries to the workspace's. The candidates are read once per process, so every version is judged
+against the same registry.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.llm import CHAMPION, LlmError, LlmVersion, resolve_llm_version
+from engine.llm_backends import llm_backend, runtime_problem, version_settings
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, GateVerdict, judge, load_gate_config
 from eval.golden import (DEFAULT_GOLDEN, Expectation, GoldenError, GoldenItem, GoldenSet, NotApplicable, load_golden,
                          resolve_item)
@@ -131,6 +137,7 @@ def plan_evaluation(settings, versions: list[str], golden_path: Path | str = DEF
     if max_new_tokens is not None and not 0 < max_new_tokens <= 8192:
         raise EvaluationError(f"max new tokens must be between 1 and 8192 (got {max_new_tokens})")
     planned = _plan_versions(settings, versions)
+    _check_runtime(settings, planned)
     try:
         golden = load_golden(golden_path)
         items = golden.select(per_category=per_category, ids=item_ids)
@@ -279,7 +286,7 @@ def run_evaluation(plan: EvaluationPlan, *, on_progress: Progress | None = None,
                 if planned.wanted == BASE:
                     references[planned.version.base_model] = found
                 items = _golden(plan, planned, kb, expectations, progress)
-                del loaded  # the next version's weights replace these
+                del loaded  # perplexity's model (the chat runtime's backend, cached per version, keeps its own)
                 version_result = _judge(plan, planned, found, items, references.get(planned.version.base_model, {}))
                 version_result.run_id = log_version(plan, version_result)
                 result.versions.append(version_result)
@@ -345,8 +352,14 @@ def _expectations(plan: EvaluationPlan, kb) -> dict[str, Expectation]:
     return expectations
 
 
+def _check_runtime(settings, planned: list[PlannedVersion]) -> None:
+    for p in planned:
+        if problem := runtime_problem(settings, p.version):
+            raise EvaluationError(f"LLM version {p.wanted}: {problem}")
+
+
 class _Recording:
-    """The version's backend, keeping every text it generates (the draft, then the retry) for the scoring."""
+    """The version's backend, keeping what it generates after the prefilled opening, for the scoring."""
 
     def __init__(self, inner):
         self.inner, self.attempts = inner, []
@@ -355,12 +368,18 @@ class _Recording:
     def version(self) -> str:
         return self.inner.version
 
-    def stream(self, messages, *, max_new_tokens: int, temperature: float = 0.0):
+    def stream(self, messages, *, max_new_tokens: int, temperature: float = 0.0, prefill: str = "",
+               grammar: str | None = None):
         pieces: list[str] = []
         self.attempts.append(pieces)
-        for piece in self.inner.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature):
-            pieces.append(piece)
-            yield piece
+        inner = self.inner.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, prefill=prefill,
+                                  grammar=grammar)
+        try:
+            for piece in inner:
+                pieces.append(piece)
+                yield piece
+        finally:
+            inner.close()  # a reader that stops (the first failed sentence) stops the generation
 
 
 def _golden(plan: EvaluationPlan, planned: PlannedVersion, kb, expectations: dict[str, Expectation],
@@ -368,10 +387,9 @@ def _golden(plan: EvaluationPlan, planned: PlannedVersion, kb, expectations: dic
     from engine.assistant import ask
     from engine.candidates import fetch_candidates
     from engine.citations import find_markers
-    from engine.llm import InProcessLlm
     from engine.sources import resolve
 
-    backend = _Recording(InProcessLlm(plan.settings, planned.wanted))
+    backend = _Recording(llm_backend(version_settings(plan.settings, planned.wanted)))
     names = sorted({c.name for c in fetch_candidates(plan.settings).candidates})
     results = []
     for number, item in enumerate(plan.items, start=1):
@@ -389,13 +407,17 @@ def _golden(plan: EvaluationPlan, planned: PlannedVersion, kb, expectations: dic
             continue
         backend.attempts = []
         answer = ask(plan.settings, kb, backend, item.question)
-        attempts = ["".join(pieces) for pieces in backend.attempts]
-        result.llm_asked = answer.prepared.messages is not None
-        result.origin, result.shown, result.attempts = answer.origin, answer.text, attempts
-        # the LLM's answer the user saw, else its unaided draft (a failed retry mostly echoes the correction it was given)
-        result.answer = answer.text if answer.origin in ("llm", "llm-retry") or not attempts else attempts[0]
+        explanation = answer.explanation
+        result.llm_asked = explanation is not None
+        result.attempts = ["".join(pieces) for pieces in backend.attempts]
+        if explanation is not None:
+            result.explanation_state, result.sentences_kept = explanation.state, explanation.sentences_kept
+            result.answer = explanation.draft  # the prefilled opening and everything the LLM wrote, verified or not
+            result.verification_problems = list(explanation.problems)
+        else:
+            result.answer = answer.text
+        result.shown = answer.text + (f"\n\n{explanation.text}" if explanation is not None and explanation.text else "")
         result.latency_ms = answer.timings.get("total_ms")
-        result.verification_problems = list(answer.verification.problems) if answer.verification else []
         cited_ids = set(find_markers(result.answer)) | set(resolved.sources)
         known = set(resolve(kb.connection, sorted(cited_ids)))
         results.append(score(result, resolved, candidate_names=names, known_sources=known,

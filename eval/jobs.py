@@ -27,7 +27,7 @@ FINAL_STATES = ("succeeded", "failed", "cancelled")
 # Settings the worker needs, passed explicitly so it uses exactly the app's (no secret among them).
 PASSED_SETTINGS = ("workspace", "base_model", "embedding_model", "mlflow_tracking_uri", "mlflow_registry_uri",
                    "llm_registry_name", "llm_max_new_tokens", "llm_timeout_s", "search_top_k", "chunk_tokens",
-                   "chunk_overlap")
+                   "chunk_overlap", "llm_backend")
 
 
 @dataclass

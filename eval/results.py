@@ -7,7 +7,7 @@ A run holds:
 - params: the gate's thresholds (`gate.<key>`), `max_new_tokens`, `perplexity_sequence_length`;
 - metrics: domain_perplexity, general_perplexity (and their `_change_pct` against the base model), accuracy,
   static_accuracy, dynamic_accuracy, `accuracy_<category>`, citation_presence, citation_correctness,
-  refusal_accuracy, agreement, shown_accuracy, fallback_rate, latency_p50_ms, latency_p95_ms, item counts;
+  refusal_accuracy, agreement, shown_accuracy, explanation_kept_rate, explanation_shown_rate, latency_p50_ms, latency_p95_ms, item counts;
 - the artifact `items.json`: every golden item with the version's answer and each check.
 
 Contract with the LLM versions page (engine/llm_versions.py): an evaluated registry version gets the model version

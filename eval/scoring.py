@@ -6,12 +6,15 @@ on a line that recommends, else the first candidate named). Its citation is pres
 `<<SRC:...>>` marker, and correct when it cites at least one expected source and nothing the source registry does
 not know. A refusal item is answered right when the answer recommends no model and says it will not or cannot.
 
-What is scored is the LLM's own answer: the one the user saw when the chat showed the LLM's text (its draft, or its
-constrained retry once that passed verification), else its unaided draft, even though the user was shown the
-composed answer: a retry that failed verification mostly echoes the correction it was handed ("it must recommend
-X"), which would score the prompt, not the model. Items the chat answered without asking the LLM (no use case
-matched: the chat's own refusal) are scored on what it showed. The shown answers are scored too
-(`shown_accuracy`), and `fallback_rate` says how often the composed answer replaced the LLM's.
+The chat shows the decision's composed answer first, then the LLM's explanation of it, one verified sentence at
+a time (engine.explanation). What is scored is the LLM's own text: its explanation draft, which begins with the
+opening the chat prefilled for it (the decided model and its marker), and everything it wrote after, verified or
+not. Because that opening is given, `agreement` and the facts of the opening (the recommended model) hold by
+construction, so citations are scored on what the LLM wrote after it; what the LLM adds is what can fail. Items the chat answered without
+asking the LLM (no use case matched: the chat's own refusal; or nothing to explain) are scored on what it showed.
+What users were shown (the decision, then the explanation's verified sentences) is scored too (`shown_accuracy`);
+`explanation_kept_rate` says how often every sentence the LLM wrote passed verification, `explanation_shown_rate`
+how often at least one did (kept or partial).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ _REFUSAL = re.compile(
     r"\b(recommend nothing|recommend no |no model|none of the|not recommend|cannot|can not|can't|could not|couldn't|"
     r"unable|no candidate|do not know|don't know|not sure|no use case|not covered|not able|no registered|"
     r"which use case|not in the registry|outside)", re.I)
+SHOWN_STATES = ("kept", "partial")  # explanations with at least one verified sentence shown
 _DECIMAL = re.compile(r"\d+\.\d+")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
@@ -84,10 +88,11 @@ class ItemResult:
     status: str = "scored"  # or "skipped"
     skip_reason: str | None = None
     llm_asked: bool = False
-    origin: str | None = None  # 'llm', 'llm-retry', 'deterministic'
-    answer: str = ""  # the LLM's own answer (what is scored), or the chat's answer when the LLM was not asked
-    shown: str = ""  # what the chat showed
-    attempts: list[str] = field(default_factory=list)  # every LLM output: the draft, then the retry if any
+    explanation_state: str = "none"  # 'kept' | 'partial' | 'dropped' | 'failed'; 'none': the LLM was not asked
+    sentences_kept: int = 0  # of the explanation: the verified sentences shown
+    answer: str = ""  # the LLM's explanation draft, prefilled opening first (what is scored); else the chat's answer
+    shown: str = ""  # what the chat showed: the decision's composed answer, then the explanation's verified sentences
+    attempts: list[str] = field(default_factory=list)  # what the LLM generated after the prefilled opening (one per ask)
     facts: list[dict] = field(default_factory=list)  # {"fact": [alternatives], "found": bool}
     expected_sources: list[str] = field(default_factory=list)
     cited: list[str] = field(default_factory=list)
@@ -120,7 +125,8 @@ def score(result: ItemResult, resolved: ResolvedItem, *, candidate_names: list[s
     result.expected_sources = list(resolved.sources)
     result.expected_recommendation = expected_recommendation
     result.recommended_in_answer = recommended_name(result.answer, candidate_names)
-    result.cited = find_markers(result.answer)
+    # the LLM's own citations: those it wrote after the prefilled opening, whose marker it was given
+    result.cited = find_markers(result.attempts[0] if result.llm_asked and result.attempts else result.answer)
     result.unknown_cited = [source for source in result.cited if source not in known_sources]
     if item.is_refusal:
         result.refused = refuses(result.answer, candidate_names)
@@ -167,7 +173,8 @@ def metrics(results: list[ItemResult]) -> dict[str, float]:
         "refusal_accuracy": _mean(r.refused for r in refusals),
         "agreement": _mean(r.agrees for r in answered),
         "shown_accuracy": _mean(r.shown_correct for r in scored),
-        "fallback_rate": _mean(r.origin == "deterministic" for r in asked),
+        "explanation_kept_rate": _mean(r.explanation_state == "kept" for r in asked),
+        "explanation_shown_rate": _mean(r.explanation_state in SHOWN_STATES for r in asked),
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p95_ms": percentile(latencies, 95),
         "items_scored": float(len(scored)),

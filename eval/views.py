@@ -24,7 +24,9 @@ ROWS = (
     ("citation_correctness", "citation correctness", SHARE),
     ("refusal_accuracy", "refusal accuracy", SHARE),
     ("agreement", "agreement with the decision engine", SHARE),
-    ("fallback_rate", "answers replaced by the composed one", SHARE),
+    ("explanation_kept_rate", "explanations kept whole (every sentence verified)", SHARE),
+    ("explanation_shown_rate", "explanations shown at least in part", SHARE),
+    ("fallback_rate", "answers replaced by the composed one (evaluations before explanations)", SHARE),
     ("shown_accuracy", "accuracy of what users were shown", SHARE),
     ("latency_p50_ms", "latency p50", MILLISECONDS),
     ("latency_p95_ms", "latency p95", MILLISECONDS),
@@ -193,8 +195,24 @@ def items_frame(items_by_version: dict[str, list[dict]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def explanation_state(item: dict) -> str:
+    """'kept', 'partial', 'dropped', 'failed', or 'none' (the LLM was not asked); an item of an evaluation made
+    before explanations, which has an answer `origin` instead, is 'none'."""
+    return item.get("explanation_state") or "none"
+
+
+def origin_text(item: dict) -> str:
+    """What produced the item's scored text, in a few words: the explanation's outcome (an older evaluation's
+    answer origin as it was recorded)."""
+    if "explanation_state" not in item and item.get("origin"):
+        return item["origin"]
+    state = explanation_state(item)
+    return f"explanation {state}" if state != "none" else "no explanation"
+
+
 def item_detail(items_by_version: dict[str, list[dict]], item_id: str) -> list[dict]:
-    """The item as each version answered it: verdict, answer, facts found, citations, latency."""
+    """The item as each version answered it: verdict, the LLM's explanation draft, what was shown, facts found,
+    citations, latency, and why the explanation was cut."""
     details = []
     for label, items in items_by_version.items():
         item = next((i for i in items if i["id"] == item_id), None)
@@ -203,7 +221,8 @@ def item_detail(items_by_version: dict[str, list[dict]], item_id: str) -> list[d
         facts = [{"fact": " | ".join(f["fact"]), "found": "✓" if f["found"] else "✗"} for f in item.get("facts", [])]
         details.append({
             "version": label, "mark": _mark(item), "status": item.get("status"), "skip_reason": item.get("skip_reason"),
-            "origin": item.get("origin"), "llm_asked": item.get("llm_asked"), "answer": item.get("answer", ""),
+            "explanation_state": explanation_state(item), "sentences_kept": item.get("sentences_kept", 0),
+            "origin": origin_text(item), "llm_asked": item.get("llm_asked"), "answer": item.get("answer", ""),
             "shown": item.get("shown", ""), "facts": facts, "cited": item.get("cited", []),
             "expected_sources": item.get("expected_sources", []), "unknown_cited": item.get("unknown_cited", []),
             "recommended": item.get("recommended_in_answer"), "expected_recommendation": item.get("expected_recommendation"),

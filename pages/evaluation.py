@@ -145,9 +145,11 @@ def drill_down(settings, versions) -> None:
             if detail["status"] == "skipped":
                 continue
             st.text(detail["answer"] or "(empty)")
-            if detail["origin"] == "deterministic" and detail["llm_asked"]:
-                with st.expander("Shown instead (composed from the decision)"):
+            if detail["llm_asked"]:
+                with st.expander("What the chat showed (the decision, then the verified sentences)"):
                     st.text(detail["shown"])
+                if detail["problems"]:
+                    st.caption(views.escape("Explanation cut: " + "; ".join(detail["problems"][:2])))
             if detail["facts"]:
                 st.dataframe(detail["facts"], hide_index=True)
             st.caption(views.citation_caption(detail))

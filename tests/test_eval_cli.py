@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_eval_harness import opening
 
 from engine.cli import main
 from engine.settings import load_settings
@@ -60,6 +61,9 @@ def test_no_go_exits_1_and_go_exits_0(demo_workspace, tiny_llama_folder, files, 
     golden, lenient = files
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_workspace))
     monkeypatch.setenv("DEPLOYWISE_BASE_MODEL", str(tiny_llama_folder))
+    assert main(["eval", "--versions", "base", "--golden", str(golden)]) == 2  # the chat's llama.cpp has no GGUF of it
+    assert "LLM version base: the base model" in capsys.readouterr().err
+    monkeypatch.setenv("DEPLOYWISE_LLM_BACKEND", "transformers")
     assert main(["eval", "--versions", "base", "--golden", str(golden), "--max-new-tokens", "4", "--json"]) == 1
     captured = capsys.readouterr()
     report = json.loads(captured.out)
@@ -67,9 +71,15 @@ def test_no_go_exits_1_and_go_exits_0(demo_workspace, tiny_llama_folder, files, 
     assert (report["items_evaluated"], report["items_total"], report["all_go"]) == (2, 2, False)
     assert base["verdict"] == "NO-GO" and "accuracy 0% is below the gate's 95%" in base["reasons"]
     assert [item["id"] for item in base["items"]] == ["ts-crit-1", "ref-1"] and base["items"][1]["refused"] is True
+    asked, refusal = base["items"]
+    assert (asked["explanation_state"], refusal["explanation_state"]) == ("dropped", "none")  # a tiny random model's gibberish
+    assert asked["answer"].startswith(opening("tumor-screening-linear"))
+    assert base["metrics"]["explanation_kept_rate"] == base["metrics"]["explanation_shown_rate"] == 0.0
+    assert "fallback_rate" not in base["metrics"]
     assert f"evaluation {report['evaluation_id']}" in captured.err and "base: golden item 1/2 (ts-crit-1)" in captured.err
 
     assert main(["eval", "--versions", "base", "--golden", str(golden), "--gate", str(lenient), "--max-new-tokens", "4"]) == 0
     text = capsys.readouterr().out
     assert "base (base:model): GO" in text and "- refusal accuracy 100% meets the gate's 50%" in text
+    assert "explanations kept 0%, explanations shown 0%" in text
     assert [summary.versions[0].verdict for summary in evaluation_history(load_settings())] == ["GO", "NO-GO"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from peft import LoraConfig, get_peft_model
 from engine import access, store
 from engine.background import StatusFile
 from engine.llm import load_base_model
+from engine.prompting import explanation_opening
 from engine.settings import load_settings
 from eval import jobs, views
 from eval.harness import EvaluationError, evaluate_versions, plan_evaluation
@@ -24,6 +26,11 @@ from eval.results import EXPERIMENT, evaluation_history, load_evaluation, load_i
 from training.snapshot import snapshot_workspace
 
 ITEMS = ["ts-rec-1", "dr-rej-2", "dp-crit-1", "ref-offtopic-1"]  # in the file's order
+
+
+def opening(model: str) -> str:
+    """The start of the LLM's reply the chat prefills when the rules recommend `model` (a demo registry model)."""
+    return explanation_opening(SimpleNamespace(recommended=SimpleNamespace(name=model, source_id=f"registry:{model}")))
 
 
 def register_adapter(settings, base_model, *, seed: int = 1, tags: dict | None = None) -> str:
@@ -52,7 +59,7 @@ def register_adapter(settings, base_model, *, seed: int = 1, tags: dict | None =
 def workspace(demo_copy, tiny_llama_folder):
     """The demo copy with version 1 (trained, says its tag, on the workspace's snapshot) and one evaluation of base and 1."""
     path = demo_copy()
-    settings = load_settings(workspace=path, base_model=str(tiny_llama_folder))
+    settings = load_settings(workspace=path, base_model=str(tiny_llama_folder), llm_backend="transformers")  # no GGUF
     snapshot = snapshot_workspace(settings)
     number = register_adapter(settings, tiny_llama_folder, tags={"snapshot_id": snapshot.id})
     progress = []
@@ -97,15 +104,21 @@ def test_every_golden_item_goes_through_the_chat_and_is_scored(workspace):
         items = {item.id: item for item in evaluated.items}
         assert list(items) == ITEMS and all(item.status == "scored" for item in items.values())
         refusal = items["ref-offtopic-1"]
-        assert not refusal.llm_asked and refusal.refused and refusal.attempts == []
+        assert not refusal.llm_asked and refusal.refused and refusal.attempts == [] and refusal.explanation_state == "none"
         for item_id in ("ts-rec-1", "dp-crit-1", "dr-rej-2"):
             item = items[item_id]
-            assert item.llm_asked and item.attempts and item.latency_ms > 0
-            # gibberish fails verification twice: the composed answer was shown, the LLM's draft is what is scored
-            assert item.origin == "deterministic" and len(item.attempts) == 2 and item.answer == item.attempts[0]
-            assert item.shown.startswith("Recommendation:") and item.accurate is False and item.shown_correct
-        assert evaluated.metrics["refusal_accuracy"] == 1.0 and evaluated.metrics["fallback_rate"] == 1.0
-        assert evaluated.metrics["accuracy"] == 0.0 and evaluated.metrics["shown_accuracy"] == 1.0
+            assert item.llm_asked and len(item.attempts) == 1 and item.latency_ms > 0
+            # the prefilled opening, then what the tiny random model wrote: gibberish, so no sentence was shown
+            prefilled = opening(item.expected_recommendation)
+            assert item.answer == prefilled + item.attempts[0] and item.attempts[0]
+            assert item.explanation_state == "dropped" and item.sentences_kept == 0 and item.verification_problems
+            assert item.shown.startswith("Recommendation:") and "\n\n" + prefilled not in item.shown and item.shown_correct
+            assert item.agrees and item.recommended_in_answer == item.expected_recommendation  # given by the opening
+        assert items["ts-rec-1"].accurate  # its one fact, the recommended model, is the opening's
+        assert not items["dp-crit-1"].accurate and not items["dr-rej-2"].accurate
+        assert evaluated.metrics["refusal_accuracy"] == 1.0 and evaluated.metrics["agreement"] == 1.0
+        assert evaluated.metrics["explanation_kept_rate"] == evaluated.metrics["explanation_shown_rate"] == 0.0
+        assert evaluated.metrics["accuracy"] == pytest.approx(1 / 3) and evaluated.metrics["shown_accuracy"] == 1.0
         assert evaluated.metrics["latency_p95_ms"] >= evaluated.metrics["latency_p50_ms"] > 0
         assert {"accuracy_recommendation", "accuracy_criteria", "accuracy_rejection", "accuracy_off_topic"} <= set(evaluated.metrics)
     assert progress[-1][0] == progress[-1][1] == result.plan.units() == 2 * (1 + len(ITEMS))
@@ -118,8 +131,10 @@ def test_the_gate_says_no_go_with_its_reasons(workspace):
         reasons = evaluated.verdict.reasons
         assert evaluated.verdict.verdict == "NO-GO" and not result.all_go
         assert reasons[0].startswith(f"only 4 of the {len(result.plan.golden.items)} golden items were scored")
-        assert "accuracy 0% is below the gate's 95%" in reasons and "citation presence 0% is below the gate's 90%" in reasons
-        assert not any("refusal accuracy" in reason for reason in reasons)  # that check passed
+        assert "accuracy 33% is below the gate's 95%" in reasons
+        # citations are scored on what the tiny random model wrote after the prefilled opening: none; refusals pass
+        assert any(reason.startswith("citation presence 0%") for reason in reasons), reasons
+        assert not any("refusal accuracy" in reason for reason in reasons)
 
 
 def test_each_version_is_one_mlflow_run_and_the_registry_version_carries_the_gate(workspace):
@@ -175,10 +190,20 @@ def test_the_history_and_the_side_by_side_views(workspace):
     assert list(views.category_frame(logged).index) == ["criteria", "off-topic", "recommendation", "rejection"]
     items = {version.label: load_items(settings, version.run_id) for version in logged}
     matrix = views.items_frame(items).set_index("item")
-    assert matrix.loc["ref-offtopic-1", "base"] == "✓" and matrix.loc["ts-rec-1", f"v{number}"] == "✗"
+    assert table.loc["explanations kept whole (every sentence verified)"].tolist() == ["0%", "0%"]
+    assert table.loc["explanations shown at least in part"].tolist() == ["0%", "0%"]
+    assert not any("replaced by the composed one" in label for label in table.index)  # older evaluations' metric
+    assert matrix.loc["ref-offtopic-1", "base"] == "✓" and matrix.loc["dp-crit-1", f"v{number}"] == "✗"
     detail = views.item_detail(items, "ts-rec-1")
     assert [d["version"] for d in detail] == ["base", f"v{number}"] and detail[0]["facts"] == [
-        {"fact": "tumor-screening-linear", "found": "✗"}]
+        {"fact": "tumor-screening-linear", "found": "✓"}]  # the prefilled opening names it
+    assert [(d["explanation_state"], d["origin"], d["sentences_kept"]) for d in detail] == [("dropped", "explanation dropped", 0)] * 2
+    assert detail[0]["answer"].startswith(opening("tumor-screening-linear"))
+    assert detail[0]["problems"] and detail[0]["shown"].startswith("Recommendation: tumor-screening-linear")
+    refusal = views.item_detail(items, "ref-offtopic-1")[0]
+    assert (refusal["explanation_state"], refusal["origin"], refusal["llm_asked"]) == ("none", "no explanation", False)
+    before = {"id": "x", "type": "static", "origin": "llm-retry", "llm_asked": True}  # an evaluation made before explanations
+    assert [(d["explanation_state"], d["origin"]) for d in views.item_detail({"v1": [before]}, "x")] == [("none", "llm-retry")]
 
 
 @pytest.mark.parametrize("request_, problem", [
@@ -212,6 +237,30 @@ def test_a_malformed_golden_file_or_one_for_another_registry_is_refused(workspac
                                    "use_case": "fraud", "key_facts": ["x"], "expected_sources": ["criteria:fraud"]}) + "\n")
     with pytest.raises(EvaluationError, match=r"none of the golden set's use cases \(fraud\) has candidates in the registry"):
         plan_evaluation(settings, ["base"], foreign)
+
+
+def test_versions_are_asked_on_the_chats_runtime_and_llama_cpp_needs_their_gguf_files(workspace):
+    settings, number, _, _, _ = workspace
+    llama = settings.model_copy(update={"llm_backend": "llama_cpp"})  # the chat's default runtime
+    before = len(evaluation_runs(settings))
+    with pytest.raises(EvaluationError, match=rf"^LLM version base: the base model {settings.base_model} has no GGUF file; "
+                                              r"export it or use DEPLOYWISE_LLM_BACKEND=transformers$"):
+        plan_evaluation(llama, ["base"], item_ids=ITEMS)
+    bundled = llama.model_copy(update={"base_model": "bundled"})  # the bundled GGUF serves the base model
+    with pytest.raises(EvaluationError, match=rf"^LLM version {number}: deploywise-llm/{number} has no checked GGUF export "
+                                              r"\(gguf-q8_0 or gguf-f16\): export it"):
+        plan_evaluation(bundled, ["base", number], item_ids=ITEMS)
+    assert plan_evaluation(bundled, ["base"], item_ids=ITEMS).versions[0].wanted == "base"
+    assert len(evaluation_runs(settings)) == before
+    # each version gets the chat's backend for its own configuration; an endpoint cannot serve a chosen version
+    from engine.llm import InProcessLlm
+    from engine.llm_backends import llm_backend, version_settings
+
+    one, two = (llm_backend(version_settings(settings, wanted)) for wanted in ("base", number))
+    assert isinstance(one, InProcessLlm) and isinstance(two, InProcessLlm) and one is not two
+    assert one is llm_backend(version_settings(settings, "base"))  # the chat's cache: loaded once per version
+    endpoint = settings.model_copy(update={"llm_backend": "openai", "llm_endpoint": "http://127.0.0.1:9/v1", "llm_model": "m"})
+    assert (version_settings(endpoint, number).llm_backend, version_settings(endpoint, number).llm_version) == ("transformers", number)
 
 
 def test_champion_names_the_version_holding_the_alias(workspace):
@@ -249,7 +298,7 @@ def wait_for(settings, evaluation_id: str, states, timeout_s: float = 180):
 
 
 @pytest.mark.slow
-def test_an_evaluation_runs_out_of_process_and_can_be_cancelled(workspace):
+def test_an_evaluation_runs_out_of_process_and_can_be_cancelled(workspace, monkeypatch):
     settings = workspace[0]
     started = jobs.start_evaluation(settings, ["base"], item_ids=["ts-rec-1", "ref-offtopic-1"], max_new_tokens=4,
                                     created_by="test-admin")

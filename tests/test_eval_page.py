@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from test_eval_harness import register_adapter
+from test_eval_harness import opening, register_adapter
 
 from engine.settings import load_settings
 from eval import jobs
@@ -29,6 +29,7 @@ def workspace(demo_copy, tiny_llama_folder):
 def settings(workspace, tiny_llama_folder, monkeypatch):
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(workspace[0]))
     monkeypatch.setenv("DEPLOYWISE_BASE_MODEL", str(tiny_llama_folder))
+    monkeypatch.setenv("DEPLOYWISE_LLM_BACKEND", "transformers")  # no GGUF of the tiny model; the worker inherits it
     return load_settings()
 
 
@@ -84,13 +85,18 @@ def test_an_evaluation_from_the_form_runs_apart_and_its_results_show_side_by_sid
     assert any("a GO needs them all" in text for text in texts(at, "markdown"))
     comparison = frame_with(at, "metric")
     assert list(comparison.columns) == ["metric", "base (NO-GO)", f"v{number} (NO-GO)"]
+    rates = comparison.set_index("metric").loc[["explanations kept whole (every sentence verified)",
+                                                "explanations shown at least in part"]]
+    assert rates.to_numpy().tolist() == [["0%", "0%"]] * 2  # the tiny random model's explanations never pass
     assert len(at.get("vega_lite_chart")) + len(at.get("arrow_vega_lite_chart")) == 3
     items = frame_with(at, "question")
     assert len(items) == 14 and {"base", f"v{number}"} <= set(items.columns)
     at.selectbox(key="eval_item").select("ts-rec-1").run()
     assert not at.exception
     answers = [text.value for text in at.get("text")]
-    assert len(answers) >= 2  # each version's own answer
+    assert len(answers) >= 2  # each version's own explanation draft, from the prefilled opening on
+    assert sum(text.startswith(opening("tumor-screening-linear")) for text in answers) == 2
+    assert sum("explanation dropped" in text for text in texts(at, "markdown")) == 2
     assert any("expected one of" in text and "registry" in text for text in texts(at, "caption"))
     history = frame_with(at, "golden items")
     assert history.loc[0, "evaluation"] == job.id and history.loc[0, "golden items"] == "14/80"

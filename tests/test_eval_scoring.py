@@ -10,6 +10,7 @@ import pytest
 from engine.candidates import Candidate
 from engine.criteria import AcceptanceCriterion, UseCasePolicy
 from engine.decision import decide
+from engine.prompting import explanation_opening
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, judge, load_gate_config
 from eval.golden import Expectation, GoldenError, NotApplicable, load_golden, resolve_item
 from eval.scoring import ItemResult, fact_found, metrics, normalize, refuses, score
@@ -24,14 +25,19 @@ def candidate(family: str, roc_auc: float, p95: float, alias=None) -> Candidate:
 
 
 @pytest.fixture(scope="module")
-def expectation() -> Expectation:
+def decision():
     candidates = [candidate("linear", 0.991, 0.6, "champion"), candidate("mlp", 0.9905, 0.7),
                   candidate("random-forest", 0.995, 62.0), candidate("gradient-boosting", 0.97, 1.2)]
     criteria = [AcceptanceCriterion("tumor-screening", "roc_auc", ">=", 0.98, True, CRITERIA),
                 AcceptanceCriterion("tumor-screening", "latency_p95_ms", "<=", 10, True, CRITERIA)]
     policy = UseCasePolicy("tumor-screening", "roc_auc", "latency_p95_ms", CRITERIA, near_best_margin=0.005,
                            family_order=("linear", "gradient-boosting", "random-forest", "mlp"))
-    return Expectation.from_decision(decide("tumor-screening", candidates, criteria, policy))
+    return decide("tumor-screening", candidates, criteria, policy)
+
+
+@pytest.fixture(scope="module")
+def expectation(decision) -> Expectation:
+    return Expectation.from_decision(decision)
 
 
 NAMES = ["tumor-screening-gradient-boosting", "tumor-screening-linear", "tumor-screening-mlp", "tumor-screening-random-forest"]
@@ -54,7 +60,7 @@ def scored(tmp_path, expectation, answer: str, *, shown: str | None = None, **ov
     golden = load_golden(golden_file(tmp_path, item(**overrides)))
     entry = golden.items[0]
     result = ItemResult(entry.id, entry.question, entry.type, entry.category, entry.use_case, llm_asked=True,
-                        origin="llm", answer=answer, shown=shown if shown is not None else answer)
+                        explanation_state="kept", answer=answer, shown=shown if shown is not None else answer)
     return score(result, resolve_item(entry, expectation if entry.use_case else None), candidate_names=NAMES,
                  known_sources=KNOWN, expected_recommendation=expectation.recommended if entry.use_case else None)
 
@@ -106,6 +112,23 @@ def test_a_faithful_answer_scores_on_every_count(tmp_path, expectation):
     assert result.facts == [{"fact": ["tumor-screening-linear"], "found": True}] and result.shown_correct
 
 
+def test_an_explanation_draft_gets_the_recommendation_from_its_prefilled_opening(tmp_path, expectation, decision):
+    """The chat writes the opening (the decided model and its marker) for the LLM: a draft that adds nothing useful
+    agrees and names the recommended model, but facts it did not write are not found."""
+    draft = explanation_opening(decision) + " zq blorp wibble"
+    recommendation = scored(tmp_path, expectation, draft)
+    assert draft.startswith("tumor-screening-linear <<SRC:registry:tumor-screening-linear>>")
+    assert recommendation.accurate and recommendation.agrees and recommendation.citation_correct
+    criteria = scored(tmp_path, expectation, draft, type="static", category="criteria", key_facts=["0.98"],
+                      expected_sources=[CRITERIA])
+    assert not criteria.accurate and criteria.citation_present and not criteria.citation_correct
+    assert criteria.facts == [{"fact": ["0.98"], "found": False}]
+    grounded = scored(tmp_path, expectation, draft.replace(" zq blorp wibble", " its roc_auc is 0.991, above the 0.98 "
+                                                           "floor <<SRC:criteria:tumor-screening>>."),
+                      type="static", category="criteria", key_facts=["0.98"], expected_sources=[CRITERIA])
+    assert grounded.accurate and grounded.citation_correct
+
+
 def test_recommending_another_model_contradicts_even_with_every_fact(tmp_path, expectation):
     answer = ("Recommendation: tumor-screening-random-forest <<SRC:registry:tumor-screening-random-forest>>: it beats "
               "tumor-screening-linear on ROC AUC <<SRC:criteria:tumor-screening>>.")
@@ -151,31 +174,40 @@ def test_refusal_items_are_scored_on_refusing(tmp_path, expectation):
 
 def test_metrics_of_a_set_of_items():
     def result(id_, kind, category, *, accurate=None, refused=None, cited=None, correct=None, asked=True,
-               origin="llm", latency=None, agrees=None, shown=True, status="scored"):
+               state="kept", latency=None, agrees=None, shown=True, status="scored"):
         r = ItemResult(id_, "q", kind, category, None if kind == "refusal" else "uc", status=status, llm_asked=asked,
-                       origin=origin, accurate=accurate, refused=refused, citation_present=cited,
-                       citation_correct=correct, latency_ms=latency, agrees=agrees, shown_correct=shown)
+                       explanation_state=state if asked else "none", accurate=accurate, refused=refused,
+                       citation_present=cited, citation_correct=correct, latency_ms=latency, agrees=agrees,
+                       shown_correct=shown)
         return r
 
     results = [
         result("a", "static", "criteria", accurate=True, cited=True, correct=True, latency=100.0, agrees=True),
         result("b", "static", "criteria", accurate=False, cited=True, correct=False, latency=200.0, agrees=True,
-               origin="deterministic"),
-        result("c", "dynamic", "recommendation", accurate=True, cited=False, correct=False, latency=300.0, agrees=False),
-        result("d", "refusal", "off-topic", refused=True, asked=False, origin="deterministic", latency=5.0),
-        result("e", "refusal", "off-topic", refused=False, asked=False, origin="deterministic", latency=5.0, shown=False),
-        result("f", "dynamic", "rejection", status="skipped"),
+               state="dropped"),
+        result("c", "dynamic", "recommendation", accurate=True, cited=False, correct=False, latency=300.0, agrees=False,
+               state="partial"),
+        result("g", "dynamic", "recommendation", accurate=True, cited=True, correct=True, latency=400.0, agrees=True,
+               state="failed"),
+        result("d", "refusal", "off-topic", refused=True, asked=False, latency=5.0),
+        result("e", "refusal", "off-topic", refused=False, asked=False, latency=5.0, shown=False),
+        result("f", "dynamic", "rejection", status="skipped", state="kept"),
     ]
     values = metrics(results)
-    assert values["accuracy"] == pytest.approx(2 / 3) and values["static_accuracy"] == 0.5 and values["dynamic_accuracy"] == 1.0
-    assert values["citation_presence"] == pytest.approx(2 / 3) and values["citation_correctness"] == pytest.approx(1 / 3)
-    assert values["refusal_accuracy"] == 0.5 and values["agreement"] == pytest.approx(2 / 3)
-    assert values["fallback_rate"] == pytest.approx(1 / 3)  # of the answers the LLM was asked for
-    assert values["shown_accuracy"] == pytest.approx(4 / 5)
-    assert values["latency_p50_ms"] == 200.0 and values["latency_p95_ms"] == pytest.approx(290.0)  # LLM answers only
-    assert (values["items_scored"], values["items_skipped"]) == (5, 1)
+    assert values["accuracy"] == pytest.approx(3 / 4) and values["static_accuracy"] == 0.5 and values["dynamic_accuracy"] == 1.0
+    assert values["citation_presence"] == pytest.approx(3 / 4) and values["citation_correctness"] == pytest.approx(2 / 4)
+    assert values["refusal_accuracy"] == 0.5 and values["agreement"] == pytest.approx(3 / 4)
+    # of the answers the LLM was asked to explain (a, b, c, g): kept whole; shown at least in part (kept or partial)
+    assert values["explanation_kept_rate"] == pytest.approx(1 / 4)
+    assert values["explanation_shown_rate"] == pytest.approx(2 / 4)
+    assert "fallback_rate" not in values
+    assert values["shown_accuracy"] == pytest.approx(5 / 6)
+    assert values["latency_p50_ms"] == 250.0 and values["latency_p95_ms"] == pytest.approx(385.0)  # LLM answers only
+    assert (values["items_scored"], values["items_skipped"]) == (6, 1)
     assert values["accuracy_criteria"] == 0.5 and values["accuracy_off_topic"] == 0.5 and "accuracy_rejection" not in values
-    assert "refusal_accuracy" not in metrics(results[:3])  # nothing measured: left out, and the gate says so
+    assert "refusal_accuracy" not in metrics(results[:4])  # nothing measured: left out, and the gate says so
+    unasked = metrics(results[4:6])  # no LLM asked: no explanation rate to report
+    assert "explanation_kept_rate" not in unasked and "explanation_shown_rate" not in unasked
 
 
 # --- the golden file ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """One evaluation on the real bundled SmolLM2 against a short CPT run of it: the CPT recipe (training.cpt) trains a
 LoRA adapter in this process on the demo workspace's snapshot, it is registered as version 1 the way a job registers
-it, and base and version 1 are evaluated side by side on a few golden items."""
+it and exported as a checked GGUF file, and base and version 1 are evaluated side by side on a few golden items on
+the chat's own runtime (llama.cpp, with the grammar of known markers)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from test_eval_harness import opening
 
+from engine.llm_backends import llm_backend, version_settings
 from engine.models import bundled_model_folder, load_tokenizer
 from engine.settings import load_settings
 from engine.tracking import ensure_experiment
-from eval.harness import evaluate_versions
+from eval.harness import EvaluationError, evaluate_versions, plan_evaluation
 from eval.results import load_evaluation
 from training.config import load_cpt_config
 from training.cpt import Hardware, collate_blocks, packed_data, trainable_model, training_arguments
+from training.export import export_version
 from training.run import JobSpec, register_version
 from training.snapshot import SPLITS, read_split, snapshot_workspace
 
@@ -50,11 +54,15 @@ def short_cpt(settings) -> str:
     return number
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)  # CPT (~5 min on 2 CPUs), the GGUF export (~1 min), two versions evaluated
 def test_base_and_a_short_cpt_version_of_smollm2_side_by_side(demo_copy):
     settings = load_settings(workspace=Path(demo_copy()))
+    assert settings.llm_backend == "llama_cpp"  # the chat's default runtime
     number = short_cpt(settings)
-    result = evaluate_versions(settings, ["base", number], item_ids=["ts-crit-1", "ref-offtopic-1"], max_new_tokens=24)
+    with pytest.raises(EvaluationError, match=f"LLM version {number}: deploywise-llm/{number} has no checked GGUF export"):
+        plan_evaluation(settings, ["base", number])
+    export_version(settings, number, "gguf-q8_0")
+    result = evaluate_versions(settings, ["base", number], item_ids=["ts-crit-1", "ref-offtopic-1"], max_new_tokens=64)
     base, cpt = result.versions
     summary = {v.planned.label: {k: round(x, 3) for k, x in v.metrics.items()} for v in result.versions}
     print(json.dumps(summary, indent=1))
@@ -66,8 +74,14 @@ def test_base_and_a_short_cpt_version_of_smollm2_side_by_side(demo_copy):
     assert any(check.name == "general_perplexity" for check in cpt.verdict.checks)
     for version in (base, cpt):
         llm_item, refusal = version.items
+        backend = llm_backend(version_settings(result.plan.settings, version.planned.wanted))
+        assert type(backend).__name__ == "GgufLlm" and backend.version == version.llm_label
         assert llm_item.llm_asked and llm_item.attempts[0] and llm_item.latency_ms > 0
-        assert refusal.refused and not refusal.llm_asked
+        assert llm_item.answer == opening("tumor-screening-linear") + llm_item.attempts[0]
+        assert llm_item.explanation_state in ("kept", "partial", "dropped") and llm_item.agrees
+        assert llm_item.unknown_cited == []  # the grammar lets it write only the markers its prompt offered
+        assert {"explanation_kept_rate", "explanation_shown_rate"} <= set(version.metrics)
+        assert refusal.refused and not refusal.llm_asked and refusal.explanation_state == "none"
         assert version.verdict.verdict == "NO-GO"  # two items of eighty: never a GO
     assert [v.llm_version for v in load_evaluation(settings, result.plan.evaluation_id)] == ["base", number]
     tags = MlflowClient(tracking_uri=settings.tracking_uri).get_model_version(settings.llm_registry_name, number).tags

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 from openai_server import OpenAIServer, faithful_answer
@@ -19,11 +20,14 @@ from streamlit.testing.v1 import AppTest
 from engine.answers import AnswerRecord, save_answer, save_feedback
 from engine.assistant import offered_source_ids, prepare_answer
 from engine.cli import main as cli_main
+from engine.composer import compose_explanation
+from engine.explanation import split_sentences
 from engine.feedback_review import accept
-from engine.prompting import SYSTEM_PROMPT
+from engine.llm_backends import llm_backend
+from engine.prompting import MAX_EXCERPTS, SYSTEM_PROMPT, explanation_opening
 from engine.settings import load_settings
 from engine.sources import resolve
-from engine.verifier import verify_answer
+from engine.verifier import verify_sentence
 from engine.workspace import open_knowledge_base
 from eval.golden import load_golden
 from training.sft_data import (
@@ -43,11 +47,14 @@ from training.sft_data import (
 from training.sft_generation import (
     KNOWLEDGE_STYLES,
     GenerationRequest,
+    check_backend,
     generate_dataset,
+    make_backend,
     parse_reply,
     sample_chunks,
     source_group,
     source_groups,
+    verified_explanation,
 )
 from training.sft_jobs import cancel_generation, refreshed, start_generation
 
@@ -222,7 +229,13 @@ def test_invalid_pairs_are_dropped_with_their_reason(kb, candidate, reason):
     assert get_dataset(kb.connection, name).drops == {reason: 1} and not list_pairs(kb.connection, name)
 
 
-def test_recommendation_pairs_are_the_chats_prompt_and_pass_its_verifier(settings, kb):
+def sentences(text: str) -> list[str]:
+    complete, rest = split_sentences(text, final=True)
+    assert not rest, rest
+    return complete
+
+
+def test_recommendation_pairs_are_the_chats_prompt_and_an_explanation_of_its_decision(settings, kb):
     request = GenerationRequest(name="task-templates", styles=("recommendation", "refusal"), questions_per_use_case=2,
                                 include_corrections=False)
     dataset = generate_dataset(settings, kb, request)
@@ -237,18 +250,29 @@ def test_recommendation_pairs_are_the_chats_prompt_and_pass_its_verifier(setting
             continue
         assert prepared.messages[0]["content"] == SYSTEM_PROMPT
         assert pair.instruction == prepared.messages[1]["content"]  # exactly what the chat sends the LLM
+        # the explanation the chat asks for, beginning with the opening it prefills: not the composed answer
+        assert pair.output == compose_explanation(prepared.decision) != prepared.fallback_text
+        assert pair.output.startswith(explanation_opening(prepared.decision) + " ") and pair.generator == "composer"
         known = offered_source_ids(prepared) | set(resolve(kb.connection, pair.source_ids))
-        assert verify_answer(pair.output, prepared.decision, prepared.candidates, known).ok
-        assert prepared.decision.recommended.name in pair.output and pair.generator == "composer"
+        checked = sentences(pair.output)
+        assert len(checked) >= 2 and "".join(checked) == pair.output
+        for sentence in checked:
+            assert verify_sentence(sentence, prepared.decision, prepared.candidates, known).ok, sentence
         assert set(pair.source_ids) >= {f"registry:{prepared.decision.recommended.name}", f"criteria:{prepared.decision.use_case}"}
-        assert pair.chunk_ids == [hit.chunk_id for hit in prepared.hits[:4]]
+        assert pair.chunk_ids == [hit.chunk_id for hit in prepared.hits[:MAX_EXCERPTS]]
 
 
-def test_an_llm_paraphrases_questions_and_its_recommendation_is_kept_only_when_verified(settings, kb):
+def test_an_llm_paraphrases_questions_and_its_explanation_is_kept_only_when_every_sentence_is_verified(settings, kb):
     def reply(messages):
-        if messages[0]["content"] == SYSTEM_PROMPT:  # the chat's own prompt
-            right = "USE CASE: diabetes-progression" in messages[1]["content"]
-            return faithful_answer(messages) if right else "Recommendation: deploy the biggest model."
+        if messages[0]["content"] == SYSTEM_PROMPT:  # the chat's own prompt, with the prefilled opening last
+            decided = re.search(r"^Recommend (\S+) <<SRC:(\S+)>>", messages[1]["content"], re.M)
+            recommended = SimpleNamespace(recommended=SimpleNamespace(name=decided[1], source_id=decided[2]))
+            assert messages[-1] == {"role": "assistant", "content": explanation_opening(recommended)}
+            if "USE CASE: diabetes-progression" in messages[1]["content"]:
+                return faithful_answer(messages)
+            if "USE CASE: tumor-screening" in messages[1]["content"]:  # a first sentence citing an unknown source
+                return " it is the best model of all <<SRC:doc:nowhere>>."
+            return faithful_answer(messages) + " It has an F1 of 0.123 <<SRC:criteria:digit-recognition>>."  # invented
         use_case = next(words for words in ("tumor screening", "digit recognition", "diabetes progression")
                         if words in messages[-1]["content"])
         return f"Could you tell me, for {use_case}, which model we should ship?"
@@ -258,12 +282,35 @@ def test_an_llm_paraphrases_questions_and_its_recommendation_is_kept_only_when_v
                            rewrite_recommendations=True)
         dataset = generate_dataset(settings, kb, request)
     pairs = list_pairs(kb.connection, "task-llm")
-    assert dataset.styles == {"recommendation": 3}
+    assert dataset.styles == {"recommendation": 3} and not dataset.drops
     assert all(pair.question.startswith("Could you tell me") for pair in pairs)
-    by_generator = {pair.generator.split(":")[0]: pair for pair in pairs}
-    assert {pair.generator for pair in pairs if "diabetes" in pair.question} == {by_generator["openai"].generator}
-    assert by_generator["openai"].output.startswith("Recommendation: ")  # the LLM's verified answer
-    assert sum(pair.generator == "composer" for pair in pairs) == 2  # the unverified rewrites were not used
+    [llm] = [pair for pair in pairs if pair.generator.startswith("openai:")]
+    assert "diabetes" in llm.question
+    prepared = prepare_answer(settings, kb, llm.question)
+    # the LLM's explanation after the prefilled opening, every sentence of it verified
+    assert llm.output == explanation_opening(prepared.decision) + faithful_answer(prepared.messages)
+    composed = [pair for pair in pairs if pair.generator == "composer"]  # the partly or wholly unverified ones
+    assert len(composed) == 2
+    for pair in composed:
+        assert pair.output == compose_explanation(prepare_answer(settings, kb, pair.question).decision)
+
+
+def test_an_explanation_is_held_to_the_chats_sentence_checks(settings, kb):
+    prepared = prepare_answer(settings, kb, "Which model should go into production for digit recognition?")
+    opening, composed = explanation_opening(prepared.decision), compose_explanation(prepared.decision)
+    marker = "<<SRC:criteria:digit-recognition>>"
+    other = next(c.name for c in prepared.candidates if c.name != prepared.decision.recommended.name)
+    assert verified_explanation(kb, prepared, composed)
+    assert verified_explanation(kb, prepared, f"{opening} it passes every hard criterion {marker}.")
+    for text in (composed.removeprefix(opening),  # no prefilled opening
+                 f"{opening} it passes every hard criterion {marker}. It has an accuracy of 0.123 {marker}.",  # invented
+                 f"{opening} it passes every hard criterion <<SRC:doc:nowhere>>.",  # unknown source
+                 f"{opening} it passes every hard criterion {marker}. It is the simplest one.",  # no marker
+                 f"{opening} it passes every hard criterion {marker}. Then it",  # unfinished
+                 f"{opening} it passes every hard criterion {marker}. {other} is the one to deploy {marker}.",  # another
+                 f"{opening} volcanic penguins orbit saturnine marmalade {marker}.",  # not from its input
+                 opening):
+        assert not verified_explanation(kb, prepared, text), text
 
 
 def test_accepted_corrections_join_as_pairs(settings, kb):
@@ -350,7 +397,14 @@ def test_a_bad_prompt_and_a_taken_name_are_refused(settings, kb):
 
 
 def test_the_in_process_llm_generates_and_its_gibberish_is_dropped(workspace, tiny_llama_folder):
-    settings = load_settings(workspace=workspace, base_model=str(tiny_llama_folder))
+    llama = load_settings(workspace=workspace, base_model=str(tiny_llama_folder))  # the chat's runtime: llama.cpp
+    with pytest.raises(SftDataError, match=r"^LLM version base: the base model .* has no GGUF file; export it or use "
+                                           "DEPLOYWISE_LLM_BACKEND=transformers$"):
+        check_backend(llama, GenerationRequest("tiny-gguf", ("factual",), llm_version="base"))
+    settings = load_settings(workspace=workspace, base_model=str(tiny_llama_folder), llm_backend="transformers")
+    check_backend(settings, GenerationRequest("tiny-llama", ("factual",), llm_version="base"))
+    assert make_backend(settings, GenerationRequest("tiny-llama", ("factual",), llm_version="base")) is llm_backend(
+        settings.model_copy(update={"llm_version": "base"}))  # the chat's backend for that version, loaded once
     kb = open_knowledge_base(settings)
     try:
         request = GenerationRequest("tiny-llama", ("factual",), per_source=1, llm_version="base", max_new_tokens=16,

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -25,6 +26,7 @@ from engine import store
 from engine.llm import _chat_template, build_model, resolve_llm_version
 from engine.llm_versions import overview
 from engine.models import load_tokenizer
+from engine.prompting import SYSTEM_PROMPT, explanation_opening
 from engine.settings import load_settings
 from engine.tracking import ensure_experiment
 from training.config import ConfigError, load_cpt_config, load_sft_config
@@ -308,3 +310,21 @@ def test_an_sft_job_launched_from_the_retraining_page(workspace, monkeypatch, fi
     at.run()
     table = next(frame.value for frame in at.dataframe if "job" in frame.value.columns).set_index("job")
     assert (table.loc[job.id, "kind"], table.loc[job.id, "LLM version"]) == ("SFT", f"deploywise-llm/{job.llm_version}")
+
+
+def test_a_recommendation_pair_trains_the_reply_that_follows_the_prefilled_opening():
+    """At inference the chat prefills the reply with the opening (engine.llm tokenizes it after the prompt); the
+    pair's output begins with it, so the training tokens start exactly as the served ones, then go on."""
+    tokenizer = load_tokenizer("bundled")
+    name = "tumor-screening-linear"
+    opening = explanation_opening(SimpleNamespace(recommended=SimpleNamespace(name=name, source_id=f"registry:{name}")))
+    pair = {"instruction": "QUESTION: Which model should I deploy for tumour screening?",
+            "output": f"{opening} it passes every hard criterion <<SRC:criteria:tumor-screening>>."}
+    messages = answer_messages(pair["instruction"])
+    assert messages[0] == {"role": "system", "content": SYSTEM_PROMPT}
+    served = _chat_template(tokenizer, messages) + tokenizer.encode(opening, add_special_tokens=False)  # as engine.llm
+    example, truncated = chat_example(tokenizer, pair, 4096)
+    assert not truncated and example["input_ids"][: len(served)] == served
+    prompt = len(_chat_template(tokenizer, messages))
+    assert IGNORE_INDEX not in example["labels"][prompt:]  # the opening is learnt too, then the explanation
+    assert tokenizer.decode(example["input_ids"][len(served):]).startswith(" it passes every hard criterion")

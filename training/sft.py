@@ -6,7 +6,9 @@ accepted pairs of an SFT dataset (training.sft_data exports them as JSONL `{"ins
 pair is the conversation the chat has at inference — the chat's system prompt, the instruction as the user's
 message, the output as the assistant's answer — through the tokenizer's chat template, and the loss counts the
 answer's tokens only: the model learns to answer, not to write prompts. The prompt is tokenized exactly as the chat
-tokenizes it (engine.llm), so training and inference see the same tokens.
+tokenizes it (engine.llm), so training and inference see the same tokens. A recommendation pair's output is the
+explanation of the decision, beginning with the opening the chat prefills at inference
+(engine.prompting.explanation_opening): the model learns that opening too, and what follows it.
 
 A pair longer than `max_seq_length` loses the end of its answer; one that would keep no answer token is dropped,
 counted in the run's `sft_data.json` and said in the job's log. A deterministic share of the pairs (by their

@@ -9,8 +9,10 @@ Three kinds of pairs, each kept with the chunk and source ids it came from:
 - recommendation: questions about each use case of the registry, phrased several ways (fixed templates, each
   paraphrased by the LLM when one is given and the paraphrase still names the use case). The instruction is
   exactly the user message the chat sends its LLM (engine.assistant.prepare_answer; the SFT recipe adds the
-  system prompt), the output the chat's deterministic answer, which always passes its verifier, or the LLM's
-  own answer to that prompt when `rewrite_recommendations` is on and that answer passes the verifier;
+  system prompt), the output the explanation of the decision the chat asks its LLM for, beginning with the
+  opening the chat prefills (engine.prompting.explanation_opening): the one composed from the decision
+  (engine.composer.compose_explanation), or, when `rewrite_recommendations` is on, the LLM's own explanation
+  when the chat would have shown every sentence of it. Either is held to the chat's sentence checks;
 - refusal: questions about no known use case, answered with the chat's own refusal text;
 plus accepted feedback corrections (style "correction": the question and the corrected answer).
 
@@ -195,10 +197,12 @@ def _check_prompt(style: str, prompt: str) -> None:
 
 
 def make_backend(settings, request: GenerationRequest):
-    """The generator: an engine.llm backend for the endpoint or the LLM version; None when no LLM is asked for."""
+    """The generator: an engine.llm backend for the endpoint, or the LLM version on the chat's own runtime
+    (engine.llm_backends; transformers in place of the chat's endpoint); None when no LLM is asked for."""
     from pydantic import SecretStr
 
-    from engine.llm import EndpointLlm, InProcessLlm
+    from engine.llm import EndpointLlm
+    from engine.llm_backends import llm_backend, version_settings
 
     if request.endpoint is not None:
         key = os.environ.get(request.api_key_env) if request.api_key_env else None
@@ -207,20 +211,23 @@ def make_backend(settings, request: GenerationRequest):
             "llm_api_key": SecretStr(key) if key else None})
         return EndpointLlm(endpoint_settings)
     if request.llm_version is not None:
-        return InProcessLlm(settings, request.llm_version)
+        return llm_backend(version_settings(settings, request.llm_version))
     return None
 
 
 def check_backend(settings, request: GenerationRequest) -> None:
-    """Before a run starts: an endpoint answers one tiny request, an LLM version exists (nothing is loaded)."""
+    """Before a run starts: an endpoint answers one tiny request, an LLM version exists and the chat's runtime can
+    serve it (nothing is loaded)."""
     from engine.llm import resolve_llm_version
+    from engine.llm_backends import runtime_problem
 
     try:
         if request.endpoint is not None:
             "".join(make_backend(settings, request).stream(
                 [{"role": "user", "content": "Reply with the word ready."}], max_new_tokens=4))
         elif request.llm_version is not None:
-            resolve_llm_version(settings, request.llm_version)
+            if problem := runtime_problem(settings, resolve_llm_version(settings, request.llm_version)):
+                raise SftDataError(f"LLM version {request.llm_version}: {problem}")
     except LlmError as error:
         raise SftDataError(str(error)) from None
 
@@ -314,24 +321,51 @@ def paraphrase(backend, question: str, request: GenerationRequest) -> str | None
     return line if 4 <= len(line.split()) <= 60 else None
 
 
+class _Replay:
+    """A backend that 'generates' a given text: runs it through the chat's own sentence-by-sentence verification."""
+
+    version = "replay"
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def stream(self, messages, *, max_new_tokens: int, temperature: float = 0.0, prefill: str = "", grammar=None):
+        yield self.text
+
+
+def verified_explanation(kb, prepared, text: str) -> bool:
+    """Whether `text` is an explanation the chat would show whole: it begins with the prefilled opening and every
+    sentence passes the checks the chat holds the LLM's sentences to (engine.explanation.ExplanationRun: the
+    verifier's, known markers, a sentence's start, grounding in the prompt, no repeats), with nothing left over."""
+    from engine.assistant import explanation_run
+    from engine.prompting import explanation_opening
+
+    opening = explanation_opening(prepared.decision)
+    if not text.startswith(opening) or not text[len(opening):].strip():
+        return False
+    run = explanation_run(kb, prepared, _Replay(text[len(opening):]), max_new_tokens=1)
+    shown = "".join(run)
+    return run.result.state == "kept" and shown.strip() == text.strip()
+
+
 def recommendation_pair(settings, kb, question: str, use_case: str, backend, request: GenerationRequest):
-    """The pair for one question: PairCandidate, or a drop reason ('use_case_mismatch' when the chat would take the
-    question for another use case or none; 'not_verified' should the composed answer ever fail the verifier)."""
-    from engine.assistant import offered_source_ids, prepare_answer, verify_draft
+    """The pair for one question: the chat's prompt and an explanation of its decision (PairCandidate), or a drop
+    reason ('use_case_mismatch' when the chat would take the question for another use case or none, or has nothing
+    to explain; 'not_verified' should the explanation ever fail the chat's sentence checks)."""
+    from engine.assistant import explanation_run, prepare_answer
+    from engine.composer import compose_explanation
 
     prepared = prepare_answer(settings, kb, question)
     if prepared.match.use_case != use_case or prepared.messages is None:
         return "use_case_mismatch"
-    offered = offered_source_ids(prepared)
-    output, generator = prepared.fallback_text, "composer"
+    output, generator = compose_explanation(prepared.decision), "composer"
     if request.rewrite_recommendations and backend is not None:
-        try:
-            draft = "".join(backend.stream(prepared.messages, max_new_tokens=request.max_new_tokens))
-        except LlmError:
-            draft = ""
-        if draft.strip() and verify_draft(kb, prepared, draft, offered).ok:
-            output, generator = draft, backend.version
-    if not verify_draft(kb, prepared, output, offered).ok:
+        run = explanation_run(kb, prepared, backend, request.max_new_tokens)
+        for _ in run:  # to the end: the LLM's explanation, stopped at its first failed sentence
+            pass
+        if run.result.state == "kept":
+            output, generator = run.result.text.strip(), backend.version
+    if not verified_explanation(kb, prepared, output):
         return "not_verified"
     chunk_ids = tuple(hit.chunk_id for hit in prepared.hits[:MAX_EXCERPTS])  # the excerpts the prompt shows
     return PairCandidate("recommendation", prepared.messages[1]["content"], output, generator, chunk_ids,
