@@ -157,7 +157,7 @@ def test_a_wrong_llm_recommendation_never_reaches_the_page_and_admins_can_read_i
 
 def test_html_in_the_llms_explanation_is_shown_as_text(llm):
     llm.reply = (" it passes every hard criterion <<SRC:criteria:tumor-screening>>. The model ranks first on the "
-                 "priority metric among the candidates that passes every hard criterion of the use case "
+                 "priority metric and latency among the candidates that passes every hard criterion of the use case "
                  "<script>alert('x')</script> [x](javascript:alert(1)) "
                  "<<SRC:criteria:tumor-screening>>.")
     at = ask(QUESTION)
