@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from engine.citations import find_markers
+from engine.citations import find_markers, strip_markers
 from engine.decision import Decision
 from engine.llm import LlmError
 from engine.prompting import explanation_grammar, explanation_opening
@@ -132,7 +132,7 @@ class ExplanationRun:
 
     def _verdict(self, sentence: str, seen: set[str]) -> str:
         """'show' a verified sentence, 'skip' layout (a blank line, a bare heading), 'stop' at a failure or a repeat."""
-        result, words = self.result, " ".join(sentence.split()).lower()
+        result, words = self.result, " ".join(strip_markers(sentence).split()).lower()  # a repeat may cite anew
         if not re.search(r"[a-z0-9]", words) or re.fullmatch(r"[\w\s]{1,40}:", words):
             return "skip"
         if words in seen:

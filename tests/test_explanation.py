@@ -78,7 +78,8 @@ def test_the_first_sentence_that_fails_ends_the_explanation(kb, reply, state, pr
 
 
 def test_a_repeated_sentence_ends_the_explanation_without_blame_and_layout_is_not_shown(kb):
-    reply = " it is fast <<SRC:criteria:ts>>.\nWhy:\nIt passes every hard criterion <<SRC:criteria:ts>>.\nIt passes every hard criterion <<SRC:criteria:ts>>."
+    reply = (" it is fast <<SRC:criteria:ts>>.\nWhy:\nIt passes every hard criterion <<SRC:criteria:ts>>.\n"
+             "It passes every hard criterion <<SRC:registry:ts-linear>>.")  # the same sentence, citing anew
     shown, result, _ = explain(kb, reply, 4)
     assert (result.state, result.sentences_kept, result.problems) == ("kept", 2, ())
     assert "Why:" not in result.text and len(shown) == 2
