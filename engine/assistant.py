@@ -155,7 +155,7 @@ def record_answer(kb, prepared: PreparedAnswer, llm_version: str) -> int:
         use_case=prepared.match.use_case, answer=prepared.fallback_text, answer_origin="deterministic",
         llm_version=llm_version, recommended_model=decision.recommended.name if decision and decision.recommended else None,
         candidates=[_candidate_row(c) for c in prepared.candidates], decision=decision.to_dict() if decision else {},
-        sources=_cited_sources(kb, prepared, prepared.fallback_text),
+        sources=_cited_sources(prepared, resolve_citations(kb.connection, prepared.fallback_text, log=False)),
         timings=prepared.timings | ({} if prepared.messages is not None else {"total_ms": _ms(prepared.started)}),
         notices=list(prepared.notices), explanation_state="pending" if prepared.messages is not None else "none",
     )
@@ -188,12 +188,11 @@ def finish_answer(kb, prepared: PreparedAnswer, answer_id: int, backend, run: Ex
     shown = text + ("\n\n" + explanation.text if explanation and explanation.text else "")
     citations = resolve_citations(kb.connection, shown, context=prepared.question)
     return ChatAnswer(answer_id, text, explanation, backend.version if explanation else "", citations,
-                      _cited_sources(kb, prepared, shown), list(prepared.notices), timings, prepared)
+                      _cited_sources(prepared, citations), list(prepared.notices), timings, prepared)
 
 
-def _cited_sources(kb, prepared: PreparedAnswer, text: str) -> list[dict]:
-    """The retrieved chunks behind each source the text cites, as the record keeps them."""
-    citations = resolve_citations(kb.connection, text, log=False)
+def _cited_sources(prepared: PreparedAnswer, citations: list[Citation]) -> list[dict]:
+    """The retrieved chunks behind each cited source, as the record keeps them."""
     return [{"source_id": source_id, "chunks": [{"chunk_id": hit.chunk_id, "title": hit.document_title, "text": hit.text[:600]}
                                                 for hit in hits]}
             for source_id, hits in cited_chunks(citations, prepared.hits).items()]

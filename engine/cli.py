@@ -141,9 +141,10 @@ def _ask(args, settings) -> int:
     lines = ["", ""] if answer.explanation and answer.explanation.text else [""]
     lines += [f"[{c.number}] {c.display_name}" + (f" <{c.url}>" if c.url else "") + f" ({c.source_id})" for c in answer.citations]
     lines += [f"note: {notice}" for notice in answer.notices]
-    if answer.explanation and explanation_note(answer.explanation.state, answer.explanation.problems):
-        lines.append(f"note: {explanation_note(answer.explanation.state, answer.explanation.problems)}")
-    lines.append(f"({answer_label('deterministic', answer.explanation.state if answer.explanation else 'none', answer.llm_version)}, "
+    state = answer.explanation.state if answer.explanation else "none"
+    if note := explanation_note(state, answer.explanation.problems if answer.explanation else ()):
+        lines.append(f"note: {note}")
+    lines.append(f"({answer_label('deterministic', state, answer.llm_version)}, "
                  f"{answer_times(answer.timings)}, answer #{answer.record_id})")
     _print(args, answer.to_dict(), "\n".join(lines))
     return EXIT_OK if answer.prepared.decision is not None else EXIT_PARTIAL
