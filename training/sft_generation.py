@@ -32,9 +32,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from engine.access import require_admin
+from engine.assistant import explanation_run, prepare_answer
 from engine.citations import find_markers, strip_markers
-from engine.llm import LlmError
-from engine.prompting import MAX_EXCERPTS
+from engine.composer import compose_explanation
+from engine.llm import EndpointLlm, LlmError, resolve_llm_version
+from engine.llm_backends import llm_backend, runtime_problem, version_settings
+from engine.prompting import MAX_EXCERPTS, explanation_opening
 from engine.verifier import grounded
 from training.sft_data import PairCandidate, SftDataError, SftDataset, add_pairs, check_name, create_dataset, get_dataset, update_dataset
 
@@ -109,7 +112,6 @@ Progress = Callable[[int, int, str], None]
 @dataclass(frozen=True)
 class GenerationRequest:
     """What to generate, as stored with the dataset (no secret: the API key stays in its environment variable)."""
-
     name: str
     styles: tuple[str, ...]
     per_source: int = 2
@@ -201,9 +203,6 @@ def make_backend(settings, request: GenerationRequest):
     (engine.llm_backends; transformers in place of the chat's endpoint); None when no LLM is asked for."""
     from pydantic import SecretStr
 
-    from engine.llm import EndpointLlm
-    from engine.llm_backends import llm_backend, version_settings
-
     if request.endpoint is not None:
         key = os.environ.get(request.api_key_env) if request.api_key_env else None
         endpoint_settings = settings.model_copy(update={
@@ -218,9 +217,6 @@ def make_backend(settings, request: GenerationRequest):
 def check_backend(settings, request: GenerationRequest) -> None:
     """Before a run starts: an endpoint answers one tiny request, an LLM version exists and the chat's runtime can
     serve it (nothing is loaded)."""
-    from engine.llm import resolve_llm_version
-    from engine.llm_backends import runtime_problem
-
     try:
         if request.endpoint is not None:
             "".join(make_backend(settings, request).stream(
@@ -323,7 +319,6 @@ def paraphrase(backend, question: str, request: GenerationRequest) -> str | None
 
 class _Replay:
     """A backend that 'generates' a given text: runs it through the chat's own sentence-by-sentence verification."""
-
     version = "replay"
 
     def __init__(self, text: str):
@@ -337,9 +332,6 @@ def verified_explanation(kb, prepared, text: str) -> bool:
     """Whether `text` is an explanation the chat would show whole: it begins with the prefilled opening and every
     sentence passes the checks the chat holds the LLM's sentences to (engine.explanation.ExplanationRun: the
     verifier's, known markers, a sentence's start, grounding in the prompt, no repeats), with nothing left over."""
-    from engine.assistant import explanation_run
-    from engine.prompting import explanation_opening
-
     opening = explanation_opening(prepared.decision)
     if not text.startswith(opening) or not text[len(opening):].strip():
         return False
@@ -352,9 +344,6 @@ def recommendation_pair(settings, kb, question: str, use_case: str, backend, req
     """The pair for one question: the chat's prompt and an explanation of its decision (PairCandidate), or a drop
     reason ('use_case_mismatch' when the chat would take the question for another use case or none, or has nothing
     to explain; 'not_verified' should the explanation ever fail the chat's sentence checks)."""
-    from engine.assistant import explanation_run, prepare_answer
-    from engine.composer import compose_explanation
-
     prepared = prepare_answer(settings, kb, question)
     if prepared.match.use_case != use_case or prepared.messages is None:
         return "use_case_mismatch"
@@ -374,8 +363,6 @@ def recommendation_pair(settings, kb, question: str, use_case: str, backend, req
 
 def refusal_pairs(settings, kb) -> tuple[list[PairCandidate], int]:
     """Questions about no known use case with the chat's own refusal; and how many the chat would not refuse."""
-    from engine.assistant import prepare_answer
-
     pairs, answered = [], 0
     for question in REFUSAL_QUESTIONS:
         prepared = prepare_answer(settings, kb, question)
