@@ -18,6 +18,9 @@ MAX_EXCERPTS = 2
 MAX_QUESTION_CHARS = 2000
 MAX_PROMPT_CANDIDATES = 3  # the recommended (or closest) model and the two best-placed alternatives
 MAX_EXPLANATION_SENTENCES = 4  # the opening's sentence and three more
+# What the grammar lets a sentence hold before its marker: a small model left unbounded lists metric values for
+# hundreds of characters and never reaches a marker (engine.explanation drops such a sentence at 400 characters).
+SENTENCE_CHARS = 240
 
 SYSTEM_PROMPT = """You are deploywise, the ML platform team's assistant for choosing which model to deploy.
 The team's rules have already decided. Explain the decision to a colleague in three or four short sentences:
@@ -109,15 +112,17 @@ def explanation_opening(decision: Decision) -> str:
     return "No candidate can be deployed because"
 
 
-def explanation_grammar(source_ids) -> str:
-    """GBNF for the rest of the reply: up to MAX_EXPLANATION_SENTENCES sentences, each ending with one of these
-    marker and a full stop (either first), with no other '<' (so no other marker) and no other full stop."""
+def explanation_grammar(source_ids, sentence_chars: int = SENTENCE_CHARS) -> str:
+    """GBNF for the rest of the reply: up to MAX_EXPLANATION_SENTENCES sentences of at most `sentence_chars`
+    characters, each ending with one of these markers and a full stop (either first), with no other '<' (so no
+    other marker) and no other full stop."""
     ids = " | ".join(f'"{source_id}"' for source_id in sorted(source_ids) if '"' not in source_id and "\\" not in source_id)
     more = " ".join(["(sentence"] * (MAX_EXPLANATION_SENTENCES - 1)) + ")?" * (MAX_EXPLANATION_SENTENCES - 1)
     return "\n".join([
         f"root ::= words end {more}",
         'sentence ::= " " [A-Z] words end',
-        'words ::= ([^<.\\n] | "." [0-9])+',
+        f"words ::= character{{1,{sentence_chars}}}",
+        'character ::= [^<.\\n] | "." [0-9]',
         'end ::= marker "." | "." marker',
         'marker ::= " <<SRC:" id ">>"',
         f"id ::= {ids}",

@@ -13,7 +13,7 @@ from test_llm_versions import registry_template  # noqa: F401 - the fixture behi
 from engine.gguf_llm import GgufLlm, gguf_file, load_gguf, stream_gguf
 from engine.llm import LlmError, resolve_llm_version
 from engine.llm_backends import llm_backend
-from engine.citations import find_markers
+from engine.citations import find_markers, strip_markers
 from engine.explanation import split_sentences
 from engine.prompting import SYSTEM_PROMPT, explanation_grammar
 from engine.settings import load_settings
@@ -102,4 +102,17 @@ def test_the_reply_continues_the_prefilled_opening_and_the_grammar_binds_its_mar
     assert "<" not in re.sub(r" <<SRC:[^>]*>>", "", bound)  # no other marker, nothing marker-like
     sentences, _ = split_sentences(opening + bound, final=True)
     assert sentences and all(find_markers(sentence) for sentence in sentences if sentence.strip())
+
+
+def test_the_grammar_ends_a_sentence_at_its_length_bound(base):
+    """A small model lists metric values for hundreds of characters when nothing stops it: the grammar makes it close
+    the sentence with a marker once the bound is reached (a bound of 40 characters here, to see it bite)."""
+    backend = llm_backend(base)
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": "List every metric value of every candidate in one long sentence, joined by semicolons: "
+                                            "roc_auc 0.991; recall 0.972; precision 0.954; latency_p95_ms 3.10; size_mb 0.4."}]
+    reply = "".join(backend.stream(messages, max_new_tokens=160, grammar=explanation_grammar({"criteria:ts"}, sentence_chars=40)))
+    sentences, _ = split_sentences(reply, final=True)
+    assert sentences and all(find_markers(sentence) == ["criteria:ts"] for sentence in sentences)
+    assert all(len(strip_markers(sentence).strip().rstrip(".")) <= 2 * 40 for sentence in sentences), sentences  # "." [0-9] is one
 
