@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.access import require_admin
+from engine.gguf_llm import gguf_problem
 from engine.llm import ADAPTER_ARTIFACT, BASE_MODEL_TAG, CHAMPION, PARENT_VERSION_TAG, LlmError, LlmVersion, registry_version
 from training.run import CANDIDATE, VERSION_STATUS_TAG
 
@@ -539,13 +540,16 @@ def _demoted(view: VersionsOverview) -> dict[str, dict]:
 
 
 def _check_loadable(settings, client, number: str) -> None:
-    """The chat must be able to load the version: lineage tags readable, every adapter of the chain present."""
+    """The chat must be able to load the version: lineage tags readable, every adapter of the chain present, and on
+    llama.cpp (the chat's default runtime) a checked GGUF export, or the chat's explanations would all fail."""
     try:
         version = registry_version(settings.llm_registry_name, number, settings.tracking_uri, settings.mlflow_registry_uri)
     except LlmError as error:
         raise VersionError(f"{settings.llm_registry_name}/{number} cannot be served: {error}") from None
     except Exception as error:  # the store itself failed
         raise VersionError(f"cannot check {settings.llm_registry_name}/{number}: {mlflow_problem(error)}") from None
+    if settings.llm_backend == "llama_cpp" and (problem := gguf_problem(settings, version)):
+        raise VersionError(f"the chat runs llama.cpp and cannot serve it: {problem}")
     while version is not None and version.number is not None:
         try:
             present = client.list_artifacts(version.run_id, ADAPTER_ARTIFACT)

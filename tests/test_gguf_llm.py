@@ -8,11 +8,12 @@ import threading
 
 import pytest
 from test_export import settings  # noqa: F401 - the fixture: a copy of the tiny-Llama registry of test_llm_versions
-from test_llm_versions import registry_template  # noqa: F401 - the fixture behind it
+from test_llm_versions import evaluate, registry_state, registry_template  # noqa: F401 - the fixture behind it
 
 from engine.gguf_llm import GgufLlm, gguf_file, load_gguf, stream_gguf
 from engine.llm import LlmError, resolve_llm_version
 from engine.llm_backends import llm_backend
+from engine.llm_versions import VersionError, promote
 from engine.citations import find_markers, strip_markers
 from engine.explanation import split_sentences
 from engine.prompting import SYSTEM_PROMPT, explanation_grammar
@@ -84,6 +85,20 @@ def test_a_registered_version_runs_from_its_checked_export_and_one_without_is_re
     assert text and backend.version == "deploywise-llm/2"  # a tiny random model: some text, not sense
     path = gguf_file(settings, resolve_llm_version(settings, "2"))
     assert path.name == "deploywise-llm-2-q8_0.gguf" and path.is_relative_to(settings.workspace.resolve() / "exports")
+
+
+def test_a_version_llama_cpp_cannot_serve_is_not_promoted_while_the_chat_runs_llama_cpp(settings):  # noqa: F811
+    """Promoting a version without a checked GGUF export would leave every chat explanation failing: refused with
+    what to do, the registry untouched; once exported, the same promotion goes through."""
+    llama = settings.model_copy(update={"llm_backend": "llama_cpp"})
+    evaluate(llama, "1", "GO", [])
+    before = registry_state(llama)
+    with pytest.raises(VersionError, match=r"the chat runs llama.cpp and cannot serve it: deploywise-llm/1 has no checked "
+                                           r"GGUF export .* `deploywise export`"):
+        promote(llama, "1", actor="ana@example.com")
+    assert registry_state(llama) == before
+    export_version(llama, "1", "gguf-q8_0")
+    assert promote(llama, "1", actor="ana@example.com").status == "deployed"
 
 
 def test_the_reply_continues_the_prefilled_opening_and_the_grammar_binds_its_markers(base):
