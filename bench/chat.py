@@ -6,7 +6,7 @@ Everything happens in a temporary folder (never ./workspace); the last line prin
 Two workspaces are built in that folder:
 - scale: a synthetic registry and knowledge base as large as a big team's (see "How the synthetic data is built"),
   for the question path's latency at scale (1, 2 below);
-- demo: the product's own demo workspace, built by `engine.workspace.prepare_demo` (the committed corpus ingested,
+- demo: the product's own demo workspace, built by `engine.demo_workspace.prepare_demo` (the committed corpus ingested,
   the demo models trained, measured and registered), or copied from one already prepared with `--demo-workspace`
   (it is then only read, through SQLite's backup). The demo questions are the golden set's "recommendation"
   items (demo/golden.jsonl: three per use case; one per use case with --quick); 3 to 6 below run on it.
@@ -149,7 +149,7 @@ from engine.search import hybrid_search  # noqa: E402
 from engine.settings import load_settings  # noqa: E402
 from engine.sources import refresh_sources  # noqa: E402
 from engine.use_cases import match_use_case  # noqa: E402
-from engine.workspace import prepare_demo  # noqa: E402
+from engine.demo_workspace import prepare_demo  # noqa: E402
 from eval.golden import DEFAULT_GOLDEN, load_golden  # noqa: E402
 
 PREPARE_P95_TARGET_MS = 150.0

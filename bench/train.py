@@ -77,7 +77,8 @@ from engine import store  # noqa: E402
 from engine.knowledge_base import KnowledgeBase  # noqa: E402
 from engine.models import bundled_model_folder, load_tokenizer  # noqa: E402
 from engine.settings import load_settings  # noqa: E402
-from engine.workspace import DEMO_CORPUS, ingest_paths  # noqa: E402
+from engine.demo_workspace import DEMO_CORPUS
+from engine.workspace import ingest_paths  # noqa: E402
 from training.cpt import IGNORE_INDEX, Hardware, collate_blocks, packed_data, trainable_model, training_arguments  # noqa: E402
 from training.config import load_cpt_config  # noqa: E402
 from training.packing import pack  # noqa: E402

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from engine.access import require_admin
 from engine.gguf_llm import gguf_problem
-from engine.llm import ADAPTER_ARTIFACT, BASE_MODEL_TAG, CHAMPION, PARENT_VERSION_TAG, LlmError, LlmVersion, registry_version
-from training.run import CANDIDATE, VERSION_STATUS_TAG
+from engine.llm import (ADAPTER_ARTIFACT, BASE_MODEL_TAG, CANDIDATE, CHAMPION, PARENT_VERSION_TAG, VERSION_STATUS_TAG, LlmError,
+                        LlmVersion, registry_version)
 
 DEPLOYED, ARCHIVED, FAILED = "deployed", "archived", "failed"
 STATUSES = (CANDIDATE, DEPLOYED, ARCHIVED, FAILED)

@@ -170,6 +170,19 @@ class Settings(BaseSettings):
         return self.workspace
 
 
+# What a worker process (evaluation, SFT generation, export) is started with, so that it uses exactly the app's
+# settings; none of them is a secret, which the worker reads from the environment like the app.
+WORKER_SETTINGS = ("workspace", "base_model", "embedding_model", "mlflow_tracking_uri", "mlflow_registry_uri",
+                   "llm_registry_name", "llm_max_new_tokens", "llm_timeout_s", "search_top_k", "chunk_tokens",
+                   "chunk_overlap", "llm_backend")
+
+
+def worker_settings(settings: Settings) -> dict:
+    """The settings a worker is started with (`load_settings(**worker_settings(settings))` in the worker)."""
+    passed = {key: getattr(settings, key) for key in WORKER_SETTINGS} | {"workspace": str(settings.workspace.resolve())}
+    return {key: value for key, value in passed.items() if value is not None}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning pydantic's report into one line per bad key (`DEPLOYWISE_<KEY>: problem`)."""
     try:

@@ -21,13 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.background import StatusFile, cancel_on_sigterm, run_work
+from engine.settings import load_settings, worker_settings
 from engine.store import utc_now
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
-# Settings the worker needs, passed explicitly so it uses exactly the app's (no secret among them).
-PASSED_SETTINGS = ("workspace", "base_model", "embedding_model", "mlflow_tracking_uri", "mlflow_registry_uri",
-                   "llm_registry_name", "llm_max_new_tokens", "llm_timeout_s", "search_top_k", "chunk_tokens",
-                   "chunk_overlap", "llm_backend")
 
 
 @dataclass
@@ -88,9 +85,7 @@ def start_evaluation(settings, versions: list[str], *, golden: str | None = None
                            per_category=per_category, item_ids=item_ids, max_new_tokens=max_new_tokens,
                            snapshot_id=snapshot_id)
     request["snapshot_id"] = plan.snapshot_id  # the worker measures the very text that was checked
-    passed = {key: getattr(settings, key) for key in PASSED_SETTINGS}
-    passed["workspace"] = str(settings.workspace.resolve())
-    job = EvaluationJob(plan.evaluation_id, "queued", request, {k: v for k, v in passed.items() if v is not None},
+    job = EvaluationJob(plan.evaluation_id, "queued", request, worker_settings(settings),
                         utc_now(), created_by)
     jobs_dir(settings).mkdir(parents=True, exist_ok=True)
     status = _status(status_path(settings, job.id))
@@ -143,7 +138,6 @@ def _refreshed(path: Path, job: EvaluationJob) -> EvaluationJob:
 
 def run_worker(path: Path) -> int:
     """Run the evaluation a status file describes, keeping the file up to date; the exit code."""
-    from engine.settings import load_settings
     from eval.harness import EvaluationError, plan_evaluation, run_evaluation
 
     job = _status(path).read()

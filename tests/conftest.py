@@ -16,7 +16,7 @@ from databricks_server import FakeDatabricks
 from engine.chunking import Chunker
 from engine.knowledge_base import KnowledgeBase
 from engine.settings import load_settings
-from engine.workspace import prepare_demo
+from engine.demo_workspace import prepare_demo
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine import access, local_admin
 from engine.citations import escape_markdown
-from engine.cli import main
+from cli.main import main
 from engine.deep_links import REQUEST_KEY
 from engine.settings import SettingsError, load_settings
 

@@ -14,7 +14,7 @@ from engine.assistant import QuestionError, ask, explanation_run, finish_answer,
 from engine.citations import find_markers
 from engine.explanation import explanation_note, split_sentences
 from engine.verifier import verify_sentence
-from engine.cli import main as cli_main
+from cli.main import main as cli_main
 from engine.ingest import ingest_files
 from engine.llm_backends import llm_backend
 from engine.settings import load_settings

@@ -18,7 +18,7 @@ from engine.decision import decide
 from engine.ingest import ingest_files
 from engine.rulebook import rulebook
 from engine.verifier import verify_answer
-from engine.workspace import DEMO_CORPUS
+from engine.demo_workspace import DEMO_CORPUS
 
 CRITERIA = [
     AcceptanceCriterion("tumor-screening", "f1", ">=", 0.95, True, "criteria:tumor-screening"),

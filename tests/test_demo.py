@@ -8,8 +8,8 @@ from engine import sources
 from engine.documents import parse_file
 from engine.search import hybrid_search
 from engine.settings import load_settings
-from engine.workspace import DEMO_CORPUS, demo_is_current, open_knowledge_base, prepare_demo
-from engine.workspace import demo_corpus_is_current, ingest_paths
+from engine.demo_workspace import DEMO_CORPUS, demo_corpus_is_current, demo_is_current, prepare_demo
+from engine.workspace import ingest_paths, open_knowledge_base
 
 DEMO_FILES = sorted(DEMO_CORPUS.glob("*.md"))
 

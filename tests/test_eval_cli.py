@@ -7,7 +7,7 @@ import json
 import pytest
 from test_eval_harness import opening
 
-from engine.cli import main
+from cli.main import main
 from engine.settings import load_settings
 from eval.results import evaluation_history
 

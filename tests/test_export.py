@@ -23,7 +23,7 @@ from streamlit.testing.v1 import AppTest
 from test_llm_versions import NAME, registry_template  # noqa: F401 - the fixture
 from transformers import AutoModelForCausalLM
 
-from engine.cli import main
+from cli.main import main
 from engine.llm import build_model, load_base_model, resolve_llm_version
 from engine.models import BUNDLED_LLM_GGUF, bundled_llm_dir, load_tokenizer
 from engine.prompting import SYSTEM_PROMPT

@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model
 
 from engine import store
 from engine.answers import AnswerRecord, save_answer, save_feedback
-from engine.cli import main
+from cli.main import main
 from engine.llm import load_base_model, resolve_llm_version
 from engine.llm_versions import (BASE, EVALUATION_EXPERIMENT, HISTORY_EXPERIMENT, VersionError, archive, history_table,
                                  metrics_rows, overview, promote, rollback, versions_table)

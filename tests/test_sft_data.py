@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine.answers import AnswerRecord, save_answer, save_feedback
 from engine.assistant import offered_source_ids, prepare_answer
-from engine.cli import main as cli_main
+from cli.main import main as cli_main
 from engine.composer import compose_explanation
 from engine.explanation import split_sentences
 from engine.feedback_review import accept

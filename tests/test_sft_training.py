@@ -243,7 +243,7 @@ def test_a_malformed_sft_config_is_named_key_by_key(tmp_path):
 
 
 def test_train_sft_on_the_command_line_refuses_bad_settings_and_unknown_datasets(monkeypatch, tmp_path, capsys):
-    from engine.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(tmp_path / "workspace"))
     config = ["--config", str(ROOT / "configs/sft.yaml")]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from engine.answers import AnswerRecord, save_answer, save_feedback
-from engine.cli import main
+from cli.main import main
 from engine.feedback_review import accept, reject, reopen, save_correction, text_digest
 from engine.ingest import ingest_one
 from engine.knowledge_base import KnowledgeBase

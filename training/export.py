@@ -40,6 +40,7 @@ from pathlib import Path
 from engine.access import require_admin
 from engine.background import StatusFile, run_work
 from engine.llm import EXPORTS_ARTIFACT
+from engine.settings import load_settings, worker_settings
 from engine.store import utc_now
 
 FORMATS = ("safetensors", "gguf-f16", "gguf-q8_0")
@@ -391,9 +392,6 @@ def safetensors_zip(settings, export: Export) -> Path:
 
 FINAL_STATES = ("succeeded", "failed")
 DIED = "the export process ended without finishing (killed, or the machine restarted); see its log"
-PASSED_SETTINGS = ("workspace", "base_model", "mlflow_tracking_uri", "mlflow_registry_uri", "llm_registry_name")
-
-
 @dataclass
 class ExportJob:
     id: str
@@ -422,9 +420,8 @@ def start_export_job(settings, version: str, fmt: str, created_by: str | None = 
     require_admin("exporting an LLM version")
     check_format(fmt)
     resolve_version(settings, version)
-    passed = {key: getattr(settings, key) for key in PASSED_SETTINGS} | {"workspace": str(settings.workspace.resolve())}
-    job = ExportJob(f"export-{uuid.uuid4().hex[:12]}", str(version), fmt, "queued",
-                    {key: value for key, value in passed.items() if value is not None}, utc_now(), created_by)
+    job = ExportJob(f"export-{uuid.uuid4().hex[:12]}", str(version), fmt, "queued", worker_settings(settings), utc_now(),
+                    created_by)
     folder = jobs_folder(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{job.id}.json"
@@ -451,8 +448,6 @@ def export_jobs(settings, version: str | None = None) -> list[ExportJob]:
 
 def run_export_job(path: Path) -> int:
     """The worker: run the export a status file describes, keeping the file up to date; the exit code."""
-    from engine.settings import load_settings
-
     status = StatusFile(path, ExportJob)
     job = status.read()
     job.state = "running"
@@ -470,44 +465,6 @@ def run_export_job(path: Path) -> int:
     status.write(job)
     print(f"deploywise: {job.id} {job.state}" + (f": {job.error}" if job.error else ""), flush=True)
     return 0 if job.state == "succeeded" else 1
-
-
-# --- command line -------------------------------------------------------------------------------------------------
-
-
-def register(commands) -> None:
-    """`deploywise export VERSION --format ... [--out DIR] [--json]` (engine.cli registers it)."""
-    command = commands.add_parser("export", help="export an LLM version: merged safetensors, or GGUF (f16, q8_0) "
-                                                 "with an Ollama Modelfile; checked, and logged to its MLflow run")
-    command.add_argument("version", metavar="VERSION", help="a version number of the LLM registry, 'champion' or 'base'")
-    command.add_argument("--format", required=True, choices=FORMATS)
-    command.add_argument("--out", metavar="DIR", help="destination folder (default <workspace>/exports/<version>/<format>)")
-    command.add_argument("--json", action="store_true")
-    command.set_defaults(handler=_export_command)
-
-
-def _export_command(args, settings) -> int:
-    from engine.cli import EXIT_OK, UsageError
-
-    def progress(done: int, total: int, message: str) -> None:
-        print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
-
-    try:
-        export = export_version(settings, args.version, args.format, args.out, on_progress=None if args.json else progress)
-    except ExportError as error:
-        raise UsageError(str(error)) from None
-    if args.json:
-        print(json.dumps(export.to_dict(), indent=2))
-        return EXIT_OK
-    check = export.check
-    print(f"{export.version} exported as {export.format} in {export.seconds:g} s to {export.folder}")
-    for file in export.files:
-        print(f"  {file.name}  {file.size / 1e6:.1f} MB  sha256 {file.sha256}")
-    print(f"  logits check over {check.positions} positions of {check.prompts} prompts: min cosine {check.min_cosine:.6f}, "
-          f"top-1 agreement {check.top1_agreement:.1%}, max |diff| {check.max_abs_diff:.4g} (needs {check.tolerance})")
-    print(f"  logged to MLflow run {export.run_id} under {EXPORTS_ARTIFACT}/{export.format}/" if export.run_id
-          else "  not logged to MLflow: the base model has no run")
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ from training.config import RaySettings
 
 SPEC_VARIABLE = "DEPLOYWISE_JOB_SPEC"
 KINDS = ("cpt", "sft")
-VERSION_STATUS_TAG = "status"
-CANDIDATE = "candidate"
 LLM_VERSION_TAG = "llm_version"  # set on the run once its version is registered
 FAILURE_TAG = "failure"
 
@@ -113,7 +111,7 @@ def register_version(spec: JobSpec) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from engine.llm import BASE_MODEL_TAG, PARENT_VERSION_TAG
+    from engine.llm import BASE_MODEL_TAG, CANDIDATE, PARENT_VERSION_TAG, VERSION_STATUS_TAG
     from training.cpt import ADAPTER_ARTIFACT
 
     client = MlflowClient(tracking_uri=spec.tracking_uri, registry_uri=spec.registry_uri)

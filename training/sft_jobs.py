@@ -20,7 +20,7 @@ from pathlib import Path
 from engine import store
 from engine.access import require_admin
 from engine.background import CANCELLED, cancel_on_sigterm, run_work, start_worker, stop_worker, worker_alive
-from eval.jobs import PASSED_SETTINGS
+from engine.settings import load_settings, worker_settings
 from training.sft_data import SftDataError, SftDataset, create_dataset, exports_dir, get_dataset, list_datasets, update_dataset
 from training.sft_generation import GenerationRequest, check_backend, check_request, generate_dataset
 
@@ -38,9 +38,7 @@ def start_generation(settings, connection, request: GenerationRequest) -> SftDat
     if connection.execute("SELECT 1 FROM sft_datasets WHERE name = ?", (request.name,)).fetchone():
         raise SftDataError(f"an SFT dataset named {request.name} already exists; choose another name or delete it first")
     check_backend(settings, request)
-    passed = {key: getattr(settings, key) for key in PASSED_SETTINGS}
-    passed["workspace"] = str(settings.workspace.resolve())
-    config = {**request.to_config(), "settings": {key: value for key, value in passed.items() if value is not None}}
+    config = {**request.to_config(), "settings": worker_settings(settings)}
     create_dataset(connection, request.name, config, state="queued")
     exports_dir(settings).mkdir(parents=True, exist_ok=True)
     pid = start_worker("training.sft_jobs", [str(settings.knowledge_db.resolve()), request.name],
@@ -88,8 +86,6 @@ def run_worker(database: Path, name: str) -> int:
     """Generate the dataset the app queued; the exit code."""
     cancel_on_sigterm()
     from engine.knowledge_base import KnowledgeBase
-    from engine.settings import load_settings
-
     connection = store.connect(database)
 
     def work() -> None:

@@ -1,5 +1,5 @@
 """`deploywise sft generate|list|pairs|accept|reject|export|delete`: SFT datasets from terminals and scripts
-(engine.cli registers them; exit codes as there: 2 for a request that cannot work, which changes nothing)."""
+(exit codes as cli.common's: 2 for a request that cannot work, which changes nothing)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from engine.cli import _print
-from training.commands import _database, _usage
+from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result
+from engine import store
+from engine.workspace import open_knowledge_base
 from training.sft_data import (
     REVIEW_STATES,
     SftDataError,
@@ -22,8 +23,7 @@ from training.sft_data import (
     review_pairs,
 )
 from training.sft_generation import STYLES, GenerationRequest, check_backend, check_request, generate_dataset
-
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+from training.sft_jobs import refreshed_datasets
 
 
 def register(commands) -> None:
@@ -85,11 +85,11 @@ def register(commands) -> None:
 @contextmanager
 def _refusing(settings):
     """The knowledge database for one command; a refused action is a usage error (exit 2), having changed nothing."""
-    connection = _database(settings)
+    connection = store.connect(settings.knowledge_db)
     try:
         yield connection
     except SftDataError as error:
-        raise _usage(str(error)) from None
+        raise UsageError(str(error)) from None
     finally:
         connection.close()
 
@@ -99,11 +99,11 @@ def _request(args) -> GenerationRequest:
     for pair in args.prompt:
         style, separator, file = pair.partition("=")
         if not separator:
-            raise _usage(f"--prompt {pair!r}: expected STYLE=FILE")
+            raise UsageError(f"--prompt {pair!r}: expected STYLE=FILE")
         try:
             prompts[style.strip()] = Path(file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
-            raise _usage(f"--prompt {pair!r}: cannot read {file}: {getattr(error, 'strerror', None) or error}") from None
+            raise UsageError(f"--prompt {pair!r}: cannot read {file}: {getattr(error, 'strerror', None) or error}") from None
     return GenerationRequest(
         name=args.name, styles=tuple(style.strip() for style in args.styles.split(",") if style.strip()),
         per_source=args.per_source, seed=args.seed, endpoint=args.endpoint, model=args.model,
@@ -114,25 +114,23 @@ def _request(args) -> GenerationRequest:
 
 
 def _generate(args, settings) -> int:
-    from engine.workspace import open_knowledge_base
-
     request = _request(args)
     try:
         check_request(request)
         check_backend(settings, request)
     except SftDataError as error:
-        raise _usage(str(error)) from None
+        raise UsageError(str(error)) from None
     kb = open_knowledge_base(settings)
     try:
         dataset = generate_dataset(settings, kb, request, on_progress=_progress)
     except SftDataError as error:
         if "already exists" in str(error):
-            raise _usage(str(error)) from None
+            raise UsageError(str(error)) from None
         print(f"deploywise: {error}", file=sys.stderr)
         return EXIT_PARTIAL
     finally:
         kb.connection.close()
-    _print(args, _dataset_payload(dataset), _dataset_line(dataset))
+    print_result(args, _dataset_payload(dataset), _dataset_line(dataset))
     return EXIT_OK
 
 
@@ -156,14 +154,12 @@ def _dataset_line(dataset) -> str:
 
 
 def _list(args, settings) -> int:
-    from training.sft_jobs import refreshed_datasets
-
-    connection = _database(settings)
+    connection = store.connect(settings.knowledge_db)
     try:
         datasets = refreshed_datasets(connection)
     finally:
         connection.close()
-    _print(args, [_dataset_payload(dataset) for dataset in datasets],
+    print_result(args, [_dataset_payload(dataset) for dataset in datasets],
            "\n".join(_dataset_line(dataset) for dataset in datasets) or "no SFT datasets yet")
     return EXIT_OK
 
@@ -173,7 +169,7 @@ def _pairs(args, settings) -> int:
         pairs = list_pairs(connection, args.name, state=args.state, limit=args.limit)
     lines = [f"#{pair.id} {pair.state} {pair.style} [{', '.join(pair.source_ids)}]\n  Q: {pair.question[:200]}\n"
              f"  A: {' '.join(pair.output.split())[:300]}" for pair in pairs]
-    _print(args, [asdict(pair) for pair in pairs], "\n".join(lines) or "no pairs")
+    print_result(args, [asdict(pair) for pair in pairs], "\n".join(lines) or "no pairs")
     return EXIT_OK
 
 
@@ -181,14 +177,14 @@ def _ids(text: str | None) -> list[int]:
     try:
         return [int(part) for part in (text or "").split(",") if part.strip()]
     except ValueError:
-        raise _usage(f"--ids {text!r}: expected comma-separated pair numbers") from None
+        raise UsageError(f"--ids {text!r}: expected comma-separated pair numbers") from None
 
 
 def _review(args, settings) -> int:
     ids = _ids(args.ids)
     every = getattr(args, "all", False)
     if bool(ids) == every:
-        raise _usage("give either --ids or --all" if args.state == "accepted" else "give --ids")
+        raise UsageError("give either --ids or --all" if args.state == "accepted" else "give --ids")
     with _refusing(settings) as connection:
         get_dataset(connection, args.name)
         changed = accept_all(connection, args.name, style=args.style) if every else review_pairs(connection, args.name, ids, args.state)
@@ -200,7 +196,7 @@ def _export(args, settings) -> int:
     with _refusing(settings) as connection:
         export = export_dataset(settings, connection, args.name, Path(args.out) if args.out else exports_dir(settings))
     payload = {**asdict(export), "path": str(export.path)}
-    _print(args, payload, f"{export.pair_count} accepted pairs written to {export.path} (dataset {export.dataset_hash})")
+    print_result(args, payload, f"{export.pair_count} accepted pairs written to {export.path} (dataset {export.dataset_hash})")
     return EXIT_OK
 
 

@@ -1,5 +1,5 @@
 """`deploywise eval --versions base,3,4 [--golden PATH] [--json]`: the Evaluation page's comparison for terminals and
-scripts, run in this process (engine.cli registers it). Exit 0 when every version gets GO, 1 otherwise (a NO-GO,
+scripts, run in this process. Exit 0 when every version gets GO, 1 otherwise (a NO-GO,
 or an evaluation that failed midway), 2 for a request that cannot run (unknown version, malformed golden file or
 gate configuration); nothing is written then."""
 
@@ -8,7 +8,12 @@ from __future__ import annotations
 import json
 import sys
 
-EXIT_OK, EXIT_NO_GO = 0, 1
+from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, stderr_progress
+from eval.gate import DEFAULT_GATE
+from eval.golden import DEFAULT_GOLDEN
+from eval.harness import EvaluationError, parse_versions, plan_evaluation, run_evaluation
+
+EXIT_NO_GO = EXIT_PARTIAL
 SHOWN = (("domain_perplexity", "domain perplexity", "{:.2f}"), ("general_perplexity", "general perplexity", "{:.2f}"),
          ("accuracy", "accuracy", "{:.0%}"), ("citation_presence", "citation presence", "{:.0%}"),
          ("citation_correctness", "citation correctness", "{:.0%}"), ("refusal_accuracy", "refusal accuracy", "{:.0%}"),
@@ -33,11 +38,6 @@ def register(commands) -> None:
 
 
 def _evaluate(args, settings) -> int:
-    from engine.cli import UsageError
-    from eval.gate import DEFAULT_GATE
-    from eval.golden import DEFAULT_GOLDEN
-    from eval.harness import EvaluationError, parse_versions, plan_evaluation, run_evaluation
-
     try:
         plan = plan_evaluation(settings, parse_versions(args.versions), args.golden or DEFAULT_GOLDEN,
                                gate=args.gate or DEFAULT_GATE, snapshot_id=args.snapshot, per_category=args.per_category,
@@ -48,7 +48,7 @@ def _evaluate(args, settings) -> int:
     print(f"evaluation {plan.evaluation_id}: {', '.join(p.label for p in plan.versions)} on {len(plan.items)} of "
           f"{len(plan.golden.items)} golden items, held-out text of snapshot {plan.snapshot_id}", file=sys.stderr, flush=True)
     try:
-        result = run_evaluation(plan, on_progress=_progress)
+        result = run_evaluation(plan, on_progress=stderr_progress)
     except EvaluationError as error:
         print(f"deploywise: {error}", file=sys.stderr)
         return EXIT_NO_GO
@@ -57,10 +57,6 @@ def _evaluate(args, settings) -> int:
     else:
         print(_text(result))
     return EXIT_OK if result.all_go else EXIT_NO_GO
-
-
-def _progress(done: int, total: int, message: str) -> None:
-    print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
 
 
 def _text(result) -> str:

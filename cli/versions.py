@@ -1,5 +1,5 @@
 """`deploywise versions list|promote|rollback|archive`: the LLM versions page's actions for terminals and scripts
-(engine.cli registers them; exit codes as there: a refusal exits 2 with its reason)."""
+(exit codes as cli.common's: a refusal exits 2 with its reason)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import getpass
 import json
 import sys
 
+from cli.common import EXIT_OK, UsageError
 from engine.llm_versions import (VersionError, archive, format_time, overview, promote, rollback, target_text,
                                  versions_table)
-
-EXIT_OK = 0
 
 
 def register(commands) -> None:
@@ -42,8 +41,6 @@ def actor() -> str:
 
 def _refusing(action):
     """action()'s result; a VersionError becomes the CLI's usage error (exit 2, its reason on stderr)."""
-    from engine.cli import UsageError
-
     try:
         return action()
     except VersionError as error:

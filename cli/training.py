@@ -1,5 +1,5 @@
-"""`deploywise train cpt|sft` and `deploywise jobs list|logs|cancel`: the console's launch and job controls for
-terminals and scripts (engine.cli registers them; exit codes as there)."""
+"""`deploywise snapshot`, `deploywise train cpt|sft` and `deploywise jobs list|logs|cancel`: the console's dataset
+snapshot, launch and job controls for terminals and scripts."""
 
 from __future__ import annotations
 
@@ -9,14 +9,22 @@ import time
 
 import yaml
 
+from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result
+from engine import store
 from training.config import ConfigError, load_config
 from training.jobs import JobError, cancel_job, get_job, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt, submit_sft
+from training.snapshot import SnapshotError, check_settings, snapshot_workspace
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 POLL_S = 5.0
 
 
 def register(commands) -> None:
+    snapshot = commands.add_parser("snapshot", help="freeze the knowledge base and replay text into a training dataset snapshot")
+    snapshot.add_argument("--replay-ratio", type=float, default=0.2, help="share of training tokens that is general replay text (default 0.2)")
+    snapshot.add_argument("--validation-share", type=float, default=0.1, help="share of documents held out for validation (default 0.1)")
+    snapshot.add_argument("--json", action="store_true")
+    snapshot.set_defaults(handler=_snapshot)
+
     train = commands.add_parser("train", help="launch a training job on Ray")
     recipes = train.add_subparsers(dest="recipe", required=True)
     for kind, help_text in (("cpt", "continual pretraining of a LoRA/QLoRA adapter on the knowledge base"),
@@ -43,10 +51,33 @@ def register(commands) -> None:
     cancel.set_defaults(handler=_jobs_cancel)
 
 
-def _usage(message: str):
-    from engine.cli import UsageError
-
-    return UsageError(message)
+def _snapshot(args, settings) -> int:
+    try:
+        check_settings(args.replay_ratio, args.validation_share)
+    except SnapshotError as error:
+        raise UsageError(str(error)) from None
+    try:
+        snapshot = snapshot_workspace(settings, replay_ratio=args.replay_ratio, validation_share=args.validation_share)
+    except SnapshotError as error:
+        print(f"deploywise: {error} (no snapshot written)", file=sys.stderr)
+        return EXIT_PARTIAL
+    splits = snapshot.manifest["splits"]
+    payload = {
+        "id": snapshot.id,
+        "directory": str(snapshot.directory),
+        "train": str(snapshot.train_path),
+        "validation": str(snapshot.validation_path),
+        "created_at": snapshot.manifest["created_at"],
+        "splits": splits,
+    }
+    lines = [f"snapshot {snapshot.id} ({snapshot.manifest['created_at']})", f"  {snapshot.directory}"]
+    lines += [
+        f"  {name}: {split['domain_documents']} documents, {split['domain_tokens']} domain tokens + "
+        f"{split['replay_tokens']} replay tokens ({split['replay_share']:.0%} replay)"
+        for name, split in splits.items()
+    ]
+    print_result(args, payload, "\n".join(lines))
+    return EXIT_OK
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -54,38 +85,32 @@ def _overrides(pairs: list[str]) -> dict:
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator or not key.strip():
-            raise _usage(f"--set {pair!r}: expected KEY=VALUE")
+            raise UsageError(f"--set {pair!r}: expected KEY=VALUE")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise _usage(f"--set {pair!r}: the value is not valid YAML") from None
+            raise UsageError(f"--set {pair!r}: the value is not valid YAML") from None
         *parents, name = key.strip().split(".")
         target = overrides
         for parent in parents:
             target = target.setdefault(parent, {})
             if not isinstance(target, dict):
-                raise _usage(f"--set {pair!r}: {parent} is set both as a value and as a mapping")
+                raise UsageError(f"--set {pair!r}: {parent} is set both as a value and as a mapping")
         target[name] = parsed
     return overrides
-
-
-def _database(settings):
-    from engine import store
-
-    return store.connect(settings.ensure_workspace() / "knowledge.sqlite")
 
 
 def _train(args, settings) -> int:
     try:
         config = load_config(args.recipe, args.config, **_overrides(args.set))
     except ConfigError as error:
-        raise _usage(str(error)) from None
-    connection = _database(settings)
+        raise UsageError(str(error)) from None
+    connection = store.connect(settings.knowledge_db)
     try:
         try:
             job = (submit_cpt if args.recipe == "cpt" else submit_sft)(settings, connection, config)
         except JobError as error:
-            raise _usage(str(error)) from None
+            raise UsageError(str(error)) from None
         print(f"submitted {job.id} ({job.data}, from {job.start_from}, MLflow run {job.mlflow_run_id})", file=sys.stderr)
         if args.wait:
             job = _follow(settings, connection, job.id)
@@ -129,7 +154,7 @@ def _print_job(args, job) -> None:
 
 
 def _jobs_list(args, settings) -> int:
-    connection = _database(settings)
+    connection = store.connect(settings.knowledge_db)
     try:
         problems = refresh_jobs(settings, connection)
         jobs = list_jobs(connection)
@@ -147,23 +172,23 @@ def _jobs_list(args, settings) -> int:
 
 
 def _jobs_logs(args, settings) -> int:
-    connection = _database(settings)
+    connection = store.connect(settings.knowledge_db)
     try:
         get_job(connection, args.job_id)
         print(job_logs(settings, args.job_id, args.tail))
     except JobError as error:
-        raise _usage(str(error)) from None
+        raise UsageError(str(error)) from None
     finally:
         connection.close()
     return EXIT_OK
 
 
 def _jobs_cancel(args, settings) -> int:
-    connection = _database(settings)
+    connection = store.connect(settings.knowledge_db)
     try:
         job = cancel_job(settings, connection, args.job_id)
     except JobError as error:
-        raise _usage(str(error)) from None
+        raise UsageError(str(error)) from None
     finally:
         connection.close()
     print(f"{job.id}: {job.state}")

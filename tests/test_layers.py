@@ -1,0 +1,86 @@
+"""The layer contract: imports go one way only, engine < training < eval < ui < pages and cli.
+
+The graph is read from the source with `ast`, function-level imports included (an import hidden in a function is
+still a dependency). `KNOWN` lists the violations that remain from before the contract (issue 13 removes them one
+by one): a new violation fails, and so does a listed one that is gone, so the list only shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = {"engine": 0, "training": 1, "eval": 2, "ui": 3, "pages": 4, "cli": 4, "streamlit_app": 4}
+RUN_TIME_FORBIDDEN = {"engine": ("streamlit",)}  # the run-time domain is importable without Streamlit
+
+# (importer, imported) pairs still to remove: upward imports and Streamlit in engine.
+KNOWN = {
+    ("engine.access", "streamlit"),
+    ("engine.deep_links", "streamlit"),
+    ("engine.llm_versions", "training.jobs"),  # the versions page's job states: read the training_jobs table instead
+    ("engine.retraining_views", "training.config"),
+    ("engine.retraining_views", "training.jobs"),
+    ("engine.retraining_views", "training.snapshot"),
+    ("training.sft_generation", "eval.golden"),
+}
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, root: Path) -> set[str]:
+    """Every module `path` imports, at any depth of its code, relative imports resolved."""
+    package = module_name(path, root).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path, root)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from engine import store` imports engine.store
+    return found
+
+
+def layer(module: str) -> int | None:
+    return LAYERS.get(module.split(".")[0])
+
+
+def violations(root: Path) -> set[tuple[str, str]]:
+    """(importer, imported) for every import that goes up a layer or reaches a forbidden package."""
+    files = [path for top in LAYERS for path in ([root / f"{top}.py"] if (root / f"{top}.py").is_file() else
+                                                  sorted((root / top).rglob("*.py")) if (root / top).is_dir() else [])]
+    modules = {module_name(path, root) for path in files}
+    found = set()
+    for path in files:
+        importer = module_name(path, root)
+        for imported in imports(path, root):
+            top = imported.split(".")[0]
+            if top in RUN_TIME_FORBIDDEN.get(importer.split(".")[0], ()):
+                found.add((importer, top))
+            elif layer(imported) is not None and layer(imported) > layer(importer):
+                # the deepest module actually imported (`from training import jobs` names training.jobs)
+                found.add((importer, imported if imported in modules else imported.rsplit(".", 1)[0]))
+    return found
+
+
+def test_no_import_goes_up_a_layer_beyond_the_known_ones():
+    found = violations(ROOT)
+    assert not found - KNOWN, f"new upward imports: {sorted(found - KNOWN)}"
+    assert not KNOWN - found, f"gone, remove them from KNOWN: {sorted(KNOWN - found)}"
+
+
+def test_the_check_catches_a_planted_upward_import_even_inside_a_function(tmp_path):
+    for folder in ("engine", "cli"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "cli" / "main.py").write_text("from engine import store\n")
+    (tmp_path / "engine" / "store.py").write_text("import json\n")
+    assert violations(tmp_path) == set()
+    (tmp_path / "engine" / "store.py").write_text("def run():\n    from cli.main import main\n    import streamlit as st\n")
+    assert violations(tmp_path) == {("engine.store", "cli.main"), ("engine.store", "streamlit")}
