@@ -6,13 +6,13 @@ Everything happens in a temporary folder (never ./workspace); the last line prin
 Two workspaces are built in that folder:
 - scale: a synthetic registry and knowledge base as large as a big team's (see "How the synthetic data is built"),
   for the question path's latency at scale (1, 2 below);
-- demo: the product's own demo workspace, built by `engine.demo_workspace.prepare_demo` (the committed corpus ingested,
+- demo: the product's own demo workspace, built by `engine.demo.workspace.prepare_demo` (the committed corpus ingested,
   the demo models trained, measured and registered), or copied from one already prepared with `--demo-workspace`
   (it is then only read, through SQLite's backup). The demo questions are the golden set's "recommendation"
   items (demo/golden.jsonl: three per use case; one per use case with --quick); 3 to 6 below run on it.
 
 What is measured
-1. Question -> decision ready, at scale: the wall-clock time of `engine.assistant.prepare_answer` (registry read
+1. Question -> decision ready, at scale: the wall-clock time of `engine.answering.pipeline.prepare_answer` (registry read
    or cache, use-case match, hybrid search, criteria, decision, composed answer, the LLM's prompt), per question,
    p50 and p95, in three modes on the same questions, each question asked in every mode back to back (the order
    rotating) so that all see the same machine load:
@@ -35,7 +35,7 @@ What is measured
    `hybrid_search`, and the refresh of the matched use case's registry entries.
 2. Registry read, all candidates with their metrics: the baseline is a naive per-model pull written here (list
    the registered models, then for each candidate one version search and one `get_run`: 1 + 2 per model calls);
-   the product is `engine.candidates.read_candidates` (no cache: a fixed number of batched calls). Both run on
+   the product is `engine.registry.candidates.read_candidates` (no cache: a fixed number of batched calls). Both run on
    the same store, alternately, `--read-repeats` times; the figures are medians, MlflowClient calls are counted,
    and both reads must return the same metrics for every model.
 3. Demo workspace, in this process. A question asked again skips its embedding (the process remembers recent
@@ -46,8 +46,8 @@ What is measured
      `recommendation_ms` that `prepare_answer` records (to the decision and its composed answer, without the
      store). Target: p95 of the wall clock <= 1.5 s (issue 12). Then every other golden question with a use case
      once (a larger sample of new questions), then the demo questions again, `--rec-repeats` times each.
-   - prompt tokens of the LLM's explanation prompt (`engine.prompting.build_messages` as `prepare_answer` builds
-     it, chat-templated with the generation prompt by the bundled tokenizer, `engine.llm.fit_prompt`) per demo
+   - prompt tokens of the LLM's explanation prompt (`engine.answering.prompting.build_messages` as `prepare_answer` builds
+     it, chat-templated with the generation prompt by the bundled tokenizer, `engine.llm.runtime.fit_prompt`) per demo
      question, plus the tokens of the prefilled opening; printed next to the recorded figures of the old
      full-answer prompt (OLD_PROMPT_TOKENS: that prompt no longer exists in the code). The same count is made
      for the scale workspace's question, the one the earlier LLM rows of this bench used.
@@ -58,7 +58,7 @@ What is measured
    a. warms its caches with the same ten other golden questions (`prepare_answer`: embedder, search index,
       registry read), then reads its resident set size (VmRSS in /proc/self/status): "before the LLM";
    b. loads the model (timed; RSS again), then answers the demo questions `--answer-repeats` times (transformers:
-      `--baseline-answers` of them, once) through `engine.assistant.ask`, as the CLI does: time to the decision
+      `--baseline-answers` of them, once) through `engine.answering.pipeline.ask`, as the CLI does: time to the decision
       shown (`on_decision`), to the first verified explanation sentence (`on_sentence`), and `timings["total_ms"]`
       (question -> end of the explanation), with the explanation's state and the tokens the LLM wrote. RSS after
       the first answer, at the end, and the peak (VmHWM). Target: total p95 <= 10 s on llama.cpp (issue 12).
@@ -96,7 +96,7 @@ written. Use cases are a region and one of bench/knowledge.py's twelve deploymen
 each with models of the four families of guideline:model-selection; metrics are drawn per family (simpler
 families are faster and smaller) so that some candidates pass the criteria and some do not. Every other use
 case has an acceptance-criteria document in the demo's format (bullets, table, priority metric, tie-breaker),
-ingested through `engine.ingest.ingest_files`, so its rules are extracted and the decision path runs. The
+ingested through `engine.knowledge.ingest.ingest_files`, so its rules are extracted and the decision path runs. The
 100k-chunk corpus is bench/knowledge.py's synthetic corpus (imported, not copied: real sentence embeddings,
 chunks written through the product's insert path), about the same twelve tasks. The machine's load average
 is printed: other processes on the 2 cores distort every figure.
@@ -134,22 +134,22 @@ from knowledge import TASKS, finish_report, latency, start_report, timed  # noqa
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 
-from engine.assistant import ask, offered_source_ids, prepare_answer, record_answer  # noqa: E402
-from engine.candidates import CHAMPION, all_pages, candidate_source, fetch_candidates, read_candidates, refreshing  # noqa: E402
-from engine.chunking import Chunker  # noqa: E402
-from engine.gguf_llm import gguf_file, load_gguf  # noqa: E402
-from engine.rulebook import document_governance, use_case_terms  # noqa: E402
-from engine.ingest import ingest_files  # noqa: E402
-from engine.knowledge_base import KnowledgeBase  # noqa: E402
-from engine.llm import fit_prompt, load_llm, resolve_llm_version  # noqa: E402
-from engine.llm_backends import llm_backend  # noqa: E402
-from engine.models import bundled_model_folder, load_tokenizer  # noqa: E402
-from engine.prompting import explanation_grammar, explanation_opening  # noqa: E402
-from engine.search import hybrid_search  # noqa: E402
-from engine.settings import load_settings  # noqa: E402
-from engine.sources import refresh_sources  # noqa: E402
-from engine.use_cases import match_use_case  # noqa: E402
-from engine.demo_workspace import prepare_demo  # noqa: E402
+from engine.answering.pipeline import ask, offered_source_ids, prepare_answer, record_answer  # noqa: E402
+from engine.registry.candidates import CHAMPION, all_pages, candidate_source, fetch_candidates, read_candidates, refreshing  # noqa: E402
+from engine.knowledge.chunking import Chunker  # noqa: E402
+from engine.llm.gguf import gguf_file, load_gguf  # noqa: E402
+from engine.rules.rulebook import document_governance, use_case_terms  # noqa: E402
+from engine.knowledge.ingest import ingest_files  # noqa: E402
+from engine.knowledge.knowledge_base import KnowledgeBase  # noqa: E402
+from engine.llm.runtime import fit_prompt, load_llm, resolve_llm_version  # noqa: E402
+from engine.llm.backends import llm_backend  # noqa: E402
+from engine.llm.bundled import bundled_model_folder, load_tokenizer  # noqa: E402
+from engine.answering.prompting import explanation_grammar, explanation_opening  # noqa: E402
+from engine.knowledge.search import hybrid_search  # noqa: E402
+from engine.core.settings import load_settings  # noqa: E402
+from engine.knowledge.sources import refresh_sources  # noqa: E402
+from engine.registry.use_cases import match_use_case  # noqa: E402
+from engine.demo.workspace import prepare_demo  # noqa: E402
 from eval.golden import DEFAULT_GOLDEN, load_golden  # noqa: E402
 
 PREPARE_P95_TARGET_MS = 150.0
@@ -533,7 +533,7 @@ def decision_summary(samples: list[dict]) -> dict:
 def bench_recommendation(settings, kb, questions: list[dict], others: list[dict], repeats: int, tokenizer) -> dict:
     """Question -> recommendation ready on the demo workspace, and the demo questions' prompt tokens.
 
-    The process embeds each question once (engine.knowledge_base remembers recent query vectors), so a question asked
+    The process embeds each question once (engine.knowledge.knowledge_base remembers recent query vectors), so a question asked
     again is faster than a new one. First WARMUP_QUESTIONS other golden questions warm the caches (the first of them
     pays the cold start: search index, registry read); then each demo question is asked for the first time (the
     target), then the other golden questions with a use case once each (a larger sample of new questions), then the
@@ -729,7 +729,7 @@ def alt_threads(config: dict, settings, kb, loaded, tokenizer, names: list[str])
     """alt (not the product, which gives llama.cpp every core): the same GGUF file loaded with `alt_threads` threads,
     on the same demo questions once and the same decode rows. Other sessions on the 2 cores slow llama.cpp's threads,
     which wait for each other at every step, far more than torch's."""
-    import engine.gguf_llm as gguf_llm
+    import engine.llm.gguf as gguf_llm
     from llama_cpp import Llama
 
     threads = config["alt_threads"]
@@ -878,7 +878,7 @@ def print_demo(demo: dict) -> None:
 def print_backends(backends: dict) -> None:
     alt = backends["llama_cpp"].get("alt")
     rows = [*backends.items(), *([(f"alt: {alt['threads']} thread", alt)] if alt else [])]
-    print("\nWHOLE ANSWERS  engine.assistant.ask on the demo questions, each backend in its own process, base model "
+    print("\nWHOLE ANSWERS  engine.answering.pipeline.ask on the demo questions, each backend in its own process, base model "
           "(SmolLM2-135M-Instruct), greedy")
     print(f"  {'backend':<14}{'n':>4}{'decision shown':>16}{'1st sentence':>14}{'total p50':>11}{'total p95':>11}"
           f"{'tokens p50':>12}{'gen tok/s':>11}{'others':>8}  explanation states")

@@ -5,14 +5,14 @@ Everything happens in a temporary folder (never ./workspace); the last line prin
 
 What is measured
 1. Ingest: multi-page PDFs written here with fpdf2 (paragraphs about model deployment, thresholds and
-   metrics, generated from templates so no two chunks are alike) go through `engine.ingest.ingest_files` with
+   metrics, generated from templates so no two chunks are alike) go through `engine.knowledge.ingest.ingest_files` with
    the bundled tokenizer, the product's Chunker (500/50 tokens) and the bundled embedder: pages/s and chunks/s
    end to end. The stored chunks are then embedded again alone (chunks/s, word pieces/s). all-MiniLM-L6-v2
    reads at most 256 word pieces, so a chunk costs its word pieces up to that cap; the same is measured on
    short texts (one sentence, ~30 word pieces) to show both ends of the embedding target.
 2. Search at each corpus size, per query, all methods interleaved: the product's `hybrid_search` end to end
    (query embedding included; the embedding is also timed alone), its vector ranker alone (the in-memory
-   index of engine.search), its keyword ranker alone (FTS5 BM25 over the informative query words), and the
+   index of engine.knowledge.search), its keyword ranker alone (FTS5 BM25 over the informative query words), and the
    baseline: exact brute-force cosine top-10 in numpy over a float32 matrix, written here. Recall@10 of
    every vector method is measured against that exact top-10 (a hit is any chunk whose exact cosine reaches
    the 10th best, so exact ties count). The keyword rankers' quality is BM25 recall@10: the share of their
@@ -55,13 +55,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from fpdf import FPDF  # noqa: E402
 
-from engine import store  # noqa: E402
-from engine.chunking import Chunk, Chunker  # noqa: E402
-from engine.documents import parse_file  # noqa: E402
-from engine.ingest import ingest_files  # noqa: E402
-from engine.knowledge_base import KnowledgeBase  # noqa: E402
-from engine.models import load_embedder, load_tokenizer  # noqa: E402
-from engine.search import _keyword_ranks, fts_query, hybrid_search, query_words, vector_index  # noqa: E402
+from engine.core import database  # noqa: E402
+from engine.knowledge.chunking import Chunk, Chunker  # noqa: E402
+from engine.knowledge.documents import parse_file  # noqa: E402
+from engine.knowledge.ingest import ingest_files  # noqa: E402
+from engine.knowledge.knowledge_base import KnowledgeBase  # noqa: E402
+from engine.llm.bundled import load_embedder, load_tokenizer  # noqa: E402
+from engine.knowledge.search import _keyword_ranks, fts_query, hybrid_search, query_words, vector_index  # noqa: E402
 
 SEARCH_P95_TARGET_MS = 50.0
 RECALL_TARGET = 0.95
@@ -250,7 +250,7 @@ def bench_ingest(root: Path, rng: np.random.Generator, documents: int, pages: in
         (f"report-{number:03d}.pdf", make_pdf(rng, f"Deployment report {number}", tasks[number % len(tasks)], pages))
         for number in range(documents)
     ]
-    kb = KnowledgeBase(store.connect(root / "ingest.sqlite"), embedder)
+    kb = KnowledgeBase(database.connect(root / "ingest.sqlite"), embedder)
     chunker = Chunker(tokenizer, 500, 50)
     kb.embed(["warm-up: a long-running app has run its embedder before"])
     outcomes, seconds = timed(ingest_files, kb, chunker, files)
@@ -328,12 +328,12 @@ def synthetic_chunks(rng: np.random.Generator, pool: SentencePool, size: int, se
 def load_corpus(kb: KnowledgeBase, texts: list[str], tokens: list[int], matrix: np.ndarray) -> None:
     """Write the corpus in one transaction through the product's insert path (FTS triggers included)."""
     tasks = list(TASKS)
-    with store.transaction(kb.connection):
+    with database.transaction(kb.connection):
         for first in range(0, len(texts), CHUNKS_PER_DOCUMENT):
             number = first // CHUNKS_PER_DOCUMENT
             document_id = kb.connection.execute(
                 "INSERT INTO documents(title, origin, sha256, ingested_at) VALUES (?, ?, ?, ?)",
-                (f"{tasks[number % len(tasks)]} report {number}", f"file:synthetic-{number}.pdf", f"sha-{number}", store.utc_now()),
+                (f"{tasks[number % len(tasks)]} report {number}", f"file:synthetic-{number}.pdf", f"sha-{number}", database.utc_now()),
             ).lastrowid
             last = min(first + CHUNKS_PER_DOCUMENT, len(texts))
             chunks = [Chunk(texts[row], tokens[row], f"doc:synthetic-{number}:page-{(row - first) // 2 + 1}") for row in range(first, last)]
@@ -353,7 +353,7 @@ def add_prototype_tables(connection, matrix: np.ndarray) -> float:
     )
     connection.execute("CREATE TABLE chunk_floats(chunk_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL)")
     ids = [row[0] for row in connection.execute("SELECT id FROM chunks ORDER BY id")]
-    with store.transaction(connection):
+    with database.transaction(connection):
         for chunk_id, vector in zip(ids, matrix, strict=True):
             blob = vector.tobytes()
             connection.execute("INSERT INTO chunk_int8 VALUES (?, vec_int8(?))", (chunk_id, to_int8(vector, scale)))
@@ -449,7 +449,7 @@ def bm25_recall(connection, query: str, found: list[int], tenth: tuple[float, in
 def bench_search(root: Path, rng: np.random.Generator, size: int, pool: SentencePool, chunk_sentences, queries, query_vectors, embedder, tokenizer) -> dict:
     (texts, matrix), build_s = timed(synthetic_chunks, rng, pool, size, chunk_sentences, embedder.max_seq_length - 2)
     tokens = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    kb = KnowledgeBase(store.connect(root / f"search-{size}.sqlite"), embedder)
+    kb = KnowledgeBase(database.connect(root / f"search-{size}.sqlite"), embedder)
     _, insert_s = timed(load_corpus, kb, texts, tokens, matrix)
     del texts
     scale, prototype_s = timed(add_prototype_tables, kb.connection, matrix)
@@ -599,7 +599,7 @@ def main() -> None:
         documents, pages = (3, 3) if args.quick else (10, 6)
         report["ingest"] = bench_ingest(root, rng, documents, pages, embedder, tokenizer)
         sentences, topics = sentence_pool(rng, 600 if args.quick else 4000)
-        kb = KnowledgeBase(store.connect(":memory:"), embedder)
+        kb = KnowledgeBase(database.connect(":memory:"), embedder)
         vectors, report["embedding_short_chunks"] = embedding_speed(kb, sentences)
         pool = SentencePool(sentences, topics, vectors, word_pieces(embedder, sentences) - 2)
         print_ingest(report["ingest"], report["embedding_short_chunks"])

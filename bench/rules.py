@@ -7,13 +7,13 @@ What is measured
    extractor, each with the rules a careful reader takes from it in `case.yaml`), per batch: batch 1 was written
    first and the extractor was developed against it; batch 2 was written later by someone who had not read the
    extractor, and measured before any change was made for it (see bench/README.md for that first figure). For every case the product
-   (`engine.rulebook.rules_from_texts`, against that case's registry metrics) and the baseline (the markup-only
+   (`engine.rules.rulebook.rules_from_texts`, against that case's registry metrics) and the baseline (the markup-only
    extractor the product had before: backticked metric names in `- metric >= 0.9 — hard —` bullets, `| metric |
    >= | 0.9 | hard |` table rows and `Priority metric:` lines, kept below as it was) read the same guideline.
    A rule is matched when metric, comparison, threshold (to 1e-6) and hard/soft all agree; the columns before it
    count partial agreement (metric; + comparison; + threshold). Precision = matched / extracted, recall =
    matched / expected, over all cases; the priority metric (and its direction) is counted the same way.
-2. Recommendation accuracy: `engine.decision.decide` on each case's registry with the rules each extractor
+2. Recommendation accuracy: `engine.rules.decision.decide` on each case's registry with the rules each extractor
    read; right when it names the expected model (or nothing, where nothing passes the written rules; a case that
    expects nothing is also "right" when nothing was read, which tests/test_rule_cases.py does not accept). "wrong
    model" counts the worst outcome apart: a model recommended that the written rules do not choose.
@@ -42,17 +42,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from rule_cases_support import load_cases  # noqa: E402
 
-from engine.candidates import Candidate  # noqa: E402
-from engine.criteria import AcceptanceCriterion, UseCasePolicy  # noqa: E402
-from engine.decision import decide  # noqa: E402
-from engine.demo_registry import USE_CASES  # noqa: E402
-from engine.documents import parse_file  # noqa: E402
-from engine.models import load_embedder  # noqa: E402
-from engine.rulebook import RuleText, rules_from_texts, use_case_terms  # noqa: E402
-from engine.settings import load_settings  # noqa: E402
-from engine.use_cases import match_use_case, use_case_descriptions  # noqa: E402
+from engine.registry.candidates import Candidate  # noqa: E402
+from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy  # noqa: E402
+from engine.rules.decision import decide  # noqa: E402
+from engine.demo.registry import USE_CASES  # noqa: E402
+from engine.knowledge.documents import parse_file  # noqa: E402
+from engine.llm.bundled import load_embedder  # noqa: E402
+from engine.rules.rulebook import RuleText, rules_from_texts, use_case_terms  # noqa: E402
+from engine.core.settings import load_settings  # noqa: E402
+from engine.registry.use_cases import match_use_case, use_case_descriptions  # noqa: E402
 
-# The baseline: the product's markup-only extraction before it read prose (engine/criteria.py until this change).
+# The baseline: the product's markup-only extraction before it read prose (engine/rules/criteria.py until this change).
 _METRIC = r"`?([A-Za-z][A-Za-z0-9_@.\-]*)`?"
 _NUMBER = r"([-+]?\d+(?:\.\d+)?)"
 _KIND = r"\**(hard|soft)\**"

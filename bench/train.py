@@ -4,9 +4,9 @@ Run from the repo root: `.venv/bin/python bench/train.py [--steps 3] [--max-seq-
 Everything happens in a temporary folder (never ./workspace); the last line printed is JSON with every figure.
 
 The data and the model are the product's: the committed demo corpus (demo/knowledge) is ingested into a fresh
-workspace with `engine.workspace.ingest_paths` (the real 500/50 chunker), `training.snapshot.snapshot_workspace`
+workspace with `engine.knowledge.workspace.ingest_paths` (the real 500/50 chunker), `training.dataset_snapshot.snapshot_workspace`
 makes the dataset snapshot a CPT job trains on (documents joined from their chunks, plus 20% replay text), and the
-model is the bundled SmolLM2-135M-Instruct as its float32 folder (`engine.models.bundled_model_folder`), or with
+model is the bundled SmolLM2-135M-Instruct as its float32 folder (`engine.llm.bundled.bundled_model_folder`), or with
 `--tiny` the 2-layer random Llama of tests/tiny_models.py (a smoke test of the plumbing, figures meaningless).
 
 What is measured
@@ -73,16 +73,16 @@ sys.path.insert(0, str(BENCH))  # for bench/knowledge.py's report helpers
 import torch  # noqa: E402
 from knowledge import finish_report, start_report, timed  # noqa: E402
 
-from engine import store  # noqa: E402
-from engine.knowledge_base import KnowledgeBase  # noqa: E402
-from engine.models import bundled_model_folder, load_tokenizer  # noqa: E402
-from engine.settings import load_settings  # noqa: E402
-from engine.demo_workspace import DEMO_CORPUS
-from engine.workspace import ingest_paths  # noqa: E402
+from engine.core import database  # noqa: E402
+from engine.knowledge.knowledge_base import KnowledgeBase  # noqa: E402
+from engine.llm.bundled import bundled_model_folder, load_tokenizer  # noqa: E402
+from engine.core.settings import load_settings  # noqa: E402
+from engine.demo.workspace import DEMO_CORPUS
+from engine.knowledge.workspace import ingest_paths  # noqa: E402
 from training.cpt import IGNORE_INDEX, Hardware, collate_blocks, packed_data, trainable_model, training_arguments  # noqa: E402
 from training.config import load_cpt_config  # noqa: E402
 from training.packing import pack  # noqa: E402
-from training.snapshot import SPLITS, load_snapshot, read_split, snapshot_workspace  # noqa: E402
+from training.dataset_snapshot import SPLITS, load_snapshot, read_split, snapshot_workspace  # noqa: E402
 
 PACKING_TARGET = 1.5  # useful tokens/s, packed / padded (issue 4, item 10)
 KINDS = ("packed", "padded")
@@ -178,7 +178,7 @@ def data_figures(workspace: Path, snapshot_id: str, max_seq_length: int) -> dict
     lengths = sorted(len(ids) for ids in tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"])
     _, report = pack([record["text"] for record in records], tokenizer, max_seq_length)
     train_documents = {doc["origin"] for doc in snapshot.manifest["documents"] if doc["split"] == "train"}
-    kb = KnowledgeBase(store.connect(workspace / "knowledge.sqlite"), embedder=None)
+    kb = KnowledgeBase(database.connect(workspace / "knowledge.sqlite"), embedder=None)
     try:
         ids = {doc.id for doc in kb.documents() if doc.origin in train_documents}
         chunks = [chunk.text for chunk in kb.chunks(limit=1_000_000) if chunk.document_id in ids]

@@ -7,7 +7,7 @@ import getpass
 import sys
 
 from cli.common import EXIT_OK, UsageError
-from engine.local_admin import PasswordError, set_password
+from engine.access.local_account import PasswordError, set_password
 
 
 def register(commands) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from cli.common import EXIT_OK, EXIT_PARTIAL, stderr_progress
-from engine.demo_workspace import prepare_demo
+from engine.demo.workspace import prepare_demo
 
 
 def register(commands) -> None:

@@ -7,10 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result, stderr_progress
-from engine import sources, store
-from engine.search import hybrid_search
-from engine.table_import import IMPORT_FAILURES, choose_text_columns, plan_tables, run_table_import, table_source
-from engine.workspace import ingest_paths, make_chunker, open_knowledge_base
+from engine.knowledge import sources
+from engine.core import database
+from engine.knowledge.search import hybrid_search
+from engine.knowledge.table_import import IMPORT_FAILURES, choose_text_columns, plan_tables, run_table_import, table_source
+from engine.knowledge.workspace import ingest_paths, make_chunker, open_knowledge_base
 
 
 def register(commands) -> None:
@@ -142,7 +143,7 @@ def _search(args, settings) -> int:
 
 
 def _sources(args, settings) -> int:
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         if args.action == "export":
             data = sources.export_csv(connection)

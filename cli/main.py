@@ -11,7 +11,7 @@ import sys
 
 from cli import admin, ask, demo, evaluation, export, knowledge, sft, training, versions
 from cli.common import EXIT_USAGE, UsageError
-from engine.settings import SettingsError, load_settings
+from engine.core.settings import SettingsError, load_settings
 
 GROUPS = (knowledge, ask, training, evaluation, versions, export, sft, admin, demo)
 

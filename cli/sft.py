@@ -9,8 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result
-from engine import store
-from engine.workspace import open_knowledge_base
+from engine.core import database
+from engine.knowledge.workspace import open_knowledge_base
 from training.sft_data import (
     REVIEW_STATES,
     SftDataError,
@@ -23,7 +23,7 @@ from training.sft_data import (
     review_pairs,
 )
 from training.sft_generation import STYLES, GenerationRequest, check_backend, check_request, generate_dataset
-from training.sft_jobs import refreshed_datasets
+from training.sft_worker import refreshed_datasets
 
 
 def register(commands) -> None:
@@ -85,7 +85,7 @@ def register(commands) -> None:
 @contextmanager
 def _refusing(settings):
     """The knowledge database for one command; a refused action is a usage error (exit 2), having changed nothing."""
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         yield connection
     except SftDataError as error:
@@ -154,7 +154,7 @@ def _dataset_line(dataset) -> str:
 
 
 def _list(args, settings) -> int:
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         datasets = refreshed_datasets(connection)
     finally:

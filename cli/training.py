@@ -10,10 +10,10 @@ import time
 import yaml
 
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result
-from engine import store
+from engine.core import database
 from training.config import ConfigError, load_config
-from training.jobs import JobError, cancel_job, get_job, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt, submit_sft
-from training.snapshot import SnapshotError, check_settings, snapshot_workspace
+from training.ray_jobs import JobError, cancel_job, get_job, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt, submit_sft
+from training.dataset_snapshot import SnapshotError, check_settings, snapshot_workspace
 
 POLL_S = 5.0
 
@@ -105,7 +105,7 @@ def _train(args, settings) -> int:
         config = load_config(args.recipe, args.config, **_overrides(args.set))
     except ConfigError as error:
         raise UsageError(str(error)) from None
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         try:
             job = (submit_cpt if args.recipe == "cpt" else submit_sft)(settings, connection, config)
@@ -154,7 +154,7 @@ def _print_job(args, job) -> None:
 
 
 def _jobs_list(args, settings) -> int:
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         problems = refresh_jobs(settings, connection)
         jobs = list_jobs(connection)
@@ -172,7 +172,7 @@ def _jobs_list(args, settings) -> int:
 
 
 def _jobs_logs(args, settings) -> int:
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         get_job(connection, args.job_id)
         print(job_logs(settings, args.job_id, args.tail))
@@ -184,7 +184,7 @@ def _jobs_logs(args, settings) -> int:
 
 
 def _jobs_cancel(args, settings) -> int:
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         job = cancel_job(settings, connection, args.job_id)
     except JobError as error:

@@ -8,7 +8,7 @@ import json
 import sys
 
 from cli.common import EXIT_OK, UsageError
-from engine.llm_versions import (VersionError, archive, format_time, overview, promote, rollback, target_text,
+from engine.lifecycle.versions import (VersionError, archive, format_time, overview, promote, rollback, target_text,
                                  versions_table)
 
 

@@ -33,10 +33,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.demo_registry import DEMO_DIR
-from engine.metric_catalog import metric_spec
-from engine.prompting import MAX_QUESTION_CHARS
-from engine.sources import SOURCE_ID_PATTERN
+from engine.demo.registry import DEMO_DIR
+from engine.registry.metric_catalog import metric_spec
+from engine.answering.prompting import MAX_QUESTION_CHARS
+from engine.knowledge.sources import SOURCE_ID_PATTERN
 
 DEFAULT_GOLDEN = DEMO_DIR / "golden.jsonl"
 TYPES = ("static", "dynamic", "refusal")
@@ -227,7 +227,7 @@ class Expectation:
     """The decision engine's answer for one use case on the live registry: what dynamic items are checked against."""
 
     use_case: str
-    decision: object  # engine.decision.Decision
+    decision: object  # engine.rules.decision.Decision
     values: dict[str, str | None] = field(default_factory=dict)
     lists: dict[str, tuple[str, ...]] = field(default_factory=dict)
 

@@ -3,9 +3,9 @@
 `evaluate_versions(settings, ["base", "3", "4"], golden_path)` does, for every version in one run:
 1. domain perplexity on a dataset snapshot's held-out documents and general perplexity on its held-out replay
    text (the forgetting check, against the base model's on the same text);
-2. every golden item asked through `engine.assistant.ask`, the chat's own pipeline (candidates, decision and its
+2. every golden item asked through `engine.answering.pipeline.ask`, the chat's own pipeline (candidates, decision and its
    composed answer, then the LLM's explanation, verified sentence by sentence) on the chat's own runtime
-   (`engine.llm_backends.llm_backend`: llama.cpp on the version's checked GGUF export, or transformers), and scored
+   (`engine.llm.backends.llm_backend`: llama.cpp on the version's checked GGUF export, or transformers), and scored
    by `eval.scoring`;
 3. the gate's verdict (`eval.gate`), then one MLflow run in the experiment `deploywise-evaluation` and, for a
    registry version, the `gate_*` tags on its model version (`eval.results`).
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.llm import CHAMPION, LlmError, LlmVersion, resolve_llm_version
-from engine.llm_backends import llm_backend, runtime_problem, version_settings
+from engine.llm.runtime import CHAMPION, LlmError, LlmVersion, resolve_llm_version
+from engine.llm.backends import llm_backend, runtime_problem, version_settings
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, GateVerdict, judge, load_gate_config
 from eval.golden import (DEFAULT_GOLDEN, Expectation, GoldenError, GoldenItem, GoldenSet, NotApplicable, load_golden,
                          resolve_item)
@@ -132,7 +132,7 @@ def plan_evaluation(settings, versions: list[str], golden_path: Path | str = DEF
                     per_category: int | None = None, item_ids: list[str] | None = None,
                     max_new_tokens: int | None = None, evaluation_id: str | None = None,
                     created_by: str | None = None) -> EvaluationPlan:
-    from engine.candidates import CandidatesUnavailable, fetch_candidates
+    from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
 
     if max_new_tokens is not None and not 0 < max_new_tokens <= 8192:
         raise EvaluationError(f"max new tokens must be between 1 and 8192 (got {max_new_tokens})")
@@ -186,7 +186,7 @@ def _plan_versions(settings, versions: list[str]) -> list[PlannedVersion]:
 def _held_out_text(settings, planned: list[PlannedVersion], snapshot_id: str | None) -> tuple[str, list[dict]]:
     """The snapshot whose validation split is measured: the one given, else the newest evaluated version's
     training snapshot (from the workspace or its training run), else the newest written, else one made now."""
-    from training.snapshot import SnapshotError, list_snapshots, load_snapshot, read_split, snapshot_workspace
+    from training.dataset_snapshot import SnapshotError, list_snapshots, load_snapshot, read_split, snapshot_workspace
 
     trained = sorted((p for p in planned if p.version.number), key=lambda p: -int(p.wanted))
     try:
@@ -217,7 +217,7 @@ def _version_snapshot(settings, version: LlmVersion) -> tuple[str, list[dict]] |
     from mlflow.exceptions import MlflowException
 
     from training.cpt import SNAPSHOT_ARTIFACT
-    from training.snapshot import SnapshotError, load_snapshot, read_split
+    from training.dataset_snapshot import SnapshotError, load_snapshot, read_split
 
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
     try:
@@ -259,8 +259,8 @@ def evaluate_versions(settings, versions: list[str], golden_path: Path | str = D
 def run_evaluation(plan: EvaluationPlan, *, on_progress: Progress | None = None,
                    on_version: Callable[[VersionResult], None] | None = None) -> EvaluationResult:
     """Evaluate the planned versions one after the other; each is logged to MLflow as soon as it is done."""
-    from engine.access import require_admin
-    from engine.llm import load_llm
+    from engine.access.roles import require_admin
+    from engine.llm.runtime import load_llm
     from eval.results import log_version
 
     require_admin("evaluating LLM versions")
@@ -323,25 +323,25 @@ def _knowledge_copy(settings, folder: Path):
     """A private copy of the knowledge base (SQLite's backup: consistent while others write) with the embedder."""
     import sqlean
 
-    from engine import store
-    from engine.knowledge_base import KnowledgeBase
-    from engine.models import load_embedder
+    from engine.core import database
+    from engine.knowledge.knowledge_base import KnowledgeBase
+    from engine.llm.bundled import load_embedder
 
-    source = store.connect(settings.knowledge_db)
+    source = database.connect(settings.knowledge_db)
     target = sqlean.connect(str(folder / "knowledge.sqlite"))
     try:
         source.backup(target)
     finally:
         target.close()
         source.close()
-    return KnowledgeBase(store.connect(folder / "knowledge.sqlite"), load_embedder(settings.embedding_model))
+    return KnowledgeBase(database.connect(folder / "knowledge.sqlite"), load_embedder(settings.embedding_model))
 
 
 def _expectations(plan: EvaluationPlan, kb) -> dict[str, Expectation]:
     """The decision engine's decision per use case of the golden set, on the registry every version is asked about."""
-    from engine.candidates import candidate_sources, fetch_candidates
-    from engine.rulebook import decision_for
-    from engine.sources import refresh_sources
+    from engine.registry.candidates import candidate_sources, fetch_candidates
+    from engine.rules.rulebook import decision_for
+    from engine.knowledge.sources import refresh_sources
 
     snapshot = fetch_candidates(plan.settings)
     refresh_sources(kb.connection, candidate_sources(snapshot))  # registry:<model> citations resolve
@@ -384,10 +384,10 @@ class _Recording:
 
 def _golden(plan: EvaluationPlan, planned: PlannedVersion, kb, expectations: dict[str, Expectation],
             progress: _Counter) -> list[ItemResult]:
-    from engine.assistant import ask
-    from engine.candidates import fetch_candidates
-    from engine.citations import find_markers
-    from engine.sources import resolve
+    from engine.answering.pipeline import ask
+    from engine.registry.candidates import fetch_candidates
+    from engine.answering.citations import find_markers
+    from engine.knowledge.sources import resolve
 
     backend = _Recording(llm_backend(version_settings(plan.settings, planned.wanted)))
     names = sorted({c.name for c in fetch_candidates(plan.settings).candidates})

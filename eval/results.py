@@ -10,7 +10,7 @@ A run holds:
   refusal_accuracy, agreement, shown_accuracy, explanation_kept_rate, explanation_shown_rate, latency_p50_ms, latency_p95_ms, item counts;
 - the artifact `items.json`: every golden item with the version's answer and each check.
 
-Contract with the LLM versions page (engine/llm_versions.py): an evaluated registry version gets the model version
+Contract with the LLM versions page (engine/lifecycle/versions.py): an evaluated registry version gets the model version
 tags `gate_verdict` (GO | NO-GO), `gate_evaluation_id` and `gate_reasons` (JSON list of strings), written by an
 evaluation on the whole golden set; a quick one on chosen items (which can only say NO-GO) is logged as a run but
 leaves the version's gate as it was.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.tracking import ensure_experiment
+from engine.core.mlflow_client import ensure_experiment
 
 EXPERIMENT = "deploywise-evaluation"
 ITEMS_ARTIFACT = "items.json"
@@ -150,7 +150,7 @@ def _logged(run) -> LoggedVersion:
 
 
 def _runs(settings, filter_string: str = "") -> list:
-    from engine.candidates import all_pages
+    from engine.registry.candidates import all_pages
 
     if settings.tracking_uri.startswith("sqlite:///") and not Path(settings.tracking_uri.removeprefix("sqlite:///")).exists():
         return []  # no store yet: opening it would create it

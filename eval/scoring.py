@@ -7,7 +7,7 @@ on a line that recommends, else the first candidate named). Its citation is pres
 not know. A refusal item is answered right when the answer recommends no model and says it will not or cannot.
 
 The chat shows the decision's composed answer first, then the LLM's explanation of it, one verified sentence at
-a time (engine.explanation). What is scored is the LLM's own text: its explanation draft, which begins with the
+a time (engine.answering.explanation). What is scored is the LLM's own text: its explanation draft, which begins with the
 opening the chat prefilled for it (the decided model and its marker), and everything it wrote after, verified or
 not. Because that opening is given, `agreement` and the facts of the opening (the recommended model) hold by
 construction, so citations are scored on what the LLM wrote after it; what the LLM adds is what can fail. Items the chat answered without
@@ -25,8 +25,8 @@ from decimal import Decimal, InvalidOperation
 
 import numpy as np
 
-from engine.citations import find_markers, strip_markers
-from engine.verifier import recommended_name
+from engine.answering.citations import find_markers, strip_markers
+from engine.answering.verifier import recommended_name
 from eval.golden import Fact, ResolvedItem
 
 _REFUSAL = re.compile(

@@ -1,21 +1,22 @@
 """Evaluation (admin): compare LLM versions (the base included) side by side and apply the promotion gate.
 
-Choose versions and start an evaluation: it runs in a process of its own (`eval.jobs`), so it goes on through page
+Choose versions and start an evaluation: it runs in a process of its own (`eval.worker`), so it goes on through page
 reloads; its progress is shown here while it runs. Results come from MLflow: the side-by-side table with each
 version's GO/NO-GO and reasons, charts of perplexity changes against the base model (domain and the forgetting
 check), per-category accuracy and latency, every golden item with every version's answer, and past evaluations.
 
-Layout only: the work happens in `eval.jobs`, `eval.results` and `eval.views`.
+Layout only: the work happens in `eval.worker`, `eval.results` and `ui.evaluation_views`.
 """
 
 import streamlit as st
 
-from engine.access import current_identity, require_admin_page
-from engine.deep_links import through_entry_point
-from eval import views
+from engine.access.roles import current_identity
+from ui.admin_page import require_admin_page
+from ui.deep_links import through_entry_point
+from ui import evaluation_views
 from eval.golden import DEFAULT_GOLDEN, GoldenError, load_golden
 from eval.harness import EvaluationError
-from eval.jobs import cancel_evaluation, list_evaluation_jobs, start_evaluation
+from eval.worker import cancel_evaluation, list_evaluation_jobs, start_evaluation
 from eval.results import evaluation_history, load_evaluation, load_items
 
 FLASH_KEY, CHOSEN_KEY = "eval_flash", "eval_chosen"
@@ -28,12 +29,12 @@ def changed(message: str) -> None:
 
 def new_evaluation(settings) -> None:
     try:
-        options = views.version_options(settings)
+        options = evaluation_views.version_options(settings)
     except Exception as error:  # MLflow unreachable: the base model can still be evaluated
-        st.warning(f"Cannot list the LLM versions ({views.first_line(error)}); only the base model is offered.")
+        st.warning(f"Cannot list the LLM versions ({evaluation_views.first_line(error)}); only the base model is offered.")
         options = {"base": "base model"}
     with st.form("eval_form"):
-        versions = st.multiselect("LLM versions", list(options), default=views.default_versions(options),
+        versions = st.multiselect("LLM versions", list(options), default=evaluation_views.default_versions(options),
                                   format_func=options.get, key="eval_versions",
                                   help="Every version answers the same golden set and is measured on the same held-out text.")
         left, middle, right = st.columns(3)
@@ -60,7 +61,7 @@ def new_evaluation(settings) -> None:
                 st.error(f"Not started: {error}")
                 return
             except Exception as error:  # MLflow or the disk said no
-                st.error(f"Not started: {type(error).__name__}: {views.first_line(error)}")
+                st.error(f"Not started: {type(error).__name__}: {evaluation_views.first_line(error)}")
                 return
         changed(f"Evaluation {job.id} started: {', '.join(job.request['versions'])}.")
 
@@ -68,23 +69,23 @@ def new_evaluation(settings) -> None:
 def running_panel(settings, polling: bool) -> None:
     """Evaluations started here; rerun every few seconds while one is unfinished."""
     jobs = list_evaluation_jobs(settings)
-    if polling != views.unfinished(jobs):
+    if polling != evaluation_views.unfinished(jobs):
         st.rerun()  # start or stop polling
     if not jobs:
         st.info("No evaluation started from here yet.")
         return
-    st.dataframe(views.jobs_frame(jobs), hide_index=True, width="stretch")
+    st.dataframe(evaluation_views.jobs_frame(jobs), hide_index=True, width="stretch")
     for job in jobs:
         if job.finished:
             continue
         with st.container(border=True):
             st.markdown(f"**{job.id}** · {job.state} · {', '.join(job.request.get('versions', []))}")
-            st.progress(views.progress_fraction(job), text=views.progress_text(job))
+            st.progress(evaluation_views.progress_fraction(job), text=evaluation_views.progress_text(job))
             if st.button("Cancel", key=f"eval_cancel_{job.id}"):
                 try:
                     cancel_evaluation(settings, job.id)
                 except (KeyError, ValueError) as error:
-                    st.error(f"Not cancelled: {views.first_line(error)}")
+                    st.error(f"Not cancelled: {evaluation_views.first_line(error)}")
                 else:
                     changed(f"Evaluation {job.id} is being cancelled; the versions it finished stay in the results.")
 
@@ -96,16 +97,16 @@ def results(settings, history) -> None:
     by_id = {summary.evaluation_id: summary for summary in history}
     if st.session_state.get(CHOSEN_KEY) not in by_id:
         st.session_state[CHOSEN_KEY] = history[0].evaluation_id
-    chosen = st.selectbox("Evaluation", list(by_id), key=CHOSEN_KEY, format_func=lambda i: views.history_label(by_id[i]))
+    chosen = st.selectbox("Evaluation", list(by_id), key=CHOSEN_KEY, format_func=lambda i: evaluation_views.history_label(by_id[i]))
     versions = load_evaluation(settings, chosen)
     for column, version in zip(st.columns(len(versions)), versions, strict=True):
         with column:
             (st.success if version.verdict == "GO" else st.error)(f"**{version.label}: {version.verdict}** · {version.llm_label}")
-            st.markdown("\n".join(f"- {views.escape(reason)}" for reason in version.reasons))
-    st.dataframe(views.comparison_frame(versions), hide_index=True, width="stretch")
-    charts = {"Perplexity vs base model (%)": views.perplexity_change_frame(versions),
-              "Accuracy per category": views.category_frame(versions),
-              "Latency per answer (ms)": views.latency_frame(versions)}
+            st.markdown("\n".join(f"- {evaluation_views.escape(reason)}" for reason in version.reasons))
+    st.dataframe(evaluation_views.comparison_frame(versions), hide_index=True, width="stretch")
+    charts = {"Perplexity vs base model (%)": evaluation_views.perplexity_change_frame(versions),
+              "Accuracy per category": evaluation_views.category_frame(versions),
+              "Latency per answer (ms)": evaluation_views.latency_frame(versions)}
     for column, (title, frame) in zip(st.columns(3), charts.items(), strict=True):
         with column:
             st.markdown(f"**{title}**")
@@ -127,20 +128,20 @@ def drill_down(settings, versions) -> None:
             try:
                 cache[version.run_id] = load_items(settings, version.run_id)
             except Exception as error:  # an artifact store that cannot be read now
-                st.warning(f"Cannot read the answers of {version.label}: {views.first_line(error)}")
+                st.warning(f"Cannot read the answers of {version.label}: {evaluation_views.first_line(error)}")
                 continue
         items[version.label] = cache[version.run_id]
     if not items:
         return
-    table = views.items_frame(items)
+    table = evaluation_views.items_frame(items)
     st.dataframe(table, hide_index=True, width="stretch")
     rows = table.to_dict("records")
     item_id = st.selectbox("Item", [row["item"] for row in rows], key="eval_item",
-                           format_func=lambda i: views.item_label(next(r for r in rows if r["item"] == i)))
-    for detail in views.item_detail(items, item_id):
+                           format_func=lambda i: evaluation_views.item_label(next(r for r in rows if r["item"] == i)))
+    for detail in evaluation_views.item_detail(items, item_id):
         with st.container(border=True):
             st.markdown(f"**{detail['version']}** {detail['mark']} · " + (
-                f"skipped: {views.escape(detail['skip_reason'] or '')}" if detail["status"] == "skipped" else
+                f"skipped: {evaluation_views.escape(detail['skip_reason'] or '')}" if detail["status"] == "skipped" else
                 f"{detail['origin']}{'' if detail['llm_asked'] else ' (the LLM was not asked)'} · {detail['latency']}"))
             if detail["status"] == "skipped":
                 continue
@@ -149,10 +150,10 @@ def drill_down(settings, versions) -> None:
                 with st.expander("What the chat showed (the decision, then the verified sentences)"):
                     st.text(detail["shown"])
                 if detail["problems"]:
-                    st.caption(views.escape("Explanation cut: " + "; ".join(detail["problems"][:2])))
+                    st.caption(evaluation_views.escape("Explanation cut: " + "; ".join(detail["problems"][:2])))
             if detail["facts"]:
                 st.dataframe(detail["facts"], hide_index=True)
-            st.caption(views.citation_caption(detail))
+            st.caption(evaluation_views.citation_caption(detail))
 
 
 through_entry_point("pages/evaluation.py")
@@ -169,17 +170,17 @@ st.subheader("New evaluation")
 new_evaluation(settings)
 
 st.subheader("Running and recent")
-polling = views.unfinished(list_evaluation_jobs(settings))
-st.fragment(running_panel, run_every=views.POLL_SECONDS if polling else None)(settings, polling)
+polling = evaluation_views.unfinished(list_evaluation_jobs(settings))
+st.fragment(running_panel, run_every=evaluation_views.POLL_SECONDS if polling else None)(settings, polling)
 
 st.subheader("Results")
 try:
     history = evaluation_history(settings)
 except Exception as error:  # MLflow unreachable: the rest of the page stays up
     history = None
-    st.warning(f"Cannot read the evaluations from MLflow: {views.first_line(error)}")
+    st.warning(f"Cannot read the evaluations from MLflow: {evaluation_views.first_line(error)}")
 if history is not None:
     results(settings, history)
 if history:
     st.subheader("History")
-    st.dataframe(views.history_frame(history), hide_index=True, width="stretch")
+    st.dataframe(evaluation_views.history_frame(history), hide_index=True, width="stretch")

@@ -3,20 +3,21 @@
 Each flagged answer shows its question, the answer as the user saw it, the LLM version, what the user said was
 wrong and the candidates and criteria check stored with it. A pending one has the correction editor (prefilled
 with the user's right answer) and Save draft / Accept / Reject; a decided one shows its correction and Reopen.
-An accepted correction joins the next snapshot's training text (training.snapshot).
+An accepted correction joins the next snapshot's training text (training.dataset_snapshot).
 
-Layout only: the work happens in `engine.feedback_review`. The database is opened for this run and closed at its
+Layout only: the work happens in `engine.answering.feedback_review`. The database is opened for this run and closed at its
 end. A refused action shows its reason under the answer and changes nothing.
 """
 
 import streamlit as st
 
-from engine import store
-from engine.access import AccessDenied, require_admin_page
-from engine.chat_views import answer_caption, candidates_frame, criteria_frame
-from engine.citations import escape_markdown, render_answer_markdown, resolve_citations
-from engine.deep_links import through_entry_point
-from engine.feedback_review import (
+from engine.core import database
+from engine.access.roles import AccessDenied
+from ui.admin_page import require_admin_page
+from ui.chat_views import answer_caption, candidates_frame, criteria_frame
+from engine.answering.citations import escape_markdown, render_answer_markdown, resolve_citations
+from ui.deep_links import through_entry_point
+from engine.answering.feedback_review import (
     MAX_CORRECTION_CHARS,
     MAX_NOTE_CHARS,
     REVIEW_STATES,
@@ -115,7 +116,7 @@ if message := st.session_state.pop(FLASH_KEY, None):
     st.success(message)
 
 settings.ensure_workspace()
-connection = store.connect(settings.knowledge_db)
+connection = database.connect(settings.knowledge_db)
 try:
     versions = flagged_versions(connection)
     state_column, version_column = st.columns(2)

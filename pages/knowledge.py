@@ -8,11 +8,12 @@ and the counts show it; a refused change shows an error and stores nothing.
 
 import streamlit as st
 
-from engine import knowledge_views as views
-from engine import table_import
-from engine.access import current_identity, require_admin_page
-from engine.candidates import CandidatesUnavailable, fetch_candidates
-from engine.criteria import (
+from ui import knowledge_views as views
+from engine.knowledge import table_import
+from engine.access.roles import current_identity
+from ui.admin_page import require_admin_page
+from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
+from engine.rules.criteria import (
     COMPARISONS,
     NO_USE_CASE,
     CriteriaError,
@@ -23,13 +24,13 @@ from engine.criteria import (
     save_reviewed_rules,
     set_metric_direction,
 )
-from engine.deep_links import through_entry_point
-from engine.documents import SUPPORTED_SUFFIXES
-from engine.rulebook import document_governance, rulebook, use_case_terms
-from engine.search import hybrid_search
-from engine.sources import KINDS, Source, SourceError, export_csv, import_csv, list_sources, unknown_sources
-from engine.use_cases import use_case_descriptions
-from engine.workspace import make_chunker, open_knowledge_base
+from ui.deep_links import through_entry_point
+from engine.knowledge.documents import SUPPORTED_SUFFIXES
+from engine.rules.rulebook import document_governance, rulebook, use_case_terms
+from engine.knowledge.search import hybrid_search
+from engine.knowledge.sources import KINDS, Source, SourceError, export_csv, import_csv, list_sources, unknown_sources
+from engine.registry.use_cases import use_case_descriptions
+from engine.knowledge.workspace import make_chunker, open_knowledge_base
 
 PAGE_SIZE = 20
 

@@ -1,33 +1,34 @@
 """Log in: the administrator's login — through the OIDC provider when one is configured, else the local account's
 password form. Who is signed in, and Log out, also show in the sidebar of every page (streamlit_app.py).
 
-Layout only: roles, password checks and the session's login live in `engine/access.py` and `engine/local_admin.py`.
+Layout only: roles, password checks and the session's login live in `engine/access/` and `ui/login.py`.
 """
 
 import streamlit as st
 
-from engine import access
-from engine.citations import escape_markdown
-from engine.deep_links import through_entry_point
-from engine.local_admin import PasswordError, read_account
+from engine.access import roles
+from ui import login
+from engine.answering.citations import escape_markdown
+from ui.deep_links import through_entry_point
+from engine.access.local_account import PasswordError, read_account
 
-through_entry_point(access.LOGIN_PAGE)
+through_entry_point(login.LOGIN_PAGE)
 settings = st.session_state["settings"]
-identity = access.current_identity()
+identity = roles.current_identity()
 
 st.title("Log in")
-if waiting := access.waiting_page_title():
+if waiting := login.waiting_page_title():
     st.warning(f"The {waiting} page is for administrators. Log in as an administrator to open it.", icon=":material/lock:")
 
 if identity.is_admin:
     st.success(f"Signed in as {escape_markdown(identity.name or '')}, administrator: the admin pages are in the sidebar.",
                icon=":material/verified_user:")
-elif access.oidc_configured():
+elif login.oidc_configured():
     if identity.logged_in:
         st.info(f"Signed in as {escape_markdown(identity.name or '')}, who is not an administrator: the Chat is open to "
                 "you. An administrator's email must be in DEPLOYWISE_ADMIN_EMAILS.")
     else:
-        providers = access.oidc_providers()
+        providers = login.oidc_providers()
         if not providers:
             st.error("The [auth] section of .streamlit/secrets.toml names no provider (client_id, client_secret, "
                      "server_metadata_url): nobody can log in.")
@@ -49,7 +50,7 @@ else:
         submitted = st.form_submit_button("Log in", type="primary")
     if submitted:
         with st.spinner("Checking"):
-            problem = access.log_in_locally(settings, user, password)
+            problem = login.log_in_locally(settings, user, password)
         if problem:
             st.error(problem)
         else:

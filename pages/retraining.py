@@ -7,23 +7,24 @@ their accepted pairs), launch; then follow the jobs of both recipes: a table ref
 is unfinished, and for one job its progress, loss, learning rate and evaluation curves (from its MLflow run), its
 log tail, Cancel, and the LLM version it made.
 
-Layout only: the work happens in `training.jobs`, `training.snapshot`, `training.sft_data` and
-`engine.retraining_views`. The database is opened for this run (and for each refresh of the jobs panel) and closed at
+Layout only: the work happens in `training.ray_jobs`, `training.dataset_snapshot`, `training.sft_data` and
+`ui.retraining_views`. The database is opened for this run (and for each refresh of the jobs panel) and closed at
 its end. Errors reaching Ray or MLflow show as one warning line; the page stays up.
 """
 
 import streamlit as st
 
-from engine import feedback_review as review
-from engine import retraining_views as views
-from engine.access import current_identity, require_admin_page
-from engine.deep_links import through_entry_point
-from engine.knowledge_base import KnowledgeBase
+from engine.answering import feedback_review as review
+from ui import retraining_views as views
+from engine.access.roles import current_identity
+from ui.admin_page import require_admin_page
+from ui.deep_links import through_entry_point
+from engine.knowledge.knowledge_base import KnowledgeBase
 from training.config import QUANTIZATIONS, ConfigError
-from training.jobs import (JobError, cancel_job, choose_snapshot, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt,
+from training.ray_jobs import (JobError, cancel_job, choose_snapshot, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt,
                            submit_sft)
 from training.sft_data import list_datasets
-from training.snapshot import SnapshotError, changes_since, list_snapshots
+from training.dataset_snapshot import SnapshotError, changes_since, list_snapshots
 
 FLASH_KEY, JOB_KEY, RECIPE_KEY = "training_flash", "training_job", "training_recipe"
 

@@ -1,26 +1,27 @@
 """SFT data (admin): generate named sets of instruction/output pairs from the knowledge base, review them, export JSONL.
 
 Generate: styles, prompts, the generator (an OpenAI-compatible endpoint or an LLM version in process), counts and
-seed; the run goes on in a process of its own (`training.sft_jobs`), with its progress shown here and a Cancel
+seed; the run goes on in a process of its own (`training.sft_worker`), with its progress shown here and a Cancel
 button. Datasets: every named dataset with its pairs by review state and what was dropped, by reason. Review: the
 pairs of one dataset, to accept, reject or edit (edits are validated like generated text), accept all shown, and
 export the accepted pairs as JSONL (the hash is the dataset id an SFT run records). Chunks: what the sampler draws
 from, by source.
 
-Layout only: the work happens in `training.sft_data`, `training.sft_generation`, `training.sft_jobs` and
-`training.sft_views`. The database is opened for this run and closed at its end.
+Layout only: the work happens in `training.sft_data`, `training.sft_generation`, `training.sft_worker` and
+`ui.sft_views`. The database is opened for this run and closed at its end.
 """
 
 import streamlit as st
 
-from engine import store
-from engine.access import AccessDenied, require_admin_page
-from engine.deep_links import through_entry_point
-from engine.knowledge_base import KnowledgeBase
-from training import sft_views as views
+from engine.core import database
+from engine.access.roles import AccessDenied
+from ui.admin_page import require_admin_page
+from ui.deep_links import through_entry_point
+from engine.knowledge.knowledge_base import KnowledgeBase
+from ui import sft_views as views
 from training.sft_data import REVIEW_STATES, SftDataError, delete_dataset, export_dataset, exports_dir, list_pairs, review_pairs
 from training.sft_generation import DEFAULT_PROMPTS, KNOWLEDGE_STYLES, STYLES, GenerationRequest, source_groups
-from training.sft_jobs import RUNNING, cancel_generation, refreshed_datasets, start_generation
+from training.sft_worker import RUNNING, cancel_generation, refreshed_datasets, start_generation
 
 FLASH_KEY, POLL_SECONDS, PAGE_SIZE = "sft_flash", 2, 200
 ALL = "all"
@@ -89,7 +90,7 @@ def generate_tab(settings, connection) -> None:
 
 def running_panel(settings, polling: bool) -> None:
     """Runs under way, refreshed every few seconds while one is unfinished."""
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         running = [d for d in refreshed_datasets(connection) if d.state in RUNNING]
         if polling != bool(running):
@@ -198,7 +199,7 @@ st.caption("Instruction/output pairs from the knowledge base (the same chunks CP
 if message := st.session_state.pop(FLASH_KEY, None):
     st.success(message)
 
-connection = store.connect(settings.knowledge_db)
+connection = database.connect(settings.knowledge_db)
 try:
     datasets = refreshed_datasets(connection)
     datasets_view, generate_view, review_view, chunks_view = st.tabs(["Datasets", "Generate", "Review", "Chunks"])

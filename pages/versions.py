@@ -1,18 +1,19 @@
 """LLM versions (admin): every version of the registry with its lineage, status, gate verdict, evaluation and the
 answers and flags it got; promote one to champion (the chat follows without a restart), roll back, archive.
 
-Layout only: the work happens in `engine.llm_versions`, which also refuses what must not happen (promoting
+Layout only: the work happens in `engine.lifecycle.versions`, which also refuses what must not happen (promoting
 without a GO and without a reason, archiving the champion...); a refusal or an MLflow failure shows as one line
 and the page stays up. A change is stored, then the page reruns so the table shows it.
 """
 
 import streamlit as st
 
-from engine import llm_versions as versions
-from engine.access import current_identity, require_admin_page
-from engine.citations import escape_markdown
-from engine.deep_links import through_entry_point
-from engine.llm_versions import VersionError
+from engine.lifecycle import versions
+from engine.access.roles import current_identity
+from ui.admin_page import require_admin_page
+from engine.answering.citations import escape_markdown
+from ui.deep_links import through_entry_point
+from engine.lifecycle.versions import VersionError
 from training import export as exports
 
 FLASH_KEY, CHOSEN_KEY = "versions_flash", "versions_chosen"

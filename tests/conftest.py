@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ui import login
 import os
 import shutil
 import tempfile
@@ -13,10 +14,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 from databricks_server import FakeDatabricks
 
-from engine.chunking import Chunker
-from engine.knowledge_base import KnowledgeBase
-from engine.settings import load_settings
-from engine.demo_workspace import prepare_demo
+from engine.knowledge.chunking import Chunker
+from engine.knowledge.knowledge_base import KnowledgeBase
+from engine.core.settings import load_settings
+from engine.demo.workspace import prepare_demo
 
 
 @pytest.fixture(autouse=True)
@@ -33,10 +34,10 @@ def _admin_sessions(request, monkeypatch):
     """Streamlit sessions in tests (AppTest) are a logged-in administrator, as the app's pages expect; tests of
     access control itself ask for `real_access` and get real sessions (anonymous until they log in). Test-only:
     the app has no setting that makes everyone an administrator."""
-    from engine import access
+    from engine.access import roles
 
     if "real_access" not in request.fixturenames:
-        monkeypatch.setattr(access, "session_identity", lambda: access.Identity("test-admin", "local", True))
+        monkeypatch.setattr(login, "session_identity", lambda: roles.Identity("test-admin", "local", True))
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def kb(settings):
 
 @pytest.fixture
 def chunker(kb, settings):
-    from engine.models import load_tokenizer
+    from engine.llm.bundled import load_tokenizer
 
     return Chunker(load_tokenizer(settings.base_model), settings.chunk_tokens, settings.chunk_overlap)
 
@@ -121,7 +122,7 @@ def ray_head(tmp_path_factory):
     import sys
     from pathlib import Path
 
-    from training.jobs import start_local_head
+    from training.ray_jobs import start_local_head
 
     lock = open(os.path.join(tempfile.gettempdir(), "deploywise-ray-tests.lock"), "w")
     fcntl.flock(lock, fcntl.LOCK_EX)

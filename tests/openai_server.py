@@ -151,7 +151,7 @@ class OpenAIServer:
 
 
 def decided_model(messages: list[dict]) -> str:
-    """What the rules decided, read back from the prompt the product sent (engine.prompting.decision_text)."""
+    """What the rules decided, read back from the prompt the product sent (engine.answering.prompting.decision_text)."""
     return re.search(r"Recommend (\S+) <<SRC:", messages[1]["content"]).group(1)
 
 

@@ -20,17 +20,20 @@ import bcrypt
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import access, local_admin
-from engine.citations import escape_markdown
+from engine.access import roles
+from ui import login
+from ui import admin_page
+from engine.access import local_account
+from engine.answering.citations import escape_markdown
 from cli.main import main
-from engine.deep_links import REQUEST_KEY
-from engine.settings import SettingsError, load_settings
+from ui.deep_links import REQUEST_KEY
+from engine.core.settings import SettingsError, load_settings
 
 pytestmark = pytest.mark.usefixtures("real_access")
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
-PUBLIC_PAGES = {"pages/chat.py", "pages/source.py", access.LOGIN_PAGE}
+PUBLIC_PAGES = {"pages/chat.py", "pages/source.py", login.LOGIN_PAGE}
 PASSWORD = "correct horse battery"
 OIDC_SECRETS = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
                 "client_id": "deploywise", "client_secret": "s3cret",
@@ -47,22 +50,22 @@ def workspace(monkeypatch, tmp_path) -> Path:
 @pytest.fixture
 def fast_hashes(monkeypatch):
     """bcrypt at its lowest cost, so the many logins below take milliseconds (the cost itself is tested once)."""
-    monkeypatch.setattr(local_admin, "ROUNDS", 4)
-    monkeypatch.setattr(local_admin, "_DUMMY_HASH", [])
+    monkeypatch.setattr(local_account, "ROUNDS", 4)
+    monkeypatch.setattr(local_account, "_DUMMY_HASH", [])
 
 
 @pytest.fixture
 def throttle(monkeypatch):
     """A fresh failed-login counter on a clock the test moves."""
     clock = [1000.0]
-    fresh = local_admin.LoginThrottle(clock=lambda: clock[0])
-    monkeypatch.setattr(local_admin, "THROTTLE", fresh)
+    fresh = local_account.LoginThrottle(clock=lambda: clock[0])
+    monkeypatch.setattr(local_account, "THROTTLE", fresh)
     return clock
 
 
 @pytest.fixture
 def admin_password(workspace, fast_hashes, throttle) -> str:
-    local_admin.set_password(load_settings().admin_file, "admin", PASSWORD)
+    local_account.set_password(load_settings().admin_file, "admin", PASSWORD)
     return PASSWORD
 
 
@@ -80,7 +83,7 @@ def through_the_entry_point(at: AppTest) -> AppTest:
     try:
         at.switch_page("streamlit_app.py")
     except ValueError:  # the last run was the entry point's: its navigation does not list the entry point itself
-        at.switch_page(access.LOGIN_PAGE).run()
+        at.switch_page(login.LOGIN_PAGE).run()
         at.switch_page("streamlit_app.py")
     return at.run()
 
@@ -89,13 +92,13 @@ def assert_not_an_admin(at: AppTest) -> None:
     """The navigation holds no admin page, and each admin page opened anyway refuses and shows nothing else."""
     through_the_entry_point(at)
     assert not at.exception, at.exception
-    for page in access.ADMIN_PAGES:
+    for page in admin_page.ADMIN_PAGES:
         with pytest.raises(ValueError, match="Could not find a navigation page"):
             at.switch_page(page.path)
-    admin_paths = {Path(page.path).stem for page in access.ADMIN_PAGES}
+    admin_paths = {Path(page.path).stem for page in admin_page.ADMIN_PAGES}
     assert not [link for link in at.get("page_link") if link.proto.page in admin_paths]
-    at.switch_page(access.LOGIN_PAGE).run()  # a run of a page alone registers every file of pages/, as by URL
-    for page in access.ADMIN_PAGES:
+    at.switch_page(login.LOGIN_PAGE).run()  # a run of a page alone registers every file of pages/, as by URL
+    for page in admin_page.ADMIN_PAGES:
         at.switch_page(page.path).run()
         assert not at.exception, at.exception
         assert texts(at, "error") == [f"The {page.title} page is for administrators."]
@@ -110,7 +113,7 @@ def assert_admin(at: AppTest) -> None:
 
 
 def log_in(at: AppTest, password: str, user: str = "admin") -> AppTest:
-    at.switch_page(access.LOGIN_PAGE).run()
+    at.switch_page(login.LOGIN_PAGE).run()
     at.text_input[0].set_value(user)
     at.text_input[1].set_value(password)
     next(b for b in at.button if b.label == "Log in").click().run()
@@ -126,9 +129,9 @@ def texts(at: AppTest, kind: str) -> list[str]:
 
 def test_every_page_file_is_public_or_a_listed_admin_page_that_exists():
     files = {f"pages/{path.name}" for path in (ROOT / "pages").glob("*.py")}
-    assert files - PUBLIC_PAGES <= {page.path for page in access.ADMIN_PAGES}, "add new admin pages to access.ADMIN_PAGES"
-    missing = [page.path for page in access.ADMIN_PAGES if not (ROOT / page.path).is_file()]
-    assert not missing, f"listed in access.ADMIN_PAGES but not written yet: {missing}"
+    assert files - PUBLIC_PAGES <= {page.path for page in admin_page.ADMIN_PAGES}, "add new admin pages to admin_page.ADMIN_PAGES"
+    missing = [page.path for page in admin_page.ADMIN_PAGES if not (ROOT / page.path).is_file()]
+    assert not missing, f"listed in admin_page.ADMIN_PAGES but not written yet: {missing}"
 
 
 def test_a_visitor_gets_the_chat_and_no_admin_page(workspace):
@@ -140,7 +143,7 @@ def test_a_visitor_gets_the_chat_and_no_admin_page(workspace):
     assert_not_an_admin(at)
 
 
-@pytest.mark.parametrize("page", access.ADMIN_PAGES, ids=lambda page: page.title)
+@pytest.mark.parametrize("page", admin_page.ADMIN_PAGES, ids=lambda page: page.title)
 def test_an_admin_page_url_opened_by_a_visitor_shows_the_login_instead(workspace, page):
     at = app(**{REQUEST_KEY: (page.path, {})})  # what through_entry_point leaves for a deep link to the page
     assert not at.exception
@@ -150,7 +153,7 @@ def test_an_admin_page_url_opened_by_a_visitor_shows_the_login_instead(workspace
     assert_not_an_admin(at)
 
 
-@pytest.mark.parametrize("page", access.ADMIN_PAGES, ids=lambda page: page.title)
+@pytest.mark.parametrize("page", admin_page.ADMIN_PAGES, ids=lambda page: page.title)
 def test_an_admin_page_run_for_a_visitor_refuses_and_shows_nothing_else(workspace, page):
     at = AppTest.from_file(str(ROOT / page.path), default_timeout=120)
     at.session_state["settings"] = load_settings()  # as if the entry point had let the page run
@@ -165,7 +168,7 @@ def test_an_admin_page_run_for_a_visitor_refuses_and_shows_nothing_else(workspac
 @contextmanager
 def knowledge_base() -> Iterator:
     """The test workspace's knowledge base, opened beside the app (as a second session would)."""
-    from engine.workspace import open_knowledge_base
+    from engine.knowledge.workspace import open_knowledge_base
 
     kb = open_knowledge_base(load_settings())
     try:
@@ -191,16 +194,19 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
 
     import streamlit as st
 
-    from engine import access, feedback_review, llm_versions, table_import
-    from engine import knowledge_views as views
-    from engine.criteria import discard_review, save_reviewed_rules
-    from engine.retraining_views import default_config, open_database
-    from engine.settings import load_settings
-    from engine.sources import Source, import_csv, list_sources
-    from engine.workspace import ingest_paths, make_chunker, open_knowledge_base
+    from engine.access import roles
+    from engine.answering import feedback_review
+    from engine.lifecycle import versions
+    from engine.knowledge import table_import
+    from ui import knowledge_views as views
+    from engine.rules.criteria import discard_review, save_reviewed_rules
+    from ui.retraining_views import default_config, open_database
+    from engine.core.settings import load_settings
+    from engine.knowledge.sources import Source, import_csv, list_sources
+    from engine.knowledge.workspace import ingest_paths, make_chunker, open_knowledge_base
     from eval.harness import run_evaluation
-    from eval.jobs import cancel_evaluation, start_evaluation
-    from training.jobs import cancel_job, submit_cpt
+    from eval.worker import cancel_evaluation, start_evaluation
+    from training.ray_jobs import cancel_job, submit_cpt
 
     settings = st.session_state.setdefault("settings", load_settings())
     kb, jobs_db = open_knowledge_base(settings), open_database(settings)
@@ -234,9 +240,9 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
         "evaluate (Evaluation page)": lambda: start_evaluation(settings, ["base"]),
         "cancel an evaluation": lambda: cancel_evaluation(settings, "eval-any"),
         "evaluate (CLI)": lambda: run_evaluation(None),
-        "promote a version": lambda: llm_versions.promote(settings, "1", actor="visitor", reason="because"),
-        "roll back the champion": lambda: llm_versions.rollback(settings, "visitor", "because"),
-        "archive a version": lambda: llm_versions.archive(settings, "1", "visitor", "because"),
+        "promote a version": lambda: versions.promote(settings, "1", actor="visitor", reason="because"),
+        "roll back the champion": lambda: versions.rollback(settings, "visitor", "because"),
+        "archive a version": lambda: versions.archive(settings, "1", "visitor", "because"),
         "save a correction": lambda: feedback_review.save_correction(kb.connection, 1, "The right answer."),
         "accept a correction": lambda: feedback_review.accept(kb.connection, 1),
         "reject a flagged answer": lambda: feedback_review.reject(kb.connection, 1),
@@ -249,7 +255,7 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
         try:
             action()
             outcomes[name] = "done"
-        except access.AccessDenied:
+        except roles.AccessDenied:
             outcomes[name] = "refused"
         except Exception as error:  # an administrator's action may still fail on its own terms (no Ray here, say)
             outcomes[name] = f"failed: {type(error).__name__}"
@@ -260,7 +266,7 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
             kb_of_thread = open_knowledge_base(settings)
             kb_of_thread.register_sources([Source("doc:thread", "Thread", None, "document")])
             thread_outcome.append("done")
-        except access.AccessDenied:
+        except roles.AccessDenied:
             thread_outcome.append("refused")
 
     worker = threading.Thread(target=in_a_thread_of_the_server)
@@ -275,7 +281,7 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
 @pytest.fixture
 def documents(workspace, tmp_path) -> Path:
     """Two documents, a registry and acceptance criteria, stored by the operator (this test process, as the CLI)."""
-    from engine.workspace import ingest_paths
+    from engine.knowledge.workspace import ingest_paths
 
     folder = tmp_path / "docs"
     folder.mkdir()
@@ -312,13 +318,13 @@ def test_a_visitor_cannot_trigger_any_admin_action_and_nothing_changes(documents
 
 
 def test_the_logged_in_local_admin_passes_the_same_guards(documents, admin_password):
-    account = local_admin.read_account(load_settings().admin_file)
+    account = local_account.read_account(load_settings().admin_file)
     skip = ("launch training", "evaluate (Evaluation page)", "evaluate (CLI)", "cancel an evaluation", "promote a version",
             "roll back the champion", "archive a version", "save a correction", "accept a correction",
             "reject a flagged answer", "reopen a reviewed answer")  # each really runs for an administrator: their own tests
     at = AppTest.from_function(admin_actions_script, args=(str(documents), "sqlite:///no/such.db", skip), default_timeout=120)
     at.session_state["settings"] = load_settings()
-    at.session_state[access.LOGIN_KEY] = access.LocalLogin(account.user, account.password_hash)
+    at.session_state[login.LOGIN_KEY] = login.LocalLogin(account.user, account.password_hash)
     at.run()
     assert not at.exception, at.exception
     outcomes = at.session_state["outcomes"]
@@ -328,8 +334,8 @@ def test_the_logged_in_local_admin_passes_the_same_guards(documents, admin_passw
 
 
 def test_outside_streamlit_the_caller_is_the_operator():
-    assert access.current_identity() == access.OPERATOR
-    access.require_admin("anything")  # the CLI, scripts and Ray jobs run on the server with the workspace in hand
+    assert roles.current_identity() == roles.OPERATOR
+    roles.require_admin("anything")  # the CLI, scripts and Ray jobs run on the server with the workspace in hand
 
 
 # --- the local administrator ----------------------------------------------------------------------------------------
@@ -359,7 +365,7 @@ def test_the_local_admin_logs_in_sees_the_admin_pages_and_logs_out(admin_passwor
 def test_a_new_password_logs_out_the_sessions_of_the_old_one(admin_password):
     at = log_in(app(), admin_password)
     assert_admin(at)
-    local_admin.set_password(load_settings().admin_file, "admin", "another long password")
+    local_account.set_password(load_settings().admin_file, "admin", "another long password")
     assert_not_an_admin(at)
 
 
@@ -375,7 +381,7 @@ def test_a_refused_deep_link_opens_after_the_login(admin_password):
 
 def test_repeated_failures_make_the_next_attempts_wait(admin_password, throttle):
     at = app()
-    for _ in range(local_admin.FREE_FAILURES):
+    for _ in range(local_account.FREE_FAILURES):
         at = log_in(at, "not the password")
         assert texts(at, "error") == ["Wrong user name or password."]
     at = log_in(at, admin_password)  # the right password, but too soon: not even checked
@@ -389,31 +395,31 @@ def test_repeated_failures_make_the_next_attempts_wait(admin_password, throttle)
     throttle[0] += 1.0
     at = log_in(at, admin_password)
     assert texts(at, "success") == ["Signed in as admin, administrator: the admin pages are in the sidebar."]
-    assert local_admin.THROTTLE.wait_s() == 0  # a success starts the count again
+    assert local_account.THROTTLE.wait_s() == 0  # a success starts the count again
     assert_admin(at)
 
 
 def test_the_throttle_doubles_the_wait_up_to_its_cap():
     clock = [0.0]
-    throttle = local_admin.LoginThrottle(clock=lambda: clock[0])
+    throttle = local_account.LoginThrottle(clock=lambda: clock[0])
     waits = []
-    for _ in range(local_admin.FREE_FAILURES + 12):
+    for _ in range(local_account.FREE_FAILURES + 12):
         waits.append(throttle.wait_s())
         throttle.failed()
         clock[0] += 0.0
-    assert waits[: local_admin.FREE_FAILURES + 1] == [0.0] * local_admin.FREE_FAILURES + [local_admin.BASE_DELAY_S]
-    assert waits[local_admin.FREE_FAILURES + 3] == 8 * local_admin.BASE_DELAY_S
-    assert max(waits) == local_admin.MAX_DELAY_S
+    assert waits[: local_account.FREE_FAILURES + 1] == [0.0] * local_account.FREE_FAILURES + [local_account.BASE_DELAY_S]
+    assert waits[local_account.FREE_FAILURES + 3] == 8 * local_account.BASE_DELAY_S
+    assert max(waits) == local_account.MAX_DELAY_S
 
 
 def test_without_a_password_the_login_page_says_how_to_set_one(workspace, capfd):
     at = app()
-    at.switch_page(access.LOGIN_PAGE).run()
+    at.switch_page(login.LOGIN_PAGE).run()
     assert "run `.venv/bin/deploywise admin set-password`" in texts(at, "info")[0]
     at = log_in(at, "anything at all")
     assert texts(at, "error") == ["No administrator password is set yet: run `deploywise admin set-password` on the server."]
-    access._ANNOUNCED.clear()
-    access.announce_first_run(load_settings())
+    login._ANNOUNCED.clear()
+    login.announce_first_run(load_settings())
     assert "deploywise admin set-password" in capfd.readouterr().err
 
 
@@ -434,7 +440,7 @@ def test_the_command_stores_only_a_bcrypt_hash_in_a_private_file(workspace, tmp_
     assert stored["password_hash"].startswith("$2b$12$")  # the default cost
     assert bcrypt.checkpw(PASSWORD.encode(), stored["password_hash"].encode())
     assert PASSWORD.encode() not in all_file_bytes(tmp_path)
-    assert local_admin.check_login(path, "admin", PASSWORD, local_admin.LoginThrottle()).account is not None
+    assert local_account.check_login(path, "admin", PASSWORD, local_account.LoginThrottle()).account is not None
 
 
 def test_the_command_never_takes_the_password_from_its_arguments(workspace, monkeypatch, capsys):
@@ -476,13 +482,13 @@ def test_an_unusable_password_changes_nothing(workspace, monkeypatch, capsys, pa
 
 def test_oidc_roles_come_from_the_admin_emails():
     admins = ["alice@example.com"]
-    assert access.oidc_identity({"is_logged_in": True, "email": "Alice@Example.com"}, admins).is_admin
-    assert not access.oidc_identity({"is_logged_in": True, "email": "bob@example.com"}, admins).is_admin
-    assert not access.oidc_identity({"is_logged_in": False, "email": "alice@example.com"}, admins).is_admin
-    assert not access.oidc_identity({"email": "alice@example.com"}, admins).is_admin
-    assert not access.oidc_identity({"is_logged_in": True, "email": "alice@example.com", "email_verified": False}, admins).is_admin
-    assert not access.oidc_identity({"is_logged_in": True, "name": "Alice"}, admins).is_admin
-    assert access.oidc_identity({"is_logged_in": True, "name": "Alice"}, admins) == access.Identity("Alice", "oidc", False)
+    assert roles.oidc_identity({"is_logged_in": True, "email": "Alice@Example.com"}, admins).is_admin
+    assert not roles.oidc_identity({"is_logged_in": True, "email": "bob@example.com"}, admins).is_admin
+    assert not roles.oidc_identity({"is_logged_in": False, "email": "alice@example.com"}, admins).is_admin
+    assert not roles.oidc_identity({"email": "alice@example.com"}, admins).is_admin
+    assert not roles.oidc_identity({"is_logged_in": True, "email": "alice@example.com", "email_verified": False}, admins).is_admin
+    assert not roles.oidc_identity({"is_logged_in": True, "name": "Alice"}, admins).is_admin
+    assert roles.oidc_identity({"is_logged_in": True, "name": "Alice"}, admins) == roles.Identity("Alice", "oidc", False)
 
 
 def oidc_app(monkeypatch, user: dict) -> AppTest:
@@ -505,15 +511,15 @@ def test_with_oidc_other_users_get_the_chat_only(workspace, monkeypatch, admin_p
     assert at.title[0].value == "Which model should I deploy?"
     assert at.sidebar.caption[0].value == f"Signed in as {escape_markdown('bob@example.com')}"
     assert_not_an_admin(at)
-    at.switch_page(access.LOGIN_PAGE).run()
+    at.switch_page(login.LOGIN_PAGE).run()
     assert "who is not an administrator" in texts(at, "info")[0]
 
     at = oidc_app(monkeypatch, {"is_logged_in": False})
-    at.switch_page(access.LOGIN_PAGE).run()
+    at.switch_page(login.LOGIN_PAGE).run()
     assert [b.label for b in at.button] == ["Log in with single sign-on"]
     assert not at.text_input  # no local password form: the local account is not used with OIDC
-    account = local_admin.read_account(load_settings().admin_file)
-    at.session_state[access.LOGIN_KEY] = access.LocalLogin(account.user, account.password_hash)
+    account = local_account.read_account(load_settings().admin_file)
+    at.session_state[login.LOGIN_KEY] = login.LocalLogin(account.user, account.password_hash)
     assert_not_an_admin(at)
 
 
@@ -525,7 +531,7 @@ def test_named_oidc_providers_each_get_a_button(workspace, monkeypatch):
     at.secrets["auth"] = {**shared, "google": provider, "okta": provider}
     at.user = {"is_logged_in": False}
     at.run()
-    at.switch_page(access.LOGIN_PAGE).run()
+    at.switch_page(login.LOGIN_PAGE).run()
     assert [b.label for b in at.button] == ["Log in with google", "Log in with okta"]
 
 

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from engine.answers import (
+from engine.answering.records import (
     MAX_FEEDBACK_CHARS,
     AnswerRecord,
     answer_counts_by_version,
@@ -18,7 +18,7 @@ from engine.answers import (
     save_answer,
     save_feedback,
 )
-from engine.store import connect
+from engine.core.database import connect
 
 
 @pytest.fixture

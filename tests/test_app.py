@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import access
-from engine import knowledge_views as views
-from engine import table_import
-from engine.candidates import fetch_candidates
-from engine.knowledge_base import KnowledgeBase
-from engine.settings import load_settings
-from engine.sources import Source, list_sources, log_unknown, upsert_sources
-from engine.workspace import ingest_paths, open_knowledge_base
+from engine.access import roles
+from ui import knowledge_views as views
+from engine.knowledge import table_import
+from engine.registry.candidates import fetch_candidates
+from engine.knowledge.knowledge_base import KnowledgeBase
+from engine.core.settings import load_settings
+from engine.knowledge.sources import Source, list_sources, log_unknown, upsert_sources
+from engine.knowledge.workspace import ingest_paths, open_knowledge_base
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 KNOWLEDGE_PAGE = "pages/knowledge.py"
@@ -120,7 +120,7 @@ def test_app_starts_on_chat_and_admins_reach_the_knowledge_page(workspace):
 
 
 def test_non_admins_get_no_admin_pages(workspace, monkeypatch):
-    monkeypatch.setattr(access, "current_user_is_admin", lambda: False)
+    monkeypatch.setattr(roles, "current_user_is_admin", lambda: False)
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     assert not at.exception
     assert not at.page_link
@@ -417,8 +417,8 @@ def open_criteria_tab(use_case: str) -> AppTest:
 
 
 def test_an_admin_reviews_the_ranking_policy_and_the_chat_decides_with_it(demo_copy, monkeypatch):
-    from engine.assistant import prepare_answer
-    from engine.criteria import reviewed_rules
+    from engine.answering.pipeline import prepare_answer
+    from engine.rules.criteria import reviewed_rules
 
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
     at = open_criteria_tab("tumor-screening")
@@ -448,8 +448,8 @@ def test_an_admin_reviews_the_ranking_policy_and_the_chat_decides_with_it(demo_c
 def test_the_criteria_tab_says_which_documents_govern_nothing_and_an_admin_assigns_one(demo_copy, monkeypatch):
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
     with knowledge_base() as kb:
-        from engine.ingest import ingest_files
-        from engine.workspace import make_chunker
+        from engine.knowledge.ingest import ingest_files
+        from engine.knowledge.workspace import make_chunker
 
         [outcome] = ingest_files(kb, make_chunker(load_settings()),
                                  [("notes.md", b"# Team notes\n\nLatency must stay below 2 ms. Pick the highest F1.\n")])
@@ -470,8 +470,8 @@ def test_the_criteria_tab_says_which_documents_govern_nothing_and_an_admin_assig
 def test_the_criteria_tab_shows_a_requirement_it_could_not_read(demo_copy, monkeypatch):
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
     with knowledge_base() as kb:
-        from engine.ingest import ingest_files
-        from engine.workspace import make_chunker
+        from engine.knowledge.ingest import ingest_files
+        from engine.knowledge.workspace import make_chunker
 
         [outcome] = ingest_files(kb, make_chunker(load_settings()), [(
             "screening-ops.md", b"# Tumour screening: operations\n\nThe screening service must keep the queue at most 3 deep.\n")])
@@ -492,8 +492,8 @@ def test_the_criteria_tab_shows_a_requirement_it_could_not_read(demo_copy, monke
     ],
 )
 def test_a_malformed_editor_row_is_named_and_nothing_is_saved(demo_copy, monkeypatch, row, message):
-    from engine.criteria import CriteriaError, reviewed_rules
-    from engine.rulebook import rulebook
+    from engine.rules.criteria import CriteriaError, reviewed_rules
+    from engine.rules.rulebook import rulebook
 
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
     with knowledge_base() as kb:

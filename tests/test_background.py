@@ -1,4 +1,4 @@
-"""engine.background with real worker processes: this file is also the worker (`python -m test_background <status>`)."""
+"""engine.core.workers with real worker processes: this file is also the worker (`python -m test_background <status>`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.background import (StatusFile, cancel_on_sigterm, is_starting, is_worker, run_work, start_worker,
+from engine.core.workers import (StatusFile, cancel_on_sigterm, is_starting, is_worker, run_work, start_worker,
                                worker_alive)
-from engine.store import utc_now
+from engine.core.database import utc_now
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 DIED = {"state": "failed", "error": "the worker ended without finishing"}

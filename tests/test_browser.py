@@ -72,8 +72,8 @@ def running_app(workspace: Path, extra_env: dict[str, str] | None = None) -> Ite
 @pytest.fixture
 def server(tmp_path):
     """The app on a one-document workspace (no models, no LLM): enough for navigation and search."""
-    from engine.settings import load_settings
-    from engine.workspace import ingest_paths
+    from engine.core.settings import load_settings
+    from engine.knowledge.workspace import ingest_paths
 
     workspace = tmp_path / "workspace"
     (tmp_path / "docs").mkdir()
@@ -169,8 +169,8 @@ def assert_links_to(link, url: str) -> None:
 @contextmanager
 def knowledge_base(workspace: Path):
     """The workspace's knowledge base, as the app writes it (answers, feedback), opened for the length of a block."""
-    from engine.settings import load_settings
-    from engine.workspace import open_knowledge_base
+    from engine.core.settings import load_settings
+    from engine.knowledge.workspace import open_knowledge_base
 
     kb = open_knowledge_base(load_settings(workspace=workspace))
     try:
@@ -180,7 +180,7 @@ def knowledge_base(workspace: Path):
 
 
 def stored_feedback(workspace: Path, answer_id: int):
-    from engine.answers import feedback_for
+    from engine.answering.records import feedback_for
 
     with knowledge_base(workspace) as kb:
         feedback = feedback_for(kb.connection, answer_id)
@@ -197,8 +197,8 @@ SCREENSHOT = ROOT / "build/screenshots/chat-answer.png"
 def test_a_question_gets_a_verified_answer_with_source_links_evidence_and_feedback(demo_app, page):
     from playwright.sync_api import expect
 
-    from engine.answers import recent_answers
-    from engine.citations import resolve_citations
+    from engine.answering.records import recent_answers
+    from engine.answering.citations import resolve_citations
 
     page.goto(demo_app.url)
     page.get_by_role("heading", name="Which model should I deploy?").wait_for(timeout=90_000)

@@ -21,8 +21,8 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
-from engine import candidates as candidates_module
-from engine.candidates import (
+from engine.registry import candidates as candidates_module
+from engine.registry.candidates import (
     CandidatesUnavailable,
     candidate_sources,
     fetch_candidates,
@@ -30,8 +30,8 @@ from engine.candidates import (
     saved_snapshot_path,
     version_link,
 )
-from engine.demo_registry import log_model
-from engine.settings import load_settings
+from engine.demo.registry import log_model
+from engine.core.settings import load_settings
 
 ROWS = np.random.default_rng(0).normal(size=(40, 3))
 LABELS = (ROWS[:, 0] > 0).astype(int)
@@ -335,7 +335,7 @@ def test_unreachable_mlflow_falls_back_to_the_last_read_even_after_a_restart(tmp
     assert fetch_candidates(settings) is stale  # the failure is remembered for the TTL: no second timeout
 
     restarted = subprocess.run(
-        [sys.executable, "-c", "import json; from engine.candidates import fetch_candidates; from engine.settings import load_settings; "
+        [sys.executable, "-c", "import json; from engine.registry.candidates import fetch_candidates; from engine.core.settings import load_settings; "
          "s = fetch_candidates(load_settings()); "
          "print(json.dumps({'error': s.error, 'fetched_at': s.fetched_at.isoformat(), 'names': [c.name for c in s.candidates]}))"],
         env={**os.environ, "DEPLOYWISE_WORKSPACE": str(settings.workspace), "DEPLOYWISE_MLFLOW_TRACKING_URI": proxy.url},

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.answers import feedback_for, recent_answers
-from engine.settings import load_settings
-from engine.workspace import open_knowledge_base
+from engine.answering.records import feedback_for, recent_answers
+from engine.core.settings import load_settings
+from engine.knowledge.workspace import open_knowledge_base
 from tests.openai_server import OpenAIServer, faithful_answer
 from tests.rendered_markdown import parse
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from markdown_it import MarkdownIt
 
-from engine.citations import (
+from engine.answering.citations import (
     MAX_SOURCE_ID_CHARS,
     Citation,
     cited_chunks,
@@ -20,9 +20,9 @@ from engine.citations import (
     resolve_citations,
     strip_markers,
 )
-from engine.search import SearchHit
-from engine.sources import Source, unknown_sources, upsert_sources
-from engine.store import connect
+from engine.knowledge.search import SearchHit
+from engine.knowledge.sources import Source, unknown_sources, upsert_sources
+from engine.core.database import connect
 from tests.rendered_markdown import parse
 
 GUIDE_URL = "https://wiki.example.com/ml-platform/acceptance-criteria/tumor-screening"

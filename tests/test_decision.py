@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.candidates import Candidate
-from engine.composer import compose_answer
-from engine.criteria import (
+from engine.registry.candidates import Candidate
+from engine.answering.composer import compose_answer
+from engine.rules.criteria import (
     AcceptanceCriterion,
     CriteriaError,
     UseCasePolicy,
@@ -14,11 +14,11 @@ from engine.criteria import (
     reviewed_rules,
     save_reviewed_rules,
 )
-from engine.decision import decide
-from engine.ingest import ingest_files
-from engine.rulebook import rulebook
-from engine.verifier import verify_answer
-from engine.demo_workspace import DEMO_CORPUS
+from engine.rules.decision import decide
+from engine.knowledge.ingest import ingest_files
+from engine.rules.rulebook import rulebook
+from engine.answering.verifier import verify_answer
+from engine.demo.workspace import DEMO_CORPUS
 
 CRITERIA = [
     AcceptanceCriterion("tumor-screening", "f1", ">=", 0.95, True, "criteria:tumor-screening"),

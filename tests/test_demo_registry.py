@@ -12,9 +12,9 @@ import mlflow.sklearn
 import pytest
 from mlflow import MlflowClient
 
-from engine.candidates import read_candidates
-from engine.decision import decide
-from engine.demo_registry import (
+from engine.registry.candidates import read_candidates
+from engine.rules.decision import decide
+from engine.demo.registry import (
     DEMO_DIR,
     DEMO_MODEL_NAMES,
     EXPERIMENT,
@@ -30,7 +30,7 @@ from engine.demo_registry import (
     report_path,
     split,
 )
-from engine.settings import load_settings
+from engine.core.settings import load_settings
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
-from engine.documents import DocumentError, parse_file
+from engine.knowledge.documents import DocumentError, parse_file
 from tests_support import make_docx, make_pdf
 
 

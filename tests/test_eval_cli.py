@@ -8,7 +8,7 @@ import pytest
 from test_eval_harness import opening
 
 from cli.main import main
-from engine.settings import load_settings
+from engine.core.settings import load_settings
 from eval.results import evaluation_history
 
 # A golden set of its own (so it is not a subset): one question the LLM answers, one the chat refuses without it.

@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 
-from engine.candidates import candidate_sources, fetch_candidates
-from engine.rulebook import decision_for
-from engine.settings import load_settings
-from engine.use_cases import match_use_case
-from engine.workspace import open_knowledge_base
+from engine.registry.candidates import candidate_sources, fetch_candidates
+from engine.rules.rulebook import decision_for
+from engine.core.settings import load_settings
+from engine.registry.use_cases import match_use_case
+from engine.knowledge.workspace import open_knowledge_base
 from eval.golden import DEFAULT_GOLDEN, Expectation, load_golden, resolve_item
 
 

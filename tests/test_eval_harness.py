@@ -15,15 +15,17 @@ import torch
 from mlflow import MlflowClient
 from peft import LoraConfig, get_peft_model
 
-from engine import access, store
-from engine.background import StatusFile
-from engine.llm import load_base_model
-from engine.prompting import explanation_opening
-from engine.settings import load_settings
-from eval import jobs, views
+from engine.access import roles
+from engine.core import database
+from engine.core.workers import StatusFile
+from engine.llm.runtime import load_base_model
+from engine.answering.prompting import explanation_opening
+from engine.core.settings import load_settings
+from eval import worker
+from ui import evaluation_views
 from eval.harness import EvaluationError, evaluate_versions, plan_evaluation
 from eval.results import EXPERIMENT, evaluation_history, load_evaluation, load_items
-from training.snapshot import snapshot_workspace
+from training.dataset_snapshot import snapshot_workspace
 
 ITEMS = ["ts-rec-1", "dr-rej-2", "dp-crit-1", "ref-offtopic-1"]  # in the file's order
 
@@ -69,7 +71,7 @@ def workspace(demo_copy, tiny_llama_folder):
 
 
 def answers_stored(settings) -> int:
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         return connection.execute("SELECT count(*) FROM answers").fetchone()[0]
     finally:
@@ -181,29 +183,29 @@ def test_the_history_and_the_side_by_side_views(workspace):
     summary = next(s for s in evaluation_history(settings) if s.evaluation_id == result.plan.evaluation_id)
     assert [v.label for v in summary.versions] == ["base", f"v{number}"]
     logged = load_evaluation(settings, summary.evaluation_id)
-    table = views.comparison_frame(logged).set_index("metric")
+    table = evaluation_views.comparison_frame(logged).set_index("metric")
     assert list(table.columns) == ["base (NO-GO)", f"v{number} (NO-GO)"]
     assert table.loc["refusal accuracy"].tolist() == ["100%", "100%"] and table.loc["golden items scored"].tolist() == ["4", "4"]
     assert table.loc["general perplexity vs base (forgetting)", "base (NO-GO)"] == "+0.0%"
-    changes = views.perplexity_change_frame(logged)
+    changes = evaluation_views.perplexity_change_frame(logged)
     assert list(changes.index) == [f"v{number}"] and list(changes.columns) == ["domain", "general (forgetting)"]
-    assert list(views.category_frame(logged).index) == ["criteria", "off-topic", "recommendation", "rejection"]
+    assert list(evaluation_views.category_frame(logged).index) == ["criteria", "off-topic", "recommendation", "rejection"]
     items = {version.label: load_items(settings, version.run_id) for version in logged}
-    matrix = views.items_frame(items).set_index("item")
+    matrix = evaluation_views.items_frame(items).set_index("item")
     assert table.loc["explanations kept whole (every sentence verified)"].tolist() == ["0%", "0%"]
     assert table.loc["explanations shown at least in part"].tolist() == ["0%", "0%"]
     assert not any("replaced by the composed one" in label for label in table.index)  # older evaluations' metric
     assert matrix.loc["ref-offtopic-1", "base"] == "✓" and matrix.loc["dp-crit-1", f"v{number}"] == "✗"
-    detail = views.item_detail(items, "ts-rec-1")
+    detail = evaluation_views.item_detail(items, "ts-rec-1")
     assert [d["version"] for d in detail] == ["base", f"v{number}"] and detail[0]["facts"] == [
         {"fact": "tumor-screening-linear", "found": "✓"}]  # the prefilled opening names it
     assert [(d["explanation_state"], d["origin"], d["sentences_kept"]) for d in detail] == [("dropped", "explanation dropped", 0)] * 2
     assert detail[0]["answer"].startswith(opening("tumor-screening-linear"))
     assert detail[0]["problems"] and detail[0]["shown"].startswith("Recommendation: tumor-screening-linear")
-    refusal = views.item_detail(items, "ref-offtopic-1")[0]
+    refusal = evaluation_views.item_detail(items, "ref-offtopic-1")[0]
     assert (refusal["explanation_state"], refusal["origin"], refusal["llm_asked"]) == ("none", "no explanation", False)
     before = {"id": "x", "type": "static", "origin": "llm-retry", "llm_asked": True}  # an evaluation made before explanations
-    assert [(d["explanation_state"], d["origin"]) for d in views.item_detail({"v1": [before]}, "x")] == [("none", "llm-retry")]
+    assert [(d["explanation_state"], d["origin"]) for d in evaluation_views.item_detail({"v1": [before]}, "x")] == [("none", "llm-retry")]
 
 
 @pytest.mark.parametrize("request_, problem", [
@@ -253,8 +255,8 @@ def test_versions_are_asked_on_the_chats_runtime_and_llama_cpp_needs_their_gguf_
     assert plan_evaluation(bundled, ["base"], item_ids=ITEMS).versions[0].wanted == "base"
     assert len(evaluation_runs(settings)) == before
     # each version gets the chat's backend for its own configuration; an endpoint cannot serve a chosen version
-    from engine.llm import InProcessLlm
-    from engine.llm_backends import llm_backend, version_settings
+    from engine.llm.runtime import InProcessLlm
+    from engine.llm.backends import llm_backend, version_settings
 
     one, two = (llm_backend(version_settings(settings, wanted)) for wanted in ("base", number))
     assert isinstance(one, InProcessLlm) and isinstance(two, InProcessLlm) and one is not two
@@ -278,12 +280,12 @@ def test_champion_names_the_version_holding_the_alias(workspace):
 
 def test_only_administrators_evaluate(workspace, monkeypatch):
     settings = workspace[0]
-    monkeypatch.setattr(access, "current_user_is_admin", lambda: False)
-    with pytest.raises(access.AccessDenied):
+    monkeypatch.setattr(roles, "current_user_is_admin", lambda: False)
+    with pytest.raises(roles.AccessDenied):
         evaluate_versions(settings, ["base"], item_ids=ITEMS)
-    with pytest.raises(access.AccessDenied):
-        jobs.start_evaluation(settings, ["base"], item_ids=ITEMS)
-    assert not jobs.jobs_dir(settings).exists()
+    with pytest.raises(roles.AccessDenied):
+        worker.start_evaluation(settings, ["base"], item_ids=ITEMS)
+    assert not worker.jobs_dir(settings).exists()
 
 
 # --- out of process ---------------------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ def test_only_administrators_evaluate(workspace, monkeypatch):
 
 def wait_for(settings, evaluation_id: str, states, timeout_s: float = 180):
     deadline = time.monotonic() + timeout_s
-    while (job := jobs.get_evaluation_job(settings, evaluation_id)).state not in states:
+    while (job := worker.get_evaluation_job(settings, evaluation_id)).state not in states:
         assert time.monotonic() < deadline, f"{evaluation_id} still {job.state}: {job.progress}"
         time.sleep(0.5)
     return job
@@ -300,36 +302,36 @@ def wait_for(settings, evaluation_id: str, states, timeout_s: float = 180):
 @pytest.mark.slow
 def test_an_evaluation_runs_out_of_process_and_can_be_cancelled(workspace, monkeypatch):
     settings = workspace[0]
-    started = jobs.start_evaluation(settings, ["base"], item_ids=["ts-rec-1", "ref-offtopic-1"], max_new_tokens=4,
+    started = worker.start_evaluation(settings, ["base"], item_ids=["ts-rec-1", "ref-offtopic-1"], max_new_tokens=4,
                                     created_by="test-admin")
-    assert started.state in ("queued", "running") and jobs.log_path(settings, started.id).is_file()
-    done = wait_for(settings, started.id, jobs.FINAL_STATES)
-    assert done.state == "succeeded", (done.error, jobs.log_path(settings, started.id).read_text()[-2000:])
+    assert started.state in ("queued", "running") and worker.log_path(settings, started.id).is_file()
+    done = wait_for(settings, started.id, worker.FINAL_STATES)
+    assert done.state == "succeeded", (done.error, worker.log_path(settings, started.id).read_text()[-2000:])
     assert done.progress["done"] == done.progress["total"] == 3 and done.results[0]["verdict"] == "NO-GO"
     [run] = [run for run in evaluation_runs(settings) if run.data.tags["evaluation_id"] == started.id]
     assert run.data.tags["evaluated_by"] == "test-admin" and run.info.run_id == done.results[0]["run_id"]
 
-    long = jobs.start_evaluation(settings, ["base"], max_new_tokens=4)  # the whole golden set: long enough to cancel
+    long = worker.start_evaluation(settings, ["base"], max_new_tokens=4)  # the whole golden set: long enough to cancel
     running = wait_for(settings, long.id, ("running",))
-    while jobs.get_evaluation_job(settings, long.id).progress["done"] < 2:
+    while worker.get_evaluation_job(settings, long.id).progress["done"] < 2:
         time.sleep(0.2)
-    jobs.cancel_evaluation(settings, running.id)
-    cancelled = wait_for(settings, long.id, jobs.FINAL_STATES, timeout_s=60)
+    worker.cancel_evaluation(settings, running.id)
+    cancelled = wait_for(settings, long.id, worker.FINAL_STATES, timeout_s=60)
     assert cancelled.state == "cancelled" and cancelled.error == "cancelled by an administrator"
-    assert [job.id for job in jobs.list_evaluation_jobs(settings)] == [long.id, started.id]
+    assert [job.id for job in worker.list_evaluation_jobs(settings)] == [long.id, started.id]
     with pytest.raises(ValueError, match="has already cancelled"):
-        jobs.cancel_evaluation(settings, long.id)
+        worker.cancel_evaluation(settings, long.id)
 
 
 def test_a_worker_that_died_silently_is_marked_failed(workspace, tmp_path):
     settings = load_settings(workspace=tmp_path / "workspace")
-    folder = jobs.jobs_dir(settings)
+    folder = worker.jobs_dir(settings)
     folder.mkdir(parents=True)
-    job = jobs.EvaluationJob("eval-20250101-000000-abcdef", "running", {"versions": ["base"]}, {}, "2025-01-01T00:00:00+00:00",
+    job = worker.EvaluationJob("eval-20250101-000000-abcdef", "running", {"versions": ["base"]}, {}, "2025-01-01T00:00:00+00:00",
                              pid=os.getpid())
-    path = jobs.status_path(settings, job.id)
-    StatusFile(path, jobs.EvaluationJob).write(job)
+    path = worker.status_path(settings, job.id)
+    StatusFile(path, worker.EvaluationJob).write(job)
     path.with_suffix(".pid").write_text(str(os.getpid()))  # a live process, but not this evaluation's worker
-    [found] = jobs.list_evaluation_jobs(settings)
+    [found] = worker.list_evaluation_jobs(settings)
     assert found.state == "failed" and "ended without finishing" in found.error and found.finished_at
-    assert views.jobs_frame([found]).loc[0, "state"] == "failed" and not views.unfinished([found])
+    assert evaluation_views.jobs_frame([found]).loc[0, "state"] == "failed" and not evaluation_views.unfinished([found])

@@ -11,8 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_eval_harness import opening, register_adapter
 
-from engine.settings import load_settings
-from eval import jobs
+from engine.core.settings import load_settings
+from eval import worker
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 PAGE = "pages/evaluation.py"
@@ -62,7 +62,7 @@ def test_an_evaluation_from_the_form_runs_apart_and_its_results_show_side_by_sid
     at.number_input(key="eval_max_new_tokens").set_value(4)
     next(b for b in at.button if b.label == "Run evaluation").click().run()
     assert not at.exception and not at.error, texts(at, "error")
-    [job] = jobs.list_evaluation_jobs(settings)
+    [job] = worker.list_evaluation_jobs(settings)
     assert texts(at, "success") == [f"Evaluation {job.id} started: base, {number}."]
     assert job.request["per_category"] == 1 and job.request["max_new_tokens"] == 4 and job.created_by == "test-admin"
 
@@ -73,7 +73,7 @@ def test_an_evaluation_from_the_form_runs_apart_and_its_results_show_side_by_sid
         assert at.get("progress") and "Cancel" in [b.label for b in at.button]
 
     deadline = time.monotonic() + 240
-    while not (job := jobs.get_evaluation_job(settings, job.id)).finished:
+    while not (job := worker.get_evaluation_job(settings, job.id)).finished:
         assert time.monotonic() < deadline, job.progress
         time.sleep(1)
     assert job.state == "succeeded", job.error
@@ -112,8 +112,8 @@ def test_a_request_that_cannot_run_is_refused_in_the_form(settings):
     # Past evaluations of the shared workspace may show their NO-GO verdicts as errors too: only the refusal is new.
     refusals = [e.value for e in at.error if e.value.startswith("Not started")]
     assert refusals == ["Not started: cannot read the golden file /nowhere/golden.jsonl: No such file or directory"]
-    assert not any(jobs.jobs_dir(settings).glob("*.json")) or all(
-        job.request["golden"] != "/nowhere/golden.jsonl" for job in jobs.list_evaluation_jobs(settings))
+    assert not any(worker.jobs_dir(settings).glob("*.json")) or all(
+        job.request["golden"] != "/nowhere/golden.jsonl" for job in worker.list_evaluation_jobs(settings))
 
 
 def test_others_neither_see_the_page_nor_open_it(settings, real_access):

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from engine.candidates import Candidate
-from engine.criteria import AcceptanceCriterion, UseCasePolicy
-from engine.decision import decide
-from engine.prompting import explanation_opening
+from engine.registry.candidates import Candidate
+from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
+from engine.rules.decision import decide
+from engine.answering.prompting import explanation_opening
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, judge, load_gate_config
 from eval.golden import Expectation, GoldenError, NotApplicable, load_golden, resolve_item
 from eval.scoring import ItemResult, fact_found, metrics, normalize, refuses, score

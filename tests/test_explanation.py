@@ -1,15 +1,15 @@
-"""The LLM's explanation, sentence by sentence (engine.explanation): where sentences end while text streams in, and
+"""The LLM's explanation, sentence by sentence (engine.answering.explanation): where sentences end while text streams in, and
 which sentences are shown, on replies cut into pieces anywhere (a real stream cuts markers and numbers too)."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.candidates import Candidate
-from engine.criteria import AcceptanceCriterion, UseCasePolicy
-from engine.decision import decide
-from engine.explanation import MAX_SENTENCE_CHARS, ExplanationRun, split_sentences
-from engine.prompting import build_messages, explanation_opening
+from engine.registry.candidates import Candidate
+from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
+from engine.rules.decision import decide
+from engine.answering.explanation import MAX_SENTENCE_CHARS, ExplanationRun, split_sentences
+from engine.answering.prompting import build_messages, explanation_opening
 
 CRITERIA = [AcceptanceCriterion("ts", "latency_p95_ms", "<=", 10, True, "criteria:ts")]
 POLICY = UseCasePolicy("ts", "roc_auc", None, "criteria:ts")

@@ -24,10 +24,10 @@ from test_llm_versions import NAME, registry_template  # noqa: F401 - the fixtur
 from transformers import AutoModelForCausalLM
 
 from cli.main import main
-from engine.llm import build_model, load_base_model, resolve_llm_version
-from engine.models import BUNDLED_LLM_GGUF, bundled_llm_dir, load_tokenizer
-from engine.prompting import SYSTEM_PROMPT
-from engine.settings import load_settings
+from engine.llm.runtime import build_model, load_base_model, resolve_llm_version
+from engine.llm.bundled import BUNDLED_LLM_GGUF, bundled_llm_dir, load_tokenizer
+from engine.answering.prompting import SYSTEM_PROMPT
+from engine.core.settings import load_settings
 from training.export import (TOLERANCES, ExportError, Tolerance, download_path, export_jobs, export_version, published_exports,
                              safetensors_zip, stop_tokens)
 
@@ -249,7 +249,7 @@ def test_a_visitor_cannot_start_an_export(settings, real_access):
     def script(settings):
         import streamlit as st
 
-        from engine.access import AccessDenied
+        from engine.access.roles import AccessDenied
         from training.export import start_export_job
 
         try:

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import store
-from engine.answers import AnswerRecord, save_answer, save_feedback
-from engine.feedback_review import accept, get_flagged
-from engine.settings import load_settings
-from engine.store import transaction
-from engine.workspace import ingest_paths
+from engine.core import database
+from engine.answering.records import AnswerRecord, save_answer, save_feedback
+from engine.answering.feedback_review import accept, get_flagged
+from engine.core.settings import load_settings
+from engine.core.database import transaction
+from engine.knowledge.workspace import ingest_paths
 from tests.openai_server import OpenAIServer, faithful_answer
-from training.snapshot import read_split, snapshot_workspace
+from training.dataset_snapshot import read_split, snapshot_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "pages" / "feedback.py"
@@ -46,14 +46,14 @@ def settings(monkeypatch, tmp_path):
     return settings
 
 
-def database(settings):
-    return store.connect(settings.knowledge_db)
+def connect(settings):
+    return database.connect(settings.knowledge_db)
 
 
 @pytest.fixture
 def flagged(settings) -> list[int]:
     """Two flagged answers by two LLM versions (newest first) and one liked answer."""
-    connection = database(settings)
+    connection = connect(settings)
     try:
         first = save_answer(connection, answer("Which model should I deploy for tumour screening?"))
         save_feedback(connection, first, 0, "It picked the model that breaks the latency budget", RIGHT)
@@ -80,7 +80,7 @@ def counts(at: AppTest) -> dict[str, str]:
 
 
 def reviewed(settings, answer_id: int):
-    connection = database(settings)
+    connection = connect(settings)
     try:
         return get_flagged(connection, answer_id)
     finally:
@@ -88,7 +88,7 @@ def reviewed(settings, answer_id: int):
 
 
 def review_rows(settings) -> list[tuple]:
-    connection = database(settings)
+    connection = connect(settings)
     try:
         return [tuple(row) for row in connection.execute("SELECT * FROM feedback_reviews")]
     finally:
@@ -196,7 +196,7 @@ def test_an_empty_queue_says_so(settings):
 
 
 def record_job(settings, snapshot_id: str) -> None:
-    connection = database(settings)
+    connection = connect(settings)
     try:
         with transaction(connection):
             connection.execute(
@@ -227,7 +227,7 @@ def test_the_retraining_page_suggests_retraining_once_enough_corrections_are_acc
     record_job(settings, snapshot.id)
     assert not any("consider" in text for text in retraining_infos())
 
-    connection = database(settings)
+    connection = connect(settings)
     try:
         for number in range(5):
             answer_id = save_answer(connection, answer(f"Question {number}?"))

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine import access
-from engine.access import AccessDenied
-from engine.answers import AnswerRecord, save_answer, save_feedback
-from engine.feedback_review import (
+from engine.access import roles
+from engine.access.roles import AccessDenied
+from engine.answering.records import AnswerRecord, save_answer, save_feedback
+from engine.answering.feedback_review import (
     MAX_CORRECTION_CHARS,
     MAX_NOTE_CHARS,
     ReviewError,
@@ -30,14 +30,14 @@ from engine.feedback_review import (
     trained_snapshot,
     training_text,
 )
-from engine.sources import Source, upsert_sources
-from engine.store import connect, transaction
+from engine.knowledge.sources import Source, upsert_sources
+from engine.core.database import connect, transaction
 
 WRONG_ANSWER = "Recommendation: ts-forest <<SRC:registry:ts-forest>> because it has the best ROC AUC."
 
 
 def candidate(name: str, version: str, family: str, alias: str | None = None, **metrics) -> dict:
-    """A candidate as the chat stores it (dataclasses.asdict of engine.candidates.Candidate)."""
+    """A candidate as the chat stores it (dataclasses.asdict of engine.registry.candidates.Candidate)."""
     return {"name": name, "version": version, "alias": alias, "use_case": "tumor-screening", "task": "classification",
             "family": family, "description": "", "run_id": f"run-{name}", "metrics": metrics,
             "source_id": f"registry:{name}", "url": None}
@@ -150,7 +150,7 @@ def test_an_oversized_note_is_refused(connection, flagged):
 def test_only_administrators_review(connection, flagged, monkeypatch):
     accept(connection, flagged, "Deploy ts-boosting.")
     before = reviews(connection)
-    monkeypatch.setattr(access, "current_user_is_admin", lambda: False)
+    monkeypatch.setattr(roles, "current_user_is_admin", lambda: False)
     for action in (lambda: save_correction(connection, flagged, "Other."), lambda: accept(connection, flagged),
                    lambda: reject(connection, flagged), lambda: reopen(connection, flagged)):
         with pytest.raises(AccessDenied, match="reviewing feedback is for administrators"):

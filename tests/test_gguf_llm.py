@@ -1,4 +1,4 @@
-"""llama.cpp on GGUF files (engine.gguf_llm): the bundled base model as it ships, a registered version from its checked
+"""llama.cpp on GGUF files (engine.llm.gguf): the bundled base model as it ships, a registered version from its checked
 export, refusals as one line, and two sessions answered at once by one loaded model."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import pytest
 from test_export import settings  # noqa: F401 - the fixture: a copy of the tiny-Llama registry of test_llm_versions
 from test_llm_versions import evaluate, registry_state, registry_template  # noqa: F401 - the fixture behind it
 
-from engine.gguf_llm import GgufLlm, gguf_file, load_gguf, stream_gguf
-from engine.llm import LlmError, resolve_llm_version
-from engine.llm_backends import llm_backend
-from engine.llm_versions import VersionError, promote
-from engine.citations import find_markers, strip_markers
-from engine.explanation import split_sentences
-from engine.prompting import SYSTEM_PROMPT, explanation_grammar
-from engine.settings import load_settings
+from engine.llm.gguf import GgufLlm, gguf_file, load_gguf, stream_gguf
+from engine.llm.runtime import LlmError, resolve_llm_version
+from engine.llm.backends import llm_backend
+from engine.lifecycle.versions import VersionError, promote
+from engine.answering.citations import find_markers, strip_markers
+from engine.answering.explanation import split_sentences
+from engine.answering.prompting import SYSTEM_PROMPT, explanation_grammar
+from engine.core.settings import load_settings
 from training.export import export_version
 
 pytestmark = pytest.mark.slow

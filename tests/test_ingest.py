@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from engine.chunking import Chunker
-from engine.documents import Section
-from engine.ingest import ingest_files
-from engine.models import load_tokenizer
-from engine.sources import Source
+from engine.knowledge.chunking import Chunker
+from engine.knowledge.documents import Section
+from engine.knowledge.ingest import ingest_files
+from engine.llm.bundled import load_tokenizer
+from engine.knowledge.sources import Source
 from tests_support import make_pdf
 
 

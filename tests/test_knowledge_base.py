@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from engine import store
-from engine.chunking import Chunk
-from engine.documents import parse_file
-from engine.search import hybrid_search
+from engine.core import database
+from engine.knowledge.chunking import Chunk
+from engine.knowledge.documents import parse_file
+from engine.knowledge.search import hybrid_search
 
 
 def keyword_hits(kb, word: str) -> list[int]:
@@ -18,15 +18,15 @@ def keyword_hits(kb, word: str) -> list[int]:
 
 
 def test_schema_is_versioned_and_wal(kb):
-    assert store.schema_version(kb.connection) == len(store.MIGRATIONS)
+    assert database.schema_version(kb.connection) == len(database.MIGRATIONS)
     assert kb.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.migrate(kb.connection) == len(store.MIGRATIONS)  # idempotent
+    assert database.migrate(kb.connection) == len(database.MIGRATIONS)  # idempotent
 
 
 def test_database_from_a_newer_version_is_refused(settings, kb):
-    kb.connection.execute(f"PRAGMA user_version = {len(store.MIGRATIONS) + 1}")
+    kb.connection.execute(f"PRAGMA user_version = {len(database.MIGRATIONS) + 1}")
     with pytest.raises(RuntimeError, match="newer than this deploywise"):
-        store.connect(settings.knowledge_db)
+        database.connect(settings.knowledge_db)
 
 
 def test_same_content_twice_changes_nothing(kb, chunker, snapshot):
@@ -91,7 +91,7 @@ def test_deleting_the_last_chunk_deletes_the_document_and_its_index_entries(kb, 
 
 
 def test_ingest_registers_document_sources_without_overwriting_admin_edits(kb, chunker):
-    from engine.sources import Source, list_sources
+    from engine.knowledge.sources import Source, list_sources
 
     kb.register_sources([Source("doc:guide.md", "Edited by admin", "https://wiki.example.com/guide", "guideline")])
     document = parse_file("guide.md", b"# Guide\nText.")
@@ -100,7 +100,7 @@ def test_ingest_registers_document_sources_without_overwriting_admin_edits(kb, c
 
 
 def test_query_vectors_are_remembered_and_equal_to_a_fresh_embedding(kb):
-    from engine import knowledge_base as module
+    from engine.knowledge import knowledge_base as module
 
     question = f"which model for tumour screening, asked at {time.monotonic_ns()}?"
     first, repeated = kb.embed_queries([question, question])

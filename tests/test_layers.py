@@ -1,4 +1,5 @@
-"""The layer contract: imports go one way only, engine < training < eval < ui < pages and cli.
+"""The layer contract: imports go one way only, engine < training < eval < ui < pages and cli, and inside engine
+core < access < llm < knowledge < registry < rules < answering < lifecycle < demo.
 
 The graph is read from the source with `ast`, function-level imports included (an import hidden in a function is
 still a dependency). `KNOWN` lists the violations that remain from before the contract (issue 13 removes them one
@@ -12,17 +13,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"engine": 0, "training": 1, "eval": 2, "ui": 3, "pages": 4, "cli": 4, "streamlit_app": 4}
+ENGINE_LAYERS = {name: rank for rank, name in enumerate(
+    ("core", "access", "llm", "knowledge", "registry", "rules", "answering", "lifecycle", "demo"))}
 RUN_TIME_FORBIDDEN = {"engine": ("streamlit",)}  # the run-time domain is importable without Streamlit
 
 # (importer, imported) pairs still to remove: upward imports and Streamlit in engine.
 KNOWN = {
-    ("engine.access", "streamlit"),
-    ("engine.deep_links", "streamlit"),
-    ("engine.llm_versions", "training.jobs"),  # the versions page's job states: read the training_jobs table instead
-    ("engine.retraining_views", "training.config"),
-    ("engine.retraining_views", "training.jobs"),
-    ("engine.retraining_views", "training.snapshot"),
-    ("training.sft_generation", "eval.golden"),
+    ("engine.lifecycle.versions", "training.ray_jobs"),  # the versions page's job states: read training_jobs instead
+    ("training.sft_generation", "eval.golden"),  # the golden questions SFT must not train on
 }
 
 
@@ -43,12 +41,16 @@ def imports(path: Path, root: Path) -> set[str]:
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
             found.add(base)
-            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from engine import store` imports engine.store
+            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from engine.core import database` imports it
     return found
 
 
-def layer(module: str) -> int | None:
-    return LAYERS.get(module.split(".")[0])
+def layer(module: str) -> tuple[int, int] | None:
+    """(package layer, engine sub-package layer); None for a third-party module."""
+    parts = module.split(".")
+    if parts[0] not in LAYERS:
+        return None
+    return LAYERS[parts[0]], ENGINE_LAYERS.get(parts[1], -1) if parts[0] == "engine" and len(parts) > 2 else -1
 
 
 def violations(root: Path) -> set[tuple[str, str]]:
@@ -63,10 +65,14 @@ def violations(root: Path) -> set[tuple[str, str]]:
             top = imported.split(".")[0]
             if top in RUN_TIME_FORBIDDEN.get(importer.split(".")[0], ()):
                 found.add((importer, top))
-            elif layer(imported) is not None and layer(imported) > layer(importer):
-                # the deepest module actually imported (`from training import jobs` names training.jobs)
+            elif layer(imported) is not None and _above(layer(imported), layer(importer)):
+                # the deepest module actually imported (`from engine.core import database` names engine.core.database)
                 found.add((importer, imported if imported in modules else imported.rsplit(".", 1)[0]))
     return found
+
+
+def _above(imported: tuple[int, int], importer: tuple[int, int]) -> bool:
+    return imported[0] > importer[0] or imported[0] == importer[0] and -1 < importer[1] < imported[1]
 
 
 def test_no_import_goes_up_a_layer_beyond_the_known_ones():
@@ -84,3 +90,9 @@ def test_the_check_catches_a_planted_upward_import_even_inside_a_function(tmp_pa
     assert violations(tmp_path) == set()
     (tmp_path / "engine" / "store.py").write_text("def run():\n    from cli.main import main\n    import streamlit as st\n")
     assert violations(tmp_path) == {("engine.store", "cli.main"), ("engine.store", "streamlit")}
+    for folder in ("engine/core", "engine/rules"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "engine" / "rules" / "decision.py").write_text("from engine.core.settings import load_settings\n")
+    (tmp_path / "engine" / "core" / "settings.py").write_text("from engine.rules.decision import decide\n")
+    assert ("engine.core.settings", "engine.rules.decision") in violations(tmp_path)

@@ -13,14 +13,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from peft import LoraConfig, get_peft_model
 
-from engine import store
-from engine.answers import AnswerRecord, save_answer, save_feedback
+from engine.core import database
+from engine.answering.records import AnswerRecord, save_answer, save_feedback
 from cli.main import main
-from engine.llm import load_base_model, resolve_llm_version
-from engine.llm_versions import (BASE, EVALUATION_EXPERIMENT, HISTORY_EXPERIMENT, VersionError, archive, history_table,
+from engine.llm.runtime import load_base_model, resolve_llm_version
+from engine.lifecycle.versions import (BASE, EVALUATION_EXPERIMENT, HISTORY_EXPERIMENT, VersionError, archive, history_table,
                                  metrics_rows, overview, promote, rollback, versions_table)
-from engine.settings import load_settings
-from engine.store import transaction
+from engine.core.settings import load_settings
+from engine.core.database import transaction
 
 NAME = "deploywise-llm"
 GO_METRICS = {"accuracy": 0.97, "citation_presence": 0.95, "refusal_accuracy": 0.92, "latency_p95_ms": 850.0,
@@ -29,7 +29,7 @@ GO_METRICS = {"accuracy": 0.97, "citation_presence": 0.95, "refusal_accuracy": 0
 
 @pytest.fixture(scope="session")
 def registry_template(tmp_path_factory, tiny_llama_folder):
-    """An MLflow store with four versions registered as `training.run.register_version` does:
+    """An MLflow store with four versions registered as `training.ray_job.register_version` does:
     1 (job-1) and 2 (job-2, trained on top of 1): servable adapters; 3: a run without an adapter/ artifact;
     4 (job-4): an adapter whose training job failed (the test workspace records the job)."""
     root = tmp_path_factory.mktemp("versions-registry")
@@ -66,7 +66,7 @@ def settings(tmp_path, monkeypatch, registry_template, tiny_llama_folder):
     monkeypatch.setenv("DEPLOYWISE_BASE_MODEL", str(tiny_llama_folder))
     monkeypatch.setenv("DEPLOYWISE_LLM_BACKEND", "transformers")  # a tiny HF folder has no GGUF file
     settings = load_settings()
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     with transaction(connection):
         for job_id, state, by in (("job-1", "succeeded", "ana@example.com"), ("job-4", "failed", None)):
             connection.execute(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.models import load_tokenizer
+from engine.llm.bundled import load_tokenizer
 from training.packing import pack
 
 BLOCK = 16

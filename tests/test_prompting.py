@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.candidates import Candidate
-from engine.criteria import AcceptanceCriterion, UseCasePolicy
-from engine.decision import decide
-from engine.composer import compose_explanation
-from engine.explanation import split_sentences
-from engine.prompting import (
+from engine.registry.candidates import Candidate
+from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
+from engine.rules.decision import decide
+from engine.answering.composer import compose_explanation
+from engine.answering.explanation import split_sentences
+from engine.answering.prompting import (
     MAX_EXPLANATION_SENTENCES,
     MAX_PROMPT_CANDIDATES,
     MAX_QUESTION_CHARS,
@@ -17,8 +17,8 @@ from engine.prompting import (
     explanation_grammar,
     explanation_opening,
 )
-from engine.verifier import verify_sentence
-from engine.search import SearchHit
+from engine.answering.verifier import verify_sentence
+from engine.knowledge.search import SearchHit
 
 CRITERIA = [AcceptanceCriterion("ts", "latency_p95_ms", "<=", 10, True, "criteria:ts")]
 POLICY = UseCasePolicy("ts", "roc_auc", None, "criteria:ts")

@@ -14,15 +14,15 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from streamlit.testing.v1 import AppTest
 
-from engine import access
-from engine import retraining_views as views
-from engine.settings import load_settings
-from engine.store import transaction
-from engine.workspace import ingest_paths
-from training import jobs as training_jobs
+from engine.access import roles
+from ui import retraining_views as views
+from engine.core.settings import load_settings
+from engine.core.database import transaction
+from engine.knowledge.workspace import ingest_paths
+from training import ray_jobs as training_jobs
 from training.config import ConfigError, load_cpt_config
-from training.jobs import JobProgress, TrainingJob, get_job, list_jobs, refresh_jobs
-from training.snapshot import snapshot_workspace
+from training.ray_jobs import JobProgress, TrainingJob, get_job, list_jobs, refresh_jobs
+from training.dataset_snapshot import snapshot_workspace
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 PAGE = "pages/retraining.py"
@@ -102,7 +102,7 @@ def test_admins_reach_the_retraining_page_and_others_do_not(workspace, monkeypat
         "for validation: ingest documents first"]
     assert job_rows() == []
 
-    monkeypatch.setattr(access, "current_user_is_admin", lambda: False)
+    monkeypatch.setattr(roles, "current_user_is_admin", lambda: False)
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         at.switch_page(PAGE)

@@ -15,8 +15,8 @@ import re
 import pytest
 from rule_cases_support import load_cases, reference_decision, register_case
 
-from engine.assistant import prepare_answer
-from engine.ingest import ingest_files
+from engine.answering.pipeline import prepare_answer
+from engine.knowledge.ingest import ingest_files
 
 pytestmark = pytest.mark.slow  # a fresh MLflow store per case: about 35 s for the module
 
@@ -41,7 +41,7 @@ NOT_YET_READ: dict[str, str] = {
 PRODUCT_CASES = [pytest.param(case, id=case.name, marks=pytest.mark.xfail(reason=NOT_YET_READ[case.name], strict=True))
                  if case.name in NOT_YET_READ else pytest.param(case, id=case.name) for case in CASES]
 HARD_CLAIMS = ("passes every hard criterion", "pass every hard criterion")
-# What the product's own markup looks like (engine/criteria.py): none of it may appear in a prose guideline.
+# What the product's own markup looks like (engine/rules/criteria.py): none of it may appear in a prose guideline.
 MARKUP = [
     re.compile(r"`"),
     re.compile(r"criteria:", re.I),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.metric_catalog import MetricVocabulary, metric_spec
-from engine.rule_extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, UNREAD, ProposedRule, confirm, read_rules
-from engine.statements import headed_rule_units, rule_units
+from engine.registry.metric_catalog import MetricVocabulary, metric_spec
+from engine.rules.extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, UNREAD, ProposedRule, confirm, read_rules
+from engine.rules.statements import headed_rule_units, rule_units
 
 KEYS = ["latency_p50_ms", "latency_p95_ms", "model_size_mb", "roc_auc", "f1", "recall", "precision", "mape", "rmse",
         "log_loss", "training_time_s", "throughput_rps", "peak_ram_gb", "ndcg_at_10", "cost_per_1k_usd", "team_score"]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from engine.candidates import Candidate
-from engine.chunking import Chunk
-from engine.composer import compose_answer
-from engine.criteria import NO_USE_CASE, assign_document, set_metric_direction
-from engine.decision import decide
-from engine.documents import ParsedDocument, Section
-from engine.ingest import ingest_files
-from engine.rulebook import decision_for, document_governance, rulebook, use_case_terms
-from engine.sources import Source
+from engine.registry.candidates import Candidate
+from engine.knowledge.chunking import Chunk
+from engine.answering.composer import compose_answer
+from engine.rules.criteria import NO_USE_CASE, assign_document, set_metric_direction
+from engine.rules.decision import decide
+from engine.knowledge.documents import ParsedDocument, Section
+from engine.knowledge.ingest import ingest_files
+from engine.rules.rulebook import decision_for, document_governance, rulebook, use_case_terms
+from engine.knowledge.sources import Source
 
 
 def candidate(name: str, use_case: str = "card-fraud", family: str = "xgboost", **metrics) -> Candidate:
@@ -41,8 +41,8 @@ def test_a_guideline_that_names_its_use_case_governs_it_and_decides(kb, chunker)
 
 
 def test_a_use_case_mentioned_in_passing_is_not_governed_by_the_document(kb, chunker, settings):
-    from engine.chunking import Chunker
-    from engine.models import load_tokenizer
+    from engine.knowledge.chunking import Chunker
+    from engine.llm.bundled import load_tokenizer
 
     small = Chunker(load_tokenizer(settings.base_model), 60, 10)  # the mention lands past the opening chunk
     filler = b" ".join(b"The fraud team reviews its alerts every morning with the analysts on duty." for _ in range(12))

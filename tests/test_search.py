@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.ingest import ingest_files
-from engine.knowledge_base import KnowledgeBase
-from engine.search import fts_query, hybrid_search, informative_words, vector_index
+from engine.knowledge.ingest import ingest_files
+from engine.knowledge.knowledge_base import KnowledgeBase
+from engine.knowledge.search import fts_query, hybrid_search, informative_words, vector_index
 
 CORPUS = [
     ("criteria.md", b"---\nsource_id: criteria:tumor-screening\n---\n# Tumour screening\nThe latency_p95_ms of a candidate must be at most 10 ms; f1 at least 0.95."),

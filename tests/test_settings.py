@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import SettingsError, load_settings
+from engine.core.settings import SettingsError, load_settings
 
 
 def test_defaults():

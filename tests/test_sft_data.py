@@ -17,18 +17,18 @@ import pytest
 from openai_server import OpenAIServer, faithful_answer
 from streamlit.testing.v1 import AppTest
 
-from engine.answers import AnswerRecord, save_answer, save_feedback
-from engine.assistant import offered_source_ids, prepare_answer
+from engine.answering.records import AnswerRecord, save_answer, save_feedback
+from engine.answering.pipeline import offered_source_ids, prepare_answer
 from cli.main import main as cli_main
-from engine.composer import compose_explanation
-from engine.explanation import split_sentences
-from engine.feedback_review import accept
-from engine.llm_backends import llm_backend
-from engine.prompting import MAX_EXCERPTS, SYSTEM_PROMPT, explanation_opening
-from engine.settings import load_settings
-from engine.sources import resolve
-from engine.verifier import verify_sentence
-from engine.workspace import open_knowledge_base
+from engine.answering.composer import compose_explanation
+from engine.answering.explanation import split_sentences
+from engine.answering.feedback_review import accept
+from engine.llm.backends import llm_backend
+from engine.answering.prompting import MAX_EXCERPTS, SYSTEM_PROMPT, explanation_opening
+from engine.core.settings import load_settings
+from engine.knowledge.sources import resolve
+from engine.answering.verifier import verify_sentence
+from engine.knowledge.workspace import open_knowledge_base
 from eval.golden import load_golden
 from training.sft_data import (
     PairCandidate,
@@ -56,7 +56,7 @@ from training.sft_generation import (
     source_groups,
     verified_explanation,
 )
-from training.sft_jobs import cancel_generation, refreshed, start_generation
+from training.sft_worker import cancel_generation, refreshed, start_generation
 
 
 @pytest.fixture(scope="module")
@@ -462,23 +462,24 @@ def visitor_script(workspace: str, url: str):
     """Runs as a Streamlit session of a visitor: tries every SFT data action and records the outcome of each."""
     import streamlit as st
 
-    from engine import access
-    from engine.settings import load_settings
-    from engine.workspace import open_knowledge_base
-    from training import sft_data, sft_generation, sft_jobs
+    from engine.access import roles
+    from engine.core.settings import load_settings
+    from engine.knowledge.workspace import open_knowledge_base
+    from training import sft_data, sft_generation
+    from training import sft_worker
 
     settings = load_settings(workspace=workspace)
     kb = open_knowledge_base(settings)
     pair_id = kb.connection.execute("SELECT id FROM sft_pairs WHERE dataset = 'guarded'").fetchone()[0]
     request = sft_generation.GenerationRequest("by-visitor", ("factual",), endpoint=url, model="tiny-chat")
     actions = {
-        "start a generation": lambda: sft_jobs.start_generation(settings, kb.connection, request),
+        "start a generation": lambda: sft_worker.start_generation(settings, kb.connection, request),
         "generate": lambda: sft_generation.generate_dataset(settings, kb, request),
         "accept": lambda: sft_data.review_pairs(kb.connection, "guarded", [pair_id], "accepted"),
         "accept all": lambda: sft_data.accept_all(kb.connection, "guarded"),
         "edit": lambda: sft_data.edit_pair(kb.connection, pair_id, output="Changed <<SRC:decisions:log>>."),
         "export": lambda: sft_data.export_dataset(settings, kb.connection, "guarded", settings.workspace / "visitor"),
-        "cancel": lambda: sft_jobs.cancel_generation(kb.connection, "guarded"),
+        "cancel": lambda: sft_worker.cancel_generation(kb.connection, "guarded"),
         "delete": lambda: sft_data.delete_dataset(kb.connection, "guarded"),
     }
     outcomes = {}
@@ -486,7 +487,7 @@ def visitor_script(workspace: str, url: str):
         try:
             action()
             outcomes[name] = "done"
-        except access.AccessDenied:
+        except roles.AccessDenied:
             outcomes[name] = "refused"
     kb.connection.close()
     st.session_state["outcomes"] = outcomes

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from engine import store
-from engine.settings import load_settings
+from engine.core import database
+from engine.core.settings import load_settings
 from training.sft_data import PairCandidate, add_pairs, create_dataset, get_dataset
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "sft_data.py")
@@ -21,7 +21,7 @@ def button(at, label_start: str):
 
 def test_review_accept_all_shown_and_export(demo_copy):
     settings = load_settings(workspace=demo_copy())
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     create_dataset(connection, "page-demo", {"styles": ["factual"]})
     add_pairs(connection, "page-demo", [
         PairCandidate("factual", "Who keeps the deployment decision log?", "The ML platform team <<SRC:decisions:log>>.", "test"),

@@ -21,21 +21,22 @@ import torch
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from engine import retraining_views as views
-from engine import store
-from engine.llm import _chat_template, build_model, resolve_llm_version
-from engine.llm_versions import overview
-from engine.models import load_tokenizer
-from engine.prompting import SYSTEM_PROMPT, explanation_opening
-from engine.settings import load_settings
-from engine.tracking import ensure_experiment
+from ui import retraining_views as views
+from engine.core import database
+from engine.llm.runtime import _chat_template, build_model, resolve_llm_version
+from engine.lifecycle.versions import overview
+from engine.llm.bundled import load_tokenizer
+from engine.answering.prompting import SYSTEM_PROMPT, explanation_opening
+from engine.core.settings import load_settings
+from engine.core.mlflow_client import ensure_experiment
 from training.config import ConfigError, load_cpt_config, load_sft_config
 from training.cpt import IGNORE_INDEX, Hardware, collate_blocks, packed_data, trainable_model, training_arguments
-from training.jobs import EXPERIMENT, JobError, get_job, job_progress, list_jobs, refresh_jobs, submit_sft
-from training.run import JobSpec, register_version
+from training.ray_jobs import EXPERIMENT, JobError, get_job, job_progress, list_jobs, refresh_jobs, submit_sft
+from training.job_spec import JobSpec
+from training.ray_job import register_version
 from training.sft import answer_messages, chat_example, chat_rows, split_pairs
 from training.sft_data import PairCandidate, accept_all, add_pairs, create_dataset, get_dataset
-from training.snapshot import SPLITS, read_split, snapshot_workspace
+from training.dataset_snapshot import SPLITS, read_split, snapshot_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "streamlit_app.py"
@@ -98,7 +99,7 @@ def workspace(demo_template, tmp_path_factory, tiny_llama_folder, ray_head):
     folder = shutil.copytree(demo_template, tmp_path_factory.mktemp("sft") / "workspace")
     values = {"workspace": folder, "base_model": str(tiny_llama_folder), "ray_dashboard_port": ray_head}
     settings = load_settings(**values)
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         create_dataset(connection, DATASET, {"source": "tests"})
         assert add_pairs(connection, DATASET, pairs_for_test()).added == len(TOPICS)
@@ -111,7 +112,7 @@ def workspace(demo_template, tmp_path_factory, tiny_llama_folder, ray_head):
 @pytest.fixture
 def settings_and_db(workspace):
     settings = load_settings(**{key: value for key, value in workspace.items() if key != "cpt_version"})
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     yield settings, connection
     connection.close()
 
@@ -120,7 +121,7 @@ def settings_and_db(workspace):
 def finished_sft(workspace):
     """A LoRA and a QLoRA SFT job on the newest CPT version, submitted together and run side by side."""
     settings = load_settings(**{key: value for key, value in workspace.items() if key != "cpt_version"})
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         lora = submit_sft(settings, connection, load_sft_config(ROOT / "configs/sft.yaml", max_steps=4, **TINY_RUN))
         qlora = submit_sft(settings, connection, load_sft_config(None, max_steps=2, quantization="4bit", dataset=DATASET,
@@ -175,8 +176,8 @@ def test_an_sft_version_loads_as_base_plus_cpt_plus_sft_adapters_in_a_fresh_proc
     assert not torch.allclose(sft_logits, cpt_logits, atol=1e-4)  # the SFT adapter changed the CPT model
     script = "\n".join([
         "import json, torch",
-        "from engine.llm import build_model, resolve_llm_version",
-        "from engine.settings import load_settings",
+        "from engine.llm.runtime import build_model, resolve_llm_version",
+        "from engine.core.settings import load_settings",
         f"settings = load_settings(workspace={str(settings.workspace)!r}, base_model={settings.base_model!r})",
         f"model = build_model(resolve_llm_version(settings, {job.llm_version!r})).eval()",
         "with torch.no_grad():",
@@ -298,7 +299,7 @@ def test_an_sft_job_launched_from_the_retraining_page(workspace, monkeypatch, fi
     next(b for b in at.button if b.label == "Launch").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     settings = load_settings()
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         job = list_jobs(connection)[0]
         assert at.success[0].value == f"Job {job.id} launched on {job.data}."
@@ -313,7 +314,7 @@ def test_an_sft_job_launched_from_the_retraining_page(workspace, monkeypatch, fi
 
 
 def test_a_recommendation_pair_trains_the_reply_that_follows_the_prefilled_opening():
-    """At inference the chat prefills the reply with the opening (engine.llm tokenizes it after the prompt); the
+    """At inference the chat prefills the reply with the opening (engine.llm.runtime tokenizes it after the prompt); the
     pair's output begins with it, so the training tokens start exactly as the served ones, then go on."""
     tokenizer = load_tokenizer("bundled")
     name = "tumor-screening-linear"
@@ -322,7 +323,7 @@ def test_a_recommendation_pair_trains_the_reply_that_follows_the_prefilled_openi
             "output": f"{opening} it passes every hard criterion <<SRC:criteria:tumor-screening>>."}
     messages = answer_messages(pair["instruction"])
     assert messages[0] == {"role": "system", "content": SYSTEM_PROMPT}
-    served = _chat_template(tokenizer, messages) + tokenizer.encode(opening, add_special_tokens=False)  # as engine.llm
+    served = _chat_template(tokenizer, messages) + tokenizer.encode(opening, add_special_tokens=False)  # as engine.llm.runtime
     example, truncated = chat_example(tokenizer, pair, 4096)
     assert not truncated and example["input_ids"][: len(served)] == served
     prompt = len(_chat_template(tokenizer, messages))

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from engine.answers import AnswerRecord, save_answer, save_feedback
+from engine.answering.records import AnswerRecord, save_answer, save_feedback
 from cli.main import main
-from engine.feedback_review import accept, reject, reopen, save_correction, text_digest
-from engine.ingest import ingest_one
-from engine.knowledge_base import KnowledgeBase
-from engine.models import load_tokenizer
-from engine.settings import load_settings
-from training.snapshot import (
+from engine.answering.feedback_review import accept, reject, reopen, save_correction, text_digest
+from engine.knowledge.ingest import ingest_one
+from engine.knowledge.knowledge_base import KnowledgeBase
+from engine.llm.bundled import load_tokenizer
+from engine.core.settings import load_settings
+from training.dataset_snapshot import (
     SnapshotError,
     accepted_corrections,
     build_snapshot,
@@ -200,7 +200,7 @@ def test_accepted_corrections_join_the_next_snapshots_train_split_and_change_its
     after = snapshot_workspace(demo_settings)
     assert after.id != before.id
     found = corrections_in(after)
-    assert found == {"train": [record], "validation": []}  # train only: see training.snapshot
+    assert found == {"train": [record], "validation": []}  # train only: see training.dataset_snapshot
     assert record == {"kind": "correction", "source_id": f"correction:answer-{accepted}", "document": f"correction:answer-{accepted}",
                       "text": record["text"]}
     assert record["text"].startswith("Question: Which model for tumour screening?")

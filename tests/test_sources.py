@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import sources
-from engine.sources import Source, SourceError
+from engine.knowledge import sources
+from engine.knowledge.sources import Source, SourceError
 
 
 def test_csv_round_trip(kb):

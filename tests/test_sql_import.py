@@ -7,9 +7,9 @@ import sqlite3
 import pytest
 from databricks_server import FakeTable, write_sqlite
 
-from engine.search import hybrid_search
-from engine.sql_import import plan_sql_import, run_sql_import
-from engine.tables import TableImportError
+from engine.knowledge.search import hybrid_search
+from engine.knowledge.sql_import import plan_sql_import, run_sql_import
+from engine.knowledge.table_rows import TableImportError
 
 
 @pytest.fixture

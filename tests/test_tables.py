@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from engine.sources import SOURCE_ID_PATTERN
-from engine.tables import (
+from engine.knowledge.sources import SOURCE_ID_PATTERN
+from engine.knowledge.table_rows import (
     TableColumn,
     TableImportError,
     choose_key_column,

@@ -13,11 +13,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from engine import store
-from engine.llm import build_model, resolve_llm_version
-from engine.settings import load_settings
+from engine.core import database
+from engine.llm.runtime import build_model, resolve_llm_version
+from engine.core.settings import load_settings
 from training.config import ConfigError, load_cpt_config
-from training.jobs import JobError, cancel_job, get_job, job_progress, list_jobs, refresh_jobs, submit_cpt
+from training.ray_jobs import JobError, cancel_job, get_job, job_progress, list_jobs, refresh_jobs, submit_cpt
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = {"max_seq_length": 64, "batch_size": 2, "learning_rate": 1e-3, "eval_steps": 3, "save_steps": 3,
@@ -50,7 +50,7 @@ def workspace(demo_template, tmp_path_factory, tiny_llama_folder, ray_head):
 @pytest.fixture
 def settings_and_db(workspace):
     settings = load_settings(**workspace)
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     yield settings, connection
     connection.close()
 
@@ -59,7 +59,7 @@ def settings_and_db(workspace):
 def finished_jobs(workspace):
     """A LoRA and a 4-bit QLoRA job, submitted together and run side by side on the two CPUs."""
     settings = load_settings(**workspace)
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     lora = submit_cpt(settings, connection, load_cpt_config(ROOT / "configs/cpt.yaml", max_steps=6, **TINY_RUN))
     qlora = submit_cpt(settings, connection, load_cpt_config(ROOT / "configs/cpt.yaml", max_steps=6, quantization="4bit",
                                                              **TINY_RUN))
@@ -166,7 +166,7 @@ def test_a_cancelled_job_stops_and_its_run_is_killed(settings_and_db):
 def test_jobs_outlive_the_app_and_a_job_the_cluster_lost_is_marked_failed(settings_and_db, finished_jobs):
     settings, connection = settings_and_db
     connection.close()
-    reopened = store.connect(settings.knowledge_db)  # a restarted app
+    reopened = database.connect(settings.knowledge_db)  # a restarted app
     try:
         assert {job.id for job, _ in finished_jobs} <= {job.id for job in list_jobs(reopened)}
         lost = {**json.loads(json.dumps(get_job(reopened, finished_jobs[0][0].id).__dict__)), "id": "cpt-lost",
@@ -219,7 +219,7 @@ def test_cpt_on_the_real_smollm2_lowers_held_out_domain_perplexity(demo_template
     import shutil
 
     settings = load_settings(workspace=shutil.copytree(demo_template, tmp_path / "workspace"), ray_dashboard_port=ray_head)
-    connection = store.connect(settings.knowledge_db)
+    connection = database.connect(settings.knowledge_db)
     try:
         config = load_cpt_config(None, max_steps=12, batch_size=2, max_seq_length=256, learning_rate=3e-4,
                                  eval_steps=12, save_steps=12, lora={"r": 8, "alpha": 16})

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from engine.search import hybrid_search
-from engine.sources import SOURCE_ID_PATTERN
-from engine.tables import TableImportError
-from engine.unity_catalog import plan_uc_import, query_rows, quote, run_uc_import, workspace_client
+from engine.knowledge.search import hybrid_search
+from engine.knowledge.sources import SOURCE_ID_PATTERN
+from engine.knowledge.table_rows import TableImportError
+from engine.knowledge.unity_catalog import plan_uc_import, query_rows, quote, run_uc_import, workspace_client
 
 WAREHOUSE = "wh-1"
 

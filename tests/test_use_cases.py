@@ -2,7 +2,7 @@
 
 Two labelled sets, one JSON-like record per question (question, expected, kind, and for "ambiguous" the use
 cases it must offer, `among`):
-- demo/routing.jsonl, over the demo registry as `engine.demo_registry` registers it (the same descriptions);
+- demo/routing.jsonl, over the demo registry as `engine.demo.registry` registers it (the same descriptions);
 - OTHER_ROUTING below, over a registry of eight use cases that have nothing to do with the demo's, so that the
   thresholds are checked on a registry they were not first set on.
 `expected` is a use case (a paraphrase: route there), null (a look-alike or off-topic question: route nowhere;
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.candidates import Candidate
-from engine.knowledge_base import KnowledgeBase
-from engine.models import load_embedder
-from engine.use_cases import UseCaseMatch, clarifying_question, match_use_case
+from engine.registry.candidates import Candidate
+from engine.knowledge.knowledge_base import KnowledgeBase
+from engine.llm.bundled import load_embedder
+from engine.registry.use_cases import UseCaseMatch, clarifying_question, match_use_case
 
 DESCRIPTIONS = {
     "tumor-screening": ("binary-classification", "Classifies breast masses as malignant or benign from fine needle aspirate features for the pathology plug-in."),
@@ -126,7 +126,7 @@ def load_routing(path: Path = ROUTING) -> list[dict]:
 @cache
 def demo_candidates() -> tuple[Candidate, ...]:
     """The demo registry's use cases, tasks and descriptions, as `deploywise demo prepare` registers them."""
-    from engine.demo_registry import USE_CASES
+    from engine.demo.registry import USE_CASES
 
     return tuple(Candidate(use_case.model_name(recipe), "1", None, use_case.name, use_case.task, recipe.family, use_case.purpose,
                            "run", {}, f"registry:{use_case.model_name(recipe)}", None)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine.candidates import Candidate
-from engine.composer import compose_answer
-from engine.criteria import AcceptanceCriterion, UseCasePolicy
-from engine.decision import decide
-from engine.verifier import endorsed_names, recommended_name, verify_answer, verify_sentence
+from engine.registry.candidates import Candidate
+from engine.answering.composer import compose_answer
+from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
+from engine.rules.decision import decide
+from engine.answering.verifier import endorsed_names, recommended_name, verify_answer, verify_sentence
 
 
 def candidate(name: str, **metrics) -> Candidate:
@@ -106,7 +106,7 @@ def test_a_text_without_endorsing_words_is_read_as_naming_its_first_candidate():
     assert recommended_name("Nothing should be deployed; fraud-xgb fails.", NAMES) is None
 
 
-# --- one sentence of the LLM's explanation (engine.verifier.verify_sentence) ------------------------------------------
+# --- one sentence of the LLM's explanation (engine.answering.verifier.verify_sentence) ------------------------------------------
 
 MIXED = [Candidate(name, "1", None, "churn", "binary-classification", family, "", "run",
                    {"pr_auc": auc, "p95_ms": latency}, f"registry:{name}", None)

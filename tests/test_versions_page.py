@@ -8,9 +8,10 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 from test_llm_versions import NAME, evaluate, registry_state, registry_template, served, settings  # noqa: F401 - fixtures
 
-from engine import access
-from engine.llm_versions import overview
-from engine.settings import load_settings
+from engine.access import roles
+from ui import login
+from engine.lifecycle.versions import overview
+from engine.core.settings import load_settings
 
 PAGE = Path(__file__).resolve().parents[1] / "pages" / "versions.py"
 
@@ -28,7 +29,7 @@ def button(at: AppTest, label: str):
 
 
 def test_promote_through_the_gate_then_roll_back_and_archive(settings, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(access, "session_identity", lambda: access.Identity("ana@example.com", "oidc", True))
+    monkeypatch.setattr(login, "session_identity", lambda: roles.Identity("ana@example.com", "oidc", True))
     evaluate(settings, "1", "GO", [])
     evaluate(settings, "2", "NO-GO", ["accuracy 0.81 < 0.95"], metrics={"accuracy": 0.81, "general_perplexity": 23.0})
     at = open_page(settings)
@@ -88,7 +89,7 @@ def test_an_mlflow_failure_is_one_line_and_the_page_stays_up(settings, tmp_path)
 
 
 def test_non_admins_are_refused_on_the_page_and_in_the_engine(settings, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(access, "session_identity", lambda: access.ANONYMOUS)
+    monkeypatch.setattr(login, "session_identity", lambda: roles.ANONYMOUS)
     at = open_page(settings)
     assert [e.value for e in at.error] == ["The LLM versions page is for administrators."]
     assert not at.dataframe and not at.button
@@ -97,12 +98,12 @@ def test_non_admins_are_refused_on_the_page_and_in_the_engine(settings, monkeypa
     def script(settings):
         import streamlit as st
 
-        from engine import llm_versions
+        from engine.lifecycle import versions
 
         outcomes = st.session_state.setdefault("outcomes", [])
-        for action in (lambda: llm_versions.promote(settings, "1", actor="mallory", reason="me"),
-                       lambda: llm_versions.archive(settings, "2", "mallory"),
-                       lambda: llm_versions.rollback(settings, "mallory")):
+        for action in (lambda: versions.promote(settings, "1", actor="mallory", reason="me"),
+                       lambda: versions.archive(settings, "2", "mallory"),
+                       lambda: versions.rollback(settings, "mallory")):
             try:
                 action()
                 outcomes.append("done")

@@ -16,7 +16,7 @@ def save_tiny_llama(path: Path | str, *, context_tokens: int = 1024, seed: int =
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.models import load_tokenizer
+    from engine.llm.bundled import load_tokenizer
 
     path = Path(path)
     tokenizer = load_tokenizer("bundled")

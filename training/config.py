@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from training.snapshot import DEFAULT_REPLAY_RATIO
+from training.dataset_snapshot import DEFAULT_REPLAY_RATIO
 
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUANTIZATIONS = ("none", "4bit")

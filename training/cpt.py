@@ -1,7 +1,7 @@
 """The continual pretraining recipe: a LoRA or QLoRA adapter trained by Hugging Face's Trainer on packed raw text,
 and the adapter training both recipes share (`fit_adapter`; the SFT recipe, training.sft, brings other data).
 
-`train_loop_per_worker` is what each Ray Train worker runs (`training.run` starts it in a `TorchTrainer`). The
+`train_loop_per_worker` is what each Ray Train worker runs (`training.ray_job` starts it in a `TorchTrainer`). The
 worker fetches its data (the dataset snapshot here) from the job's MLflow run, so it runs the same on this machine
 and on any node of a cluster. Checkpoints go to Ray's storage through `RayTrainReportCallback` every
 `save_steps`; a restarted worker finds the last one with `ray.train.get_checkpoint()` and the Trainer resumes at
@@ -25,10 +25,11 @@ from typing import Any
 
 from training.config import AdapterTraining, load_config
 from training.packing import PackingReport, pack
-from training.snapshot import SPLITS
+from training.dataset_snapshot import SPLITS
+from training.job_spec import JobSpec, start_model_folder
 
 SNAPSHOT_ARTIFACT = "snapshot"
-ADAPTER_ARTIFACT = "adapter"  # the name engine.llm loads a version's adapter from
+ADAPTER_ARTIFACT = "adapter"  # the name engine.llm.runtime loads a version's adapter from
 EVAL_SETS = ("domain", "replay")  # held-out team text; held-out general text (the forgetting check)
 IGNORE_INDEX = -100
 
@@ -95,7 +96,7 @@ def trainable_model(model_folder: str | Path, config: AdapterTraining, hardware:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from engine.models import quiet_model_loading
+    from engine.llm.bundled import quiet_model_loading
 
     quiet_model_loading()
     dtype = torch.bfloat16 if hardware.bf16 else torch.float32
@@ -221,7 +222,7 @@ class TrainingData:
 
 
 def train_loop_per_worker(loop: dict) -> None:
-    """One Ray Train worker's part of a CPT job. `loop` holds the job spec (see training.run.JobSpec)."""
+    """One Ray Train worker's part of a CPT job. `loop` holds the job spec (see training.job_spec.JobSpec)."""
     fit_adapter(loop, _packed_snapshot)
 
 
@@ -254,8 +255,7 @@ def fit_adapter(loop: dict, prepare: Callable[..., TrainingData]) -> None:
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
     from transformers import Trainer
 
-    from engine.models import load_tokenizer
-    from training.run import JobSpec, start_model_folder
+    from engine.llm.bundled import load_tokenizer
 
     spec = JobSpec.from_dict(loop["spec"])
     config = load_config(spec.kind, spec.config)

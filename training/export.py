@@ -17,9 +17,9 @@ An export of a registry version is logged to the version's MLflow run under `exp
 `export.json`, the `Export` below) with the check figures as metrics `export.<format>.<figure>`; the LLM versions
 page lists them and offers them as downloads. The page runs an export out of the Streamlit process
 (`python -m training.export <status file>`, status in `<workspace>/exports/jobs/<id>.json`, written atomically by
-the worker; a worker that died without saying so is marked failed by the next reader: `engine.background`); the CLI
+the worker; a worker that died without saying so is marked failed by the next reader: `engine.core.workers`); the CLI
 (`deploywise export`) runs it in its own process.
-Exporting is an admin action (`engine.access.require_admin`).
+Exporting is an admin action (`engine.access.roles.require_admin`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.access import require_admin
-from engine.background import StatusFile, run_work
-from engine.llm import EXPORTS_ARTIFACT
-from engine.settings import load_settings, worker_settings
-from engine.store import utc_now
+from engine.access.roles import require_admin
+from engine.core.workers import StatusFile, run_work
+from engine.llm.runtime import EXPORTS_ARTIFACT
+from engine.core.settings import load_settings, worker_settings
+from engine.core.database import utc_now
 
 FORMATS = ("safetensors", "gguf-f16", "gguf-q8_0")
 MANIFEST = "export.json"
@@ -133,7 +133,7 @@ def check_format(fmt: str) -> str:
 
 def resolve_version(settings, version: str):
     """The LlmVersion to export: a version number of the registry ('3' or 'v3'), 'champion' or 'base'."""
-    from engine.llm import LlmError, resolve_llm_version
+    from engine.llm.runtime import LlmError, resolve_llm_version
 
     wanted = str(version).strip().removeprefix("v")
     if wanted not in ("base", "champion") and not wanted.isdigit():
@@ -159,9 +159,9 @@ def default_folder(settings, label: str, fmt: str) -> Path:
 def export_version(settings, version: str, fmt: str, out_dir: str | Path | None = None, *, on_progress=None) -> Export:
     """Export `version` in `fmt` into `out_dir` (default <workspace>/exports/<version>/<format>), checked, and log it
     to the version's MLflow run. ExportError (one line) on any refusal or failure, with nothing left half-written."""
-    from engine.llm import LlmError, build_model
-    from engine.llm_versions import first_line
-    from engine.models import load_tokenizer
+    from engine.llm.runtime import LlmError, build_model
+    from engine.lifecycle.versions import first_line
+    from engine.llm.bundled import load_tokenizer
     from training.gguf_export import GgufError, check_supported
 
     require_admin("exporting an LLM version")
@@ -242,8 +242,8 @@ def _write_gguf(model, tokenizer, staging: Path, fmt: str, label: str, progress)
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.models import quiet_model_loading
-    from engine.prompting import SYSTEM_PROMPT
+    from engine.llm.bundled import quiet_model_loading
+    from engine.answering.prompting import SYSTEM_PROMPT
     from training.gguf_export import check_gguf, ollama_modelfile, write_gguf
 
     name = f"{slug(label)}-{fmt.removeprefix('gguf-')}.gguf"
@@ -275,7 +275,7 @@ def compare_logits(reference, written, tokenizer, tolerance: Tolerance) -> Logit
     template (the model's default system message included; the chat's long system prompt would only add compute)."""
     import torch
 
-    from engine.llm import fit_prompt
+    from engine.llm.runtime import fit_prompt
 
     max_diff, min_cosine, agree, positions = 0.0, 1.0, 0, 0
     with torch.inference_mode():
@@ -324,7 +324,7 @@ def _log_to_mlflow(settings, llm, export: Export, target: Path) -> None:
     file's digest as a tag."""
     from mlflow.entities import Metric, RunTag
 
-    from engine.llm_versions import mlflow_problem
+    from engine.lifecycle.versions import mlflow_problem
 
     client = _client(settings, llm.tracking_uri)
     path = f"{EXPORTS_ARTIFACT}/{export.format}"

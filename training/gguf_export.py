@@ -147,7 +147,7 @@ def _add_tokenizer(writer, folder: Path, vocab_size: int) -> str | None:
     import gguf
     from transformers import AutoTokenizer
 
-    from engine.models import BUNDLED, load_tokenizer
+    from engine.llm.bundled import BUNDLED, load_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}

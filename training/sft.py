@@ -1,14 +1,14 @@
 """The supervised fine-tuning recipe: a LoRA (or QLoRA) adapter that teaches a CPT version how to answer.
 
-Seed 002's phase 4. The job starts from a CPT version merged into its unquantized base (training.run's start model;
+Seed 002's phase 4. The job starts from a CPT version merged into its unquantized base (training.ray_job's start model;
 with `quantization: 4bit` that merged model is then loaded as NF4), puts a fresh LoRA on top and trains it on the
 accepted pairs of an SFT dataset (training.sft_data exports them as JSONL `{"instruction", "output", ...}`). Each
 pair is the conversation the chat has at inference — the chat's system prompt, the instruction as the user's
 message, the output as the assistant's answer — through the tokenizer's chat template, and the loss counts the
 answer's tokens only: the model learns to answer, not to write prompts. The prompt is tokenized exactly as the chat
-tokenizes it (engine.llm), so training and inference see the same tokens. A recommendation pair's output is the
+tokenizes it (engine.llm.runtime), so training and inference see the same tokens. A recommendation pair's output is the
 explanation of the decision, beginning with the opening the chat prefills at inference
-(engine.prompting.explanation_opening): the model learns that opening too, and what follows it.
+(engine.answering.prompting.explanation_opening): the model learns that opening too, and what follows it.
 
 A pair longer than `max_seq_length` loses the end of its answer; one that would keep no answer token is dropped,
 counted in the run's `sft_data.json` and said in the job's log. A deterministic share of the pairs (by their
@@ -77,7 +77,7 @@ def _instruction_key(pair: dict) -> str:
 
 def answer_messages(instruction: str) -> list[dict]:
     """The conversation the chat sends the model, with the pair's instruction as the user's message."""
-    from engine.prompting import SYSTEM_PROMPT
+    from engine.answering.prompting import SYSTEM_PROMPT
 
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": instruction}]
 
@@ -86,7 +86,7 @@ def chat_example(tokenizer, pair: dict, max_seq_length: int) -> tuple[dict | Non
     """Token ids and labels of one pair: the prompt as the chat tokenizes it (labels IGNORE_INDEX), then the answer
     as the template ends the assistant's turn (labels = ids), cut at `max_seq_length`; with whether the cut took
     answer tokens. None when no answer token is left."""
-    from engine.llm import _chat_template
+    from engine.llm.runtime import _chat_template
 
     messages = answer_messages(pair["instruction"])
     prompt_ids = _chat_template(tokenizer, messages)
@@ -123,7 +123,7 @@ def chat_rows(pairs: list[dict], held_out: list[dict], tokenizer, max_seq_length
 
 
 def train_loop_per_worker(loop: dict) -> None:
-    """One Ray Train worker's part of an SFT job. `loop` holds the job spec (see training.run.JobSpec)."""
+    """One Ray Train worker's part of an SFT job. `loop` holds the job spec (see training.job_spec.JobSpec)."""
     fit_adapter(loop, _chat_dataset)
 
 

@@ -13,7 +13,7 @@ instruction, output, source_ids and style, in a fixed order (sorted by content, 
 give the same bytes). The sha256 of those bytes (first 16 hex digits) is the dataset hash: the id an SFT run
 records for lineage. Several named datasets can coexist, so several SFT variants come from one CPT version.
 
-Who: generation, review, edits, export and deletion are admin actions (engine.access.require_admin); the CLI and
+Who: generation, review, edits, export and deletion are admin actions (engine.access.roles.require_admin); the CLI and
 Ray jobs act for the operator, an administrator.
 """
 
@@ -27,10 +27,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.access import current_identity, require_admin
-from engine.citations import find_markers
-from engine.sources import resolve
-from engine.store import transaction, utc_now
+from engine.access.roles import current_identity, require_admin
+from engine.answering.citations import find_markers
+from engine.knowledge.sources import resolve
+from engine.core.database import transaction, utc_now
 
 REVIEW_STATES = ("pending", "accepted", "rejected")
 DATASET_STATES = ("queued", "generating", "ready", "failed", "cancelled")

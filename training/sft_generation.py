@@ -8,10 +8,10 @@ Three kinds of pairs, each kept with the chunk and source ids it came from:
   generator leaves it out);
 - recommendation: questions about each use case of the registry, phrased several ways (fixed templates, each
   paraphrased by the LLM when one is given and the paraphrase still names the use case). The instruction is
-  exactly the user message the chat sends its LLM (engine.assistant.prepare_answer; the SFT recipe adds the
+  exactly the user message the chat sends its LLM (engine.answering.pipeline.prepare_answer; the SFT recipe adds the
   system prompt), the output the explanation of the decision the chat asks its LLM for, beginning with the
-  opening the chat prefills (engine.prompting.explanation_opening): the one composed from the decision
-  (engine.composer.compose_explanation), or, when `rewrite_recommendations` is on, the LLM's own explanation
+  opening the chat prefills (engine.answering.prompting.explanation_opening): the one composed from the decision
+  (engine.answering.composer.compose_explanation), or, when `rewrite_recommendations` is on, the LLM's own explanation
   when the chat would have shown every sentence of it. Either is held to the chat's sentence checks;
 - refusal: questions about no known use case, answered with the chat's own refusal text;
 plus accepted feedback corrections (style "correction": the question and the corrected answer).
@@ -31,14 +31,14 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from engine.access import require_admin
-from engine.assistant import explanation_run, prepare_answer
-from engine.citations import find_markers, strip_markers
-from engine.composer import compose_explanation
-from engine.llm import EndpointLlm, LlmError, resolve_llm_version
-from engine.llm_backends import llm_backend, runtime_problem, version_settings
-from engine.prompting import MAX_EXCERPTS, explanation_opening
-from engine.verifier import grounded
+from engine.access.roles import require_admin
+from engine.answering.pipeline import explanation_run, prepare_answer
+from engine.answering.citations import find_markers, strip_markers
+from engine.answering.composer import compose_explanation
+from engine.llm.runtime import EndpointLlm, LlmError, resolve_llm_version
+from engine.llm.backends import llm_backend, runtime_problem, version_settings
+from engine.answering.prompting import MAX_EXCERPTS, explanation_opening
+from engine.answering.verifier import grounded
 from training.sft_data import PairCandidate, SftDataError, SftDataset, add_pairs, check_name, create_dataset, get_dataset, update_dataset
 
 KNOWLEDGE_STYLES = ("factual", "conversational", "socratic", "problem-solving", "multiple-choice")
@@ -199,8 +199,8 @@ def _check_prompt(style: str, prompt: str) -> None:
 
 
 def make_backend(settings, request: GenerationRequest):
-    """The generator: an engine.llm backend for the endpoint, or the LLM version on the chat's own runtime
-    (engine.llm_backends; transformers in place of the chat's endpoint); None when no LLM is asked for."""
+    """The generator: an engine.llm.runtime backend for the endpoint, or the LLM version on the chat's own runtime
+    (engine.llm.backends; transformers in place of the chat's endpoint); None when no LLM is asked for."""
     from pydantic import SecretStr
 
     if request.endpoint is not None:
@@ -330,7 +330,7 @@ class _Replay:
 
 def verified_explanation(kb, prepared, text: str) -> bool:
     """Whether `text` is an explanation the chat would show whole: it begins with the prefilled opening and every
-    sentence passes the checks the chat holds the LLM's sentences to (engine.explanation.ExplanationRun: the
+    sentence passes the checks the chat holds the LLM's sentences to (engine.answering.explanation.ExplanationRun: the
     verifier's, known markers, a sentence's start, grounding in the prompt, no repeats), with nothing left over."""
     opening = explanation_opening(prepared.decision)
     if not text.startswith(opening) or not text[len(opening):].strip():
@@ -375,7 +375,7 @@ def refusal_pairs(settings, kb) -> tuple[list[PairCandidate], int]:
 
 def correction_pairs(connection) -> list[PairCandidate]:
     """Accepted corrections of flagged answers: the question asked and the administrator's corrected answer."""
-    from engine.answers import load_answer
+    from engine.answering.records import load_answer
 
     rows = connection.execute(
         "SELECT answer_id, correction FROM feedback_reviews WHERE state = 'accepted' ORDER BY answer_id").fetchall()
@@ -432,7 +432,7 @@ def generate_dataset(settings, kb, request: GenerationRequest, *, on_progress: P
 
 
 def _generate(settings, kb, request: GenerationRequest, on_progress: Progress | None, backend) -> None:
-    from engine.candidates import CandidatesUnavailable, fetch_candidates
+    from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
 
     generator = backend.version if backend is not None else "composer"
     reserved = reserved_questions()

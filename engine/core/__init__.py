@@ -1,0 +1,1 @@
+"""Settings, the workspace database, detached workers and the MLflow client: what every other part uses."""

@@ -1,0 +1,1 @@
+"""LLM versions over their life: the catalog, promotion, rollback and archiving."""
