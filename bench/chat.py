@@ -150,7 +150,7 @@ from engine.core.settings import load_settings  # noqa: E402
 from engine.knowledge.sources import refresh_sources  # noqa: E402
 from engine.registry.use_cases import match_use_case  # noqa: E402
 from engine.demo.workspace import prepare_demo  # noqa: E402
-from eval.golden import DEFAULT_GOLDEN, load_golden  # noqa: E402
+from engine.answering.golden_set import DEFAULT_GOLDEN, load_golden  # noqa: E402
 
 PREPARE_P95_TARGET_MS = 150.0
 GGUF_DECODE_RATIO_TARGET = 4.0  # issue 12: llama.cpp decodes the chat's prompt at least 4x faster than transformers

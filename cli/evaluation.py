@@ -10,7 +10,7 @@ import sys
 
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, stderr_progress
 from eval.gate import DEFAULT_GATE
-from eval.golden import DEFAULT_GOLDEN
+from engine.answering.golden_set import DEFAULT_GOLDEN
 from eval.harness import EvaluationError, parse_versions, plan_evaluation, run_evaluation
 
 EXIT_NO_GO = EXIT_PARTIAL

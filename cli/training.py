@@ -12,7 +12,8 @@ import yaml
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result
 from engine.core import database
 from training.config import ConfigError, load_config
-from training.ray_jobs import JobError, cancel_job, get_job, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt, submit_sft
+from engine.lifecycle.training_jobs import list_jobs
+from training.ray_jobs import JobError, cancel_job, get_job, job_logs, job_progress, refresh_jobs, submit_cpt, submit_sft
 from training.dataset_snapshot import SnapshotError, check_settings, snapshot_workspace
 
 POLL_S = 5.0

@@ -12,10 +12,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from training.config import ConfigError
-from training.config import _read as read_mapping
+from engine.core.paths import CONFIGS_DIR
+from training.config import ConfigError, read_mapping
 
-DEFAULT_GATE = Path(__file__).resolve().parents[1] / "configs" / "gate.yaml"
+DEFAULT_GATE = CONFIGS_DIR / "gate.yaml"
 GO, NO_GO = "GO", "NO-GO"
 
 

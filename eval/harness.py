@@ -32,8 +32,8 @@ from pathlib import Path
 from engine.llm.runtime import CHAMPION, LlmError, LlmVersion, resolve_llm_version
 from engine.llm.backends import llm_backend, runtime_problem, version_settings
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, GateVerdict, judge, load_gate_config
-from eval.golden import (DEFAULT_GOLDEN, Expectation, GoldenError, GoldenItem, GoldenSet, NotApplicable, load_golden,
-                         resolve_item)
+from engine.answering.golden_set import DEFAULT_GOLDEN, GoldenError, GoldenItem, GoldenSet, load_golden
+from eval.golden import Expectation, NotApplicable, resolve_item
 from eval.perplexity import NAMES, SEQUENCE_LENGTH, Perplexity, held_out_blocks, perplexity
 from eval.scoring import ItemResult, metrics, score
 

@@ -27,7 +27,8 @@ import numpy as np
 
 from engine.answering.citations import find_markers, strip_markers
 from engine.answering.verifier import recommended_name
-from eval.golden import Fact, ResolvedItem
+from engine.answering.golden_set import Fact
+from eval.golden import ResolvedItem
 
 _REFUSAL = re.compile(
     r"\b(recommend nothing|recommend no |no model|none of the|not recommend|cannot|can not|can't|could not|couldn't|"

@@ -74,7 +74,7 @@ def start_evaluation(settings, versions: list[str], *, golden: str | None = None
     """Check the request, then start its worker; EvaluationError (one line) before anything is written."""
     from engine.access.roles import require_admin
     from eval.gate import DEFAULT_GATE
-    from eval.golden import DEFAULT_GOLDEN
+    from engine.answering.golden_set import DEFAULT_GOLDEN
     from eval.harness import plan_evaluation
 
     require_admin("running an evaluation")

@@ -14,7 +14,7 @@ from engine.access.roles import current_identity
 from ui.admin_page import require_admin_page
 from ui.deep_links import through_entry_point
 from ui import evaluation_views
-from eval.golden import DEFAULT_GOLDEN, GoldenError, load_golden
+from engine.answering.golden_set import DEFAULT_GOLDEN, GoldenError, load_golden
 from eval.harness import EvaluationError
 from eval.worker import cancel_evaluation, list_evaluation_jobs, start_evaluation
 from eval.results import evaluation_history, load_evaluation, load_items

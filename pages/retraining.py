@@ -21,7 +21,8 @@ from ui.admin_page import require_admin_page
 from ui.deep_links import through_entry_point
 from engine.knowledge.knowledge_base import KnowledgeBase
 from training.config import QUANTIZATIONS, ConfigError
-from training.ray_jobs import (JobError, cancel_job, choose_snapshot, job_logs, job_progress, list_jobs, refresh_jobs, submit_cpt,
+from engine.lifecycle.training_jobs import list_jobs
+from training.ray_jobs import (JobError, cancel_job, choose_snapshot, job_logs, job_progress, refresh_jobs, submit_cpt,
                            submit_sft)
 from training.sft_data import list_datasets
 from training.dataset_snapshot import SnapshotError, changes_since, list_snapshots

@@ -13,7 +13,8 @@ from engine.rules.rulebook import decision_for
 from engine.core.settings import load_settings
 from engine.registry.use_cases import match_use_case
 from engine.knowledge.workspace import open_knowledge_base
-from eval.golden import DEFAULT_GOLDEN, Expectation, load_golden, resolve_item
+from engine.answering.golden_set import DEFAULT_GOLDEN, load_golden
+from eval.golden import Expectation, resolve_item
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
 from engine.rules.decision import decide
 from engine.answering.prompting import explanation_opening
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, judge, load_gate_config
-from eval.golden import Expectation, GoldenError, NotApplicable, load_golden, resolve_item
+from engine.answering.golden_set import GoldenError, load_golden
+from eval.golden import Expectation, NotApplicable, resolve_item
 from eval.scoring import ItemResult, fact_found, metrics, normalize, refuses, score
 
 CRITERIA = "criteria:tumor-screening"

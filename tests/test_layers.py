@@ -2,8 +2,8 @@
 core < access < llm < knowledge < registry < rules < answering < lifecycle < demo.
 
 The graph is read from the source with `ast`, function-level imports included (an import hidden in a function is
-still a dependency). `KNOWN` lists the violations that remain from before the contract (issue 13 removes them one
-by one): a new violation fails, and so does a listed one that is gone, so the list only shrinks.
+still a dependency). There is no exception list: a lower layer that needs something
+from a higher one gets it moved down, or passed in.
 """
 
 from __future__ import annotations
@@ -16,13 +16,6 @@ LAYERS = {"engine": 0, "training": 1, "eval": 2, "ui": 3, "pages": 4, "cli": 4, 
 ENGINE_LAYERS = {name: rank for rank, name in enumerate(
     ("core", "access", "llm", "knowledge", "registry", "rules", "answering", "lifecycle", "demo"))}
 RUN_TIME_FORBIDDEN = {"engine": ("streamlit",)}  # the run-time domain is importable without Streamlit
-
-# (importer, imported) pairs still to remove: upward imports and Streamlit in engine.
-KNOWN = {
-    ("engine.lifecycle.versions", "training.ray_jobs"),  # the versions page's job states: read training_jobs instead
-    ("training.sft_generation", "eval.golden"),  # the golden questions SFT must not train on
-}
-
 
 def module_name(path: Path, root: Path) -> str:
     parts = path.relative_to(root).with_suffix("").parts
@@ -53,10 +46,14 @@ def layer(module: str) -> tuple[int, int] | None:
     return LAYERS[parts[0]], ENGINE_LAYERS.get(parts[1], -1) if parts[0] == "engine" and len(parts) > 2 else -1
 
 
+def _files(root: Path) -> list[Path]:
+    return [path for top in LAYERS for path in ([root / f"{top}.py"] if (root / f"{top}.py").is_file() else
+                                                 sorted((root / top).rglob("*.py")) if (root / top).is_dir() else [])]
+
+
 def violations(root: Path) -> set[tuple[str, str]]:
     """(importer, imported) for every import that goes up a layer or reaches a forbidden package."""
-    files = [path for top in LAYERS for path in ([root / f"{top}.py"] if (root / f"{top}.py").is_file() else
-                                                  sorted((root / top).rglob("*.py")) if (root / top).is_dir() else [])]
+    files = _files(root)
     modules = {module_name(path, root) for path in files}
     found = set()
     for path in files:
@@ -75,10 +72,60 @@ def _above(imported: tuple[int, int], importer: tuple[int, int]) -> bool:
     return imported[0] > importer[0] or imported[0] == importer[0] and -1 < importer[1] < imported[1]
 
 
-def test_no_import_goes_up_a_layer_beyond_the_known_ones():
-    found = violations(ROOT)
-    assert not found - KNOWN, f"new upward imports: {sorted(found - KNOWN)}"
-    assert not KNOWN - found, f"gone, remove them from KNOWN: {sorted(KNOWN - found)}"
+def graph(root: Path) -> dict[str, set[str]]:
+    """First-party module -> the first-party modules it imports."""
+    files = _files(root)
+    modules = {module_name(path, root) for path in files}
+    return {module_name(path, root): {name if name in modules else name.rsplit(".", 1)[0] for name in imports(path, root)}
+            & modules - {module_name(path, root)} for path in files}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iteratively)."""
+    index, low, on_stack, stack, found, counter = {}, {}, set(), [], [], 0
+    for start in edges:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(edges[start])))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_goes_up_a_layer():
+    assert not violations(ROOT), f"upward imports: {sorted(violations(ROOT))}"
+
+
+def test_the_import_graph_has_no_cycle():
+    assert not cycles(graph(ROOT))
 
 
 def test_the_check_catches_a_planted_upward_import_even_inside_a_function(tmp_path):
@@ -96,3 +143,4 @@ def test_the_check_catches_a_planted_upward_import_even_inside_a_function(tmp_pa
     (tmp_path / "engine" / "rules" / "decision.py").write_text("from engine.core.settings import load_settings\n")
     (tmp_path / "engine" / "core" / "settings.py").write_text("from engine.rules.decision import decide\n")
     assert ("engine.core.settings", "engine.rules.decision") in violations(tmp_path)
+    assert ["engine.core.settings", "engine.rules.decision"] in cycles(graph(tmp_path))

@@ -21,7 +21,8 @@ from engine.core.database import transaction
 from engine.knowledge.workspace import ingest_paths
 from training import ray_jobs as training_jobs
 from training.config import ConfigError, load_cpt_config
-from training.ray_jobs import JobProgress, TrainingJob, get_job, list_jobs, refresh_jobs
+from engine.lifecycle.training_jobs import TrainingJob, list_jobs
+from training.ray_jobs import JobProgress, get_job, refresh_jobs
 from training.dataset_snapshot import snapshot_workspace
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"

@@ -29,7 +29,7 @@ from engine.core.settings import load_settings
 from engine.knowledge.sources import resolve
 from engine.answering.verifier import verify_sentence
 from engine.knowledge.workspace import open_knowledge_base
-from eval.golden import load_golden
+from engine.answering.golden_set import load_golden
 from training.sft_data import (
     PairCandidate,
     SftDataError,

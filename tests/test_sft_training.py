@@ -31,7 +31,8 @@ from engine.core.settings import load_settings
 from engine.core.mlflow_client import ensure_experiment
 from training.config import ConfigError, load_cpt_config, load_sft_config
 from training.cpt import IGNORE_INDEX, Hardware, collate_blocks, packed_data, trainable_model, training_arguments
-from training.ray_jobs import EXPERIMENT, JobError, get_job, job_progress, list_jobs, refresh_jobs, submit_sft
+from engine.lifecycle.training_jobs import list_jobs
+from training.ray_jobs import EXPERIMENT, JobError, get_job, job_progress, refresh_jobs, submit_sft
 from training.job_spec import JobSpec
 from training.ray_job import register_version
 from training.sft import answer_messages, chat_example, chat_rows, split_pairs

@@ -304,7 +304,7 @@ def test_routing_precision_and_recall(embed):
 
 def test_the_golden_questions_route_as_before_over_the_demo_registry(embed):
     """tests/test_eval_golden.py checks this on the built demo workspace; this is the same check in a second."""
-    from eval.golden import DEFAULT_GOLDEN, load_golden
+    from engine.answering.golden_set import DEFAULT_GOLDEN, load_golden
 
     candidates = demo_candidates()
     misrouted = []

@@ -133,7 +133,7 @@ def load_config(kind: str, source: Path | str | dict | None = None, **overrides:
 
 
 def _load(cls, source, overrides: dict):
-    raw = _merged(_read(source), overrides)
+    raw = _merged(read_mapping(source), overrides)
     problems: list[str] = []
     config = _build(cls, raw, "", problems)
     if config is not None:
@@ -143,7 +143,8 @@ def _load(cls, source, overrides: dict):
     return config
 
 
-def _read(source) -> dict:
+def read_mapping(source) -> dict:
+    """A YAML file (or a mapping already read) as a mapping; the recipes and the gate are read alike."""
     if source is None:
         return {}
     if isinstance(source, dict):

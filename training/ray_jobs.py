@@ -31,6 +31,7 @@ from pathlib import Path
 from engine.access.roles import require_admin
 from engine.core.database import transaction, utc_now
 from engine.core.mlflow_client import ensure_experiment
+from engine.lifecycle.training_jobs import FINAL_STATES, TrainingJob, list_jobs, training_job
 from training.config import LATEST, AdapterTraining, CptConfig, SftConfig
 from training.cpt import SNAPSHOT_ARTIFACT
 from training.job_spec import FAILURE_TAG, LLM_VERSION_TAG, SPEC_VARIABLE, JobSpec
@@ -38,42 +39,12 @@ from training.sft import DATASET_FILE, SFT_DATASET_ARTIFACT, read_pairs, split_p
 from training.dataset_snapshot import DatasetSnapshot, SnapshotError, list_snapshots, load_snapshot, snapshot_workspace
 
 EXPERIMENT = "deploywise-training"
-FINAL_STATES = ("succeeded", "failed", "cancelled")
 _RAY_STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "cancelled"}
 _JOB_ENVIRONMENT = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "DEPLOYWISE_CACHE_DIR")
 
 
 class JobError(RuntimeError):
     """A job cannot be launched, found or cancelled; one line saying why."""
-
-
-@dataclass(frozen=True)
-class TrainingJob:
-    id: str
-    kind: str
-    state: str
-    config: dict
-    config_hash: str
-    snapshot_id: str
-    start_from: str
-    mlflow_run_id: str
-    ray_address: str
-    log_location: str
-    llm_version: str | None
-    message: str | None
-    created_by: str | None
-    created_at: str
-    updated_at: str
-    finished_at: str | None
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINAL_STATES
-
-    @property
-    def data(self) -> str:
-        """What the job learns from: 'snapshot <id>' (CPT) or 'dataset <name> (<hash>)' (SFT)."""
-        return f"dataset {self.config.get('dataset')} ({self.snapshot_id})" if self.kind == "sft" else f"snapshot {self.snapshot_id}"
 
 
 @dataclass(frozen=True)
@@ -363,18 +334,7 @@ def get_job(connection, job_id: str) -> TrainingJob:
     row = connection.execute("SELECT * FROM training_jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         raise JobError(f"no training job {job_id}")
-    return _job(row)
-
-
-def list_jobs(connection, limit: int = 50) -> list[TrainingJob]:
-    rows = connection.execute("SELECT * FROM training_jobs ORDER BY created_at DESC, id DESC LIMIT ?", (limit,))
-    return [_job(row) for row in rows]
-
-
-def _job(row) -> TrainingJob:
-    data = dict(row)
-    data["config"] = json.loads(data["config"])
-    return TrainingJob(**data)
+    return training_job(row)
 
 
 def refresh_jobs(settings, connection) -> list[str]:

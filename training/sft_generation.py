@@ -389,7 +389,7 @@ def correction_pairs(connection) -> list[PairCandidate]:
 
 def reserved_questions() -> list[str]:
     """The golden set's questions: training on them would leak the evaluation."""
-    from eval.golden import GoldenError, load_golden
+    from engine.answering.golden_set import GoldenError, load_golden
 
     try:
         return [item.question for item in load_golden().items]

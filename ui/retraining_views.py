@@ -17,10 +17,12 @@ import yaml
 
 from engine.core import database
 from training.config import LATEST, AdapterTraining, ConfigError, load_config
-from training.ray_jobs import FINAL_STATES, JobProgress, TrainingJob, offered_as_start, starts_sft
+from engine.core.paths import CONFIGS_DIR
+from engine.lifecycle.training_jobs import FINAL_STATES, TrainingJob
+from training.ray_jobs import JobProgress, offered_as_start, starts_sft
 from training.dataset_snapshot import SPLITS, DatasetSnapshot, SnapshotChanges
 
-CONFIG_FOLDER = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_FOLDER = CONFIGS_DIR
 RECIPES = {"cpt": "CPT: continual pretraining on the knowledge base", "sft": "SFT: fine-tuning a CPT version on an SFT dataset"}
 POLL_SECONDS = 3.0  # how often the jobs table refreshes while a job is unfinished
 LOG_TAIL_LINES = 200

@@ -60,9 +60,9 @@ from engine.knowledge.documents import parse_file
 from engine.rules.rulebook import RuleText, Rulebook, governed_by, loosely_named_use_cases, named_use_cases, rules_from_texts, use_case_terms
 from engine.knowledge.ingest import Progress
 from engine.registry.metric_catalog import metric_spec
+from engine.core.paths import DEMO_DIR
 from engine.core.mlflow_client import ensure_experiment
 
-DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
 EXPERIMENT = "deploywise-demo-candidates"
 RECIPE_TAG = "deploywise_demo"
 RECIPE = "1"  # bump when a recipe below changes: the use cases built from an older one are built again

@@ -28,6 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.access.roles import require_admin
+from engine.answering.records import answer_counts_by_version
+from engine.core import database
+from engine.lifecycle.training_jobs import list_jobs
 from engine.llm.gguf import gguf_problem
 from engine.llm.runtime import (ADAPTER_ARTIFACT, BASE_MODEL_TAG, CANDIDATE, CHAMPION, PARENT_VERSION_TAG, VERSION_STATUS_TAG, LlmError,
                         LlmVersion, registry_version)
@@ -273,10 +276,6 @@ def _registered_model(client, name: str):
 
 def _workspace_records(settings) -> tuple[dict[str, Usage], dict, list[str]]:
     """Answers and flags per version label, and the jobs table by job id, from the knowledge database."""
-    from engine.core import database
-    from engine.answering.records import answer_counts_by_version
-    from training.ray_jobs import list_jobs
-
     if not settings.knowledge_db.exists():
         return {}, {}, []
     try:
