@@ -9,11 +9,10 @@ successful login.
 import streamlit as st
 
 from engine.access import roles
-from ui import login
-from ui import admin_page
 from engine.answering.citations import escape_markdown
-from ui.deep_links import resume_requested_page
 from engine.core.settings import SettingsError, load_settings
+from ui import admin_page, login
+from ui.deep_links import resume_requested_page
 
 st.set_page_config(page_title="deploywise", page_icon=":material/rocket_launch:", layout="wide")
 

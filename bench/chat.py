@@ -134,23 +134,23 @@ from knowledge import TASKS, finish_report, latency, start_report, timed  # noqa
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 
+from engine.answering.golden_set import DEFAULT_GOLDEN, load_golden  # noqa: E402
 from engine.answering.pipeline import ask, offered_source_ids, prepare_answer, record_answer  # noqa: E402
-from engine.registry.candidates import CHAMPION, all_pages, candidate_source, fetch_candidates, read_candidates, refreshing  # noqa: E402
+from engine.answering.prompting import explanation_grammar, explanation_opening  # noqa: E402
+from engine.core.settings import load_settings  # noqa: E402
+from engine.demo.workspace import prepare_demo  # noqa: E402
 from engine.knowledge.chunking import Chunker  # noqa: E402
-from engine.llm.gguf import gguf_file, load_gguf  # noqa: E402
-from engine.rules.rulebook import document_governance, use_case_terms  # noqa: E402
 from engine.knowledge.ingest import ingest_files  # noqa: E402
 from engine.knowledge.knowledge_base import KnowledgeBase  # noqa: E402
-from engine.llm.runtime import fit_prompt, load_llm, resolve_llm_version  # noqa: E402
+from engine.knowledge.search import hybrid_search  # noqa: E402
+from engine.knowledge.sources import refresh_sources  # noqa: E402
 from engine.llm.backends import llm_backend  # noqa: E402
 from engine.llm.bundled import bundled_model_folder, load_tokenizer  # noqa: E402
-from engine.answering.prompting import explanation_grammar, explanation_opening  # noqa: E402
-from engine.knowledge.search import hybrid_search  # noqa: E402
-from engine.core.settings import load_settings  # noqa: E402
-from engine.knowledge.sources import refresh_sources  # noqa: E402
+from engine.llm.gguf import gguf_file, load_gguf  # noqa: E402
+from engine.llm.runtime import fit_prompt, load_llm, resolve_llm_version  # noqa: E402
+from engine.registry.candidates import CHAMPION, all_pages, candidate_source, fetch_candidates, read_candidates, refreshing  # noqa: E402
 from engine.registry.use_cases import match_use_case  # noqa: E402
-from engine.demo.workspace import prepare_demo  # noqa: E402
-from engine.answering.golden_set import DEFAULT_GOLDEN, load_golden  # noqa: E402
+from engine.rules.rulebook import document_governance, use_case_terms  # noqa: E402
 
 PREPARE_P95_TARGET_MS = 150.0
 GGUF_DECODE_RATIO_TARGET = 4.0  # issue 12: llama.cpp decodes the chat's prompt at least 4x faster than transformers
@@ -729,8 +729,9 @@ def alt_threads(config: dict, settings, kb, loaded, tokenizer, names: list[str])
     """alt (not the product, which gives llama.cpp every core): the same GGUF file loaded with `alt_threads` threads,
     on the same demo questions once and the same decode rows. Other sessions on the 2 cores slow llama.cpp's threads,
     which wait for each other at every step, far more than torch's."""
-    import engine.llm.gguf as gguf_llm
     from llama_cpp import Llama
+
+    import engine.llm.gguf as gguf_llm
 
     threads = config["alt_threads"]
     model = Llama(model_path=str(loaded.path), n_ctx=gguf_llm.CONTEXT_TOKENS, n_threads=threads, verbose=False, seed=0)

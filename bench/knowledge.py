@@ -60,8 +60,8 @@ from engine.knowledge.chunking import Chunk, Chunker  # noqa: E402
 from engine.knowledge.documents import parse_file  # noqa: E402
 from engine.knowledge.ingest import ingest_files  # noqa: E402
 from engine.knowledge.knowledge_base import KnowledgeBase  # noqa: E402
-from engine.llm.bundled import load_embedder, load_tokenizer  # noqa: E402
 from engine.knowledge.search import _keyword_ranks, fts_query, hybrid_search, query_words, vector_index  # noqa: E402
+from engine.llm.bundled import load_embedder, load_tokenizer  # noqa: E402
 
 SEARCH_P95_TARGET_MS = 50.0
 RECALL_TARGET = 0.95

@@ -42,15 +42,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from rule_cases_support import load_cases  # noqa: E402
 
-from engine.registry.candidates import Candidate  # noqa: E402
-from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy  # noqa: E402
-from engine.rules.decision import decide  # noqa: E402
+from engine.core.settings import load_settings  # noqa: E402
 from engine.demo.registry import USE_CASES  # noqa: E402
 from engine.knowledge.documents import parse_file  # noqa: E402
 from engine.llm.bundled import load_embedder  # noqa: E402
-from engine.rules.rulebook import RuleText, rules_from_texts, use_case_terms  # noqa: E402
-from engine.core.settings import load_settings  # noqa: E402
+from engine.registry.candidates import Candidate  # noqa: E402
 from engine.registry.use_cases import match_use_case, use_case_descriptions  # noqa: E402
+from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy  # noqa: E402
+from engine.rules.decision import decide  # noqa: E402
+from engine.rules.rulebook import RuleText, rules_from_texts, use_case_terms  # noqa: E402
 
 # The baseline: the product's markup-only extraction before it read prose (engine/rules/criteria.py until this change).
 _METRIC = r"`?([A-Za-z][A-Za-z0-9_@.\-]*)`?"

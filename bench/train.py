@@ -74,15 +74,15 @@ import torch  # noqa: E402
 from knowledge import finish_report, start_report, timed  # noqa: E402
 
 from engine.core import database  # noqa: E402
-from engine.knowledge.knowledge_base import KnowledgeBase  # noqa: E402
-from engine.llm.bundled import bundled_model_folder, load_tokenizer  # noqa: E402
 from engine.core.settings import load_settings  # noqa: E402
 from engine.demo.workspace import DEMO_CORPUS
+from engine.knowledge.knowledge_base import KnowledgeBase  # noqa: E402
 from engine.knowledge.workspace import ingest_paths  # noqa: E402
-from training.cpt import IGNORE_INDEX, Hardware, collate_blocks, packed_data, trainable_model, training_arguments  # noqa: E402
+from engine.llm.bundled import bundled_model_folder, load_tokenizer  # noqa: E402
 from training.config import load_cpt_config  # noqa: E402
-from training.packing import pack  # noqa: E402
+from training.cpt import IGNORE_INDEX, Hardware, collate_blocks, packed_data, trainable_model, training_arguments  # noqa: E402
 from training.dataset_snapshot import SPLITS, load_snapshot, read_split, snapshot_workspace  # noqa: E402
+from training.packing import pack  # noqa: E402
 
 PACKING_TARGET = 1.5  # useful tokens/s, packed / padded (issue 4, item 10)
 KINDS = ("packed", "padded")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result
-from engine.answering.records import answer_label, answer_times
-from engine.answering.pipeline import QuestionError, ask
 from engine.answering.citations import strip_markers
 from engine.answering.explanation import explanation_note
-from engine.llm.backends import llm_backend
+from engine.answering.pipeline import QuestionError, ask
+from engine.answering.records import answer_label, answer_times
 from engine.knowledge.workspace import open_knowledge_base
+from engine.llm.backends import llm_backend
 
 
 def register(commands) -> None:

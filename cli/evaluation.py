@@ -9,8 +9,8 @@ import json
 import sys
 
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, stderr_progress
-from eval.gate import DEFAULT_GATE
 from engine.answering.golden_set import DEFAULT_GOLDEN
+from eval.gate import DEFAULT_GATE
 from eval.harness import EvaluationError, parse_versions, plan_evaluation, run_evaluation
 
 EXIT_NO_GO = EXIT_PARTIAL

@@ -7,8 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result, stderr_progress
-from engine.knowledge import sources
 from engine.core import database
+from engine.knowledge import sources
 from engine.knowledge.search import hybrid_search
 from engine.knowledge.table_import import IMPORT_FAILURES, choose_text_columns, plan_tables, run_table_import, table_source
 from engine.knowledge.workspace import ingest_paths, make_chunker, open_knowledge_base

@@ -11,10 +11,10 @@ import yaml
 
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result
 from engine.core import database
-from training.config import ConfigError, load_config
 from engine.lifecycle.training_jobs import list_jobs
-from training.ray_jobs import JobError, cancel_job, get_job, job_logs, job_progress, refresh_jobs, submit_cpt, submit_sft
+from training.config import ConfigError, load_config
 from training.dataset_snapshot import SnapshotError, check_settings, snapshot_workspace
+from training.ray_jobs import JobError, cancel_job, get_job, job_logs, job_progress, refresh_jobs, submit_cpt, submit_sft
 
 POLL_S = 5.0
 

@@ -8,8 +8,7 @@ import json
 import sys
 
 from cli.common import EXIT_OK, UsageError
-from engine.lifecycle.versions import (VersionError, archive, format_time, overview, promote, rollback, target_text,
-                                 versions_table)
+from engine.lifecycle.versions import VersionError, archive, format_time, overview, promote, rollback, target_text, versions_table
 
 
 def register(commands) -> None:

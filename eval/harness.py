@@ -29,13 +29,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.llm.runtime import CHAMPION, LlmError, LlmVersion, resolve_llm_version
-from engine.llm.backends import llm_backend, runtime_problem, version_settings
-from eval.gate import DEFAULT_GATE, GateConfig, GateError, GateVerdict, judge, load_gate_config
+from engine.access.roles import require_admin
+from engine.answering.citations import find_markers
 from engine.answering.golden_set import DEFAULT_GOLDEN, GoldenError, GoldenItem, GoldenSet, load_golden
+from engine.answering.pipeline import ask
+from engine.core import database
+from engine.knowledge.knowledge_base import KnowledgeBase
+from engine.knowledge.sources import refresh_sources, resolve
+from engine.llm.backends import llm_backend, runtime_problem, version_settings
+from engine.llm.bundled import load_embedder
+from engine.llm.runtime import CHAMPION, LlmError, LlmVersion, load_llm, resolve_llm_version
+from engine.registry.candidates import CandidatesUnavailable, candidate_sources, fetch_candidates
+from engine.rules.rulebook import decision_for
+from eval.gate import DEFAULT_GATE, GateConfig, GateError, GateVerdict, judge, load_gate_config
 from eval.golden import Expectation, NotApplicable, resolve_item
 from eval.perplexity import NAMES, SEQUENCE_LENGTH, Perplexity, held_out_blocks, perplexity
+from eval.results import log_version
 from eval.scoring import ItemResult, metrics, score
+from training.cpt import SNAPSHOT_ARTIFACT
+from training.dataset_snapshot import SnapshotError, list_snapshots, load_snapshot, read_split, snapshot_workspace
 
 BASE = "base"
 Progress = Callable[[int, int, str], None]
@@ -132,8 +144,6 @@ def plan_evaluation(settings, versions: list[str], golden_path: Path | str = DEF
                     per_category: int | None = None, item_ids: list[str] | None = None,
                     max_new_tokens: int | None = None, evaluation_id: str | None = None,
                     created_by: str | None = None) -> EvaluationPlan:
-    from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
-
     if max_new_tokens is not None and not 0 < max_new_tokens <= 8192:
         raise EvaluationError(f"max new tokens must be between 1 and 8192 (got {max_new_tokens})")
     planned = _plan_versions(settings, versions)
@@ -186,7 +196,6 @@ def _plan_versions(settings, versions: list[str]) -> list[PlannedVersion]:
 def _held_out_text(settings, planned: list[PlannedVersion], snapshot_id: str | None) -> tuple[str, list[dict]]:
     """The snapshot whose validation split is measured: the one given, else the newest evaluated version's
     training snapshot (from the workspace or its training run), else the newest written, else one made now."""
-    from training.dataset_snapshot import SnapshotError, list_snapshots, load_snapshot, read_split, snapshot_workspace
 
     trained = sorted((p for p in planned if p.version.number), key=lambda p: -int(p.wanted))
     try:
@@ -215,9 +224,6 @@ def _version_snapshot(settings, version: LlmVersion) -> tuple[str, list[dict]] |
 
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from training.cpt import SNAPSHOT_ARTIFACT
-    from training.dataset_snapshot import SnapshotError, load_snapshot, read_split
 
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
     try:
@@ -259,10 +265,6 @@ def evaluate_versions(settings, versions: list[str], golden_path: Path | str = D
 def run_evaluation(plan: EvaluationPlan, *, on_progress: Progress | None = None,
                    on_version: Callable[[VersionResult], None] | None = None) -> EvaluationResult:
     """Evaluate the planned versions one after the other; each is logged to MLflow as soon as it is done."""
-    from engine.access.roles import require_admin
-    from engine.llm.runtime import load_llm
-    from eval.results import log_version
-
     require_admin("evaluating LLM versions")
     progress = _Counter(plan.units(), on_progress)
     result = EvaluationResult(plan)
@@ -323,10 +325,6 @@ def _knowledge_copy(settings, folder: Path):
     """A private copy of the knowledge base (SQLite's backup: consistent while others write) with the embedder."""
     import sqlean
 
-    from engine.core import database
-    from engine.knowledge.knowledge_base import KnowledgeBase
-    from engine.llm.bundled import load_embedder
-
     source = database.connect(settings.knowledge_db)
     target = sqlean.connect(str(folder / "knowledge.sqlite"))
     try:
@@ -339,10 +337,6 @@ def _knowledge_copy(settings, folder: Path):
 
 def _expectations(plan: EvaluationPlan, kb) -> dict[str, Expectation]:
     """The decision engine's decision per use case of the golden set, on the registry every version is asked about."""
-    from engine.registry.candidates import candidate_sources, fetch_candidates
-    from engine.rules.rulebook import decision_for
-    from engine.knowledge.sources import refresh_sources
-
     snapshot = fetch_candidates(plan.settings)
     refresh_sources(kb.connection, candidate_sources(snapshot))  # registry:<model> citations resolve
     expectations = {}
@@ -384,11 +378,6 @@ class _Recording:
 
 def _golden(plan: EvaluationPlan, planned: PlannedVersion, kb, expectations: dict[str, Expectation],
             progress: _Counter) -> list[ItemResult]:
-    from engine.answering.pipeline import ask
-    from engine.registry.candidates import fetch_candidates
-    from engine.answering.citations import find_markers
-    from engine.knowledge.sources import resolve
-
     backend = _Recording(llm_backend(version_settings(plan.settings, planned.wanted)))
     names = sorted({c.name for c in fetch_candidates(plan.settings).candidates})
     results = []

@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.core.mlflow_client import ensure_experiment
+from engine.registry.candidates import all_pages
+from eval.perplexity import SEQUENCE_LENGTH
 
 EXPERIMENT = "deploywise-evaluation"
 ITEMS_ARTIFACT = "items.json"
@@ -51,8 +53,6 @@ def reasons_json(reasons) -> str:
 def log_version(plan, result) -> str:
     """The version's run (all or nothing: a failed write deletes it), then the gate tags of a registry version."""
     from mlflow.entities import Metric, Param
-
-    from eval.perplexity import SEQUENCE_LENGTH
 
     settings, planned = plan.settings, result.planned
     client = _client(settings)
@@ -110,7 +110,6 @@ def tag_model_version(settings, name: str, number: str, tags: dict[str, str]) ->
 @dataclass(frozen=True)
 class LoggedVersion:
     """One version's run of an evaluation, as MLflow holds it."""
-
     run_id: str
     evaluation_id: str
     llm_version: str  # "base" or the number
@@ -150,8 +149,6 @@ def _logged(run) -> LoggedVersion:
 
 
 def _runs(settings, filter_string: str = "") -> list:
-    from engine.registry.candidates import all_pages
-
     if settings.tracking_uri.startswith("sqlite:///") and not Path(settings.tracking_uri.removeprefix("sqlite:///")).exists():
         return []  # no store yet: opening it would create it
     client = _client(settings)

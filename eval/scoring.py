@@ -26,8 +26,8 @@ from decimal import Decimal, InvalidOperation
 import numpy as np
 
 from engine.answering.citations import find_markers, strip_markers
-from engine.answering.verifier import recommended_name
 from engine.answering.golden_set import Fact
+from engine.answering.verifier import recommended_name
 from eval.golden import ResolvedItem
 
 _REFUSAL = re.compile(

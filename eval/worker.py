@@ -20,9 +20,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.core.workers import StatusFile, cancel_on_sigterm, run_work
-from engine.core.settings import load_settings, worker_settings
+from engine.access.roles import require_admin
+from engine.answering.golden_set import DEFAULT_GOLDEN
 from engine.core.database import utc_now
+from engine.core.settings import load_settings, worker_settings
+from engine.core.workers import StatusFile, cancel_on_sigterm, run_work
+from eval.gate import DEFAULT_GATE
+from eval.harness import EvaluationError, plan_evaluation, run_evaluation
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 
@@ -72,11 +76,6 @@ def start_evaluation(settings, versions: list[str], *, golden: str | None = None
                      max_new_tokens: int | None = None, snapshot_id: str | None = None,
                      created_by: str | None = None) -> EvaluationJob:
     """Check the request, then start its worker; EvaluationError (one line) before anything is written."""
-    from engine.access.roles import require_admin
-    from eval.gate import DEFAULT_GATE
-    from engine.answering.golden_set import DEFAULT_GOLDEN
-    from eval.harness import plan_evaluation
-
     require_admin("running an evaluation")
     request = {"versions": list(versions), "golden": str(golden or DEFAULT_GOLDEN), "gate": str(gate or DEFAULT_GATE),
                "per_category": per_category, "item_ids": item_ids, "max_new_tokens": max_new_tokens,
@@ -117,8 +116,6 @@ def list_evaluation_jobs(settings, limit: int = 50) -> list[EvaluationJob]:
 
 def cancel_evaluation(settings, evaluation_id: str) -> EvaluationJob:
     """Ask the worker to stop (it marks itself cancelled; the versions it finished stay logged)."""
-    from engine.access.roles import require_admin
-
     require_admin("cancelling an evaluation")
     job = get_evaluation_job(settings, evaluation_id)
     if job.finished:
@@ -138,8 +135,6 @@ def _refreshed(path: Path, job: EvaluationJob) -> EvaluationJob:
 
 def run_worker(path: Path) -> int:
     """Run the evaluation a status file describes, keeping the file up to date; the exit code."""
-    from eval.harness import EvaluationError, plan_evaluation, run_evaluation
-
     job = _status(path).read()
     cancel_on_sigterm()
     job.state, job.pid, job.started_at = "running", os.getpid(), utc_now()

@@ -3,14 +3,14 @@
 import streamlit as st
 
 from engine.access.roles import current_user_is_admin
-from engine.answering.records import feedback_for, load_answer, save_feedback
-from engine.answering.pipeline import QuestionError, explanation_run, finish_answer, prepare_answer, record_answer
-from ui.chat_views import answer_caption, candidates_frame, criteria_frame, rendered_sentences
 from engine.answering.citations import escape_markdown, render_answer_markdown, resolve_citations, sources_list
-from ui.deep_links import through_entry_point
 from engine.answering.explanation import explanation_note
-from engine.llm.backends import llm_backend
+from engine.answering.pipeline import QuestionError, explanation_run, finish_answer, prepare_answer, record_answer
+from engine.answering.records import feedback_for, load_answer, save_feedback
 from engine.knowledge.workspace import open_knowledge_base
+from engine.llm.backends import llm_backend
+from ui.chat_views import answer_caption, candidates_frame, criteria_frame, rendered_sentences
+from ui.deep_links import through_entry_point
 
 through_entry_point("pages/chat.py")
 settings = st.session_state["settings"]

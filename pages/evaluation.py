@@ -11,13 +11,13 @@ Layout only: the work happens in `eval.worker`, `eval.results` and `ui.evaluatio
 import streamlit as st
 
 from engine.access.roles import current_identity
-from ui.admin_page import require_admin_page
-from ui.deep_links import through_entry_point
-from ui import evaluation_views
 from engine.answering.golden_set import DEFAULT_GOLDEN, GoldenError, load_golden
 from eval.harness import EvaluationError
-from eval.worker import cancel_evaluation, list_evaluation_jobs, start_evaluation
 from eval.results import evaluation_history, load_evaluation, load_items
+from eval.worker import cancel_evaluation, list_evaluation_jobs, start_evaluation
+from ui import evaluation_views
+from ui.admin_page import require_admin_page
+from ui.deep_links import through_entry_point
 
 FLASH_KEY, CHOSEN_KEY = "eval_flash", "eval_chosen"
 

@@ -11,12 +11,8 @@ end. A refused action shows its reason under the answer and changes nothing.
 
 import streamlit as st
 
-from engine.core import database
 from engine.access.roles import AccessDenied
-from ui.admin_page import require_admin_page
-from ui.chat_views import answer_caption, candidates_frame, criteria_frame
 from engine.answering.citations import escape_markdown, render_answer_markdown, resolve_citations
-from ui.deep_links import through_entry_point
 from engine.answering.feedback_review import (
     MAX_CORRECTION_CHARS,
     MAX_NOTE_CHARS,
@@ -31,6 +27,10 @@ from engine.answering.feedback_review import (
     review_counts,
     save_correction,
 )
+from engine.core import database
+from ui.admin_page import require_admin_page
+from ui.chat_views import answer_caption, candidates_frame, criteria_frame
+from ui.deep_links import through_entry_point
 
 FLASH_KEY, PAGE_SIZE = "review_flash", 50
 ALL = "all"

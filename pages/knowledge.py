@@ -8,11 +8,14 @@ and the counts show it; a refused change shows an error and stores nothing.
 
 import streamlit as st
 
-from ui import knowledge_views as views
-from engine.knowledge import table_import
 from engine.access.roles import current_identity
-from ui.admin_page import require_admin_page
+from engine.knowledge import table_import
+from engine.knowledge.documents import SUPPORTED_SUFFIXES
+from engine.knowledge.search import hybrid_search
+from engine.knowledge.sources import KINDS, Source, SourceError, export_csv, import_csv, list_sources, unknown_sources
+from engine.knowledge.workspace import make_chunker, open_knowledge_base
 from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
+from engine.registry.use_cases import use_case_descriptions
 from engine.rules.criteria import (
     COMPARISONS,
     NO_USE_CASE,
@@ -24,13 +27,10 @@ from engine.rules.criteria import (
     save_reviewed_rules,
     set_metric_direction,
 )
-from ui.deep_links import through_entry_point
-from engine.knowledge.documents import SUPPORTED_SUFFIXES
 from engine.rules.rulebook import document_governance, rulebook, use_case_terms
-from engine.knowledge.search import hybrid_search
-from engine.knowledge.sources import KINDS, Source, SourceError, export_csv, import_csv, list_sources, unknown_sources
-from engine.registry.use_cases import use_case_descriptions
-from engine.knowledge.workspace import make_chunker, open_knowledge_base
+from ui import knowledge_views as views
+from ui.admin_page import require_admin_page
+from ui.deep_links import through_entry_point
 
 PAGE_SIZE = 20
 

@@ -7,10 +7,10 @@ Layout only: roles, password checks and the session's login live in `engine/acce
 import streamlit as st
 
 from engine.access import roles
-from ui import login
-from engine.answering.citations import escape_markdown
-from ui.deep_links import through_entry_point
 from engine.access.local_account import PasswordError, read_account
+from engine.answering.citations import escape_markdown
+from ui import login
+from ui.deep_links import through_entry_point
 
 through_entry_point(login.LOGIN_PAGE)
 settings = st.session_state["settings"]

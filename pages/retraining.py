@@ -14,18 +14,17 @@ its end. Errors reaching Ray or MLflow show as one warning line; the page stays 
 
 import streamlit as st
 
-from engine.answering import feedback_review as review
-from ui import retraining_views as views
 from engine.access.roles import current_identity
+from engine.answering import feedback_review as review
+from engine.knowledge.knowledge_base import KnowledgeBase
+from engine.lifecycle.training_jobs import list_jobs
+from training.config import QUANTIZATIONS, ConfigError
+from training.dataset_snapshot import SnapshotError, changes_since, list_snapshots
+from training.ray_jobs import JobError, cancel_job, choose_snapshot, job_logs, job_progress, refresh_jobs, submit_cpt, submit_sft
+from training.sft_data import list_datasets
+from ui import retraining_views as views
 from ui.admin_page import require_admin_page
 from ui.deep_links import through_entry_point
-from engine.knowledge.knowledge_base import KnowledgeBase
-from training.config import QUANTIZATIONS, ConfigError
-from engine.lifecycle.training_jobs import list_jobs
-from training.ray_jobs import (JobError, cancel_job, choose_snapshot, job_logs, job_progress, refresh_jobs, submit_cpt,
-                           submit_sft)
-from training.sft_data import list_datasets
-from training.dataset_snapshot import SnapshotError, changes_since, list_snapshots
 
 FLASH_KEY, JOB_KEY, RECIPE_KEY = "training_flash", "training_job", "training_recipe"
 

@@ -13,15 +13,15 @@ Layout only: the work happens in `training.sft_data`, `training.sft_generation`,
 
 import streamlit as st
 
-from engine.core import database
 from engine.access.roles import AccessDenied
-from ui.admin_page import require_admin_page
-from ui.deep_links import through_entry_point
+from engine.core import database
 from engine.knowledge.knowledge_base import KnowledgeBase
-from ui import sft_views as views
 from training.sft_data import REVIEW_STATES, SftDataError, delete_dataset, export_dataset, exports_dir, list_pairs, review_pairs
 from training.sft_generation import DEFAULT_PROMPTS, KNOWLEDGE_STYLES, STYLES, GenerationRequest, source_groups
 from training.sft_worker import RUNNING, cancel_generation, refreshed_datasets, start_generation
+from ui import sft_views as views
+from ui.admin_page import require_admin_page
+from ui.deep_links import through_entry_point
 
 FLASH_KEY, POLL_SECONDS, PAGE_SIZE = "sft_flash", 2, 200
 ALL = "all"

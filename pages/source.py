@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
 from engine.answering.citations import escape_markdown
-from ui.deep_links import through_entry_point
-from ui.source_view import parse_source_id, source_view
 from engine.knowledge.sources import SourceError
 from engine.knowledge.workspace import open_knowledge_base
+from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
+from ui.deep_links import through_entry_point
+from ui.source_view import parse_source_id, source_view
 
 through_entry_point("pages/source.py")
 settings = st.session_state["settings"]

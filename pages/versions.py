@@ -8,13 +8,13 @@ and the page stays up. A change is stored, then the page reruns so the table sho
 
 import streamlit as st
 
-from engine.lifecycle import versions
 from engine.access.roles import current_identity
-from ui.admin_page import require_admin_page
 from engine.answering.citations import escape_markdown
-from ui.deep_links import through_entry_point
+from engine.lifecycle import versions
 from engine.lifecycle.versions import VersionError
 from training import export as exports
+from ui.admin_page import require_admin_page
+from ui.deep_links import through_entry_point
 
 FLASH_KEY, CHOSEN_KEY = "versions_flash", "versions_chosen"
 

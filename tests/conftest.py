@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ui import login
 import os
 import shutil
 import tempfile
+
+from ui import login
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,10 +15,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 from databricks_server import FakeDatabricks
 
-from engine.knowledge.chunking import Chunker
-from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.core.settings import load_settings
 from engine.demo.workspace import prepare_demo
+from engine.knowledge.chunking import Chunker
+from engine.knowledge.knowledge_base import KnowledgeBase
 
 
 @pytest.fixture(autouse=True)

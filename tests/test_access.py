@@ -20,14 +20,12 @@ import bcrypt
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.access import roles
-from ui import login
-from ui import admin_page
-from engine.access import local_account
-from engine.answering.citations import escape_markdown
 from cli.main import main
-from ui.deep_links import REQUEST_KEY
+from engine.access import local_account, roles
+from engine.answering.citations import escape_markdown
 from engine.core.settings import SettingsError, load_settings
+from ui import admin_page, login
+from ui.deep_links import REQUEST_KEY
 
 pytestmark = pytest.mark.usefixtures("real_access")
 
@@ -196,17 +194,17 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
 
     from engine.access import roles
     from engine.answering import feedback_review
-    from engine.lifecycle import versions
-    from engine.knowledge import table_import
-    from ui import knowledge_views as views
-    from engine.rules.criteria import discard_review, save_reviewed_rules
-    from ui.retraining_views import default_config, open_database
     from engine.core.settings import load_settings
+    from engine.knowledge import table_import
     from engine.knowledge.sources import Source, import_csv, list_sources
     from engine.knowledge.workspace import ingest_paths, make_chunker, open_knowledge_base
+    from engine.lifecycle import versions
+    from engine.rules.criteria import discard_review, save_reviewed_rules
     from eval.harness import run_evaluation
     from eval.worker import cancel_evaluation, start_evaluation
     from training.ray_jobs import cancel_job, submit_cpt
+    from ui import knowledge_views as views
+    from ui.retraining_views import default_config, open_database
 
     settings = st.session_state.setdefault("settings", load_settings())
     kb, jobs_db = open_knowledge_base(settings), open_database(settings)

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.core.workers import (StatusFile, cancel_on_sigterm, is_starting, is_worker, run_work, start_worker,
-                               worker_alive)
 from engine.core.database import utc_now
+from engine.core.workers import StatusFile, cancel_on_sigterm, is_starting, is_worker, run_work, start_worker, worker_alive
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 DIED = {"state": "failed", "error": "the worker ended without finishing"}

@@ -197,8 +197,8 @@ SCREENSHOT = ROOT / "build/screenshots/chat-answer.png"
 def test_a_question_gets_a_verified_answer_with_source_links_evidence_and_feedback(demo_app, page):
     from playwright.sync_api import expect
 
-    from engine.answering.records import recent_answers
     from engine.answering.citations import resolve_citations
+    from engine.answering.records import recent_answers
 
     page.goto(demo_app.url)
     page.get_by_role("heading", name="Which model should I deploy?").wait_for(timeout=90_000)

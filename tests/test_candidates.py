@@ -21,6 +21,8 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
+from engine.core.settings import load_settings
+from engine.demo.registry import log_model
 from engine.registry import candidates as candidates_module
 from engine.registry.candidates import (
     CandidatesUnavailable,
@@ -30,8 +32,6 @@ from engine.registry.candidates import (
     saved_snapshot_path,
     version_link,
 )
-from engine.demo.registry import log_model
-from engine.core.settings import load_settings
 
 ROWS = np.random.default_rng(0).normal(size=(40, 3))
 LABELS = (ROWS[:, 0] > 0).astype(int)

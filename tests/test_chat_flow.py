@@ -9,17 +9,26 @@ import re
 
 import pytest
 
-from engine.answering.records import feedback_for, load_answer, record_explanation, save_feedback
-from engine.answering.pipeline import QuestionError, ask, explanation_run, finish_answer, offered_source_ids, prepare_answer, record_answer
+from cli.main import main as cli_main
 from engine.answering.citations import find_markers
 from engine.answering.explanation import explanation_note, split_sentences
+from engine.answering.pipeline import (
+    QuestionError,
+    ask,
+    explanation_run,
+    finish_answer,
+    offered_source_ids,
+    prepare_answer,
+    record_answer,
+)
+from engine.answering.records import feedback_for, load_answer, record_explanation, save_feedback
 from engine.answering.verifier import verify_sentence
-from cli.main import main as cli_main
-from engine.knowledge.ingest import ingest_files
-from engine.llm.backends import llm_backend
 from engine.core.settings import load_settings
+from engine.knowledge.ingest import ingest_files
 from engine.knowledge.workspace import make_chunker, open_knowledge_base
-from tests.openai_server import OpenAIServer, decided_model, faithful_answer as faithful
+from engine.llm.backends import llm_backend
+from tests.openai_server import OpenAIServer, decided_model
+from tests.openai_server import faithful_answer as faithful
 
 TUMOR_QUESTION = "Which model should I deploy for tumour screening?"
 

@@ -14,15 +14,15 @@ from engine.answering.citations import (
     MAX_SOURCE_ID_CHARS,
     Citation,
     cited_chunks,
-    sources_list,
     find_markers,
     render_answer_markdown,
     resolve_citations,
+    sources_list,
     strip_markers,
 )
+from engine.core.database import connect
 from engine.knowledge.search import SearchHit
 from engine.knowledge.sources import Source, unknown_sources, upsert_sources
-from engine.core.database import connect
 from tests.rendered_markdown import parse
 
 GUIDE_URL = "https://wiki.example.com/ml-platform/acceptance-criteria/tumor-screening"

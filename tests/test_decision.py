@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine.registry.candidates import Candidate
 from engine.answering.composer import compose_answer
+from engine.answering.verifier import verify_answer
+from engine.demo.workspace import DEMO_CORPUS
+from engine.knowledge.ingest import ingest_files
+from engine.registry.candidates import Candidate
 from engine.rules.criteria import (
     AcceptanceCriterion,
     CriteriaError,
@@ -15,10 +18,7 @@ from engine.rules.criteria import (
     save_reviewed_rules,
 )
 from engine.rules.decision import decide
-from engine.knowledge.ingest import ingest_files
 from engine.rules.rulebook import rulebook
-from engine.answering.verifier import verify_answer
-from engine.demo.workspace import DEMO_CORPUS
 
 CRITERIA = [
     AcceptanceCriterion("tumor-screening", "f1", ">=", 0.95, True, "criteria:tumor-screening"),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from engine.core.settings import load_settings
+from engine.demo.workspace import DEMO_CORPUS, demo_corpus_is_current, demo_is_current, prepare_demo
 from engine.knowledge import sources
 from engine.knowledge.documents import parse_file
 from engine.knowledge.search import hybrid_search
-from engine.core.settings import load_settings
-from engine.demo.workspace import DEMO_CORPUS, demo_corpus_is_current, demo_is_current, prepare_demo
 from engine.knowledge.workspace import ingest_paths, open_knowledge_base
 
 DEMO_FILES = sorted(DEMO_CORPUS.glob("*.md"))

@@ -12,8 +12,7 @@ import mlflow.sklearn
 import pytest
 from mlflow import MlflowClient
 
-from engine.registry.candidates import read_candidates
-from engine.rules.decision import decide
+from engine.core.settings import load_settings
 from engine.demo.registry import (
     DEMO_DIR,
     DEMO_MODEL_NAMES,
@@ -30,7 +29,8 @@ from engine.demo.registry import (
     report_path,
     split,
 )
-from engine.core.settings import load_settings
+from engine.registry.candidates import read_candidates
+from engine.rules.decision import decide
 
 
 @pytest.fixture(scope="module")

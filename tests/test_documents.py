@@ -8,9 +8,9 @@ import zipfile
 import pytest
 from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
+from tests_support import make_docx, make_pdf
 
 from engine.knowledge.documents import DocumentError, parse_file
-from tests_support import make_docx, make_pdf
 
 
 def encrypted_pdf() -> bytes:

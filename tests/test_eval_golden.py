@@ -8,12 +8,12 @@ from collections import Counter
 
 import pytest
 
-from engine.registry.candidates import candidate_sources, fetch_candidates
-from engine.rules.rulebook import decision_for
-from engine.core.settings import load_settings
-from engine.registry.use_cases import match_use_case
-from engine.knowledge.workspace import open_knowledge_base
 from engine.answering.golden_set import DEFAULT_GOLDEN, load_golden
+from engine.core.settings import load_settings
+from engine.knowledge.workspace import open_knowledge_base
+from engine.registry.candidates import candidate_sources, fetch_candidates
+from engine.registry.use_cases import match_use_case
+from engine.rules.rulebook import decision_for
 from eval.golden import Expectation, resolve_item
 
 

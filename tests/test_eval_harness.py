@@ -16,16 +16,16 @@ from mlflow import MlflowClient
 from peft import LoraConfig, get_peft_model
 
 from engine.access import roles
+from engine.answering.prompting import explanation_opening
 from engine.core import database
+from engine.core.settings import load_settings
 from engine.core.workers import StatusFile
 from engine.llm.runtime import load_base_model
-from engine.answering.prompting import explanation_opening
-from engine.core.settings import load_settings
 from eval import worker
-from ui import evaluation_views
 from eval.harness import EvaluationError, evaluate_versions, plan_evaluation
 from eval.results import EXPERIMENT, evaluation_history, load_evaluation, load_items
 from training.dataset_snapshot import snapshot_workspace
+from ui import evaluation_views
 
 ITEMS = ["ts-rec-1", "dr-rej-2", "dp-crit-1", "ref-offtopic-1"]  # in the file's order
 
@@ -255,8 +255,8 @@ def test_versions_are_asked_on_the_chats_runtime_and_llama_cpp_needs_their_gguf_
     assert plan_evaluation(bundled, ["base"], item_ids=ITEMS).versions[0].wanted == "base"
     assert len(evaluation_runs(settings)) == before
     # each version gets the chat's backend for its own configuration; an endpoint cannot serve a chosen version
-    from engine.llm.runtime import InProcessLlm
     from engine.llm.backends import llm_backend, version_settings
+    from engine.llm.runtime import InProcessLlm
 
     one, two = (llm_backend(version_settings(settings, wanted)) for wanted in ("base", number))
     assert isinstance(one, InProcessLlm) and isinstance(two, InProcessLlm) and one is not two

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
+from engine.answering.golden_set import GoldenError, load_golden
+from engine.answering.prompting import explanation_opening
 from engine.registry.candidates import Candidate
 from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
 from engine.rules.decision import decide
-from engine.answering.prompting import explanation_opening
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, judge, load_gate_config
-from engine.answering.golden_set import GoldenError, load_golden
 from eval.golden import Expectation, NotApplicable, resolve_item
 from eval.scoring import ItemResult, fact_found, metrics, normalize, refuses, score
 

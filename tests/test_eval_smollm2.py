@@ -13,18 +13,18 @@ import pytest
 from mlflow import MlflowClient
 from test_eval_harness import opening
 
+from engine.core.mlflow_client import ensure_experiment
+from engine.core.settings import load_settings
 from engine.llm.backends import llm_backend, version_settings
 from engine.llm.bundled import bundled_model_folder, load_tokenizer
-from engine.core.settings import load_settings
-from engine.core.mlflow_client import ensure_experiment
 from eval.harness import EvaluationError, evaluate_versions, plan_evaluation
 from eval.results import load_evaluation
 from training.config import load_cpt_config
 from training.cpt import Hardware, collate_blocks, packed_data, trainable_model, training_arguments
+from training.dataset_snapshot import SPLITS, read_split, snapshot_workspace
 from training.export import export_version
 from training.job_spec import JobSpec
 from training.ray_job import register_version
-from training.dataset_snapshot import SPLITS, read_split, snapshot_workspace
 
 pytestmark = pytest.mark.slow
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from engine.answering.explanation import MAX_SENTENCE_CHARS, ExplanationRun, split_sentences
+from engine.answering.prompting import build_messages, explanation_opening
 from engine.registry.candidates import Candidate
 from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
 from engine.rules.decision import decide
-from engine.answering.explanation import MAX_SENTENCE_CHARS, ExplanationRun, split_sentences
-from engine.answering.prompting import build_messages, explanation_opening
 
 CRITERIA = [AcceptanceCriterion("ts", "latency_p95_ms", "<=", 10, True, "criteria:ts")]
 POLICY = UseCasePolicy("ts", "roc_auc", None, "criteria:ts")

@@ -24,12 +24,21 @@ from test_llm_versions import NAME, registry_template  # noqa: F401 - the fixtur
 from transformers import AutoModelForCausalLM
 
 from cli.main import main
-from engine.llm.runtime import build_model, load_base_model, resolve_llm_version
-from engine.llm.bundled import BUNDLED_LLM_GGUF, bundled_llm_dir, load_tokenizer
 from engine.answering.prompting import SYSTEM_PROMPT
 from engine.core.settings import load_settings
-from training.export import (TOLERANCES, ExportError, Tolerance, download_path, export_jobs, export_version, published_exports,
-                             safetensors_zip, stop_tokens)
+from engine.llm.bundled import BUNDLED_LLM_GGUF, bundled_llm_dir, load_tokenizer
+from engine.llm.runtime import build_model, load_base_model, resolve_llm_version
+from training.export import (
+    TOLERANCES,
+    ExportError,
+    Tolerance,
+    download_path,
+    export_jobs,
+    export_version,
+    published_exports,
+    safetensors_zip,
+    stop_tokens,
+)
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "versions.py")
 MESSAGES = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Which model for fraud?"}]

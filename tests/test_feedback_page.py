@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.core import database
-from engine.answering.records import AnswerRecord, save_answer, save_feedback
 from engine.answering.feedback_review import accept, get_flagged
-from engine.core.settings import load_settings
+from engine.answering.records import AnswerRecord, save_answer, save_feedback
+from engine.core import database
 from engine.core.database import transaction
+from engine.core.settings import load_settings
 from engine.knowledge.workspace import ingest_paths
 from tests.openai_server import OpenAIServer, faithful_answer
 from training.dataset_snapshot import read_split, snapshot_workspace

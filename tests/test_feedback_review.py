@@ -10,7 +10,6 @@ import pytest
 
 from engine.access import roles
 from engine.access.roles import AccessDenied
-from engine.answering.records import AnswerRecord, save_answer, save_feedback
 from engine.answering.feedback_review import (
     MAX_CORRECTION_CHARS,
     MAX_NOTE_CHARS,
@@ -30,8 +29,9 @@ from engine.answering.feedback_review import (
     trained_snapshot,
     training_text,
 )
-from engine.knowledge.sources import Source, upsert_sources
+from engine.answering.records import AnswerRecord, save_answer, save_feedback
 from engine.core.database import connect, transaction
+from engine.knowledge.sources import Source, upsert_sources
 
 WRONG_ANSWER = "Recommendation: ts-forest <<SRC:registry:ts-forest>> because it has the best ROC AUC."
 

@@ -10,14 +10,14 @@ import pytest
 from test_export import settings  # noqa: F401 - the fixture: a copy of the tiny-Llama registry of test_llm_versions
 from test_llm_versions import evaluate, registry_state, registry_template  # noqa: F401 - the fixture behind it
 
-from engine.llm.gguf import GgufLlm, gguf_file, load_gguf, stream_gguf
-from engine.llm.runtime import LlmError, resolve_llm_version
-from engine.llm.backends import llm_backend
-from engine.lifecycle.versions import VersionError, promote
 from engine.answering.citations import find_markers, strip_markers
 from engine.answering.explanation import split_sentences
 from engine.answering.prompting import SYSTEM_PROMPT, explanation_grammar
 from engine.core.settings import load_settings
+from engine.lifecycle.versions import VersionError, promote
+from engine.llm.backends import llm_backend
+from engine.llm.gguf import GgufLlm, gguf_file, load_gguf, stream_gguf
+from engine.llm.runtime import LlmError, resolve_llm_version
 from training.export import export_version
 
 pytestmark = pytest.mark.slow

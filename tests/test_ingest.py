@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from tests_support import make_pdf
+
 from engine.knowledge.chunking import Chunker
 from engine.knowledge.documents import Section
 from engine.knowledge.ingest import ingest_files
-from engine.llm.bundled import load_tokenizer
 from engine.knowledge.sources import Source
-from tests_support import make_pdf
+from engine.llm.bundled import load_tokenizer
 
 
 def test_a_batch_with_bad_files_ingests_the_good_ones(kb, chunker, snapshot):

@@ -15,10 +15,10 @@ from openai_server import OpenAIServer
 from peft import LoraConfig, get_peft_model
 from tiny_models import save_tiny_llama
 
-from engine.llm.runtime import InProcessLlm, LlmError, LlmVersion, fit_prompt, load_base_model, load_llm, resolve_llm_version
+from engine.core.settings import load_settings
 from engine.llm.backends import llm_backend
 from engine.llm.bundled import load_tokenizer
-from engine.core.settings import load_settings
+from engine.llm.runtime import InProcessLlm, LlmError, LlmVersion, fit_prompt, load_base_model, load_llm, resolve_llm_version
 
 QUESTION = [
     {"role": "system", "content": "You recommend machine learning models for deployment."},

@@ -13,14 +13,25 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from peft import LoraConfig, get_peft_model
 
-from engine.core import database
-from engine.answering.records import AnswerRecord, save_answer, save_feedback
 from cli.main import main
-from engine.llm.runtime import load_base_model, resolve_llm_version
-from engine.lifecycle.versions import (BASE, EVALUATION_EXPERIMENT, HISTORY_EXPERIMENT, VersionError, archive, history_table,
-                                 metrics_rows, overview, promote, rollback, versions_table)
-from engine.core.settings import load_settings
+from engine.answering.records import AnswerRecord, save_answer, save_feedback
+from engine.core import database
 from engine.core.database import transaction
+from engine.core.settings import load_settings
+from engine.lifecycle.versions import (
+    BASE,
+    EVALUATION_EXPERIMENT,
+    HISTORY_EXPERIMENT,
+    VersionError,
+    archive,
+    history_table,
+    metrics_rows,
+    overview,
+    promote,
+    rollback,
+    versions_table,
+)
+from engine.llm.runtime import load_base_model, resolve_llm_version
 
 NAME = "deploywise-llm"
 GO_METRICS = {"accuracy": 0.97, "citation_presence": 0.95, "refusal_accuracy": 0.92, "latency_p95_ms": 850.0,

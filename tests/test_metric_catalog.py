@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from engine.registry.metric_catalog import metric_spec
 from engine.rules.criteria import UseCasePolicy
 from engine.rules.decision import near_best
-from engine.registry.metric_catalog import metric_spec
 
 
 @pytest.mark.parametrize(
@@ -28,11 +28,11 @@ def test_values_are_written_with_enough_digits(metric, value, written):
 
 
 def test_a_tiny_model_size_in_a_composed_answer_passes_the_verifier():
-    from engine.registry.candidates import Candidate
     from engine.answering.composer import compose_answer
+    from engine.answering.verifier import verify_answer
+    from engine.registry.candidates import Candidate
     from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
     from engine.rules.decision import decide
-    from engine.answering.verifier import verify_answer
 
     tiny = Candidate("ts-linear", "1", "champion", "ts", "binary-classification", "linear", "", "run",
                      {"roc_auc": 0.99, "model_size_mb": 0.0019598}, "registry:ts-linear", None)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from engine.registry.candidates import Candidate
-from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
-from engine.rules.decision import decide
 from engine.answering.composer import compose_explanation
 from engine.answering.explanation import split_sentences
 from engine.answering.prompting import (
@@ -19,6 +16,9 @@ from engine.answering.prompting import (
 )
 from engine.answering.verifier import verify_sentence
 from engine.knowledge.search import SearchHit
+from engine.registry.candidates import Candidate
+from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
+from engine.rules.decision import decide
 
 CRITERIA = [AcceptanceCriterion("ts", "latency_p95_ms", "<=", 10, True, "criteria:ts")]
 POLICY = UseCasePolicy("ts", "roc_auc", None, "criteria:ts")

@@ -15,15 +15,15 @@ from mlflow.entities import Metric
 from streamlit.testing.v1 import AppTest
 
 from engine.access import roles
-from ui import retraining_views as views
-from engine.core.settings import load_settings
 from engine.core.database import transaction
+from engine.core.settings import load_settings
 from engine.knowledge.workspace import ingest_paths
+from engine.lifecycle.training_jobs import TrainingJob, list_jobs
 from training import ray_jobs as training_jobs
 from training.config import ConfigError, load_cpt_config
-from engine.lifecycle.training_jobs import TrainingJob, list_jobs
-from training.ray_jobs import JobProgress, get_job, refresh_jobs
 from training.dataset_snapshot import snapshot_workspace
+from training.ray_jobs import JobProgress, get_job, refresh_jobs
+from ui import retraining_views as views
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 PAGE = "pages/retraining.py"

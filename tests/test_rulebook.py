@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from engine.registry.candidates import Candidate
-from engine.knowledge.chunking import Chunk
 from engine.answering.composer import compose_answer
-from engine.rules.criteria import NO_USE_CASE, assign_document, set_metric_direction
-from engine.rules.decision import decide
+from engine.knowledge.chunking import Chunk
 from engine.knowledge.documents import ParsedDocument, Section
 from engine.knowledge.ingest import ingest_files
-from engine.rules.rulebook import decision_for, document_governance, rulebook, use_case_terms
 from engine.knowledge.sources import Source
+from engine.registry.candidates import Candidate
+from engine.rules.criteria import NO_USE_CASE, assign_document, set_metric_direction
+from engine.rules.decision import decide
+from engine.rules.rulebook import decision_for, document_governance, rulebook, use_case_terms
 
 
 def candidate(name: str, use_case: str = "card-fraud", family: str = "xgboost", **metrics) -> Candidate:

@@ -17,19 +17,19 @@ import pytest
 from openai_server import OpenAIServer, faithful_answer
 from streamlit.testing.v1 import AppTest
 
-from engine.answering.records import AnswerRecord, save_answer, save_feedback
-from engine.answering.pipeline import offered_source_ids, prepare_answer
 from cli.main import main as cli_main
 from engine.answering.composer import compose_explanation
 from engine.answering.explanation import split_sentences
 from engine.answering.feedback_review import accept
-from engine.llm.backends import llm_backend
+from engine.answering.golden_set import load_golden
+from engine.answering.pipeline import offered_source_ids, prepare_answer
 from engine.answering.prompting import MAX_EXCERPTS, SYSTEM_PROMPT, explanation_opening
+from engine.answering.records import AnswerRecord, save_answer, save_feedback
+from engine.answering.verifier import verify_sentence
 from engine.core.settings import load_settings
 from engine.knowledge.sources import resolve
-from engine.answering.verifier import verify_sentence
 from engine.knowledge.workspace import open_knowledge_base
-from engine.answering.golden_set import load_golden
+from engine.llm.backends import llm_backend
 from training.sft_data import (
     PairCandidate,
     SftDataError,
@@ -465,8 +465,7 @@ def visitor_script(workspace: str, url: str):
     from engine.access import roles
     from engine.core.settings import load_settings
     from engine.knowledge.workspace import open_knowledge_base
-    from training import sft_data, sft_generation
-    from training import sft_worker
+    from training import sft_data, sft_generation, sft_worker
 
     settings = load_settings(workspace=workspace)
     kb = open_knowledge_base(settings)

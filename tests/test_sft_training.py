@@ -21,23 +21,23 @@ import torch
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from ui import retraining_views as views
+from engine.answering.prompting import SYSTEM_PROMPT, explanation_opening
 from engine.core import database
-from engine.llm.runtime import _chat_template, build_model, resolve_llm_version
+from engine.core.mlflow_client import ensure_experiment
+from engine.core.settings import load_settings
+from engine.lifecycle.training_jobs import list_jobs
 from engine.lifecycle.versions import overview
 from engine.llm.bundled import load_tokenizer
-from engine.answering.prompting import SYSTEM_PROMPT, explanation_opening
-from engine.core.settings import load_settings
-from engine.core.mlflow_client import ensure_experiment
+from engine.llm.runtime import _chat_template, build_model, resolve_llm_version
 from training.config import ConfigError, load_cpt_config, load_sft_config
 from training.cpt import IGNORE_INDEX, Hardware, collate_blocks, packed_data, trainable_model, training_arguments
-from engine.lifecycle.training_jobs import list_jobs
-from training.ray_jobs import EXPERIMENT, JobError, get_job, job_progress, refresh_jobs, submit_sft
+from training.dataset_snapshot import SPLITS, read_split, snapshot_workspace
 from training.job_spec import JobSpec
 from training.ray_job import register_version
+from training.ray_jobs import EXPERIMENT, JobError, get_job, job_progress, refresh_jobs, submit_sft
 from training.sft import answer_messages, chat_example, chat_rows, split_pairs
 from training.sft_data import PairCandidate, accept_all, add_pairs, create_dataset, get_dataset
-from training.dataset_snapshot import SPLITS, read_split, snapshot_workspace
+from ui import retraining_views as views
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "streamlit_app.py"

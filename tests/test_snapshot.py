@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from engine.answering.records import AnswerRecord, save_answer, save_feedback
 from cli.main import main
 from engine.answering.feedback_review import accept, reject, reopen, save_correction, text_digest
+from engine.answering.records import AnswerRecord, save_answer, save_feedback
+from engine.core.settings import load_settings
 from engine.knowledge.ingest import ingest_one
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.llm.bundled import load_tokenizer
-from engine.core.settings import load_settings
 from training.dataset_snapshot import (
     SnapshotError,
     accepted_corrections,

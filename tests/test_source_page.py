@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.registry.candidates import fetch_candidates
 from engine.answering.citations import source_page_link
-from engine.knowledge.ingest import ingest_files
 from engine.core.settings import load_settings
-from ui.source_view import parse_source_id, source_view
+from engine.knowledge.ingest import ingest_files
 from engine.knowledge.sources import SourceError
 from engine.knowledge.workspace import make_chunker, open_knowledge_base
+from engine.registry.candidates import fetch_candidates
+from ui.source_view import parse_source_id, source_view
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 

@@ -14,10 +14,10 @@ import torch
 from mlflow import MlflowClient
 
 from engine.core import database
-from engine.llm.runtime import build_model, resolve_llm_version
 from engine.core.settings import load_settings
-from training.config import ConfigError, load_cpt_config
 from engine.lifecycle.training_jobs import list_jobs
+from engine.llm.runtime import build_model, resolve_llm_version
+from training.config import ConfigError, load_cpt_config
 from training.ray_jobs import JobError, cancel_job, get_job, job_progress, refresh_jobs, submit_cpt
 
 ROOT = Path(__file__).resolve().parents[1]

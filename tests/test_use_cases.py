@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.registry.candidates import Candidate
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.llm.bundled import load_embedder
+from engine.registry.candidates import Candidate
 from engine.registry.use_cases import UseCaseMatch, clarifying_question, match_use_case
 
 DESCRIPTIONS = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine.registry.candidates import Candidate
 from engine.answering.composer import compose_answer
+from engine.answering.verifier import endorsed_names, recommended_name, verify_answer, verify_sentence
+from engine.registry.candidates import Candidate
 from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
 from engine.rules.decision import decide
-from engine.answering.verifier import endorsed_names, recommended_name, verify_answer, verify_sentence
 
 
 def candidate(name: str, **metrics) -> Candidate:

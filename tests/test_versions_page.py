@@ -9,9 +9,9 @@ from streamlit.testing.v1 import AppTest
 from test_llm_versions import NAME, evaluate, registry_state, registry_template, served, settings  # noqa: F401 - fixtures
 
 from engine.access import roles
-from ui import login
-from engine.lifecycle.versions import overview
 from engine.core.settings import load_settings
+from engine.lifecycle.versions import overview
+from ui import login
 
 PAGE = Path(__file__).resolve().parents[1] / "pages" / "versions.py"
 

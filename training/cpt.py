@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.llm.bundled import load_tokenizer, quiet_model_loading
 from training.config import AdapterTraining, load_config
-from training.packing import PackingReport, pack
 from training.dataset_snapshot import SPLITS
 from training.job_spec import JobSpec, start_model_folder
+from training.packing import PackingReport, pack
 
 SNAPSHOT_ARTIFACT = "snapshot"
 ADAPTER_ARTIFACT = "adapter"  # the name engine.llm.runtime loads a version's adapter from
@@ -95,8 +96,6 @@ def trainable_model(model_folder: str | Path, config: AdapterTraining, hardware:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from engine.llm.bundled import quiet_model_loading
 
     quiet_model_loading()
     dtype = torch.bfloat16 if hardware.bf16 else torch.float32
@@ -254,8 +253,6 @@ def fit_adapter(loop: dict, prepare: Callable[..., TrainingData]) -> None:
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
     from transformers import Trainer
-
-    from engine.llm.bundled import load_tokenizer
 
     spec = JobSpec.from_dict(loop["spec"])
     config = load_config(spec.kind, spec.config)

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.core import database
 from engine.answering.feedback_review import accepted_training_texts, text_digest
+from engine.core import database
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.llm.bundled import BUNDLED, BUNDLED_LLM_GGUF, load_tokenizer
 

@@ -38,10 +38,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.access.roles import require_admin
-from engine.core.workers import StatusFile, run_work
-from engine.llm.runtime import EXPORTS_ARTIFACT
-from engine.core.settings import load_settings, worker_settings
+from engine.answering.prompting import SYSTEM_PROMPT
 from engine.core.database import utc_now
+from engine.core.settings import load_settings, worker_settings
+from engine.core.workers import StatusFile, run_work
+from engine.lifecycle.versions import first_line, mlflow_problem
+from engine.llm.bundled import load_tokenizer, quiet_model_loading
+from engine.llm.runtime import EXPORTS_ARTIFACT, LlmError, build_model, fit_prompt, resolve_llm_version
+from training.gguf_export import GgufError, check_gguf, check_supported, ollama_modelfile, write_gguf
 
 FORMATS = ("safetensors", "gguf-f16", "gguf-q8_0")
 MANIFEST = "export.json"
@@ -60,7 +64,6 @@ STEPS = 5  # progress: build, write, read back, compare, publish
 @dataclass(frozen=True)
 class Tolerance:
     """How close the written model's logits must stay to the merged model's, per position."""
-
     min_cosine: float
     min_top1: float  # share of positions where both predict the same next token
 
@@ -89,7 +92,6 @@ class ExportedFile:
 @dataclass(frozen=True)
 class LogitsCheck:
     """The written model's next-token logits against the merged model's, over every position of the prompts."""
-
     prompts: int
     positions: int
     max_abs_diff: float
@@ -133,8 +135,6 @@ def check_format(fmt: str) -> str:
 
 def resolve_version(settings, version: str):
     """The LlmVersion to export: a version number of the registry ('3' or 'v3'), 'champion' or 'base'."""
-    from engine.llm.runtime import LlmError, resolve_llm_version
-
     wanted = str(version).strip().removeprefix("v")
     if wanted not in ("base", "champion") and not wanted.isdigit():
         raise ExportError(f"{version!r} is not an LLM version: give a version number, 'champion' or 'base'")
@@ -159,10 +159,6 @@ def default_folder(settings, label: str, fmt: str) -> Path:
 def export_version(settings, version: str, fmt: str, out_dir: str | Path | None = None, *, on_progress=None) -> Export:
     """Export `version` in `fmt` into `out_dir` (default <workspace>/exports/<version>/<format>), checked, and log it
     to the version's MLflow run. ExportError (one line) on any refusal or failure, with nothing left half-written."""
-    from engine.llm.runtime import LlmError, build_model
-    from engine.lifecycle.versions import first_line
-    from engine.llm.bundled import load_tokenizer
-    from training.gguf_export import GgufError, check_supported
 
     require_admin("exporting an LLM version")
     check_format(fmt)
@@ -242,10 +238,6 @@ def _write_gguf(model, tokenizer, staging: Path, fmt: str, label: str, progress)
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.llm.bundled import quiet_model_loading
-    from engine.answering.prompting import SYSTEM_PROMPT
-    from training.gguf_export import check_gguf, ollama_modelfile, write_gguf
-
     name = f"{slug(label)}-{fmt.removeprefix('gguf-')}.gguf"
     tokenizer_folder = staging / "tokenizer"  # read by gguf's SpecialVocab; not published
     tokenizer.save_pretrained(tokenizer_folder)
@@ -274,8 +266,6 @@ def compare_logits(reference, written, tokenizer, tolerance: Tolerance) -> Logit
     """Next-token logits of both models at every position of the PROMPTS, each as a user message through the chat
     template (the model's default system message included; the chat's long system prompt would only add compute)."""
     import torch
-
-    from engine.llm.runtime import fit_prompt
 
     max_diff, min_cosine, agree, positions = 0.0, 1.0, 0, 0
     with torch.inference_mode():
@@ -323,8 +313,6 @@ def _log_to_mlflow(settings, llm, export: Export, target: Path) -> None:
     """The export's files and manifest under exports/<format>/ of the version's run; figures as metrics, the main
     file's digest as a tag."""
     from mlflow.entities import Metric, RunTag
-
-    from engine.lifecycle.versions import mlflow_problem
 
     client = _client(settings, llm.tracking_uri)
     path = f"{EXPORTS_ARTIFACT}/{export.format}"

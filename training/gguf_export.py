@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.llm.bundled import BUNDLED, load_tokenizer
+
 QUANTIZATIONS = {"gguf-f16": "F16", "gguf-q8_0": "Q8_0"}  # export format -> GGML type of the 2-D weights
 FILE_TYPES = {"F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0"}
 SMOLLM2_PRE_TOKENIZER = "smollm"  # llama.cpp's name for the SmolLM2 pre-tokenizer, as the bundled GGUF records it
@@ -34,7 +36,6 @@ class GgufError(ValueError):
 @dataclass(frozen=True)
 class GgufLayout:
     """What a written file must hold: tensor name -> (shape in GGUF order, GGML type), and the tokenizer."""
-
     tensors: dict[str, tuple[tuple[int, ...], str]]
     vocab_size: int
     chat_template: str | None
@@ -43,7 +44,6 @@ class GgufLayout:
 @dataclass(frozen=True)
 class GgufSummary:
     """The file as read back: what the export records."""
-
     architecture: str
     tensor_count: int
     tensor_types: dict[str, int]  # GGML type -> number of tensors
@@ -146,8 +146,6 @@ def _add_tokenizer(writer, folder: Path, vocab_size: int) -> str | None:
     GPT-2 style BPE tokenizer."""
     import gguf
     from transformers import AutoTokenizer
-
-    from engine.llm.bundled import BUNDLED, load_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}

@@ -7,6 +7,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.llm.bundled import BUNDLED, bundled_model_folder
+from engine.llm.runtime import build_model, registry_version
+
 SPEC_VARIABLE = "DEPLOYWISE_JOB_SPEC"
 KINDS = ("cpt", "sft")
 LLM_VERSION_TAG = "llm_version"  # set on the run once its version is registered
@@ -39,9 +42,6 @@ class JobSpec:
 
 def start_model_folder(spec: JobSpec, work: Path) -> Path:
     """A Hugging Face folder of the model training starts from: the base model, or the start version merged."""
-    from engine.llm.runtime import build_model, registry_version
-    from engine.llm.bundled import BUNDLED, bundled_model_folder
-
     if spec.start_version is None:
         return bundled_model_folder() if spec.base_model == BUNDLED else Path(spec.base_model)
     folder = work / "start-model"

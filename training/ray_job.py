@@ -20,8 +20,12 @@ import signal
 import sys
 from dataclasses import asdict
 
-from training.config import RaySettings
+from engine.llm.runtime import BASE_MODEL_TAG, CANDIDATE, PARENT_VERSION_TAG, VERSION_STATUS_TAG
+from training import cpt, sft
+from training.config import RaySettings, load_config
+from training.cpt import ADAPTER_ARTIFACT
 from training.job_spec import FAILURE_TAG, LLM_VERSION_TAG, SPEC_VARIABLE, JobSpec
+
 
 def scaling_config(settings: RaySettings, resources: dict):
     """Workers and CPUs from the cluster's resources: one worker per GPU, else one CPU worker with the CPUs."""
@@ -39,9 +43,6 @@ def run_job(spec: JobSpec) -> str:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
-
-    from training import cpt, sft
-    from training.config import load_config
 
     config = load_config(spec.kind, spec.config)
     train_loop_per_worker = {"cpt": cpt.train_loop_per_worker, "sft": sft.train_loop_per_worker}[spec.kind]
@@ -67,9 +68,6 @@ def register_version(spec: JobSpec) -> str:
     dataset's name and hash) and status `candidate`."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from engine.llm.runtime import BASE_MODEL_TAG, CANDIDATE, PARENT_VERSION_TAG, VERSION_STATUS_TAG
-    from training.cpt import ADAPTER_ARTIFACT
 
     client = MlflowClient(tracking_uri=spec.tracking_uri, registry_uri=spec.registry_uri)
     try:

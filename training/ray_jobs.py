@@ -32,11 +32,15 @@ from engine.access.roles import require_admin
 from engine.core.database import transaction, utc_now
 from engine.core.mlflow_client import ensure_experiment
 from engine.lifecycle.training_jobs import FINAL_STATES, TrainingJob, list_jobs, training_job
+from engine.llm.bundled import load_tokenizer
+from engine.llm.runtime import LlmError, _chat_template, registry_version
+from engine.registry.candidates import all_pages
 from training.config import LATEST, AdapterTraining, CptConfig, SftConfig
 from training.cpt import SNAPSHOT_ARTIFACT
-from training.job_spec import FAILURE_TAG, LLM_VERSION_TAG, SPEC_VARIABLE, JobSpec
-from training.sft import DATASET_FILE, SFT_DATASET_ARTIFACT, read_pairs, split_pairs
 from training.dataset_snapshot import DatasetSnapshot, SnapshotError, list_snapshots, load_snapshot, snapshot_workspace
+from training.job_spec import FAILURE_TAG, LLM_VERSION_TAG, SPEC_VARIABLE, JobSpec
+from training.sft import DATASET_FILE, SFT_DATASET_ARTIFACT, answer_messages, chat_rows, read_pairs, split_pairs
+from training.sft_data import SftDataError, export_dataset, list_datasets
 
 EXPERIMENT = "deploywise-training"
 _RAY_STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "cancelled"}
@@ -50,7 +54,6 @@ class JobError(RuntimeError):
 @dataclass(frozen=True)
 class JobProgress:
     """What the job's MLflow run says so far."""
-
     step: int = 0
     total_steps: int | None = None
     eta_s: float | None = None
@@ -150,7 +153,6 @@ def submit_sft(settings, connection, config: SftConfig, *, created_by: str | Non
     the job's MLflow run, record the job and submit it to Ray; the recorded job. The recorded configuration names
     the version and dataset actually used. Every refusal is a JobError; nothing is recorded or submitted then."""
     require_admin("launching a training job")
-    from training.sft_data import SftDataError, export_dataset, list_datasets
 
     number = newest_cpt_version(settings) if config.start_from == LATEST else config.start_from
     start = _start_version(settings, None if number == "base" else number, cpt_only=True)
@@ -185,9 +187,6 @@ def submit_sft(settings, connection, config: SftConfig, *, created_by: str | Non
 def _check_fit(base_model: str, train: list[dict], held_out: list[dict], max_seq_length: int) -> None:
     """Refuse, before Ray starts (and retries), a dataset of which max_seq_length leaves nothing to train or evaluate
     on: the product's recommendation pairs carry the chat's whole prompt, well over a thousand tokens."""
-    from engine.llm.runtime import _chat_template
-    from engine.llm.bundled import load_tokenizer
-    from training.sft import answer_messages, chat_rows
 
     tokenizer = load_tokenizer(base_model)
     train_rows, held_rows, report = chat_rows(train, held_out, tokenizer, max_seq_length)
@@ -203,8 +202,6 @@ def newest_cpt_version(settings) -> str:
     """The number of the newest CPT version that is neither archived nor failed: what SFT starts from by default."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from engine.registry.candidates import all_pages
 
     name = settings.llm_registry_name
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
@@ -233,8 +230,6 @@ def _start_version(settings, number: str | None, *, cpt_only: bool = False):
     """The registry's LLM version `number` with its lineage (None: the base model, None); JobError when there is no
     such version, or when `cpt_only` and it was not made by CPT."""
     from mlflow import MlflowClient
-
-    from engine.llm.runtime import LlmError, registry_version
 
     if number is None:
         return None

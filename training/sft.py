@@ -23,6 +23,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.answering.prompting import SYSTEM_PROMPT
+from engine.llm.runtime import _chat_template
 from training.cpt import IGNORE_INDEX, TrainingData, collate_blocks, fit_adapter, pad_token_id
 
 SFT_DATASET_ARTIFACT = "sft_dataset"  # the job run's copy of the exported dataset
@@ -34,7 +36,6 @@ REPORT = "sft_data.json"
 @dataclass(frozen=True)
 class SftReport:
     """How the pairs became training rows."""
-
     pairs: int
     train_rows: int
     held_out_rows: int
@@ -77,8 +78,6 @@ def _instruction_key(pair: dict) -> str:
 
 def answer_messages(instruction: str) -> list[dict]:
     """The conversation the chat sends the model, with the pair's instruction as the user's message."""
-    from engine.answering.prompting import SYSTEM_PROMPT
-
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": instruction}]
 
 
@@ -86,7 +85,6 @@ def chat_example(tokenizer, pair: dict, max_seq_length: int) -> tuple[dict | Non
     """Token ids and labels of one pair: the prompt as the chat tokenizes it (labels IGNORE_INDEX), then the answer
     as the template ends the assistant's turn (labels = ids), cut at `max_seq_length`; with whether the cut took
     answer tokens. None when no answer token is left."""
-    from engine.llm.runtime import _chat_template
 
     messages = answer_messages(pair["instruction"])
     prompt_ids = _chat_template(tokenizer, messages)

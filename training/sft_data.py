@@ -29,8 +29,8 @@ from pathlib import Path
 
 from engine.access.roles import current_identity, require_admin
 from engine.answering.citations import find_markers
-from engine.knowledge.sources import resolve
 from engine.core.database import transaction, utc_now
+from engine.knowledge.sources import resolve
 
 REVIEW_STATES = ("pending", "accepted", "rejected")
 DATASET_STATES = ("queued", "generating", "ready", "failed", "cancelled")

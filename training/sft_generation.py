@@ -32,14 +32,26 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from engine.access.roles import require_admin
-from engine.answering.pipeline import explanation_run, prepare_answer
 from engine.answering.citations import find_markers, strip_markers
 from engine.answering.composer import compose_explanation
-from engine.llm.runtime import EndpointLlm, LlmError, resolve_llm_version
-from engine.llm.backends import llm_backend, runtime_problem, version_settings
+from engine.answering.golden_set import GoldenError, load_golden
+from engine.answering.pipeline import explanation_run, prepare_answer
 from engine.answering.prompting import MAX_EXCERPTS, explanation_opening
+from engine.answering.records import load_answer
 from engine.answering.verifier import grounded
-from training.sft_data import PairCandidate, SftDataError, SftDataset, add_pairs, check_name, create_dataset, get_dataset, update_dataset
+from engine.llm.backends import llm_backend, runtime_problem, version_settings
+from engine.llm.runtime import EndpointLlm, LlmError, resolve_llm_version
+from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
+from training.sft_data import (
+    PairCandidate,
+    SftDataError,
+    SftDataset,
+    add_pairs,
+    check_name,
+    create_dataset,
+    get_dataset,
+    update_dataset,
+)
 
 KNOWLEDGE_STYLES = ("factual", "conversational", "socratic", "problem-solving", "multiple-choice")
 TASK_STYLES = ("recommendation", "refusal")
@@ -375,8 +387,6 @@ def refusal_pairs(settings, kb) -> tuple[list[PairCandidate], int]:
 
 def correction_pairs(connection) -> list[PairCandidate]:
     """Accepted corrections of flagged answers: the question asked and the administrator's corrected answer."""
-    from engine.answering.records import load_answer
-
     rows = connection.execute(
         "SELECT answer_id, correction FROM feedback_reviews WHERE state = 'accepted' ORDER BY answer_id").fetchall()
     pairs = []
@@ -389,8 +399,6 @@ def correction_pairs(connection) -> list[PairCandidate]:
 
 def reserved_questions() -> list[str]:
     """The golden set's questions: training on them would leak the evaluation."""
-    from engine.answering.golden_set import GoldenError, load_golden
-
     try:
         return [item.question for item in load_golden().items]
     except GoldenError:
@@ -432,8 +440,6 @@ def generate_dataset(settings, kb, request: GenerationRequest, *, on_progress: P
 
 
 def _generate(settings, kb, request: GenerationRequest, on_progress: Progress | None, backend) -> None:
-    from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
-
     generator = backend.version if backend is not None else "composer"
     reserved = reserved_questions()
     use_cases: list[tuple[str, str]] = []

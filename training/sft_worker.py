@@ -17,10 +17,11 @@ import os
 import sys
 from pathlib import Path
 
-from engine.core import database
 from engine.access.roles import require_admin
-from engine.core.workers import CANCELLED, cancel_on_sigterm, run_work, start_worker, stop_worker, worker_alive
+from engine.core import database
 from engine.core.settings import load_settings, worker_settings
+from engine.core.workers import CANCELLED, cancel_on_sigterm, run_work, start_worker, stop_worker, worker_alive
+from engine.knowledge.knowledge_base import KnowledgeBase
 from training.sft_data import SftDataError, SftDataset, create_dataset, exports_dir, get_dataset, list_datasets, update_dataset
 from training.sft_generation import GenerationRequest, check_backend, check_request, generate_dataset
 
@@ -85,7 +86,6 @@ def cancel_generation(connection, name: str) -> SftDataset:
 def run_worker(database_path: Path, name: str) -> int:
     """Generate the dataset the app queued; the exit code."""
     cancel_on_sigterm()
-    from engine.knowledge.knowledge_base import KnowledgeBase
     connection = database.connect(database_path)
 
     def work() -> None:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pandas as pd
 
-from engine.answering.records import answer_label, answer_times
 from engine.answering.citations import render_answer_markdown, resolve_citations
+from engine.answering.records import answer_label, answer_times
 from engine.registry.metric_catalog import display_order, metric_spec
 
 

@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from ui.retraining_views import format_eta
+from engine.answering.citations import escape_markdown
+from engine.llm.runtime import LlmVersion
+from ui.retraining_views import format_eta, llm_versions
 
 POLL_SECONDS = 3.0
 SHARE, PERPLEXITY, MILLISECONDS, COUNT, PERCENT = "share", "perplexity", "ms", "count", "pct"
@@ -37,8 +39,6 @@ ROWS = (
 
 def escape(text: str) -> str:
     """Model output and file text shown as markdown: literally, with no link, HTML or formatting of its own."""
-    from engine.answering.citations import escape_markdown
-
     return escape_markdown(text or "")
 
 
@@ -56,9 +56,6 @@ def formatted(kind: str, value: float | None) -> str:
 
 def version_options(settings) -> dict[str, str]:
     """Versions one can evaluate (value -> label): the base model, then the registry's versions, newest first."""
-    from engine.llm.runtime import LlmVersion
-    from ui.retraining_views import llm_versions
-
     options = {"base": f"base model ({LlmVersion(settings.base_model).label.removeprefix('base:')})"}
     options |= {v.number: v.label for v in llm_versions(settings)}
     return options

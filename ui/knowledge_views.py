@@ -12,16 +12,14 @@ from dataclasses import dataclass
 import pandas as pd
 
 from engine.core import database
-from engine.rules.criteria import AcceptanceCriterion, CriteriaError, UseCasePolicy
 from engine.knowledge.ingest import FileOutcome, Progress, ingest_files
 from engine.knowledge.knowledge_base import StoredChunk, StoredDocument
 from engine.knowledge.knowledge_base import knowledge_stats as _stats
-from engine.registry.metric_catalog import metric_spec
-from engine.rules.extraction import UNREAD
 from engine.knowledge.search import SearchHit
 from engine.knowledge.sources import CSV_COLUMNS, Source, replace_sources, sources_from_rows
-
-
+from engine.registry.metric_catalog import metric_spec
+from engine.rules.criteria import AcceptanceCriterion, CriteriaError, UseCasePolicy
+from engine.rules.extraction import UNREAD
 
 
 def knowledge_stats(settings) -> dict:

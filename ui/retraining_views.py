@@ -16,11 +16,12 @@ import pandas as pd
 import yaml
 
 from engine.core import database
-from training.config import LATEST, AdapterTraining, ConfigError, load_config
 from engine.core.paths import CONFIGS_DIR
 from engine.lifecycle.training_jobs import FINAL_STATES, TrainingJob
-from training.ray_jobs import JobProgress, offered_as_start, starts_sft
+from engine.registry.candidates import all_pages
+from training.config import LATEST, AdapterTraining, ConfigError, load_config
 from training.dataset_snapshot import SPLITS, DatasetSnapshot, SnapshotChanges
+from training.ray_jobs import JobProgress, offered_as_start, starts_sft
 
 CONFIG_FOLDER = CONFIGS_DIR
 RECIPES = {"cpt": "CPT: continual pretraining on the knowledge base", "sft": "SFT: fine-tuning a CPT version on an SFT dataset"}
@@ -147,8 +148,6 @@ def llm_versions(settings) -> list[VersionChoice]:
     config naming one still shows it, through `start_options`). MlflowClient errors propagate: the page says MLflow
     is down."""
     from mlflow import MlflowClient
-
-    from engine.registry.candidates import all_pages
 
     name = settings.llm_registry_name
     if settings.tracking_uri.startswith("sqlite:///") and not settings.mlflow_registry_uri \

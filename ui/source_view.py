@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.registry.candidates import Candidate, candidate_source
 from engine.knowledge.knowledge_base import StoredChunk
-from engine.registry.metric_catalog import display_order, metric_spec
 from engine.knowledge.sources import SOURCE_ID_PATTERN, Source, SourceError, resolve
+from engine.registry.candidates import Candidate, candidate_source
+from engine.registry.metric_catalog import display_order, metric_spec
 
 MAX_CHUNKS = 200
 

@@ -6,9 +6,9 @@ real metric values and a marker after each claim, so it always passes the verifi
 
 from __future__ import annotations
 
-from engine.rules.decision import Assessment, Decision
-from engine.registry.metric_catalog import metric_spec
 from engine.answering.prompting import MAX_EXPLANATION_SENTENCES, explanation_opening
+from engine.registry.metric_catalog import metric_spec
+from engine.rules.decision import Assessment, Decision
 
 NEAR_BUDGET_SHARE = 0.10  # a budget (latency, size, error) met with less than 10% headroom is worth a risk line
 NEAR_SCORE_SHARE = 0.01  # a score in [0, 1] within 1% of its threshold is worth a risk line

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from engine.answering.citations import find_markers, strip_markers
-from engine.rules.decision import Decision
-from engine.llm.runtime import LlmError
 from engine.answering.prompting import explanation_grammar, explanation_opening
-from engine.knowledge.sources import resolve
 from engine.answering.verifier import content_words, verify_sentence
+from engine.knowledge.sources import resolve
+from engine.llm.runtime import LlmError
+from engine.rules.decision import Decision
 
 EXPLANATION_STATES = ("none", "pending", "kept", "partial", "dropped", "failed")
 STATE_LABELS = {

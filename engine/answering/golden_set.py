@@ -1,7 +1,6 @@
 """The golden set: questions with what a right answer contains, read from JSONL and checked before anything runs.
 
 One JSON object per line (blank lines and lines starting with `#` are skipped):
-
     {"id": "ts-rec-1", "question": "Which model should I deploy for tumour screening?", "type": "dynamic",
      "category": "recommendation", "use_case": "tumor-screening", "key_facts": ["{recommended}"],
      "expected_sources": ["registry:{recommended}", "criteria:tumor-screening"]}
@@ -33,8 +32,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.core.paths import DEMO_DIR
 from engine.answering.prompting import MAX_QUESTION_CHARS
+from engine.core.paths import DEMO_DIR
 from engine.knowledge.sources import SOURCE_ID_PATTERN
 
 DEFAULT_GOLDEN = DEMO_DIR / "golden.jsonl"

@@ -12,17 +12,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from engine.answering.records import AnswerRecord, record_explanation, save_answer
-from engine.registry.candidates import CandidatesUnavailable, CandidateSnapshot, candidate_source, fetch_candidates
 from engine.answering.citations import Citation, cited_chunks, resolve_citations
 from engine.answering.composer import compose_answer
-from engine.rules.decision import Decision
 from engine.answering.explanation import Explanation, ExplanationRun
 from engine.answering.prompting import MAX_QUESTION_CHARS, build_messages
-from engine.rules.rulebook import Rulebook, decision_for
+from engine.answering.records import AnswerRecord, record_explanation, save_answer
 from engine.knowledge.search import hybrid_search
 from engine.knowledge.sources import refresh_sources
+from engine.registry.candidates import CandidateSnapshot, CandidatesUnavailable, candidate_source, fetch_candidates
 from engine.registry.use_cases import UseCaseMatch, clarifying_question, match_use_case
+from engine.rules.decision import Decision
+from engine.rules.rulebook import Rulebook, decision_for
 
 
 class QuestionError(ValueError):

@@ -10,8 +10,8 @@ excerpts; knowledge excerpts are fenced as reference text so that instructions p
 
 from __future__ import annotations
 
-from engine.rules.decision import Decision
 from engine.registry.metric_catalog import metric_spec
+from engine.rules.decision import Decision
 
 EXCERPT_CHARS = 400
 MAX_EXCERPTS = 2

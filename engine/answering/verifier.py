@@ -14,10 +14,10 @@ import re
 from dataclasses import asdict, dataclass
 
 from engine.answering.citations import find_markers, strip_markers
-from engine.rules.decision import Decision
 from engine.registry.metric_catalog import MetricVocabulary, unit_dimension, vocabulary_for
-from engine.rules.quantities import convert, numbers
+from engine.rules.decision import Decision
 from engine.rules.extraction import CRITERION, read_rules
+from engine.rules.quantities import convert, numbers
 
 # Words that present a candidate as the one to deploy; the noun "deployment" and "Read before deploying" do not.
 _ENDORSE = re.compile(r"\b(?:recommend(?:s|ed|ing|ation)?|deploy(?:s|ed)?|go(?:es)? with|choos(?:e|es|ing)|chosen|choice|"

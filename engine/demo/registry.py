@@ -19,6 +19,7 @@ Only the workspace's own MLflow store is filled: a configured MLflow (a server, 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -26,42 +27,33 @@ import pickle
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow.sklearn
 import numpy as np
-import sklearn
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus, Metric, Param
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
-from sklearn.ensemble import (
-    HistGradientBoostingClassifier,
-    HistGradientBoostingRegressor,
-    RandomForestClassifier,
-    RandomForestRegressor,
-)
-from sklearn.linear_model import LinearRegression, LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, roc_auc_score, root_mean_squared_error
-from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier, MLPRegressor
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
-from engine.registry.candidates import CHAMPION, Candidate, all_pages, read_candidates
-from engine.rules.decision import decide
-from engine.knowledge.documents import parse_file
-from engine.rules.rulebook import RuleText, Rulebook, governed_by, loosely_named_use_cases, named_use_cases, rules_from_texts, use_case_terms
-from engine.knowledge.ingest import Progress
-from engine.registry.metric_catalog import metric_spec
-from engine.core.paths import DEMO_DIR
 from engine.core.mlflow_client import ensure_experiment
+from engine.core.paths import DEMO_DIR
+from engine.knowledge.documents import parse_file
+from engine.knowledge.ingest import Progress
+from engine.registry.candidates import CHAMPION, Candidate, all_pages, read_candidates
+from engine.registry.metric_catalog import metric_spec
+from engine.rules.decision import decide
+from engine.rules.rulebook import (
+    Rulebook,
+    RuleText,
+    governed_by,
+    loosely_named_use_cases,
+    named_use_cases,
+    rules_from_texts,
+    use_case_terms,
+)
 
 EXPERIMENT = "deploywise-demo-candidates"
 RECIPE_TAG = "deploywise_demo"
@@ -73,27 +65,33 @@ WARMUP_CALLS = 10
 TIMED_CALLS = 200
 
 
+def _sklearn(name: str):
+    """A scikit-learn class or function by its dotted name: scikit-learn is imported only to build the registry."""
+    module, _, attribute = name.rpartition(".")
+    return getattr(importlib.import_module(f"sklearn.{module}"), attribute)
+
+
 @dataclass(frozen=True)
 class Recipe:
     family: str
-    estimator: type
+    estimator: str  # "linear_model.LogisticRegression": a class of scikit-learn
     hyperparameters: dict = field(default_factory=dict)
     scaled: bool = False  # a StandardScaler in front, deployed (and timed, and sized) with the estimator
 
     def build(self):
-        estimator = self.estimator(**self.hyperparameters)
-        return make_pipeline(StandardScaler(), estimator) if self.scaled else estimator
+        estimator = _sklearn(self.estimator)(**self.hyperparameters)
+        return _sklearn("pipeline.make_pipeline")(_sklearn("preprocessing.StandardScaler")(), estimator) if self.scaled else estimator
 
     def summary(self) -> str:
         arguments = ", ".join(f"{key}={value!r}" for key, value in self.hyperparameters.items())
-        return ("StandardScaler + " if self.scaled else "") + f"{self.estimator.__name__}({arguments})"
+        return ("StandardScaler + " if self.scaled else "") + f"{self.estimator.rpartition('.')[2]}({arguments})"
 
 
 @dataclass(frozen=True)
 class UseCase:
     name: str
     task: str  # the registry tag, as the criteria document names it
-    load: Callable
+    dataset: str  # "datasets.load_digits": scikit-learn's loader of the use case's data
     purpose: str  # the registered models' description, from the use case's criteria document
     recipes: tuple[Recipe, ...]
 
@@ -103,39 +101,39 @@ class UseCase:
 
 USE_CASES = (
     UseCase(
-        "tumor-screening", "binary-classification", load_breast_cancer,
+        "tumor-screening", "binary-classification", "datasets.load_breast_cancer",
         "Classifies a breast mass as malignant or benign from the 30 nuclear features of a fine needle aspirate "
         "image, as the second reader of the pathology workstation plug-in (one region at a time, synchronously).",
         (
-            Recipe("linear", LogisticRegression, {"max_iter": 1000}, scaled=True),
-            Recipe("gradient-boosting", HistGradientBoostingClassifier, {"random_state": MODEL_SEED}),
-            Recipe("random-forest", RandomForestClassifier, {"n_estimators": 500, "random_state": MODEL_SEED}),
-            Recipe("mlp", MLPClassifier, {"hidden_layer_sizes": (64,), "max_iter": 1000, "random_state": MODEL_SEED},
+            Recipe("linear", "linear_model.LogisticRegression", {"max_iter": 1000}, scaled=True),
+            Recipe("gradient-boosting", "ensemble.HistGradientBoostingClassifier", {"random_state": MODEL_SEED}),
+            Recipe("random-forest", "ensemble.RandomForestClassifier", {"n_estimators": 500, "random_state": MODEL_SEED}),
+            Recipe("mlp", "neural_network.MLPClassifier", {"hidden_layer_sizes": (64,), "max_iter": 1000, "random_state": MODEL_SEED},
                    scaled=True),
         ),
     ),
     UseCase(
-        "diabetes-progression", "regression", load_diabetes,
+        "diabetes-progression", "regression", "datasets.load_diabetes",
         "Forecasts a patient's disease progression one year after baseline from ten baseline variables, so the "
         "clinic's embedded scheduling device can propose how soon to book the follow-up.",
         (
-            Recipe("linear", LinearRegression, scaled=True),
-            Recipe("gradient-boosting", HistGradientBoostingRegressor,
+            Recipe("linear", "linear_model.LinearRegression", scaled=True),
+            Recipe("gradient-boosting", "ensemble.HistGradientBoostingRegressor",
                    {"max_iter": 100, "learning_rate": 0.05, "max_depth": 3, "random_state": MODEL_SEED}),
-            Recipe("random-forest", RandomForestRegressor, {"n_estimators": 300, "random_state": MODEL_SEED}),
-            Recipe("mlp", MLPRegressor, {"hidden_layer_sizes": (64,), "learning_rate_init": 0.01, "max_iter": 3000,
+            Recipe("random-forest", "ensemble.RandomForestRegressor", {"n_estimators": 300, "random_state": MODEL_SEED}),
+            Recipe("mlp", "neural_network.MLPRegressor", {"hidden_layer_sizes": (64,), "learning_rate_init": 0.01, "max_iter": 3000,
                                          "random_state": MODEL_SEED}, scaled=True),
         ),
     ),
     UseCase(
-        "digit-recognition", "multiclass-classification", load_digits,
+        "digit-recognition", "multiclass-classification", "datasets.load_digits",
         "Reads handwritten digits (8x8 grids of pixel counts) from photographed paper forms in the offline mobile "
         "form-scanner app, one digit box at a time on the phone's CPU.",
         (
-            Recipe("linear", LogisticRegression, {"C": 0.1, "max_iter": 2000}, scaled=True),
-            Recipe("gradient-boosting", HistGradientBoostingClassifier, {"max_iter": 200, "random_state": MODEL_SEED}),
-            Recipe("random-forest", RandomForestClassifier, {"n_estimators": 150, "random_state": MODEL_SEED}),
-            Recipe("mlp", MLPClassifier, {"hidden_layer_sizes": (768, 768), "early_stopping": True,
+            Recipe("linear", "linear_model.LogisticRegression", {"C": 0.1, "max_iter": 2000}, scaled=True),
+            Recipe("gradient-boosting", "ensemble.HistGradientBoostingClassifier", {"max_iter": 200, "random_state": MODEL_SEED}),
+            Recipe("random-forest", "ensemble.RandomForestClassifier", {"n_estimators": 150, "random_state": MODEL_SEED}),
+            Recipe("mlp", "neural_network.MLPClassifier", {"hidden_layer_sizes": (768, 768), "early_stopping": True,
                                           "random_state": MODEL_SEED}, scaled=True),
         ),
     ),
@@ -209,13 +207,15 @@ def demo_models_in_registry(client) -> set[str]:
 
 def split(use_case: UseCase):
     """A held-out quarter, stratified by class (by target quartile for regression) so the small sets stay balanced."""
-    X, y = use_case.load(return_X_y=True)
+    X, y = _sklearn(use_case.dataset)(return_X_y=True)
     strata = np.digitize(y, np.quantile(y, [0.25, 0.5, 0.75])) if use_case.task == "regression" else y
-    return train_test_split(X, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=strata)
+    return _sklearn("model_selection.train_test_split")(X, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=strata)
 
 
 def measure(task: str, pipeline, X_train, y_train, X_test, y_test) -> dict[str, float]:
     """Fit, then measure the artefact as deployed: unpickled from its uncompressed dump (guideline:latency-measurement)."""
+    from threadpoolctl import threadpool_limits  # comes with scikit-learn, imported only to build the registry
+
     with threadpool_limits(limits=1):
         started = time.perf_counter()
         pipeline.fit(X_train, y_train)
@@ -229,6 +229,8 @@ def measure(task: str, pipeline, X_train, y_train, X_test, y_test) -> dict[str, 
 
 
 def quality(task: str, model, X_test, y_test) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, roc_auc_score, root_mean_squared_error
+
     predicted = model.predict(X_test)
     if task == "regression":
         return {"rmse": float(root_mean_squared_error(y_test, predicted)),
@@ -263,6 +265,10 @@ def log_model(client, experiment_id: str, name: str, pipeline, X_example, *, par
     The model is stored as a pickle, the format whose size the standard counts, rather than MLflow's default skops.
 
     Only client calls, no fluent API: the process-wide tracking URI and active run stay untouched."""
+    import mlflow.sklearn  # with scikit-learn: imported only to build the registry
+    import sklearn
+    from mlflow.models import infer_signature
+
     run_id = client.create_run(experiment_id, run_name=name).info.run_id
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
@@ -378,5 +384,7 @@ def _cell(metric: str, value: float | None) -> str:
 
 
 def machine_note() -> str:
+    import sklearn
+
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
             f"scikit-learn {sklearn.__version__}, one thread per model, {datetime.now(UTC):%Y-%m-%d} UTC")

@@ -14,11 +14,12 @@ from typing import Literal
 
 import numpy as np
 
-from engine.core import database
 from engine.access.roles import require_admin
+from engine.core import database
 from engine.knowledge.chunking import Chunk
 from engine.knowledge.documents import ParsedDocument
 from engine.knowledge.sources import Source, upsert_sources, write_sources
+from engine.llm.bundled import load_embedder, load_tokenizer
 
 StoreStatus = Literal["added", "updated", "unchanged"]
 QUERY_VECTOR_CACHE = 4096  # questions and use-case descriptions, ~1.5 KB each
@@ -67,7 +68,6 @@ class KnowledgeBase:
     @classmethod
     def open(cls, settings) -> KnowledgeBase:
         """The workspace's knowledge base with the configured embedding model and tokenizer."""
-        from engine.llm.bundled import load_embedder, load_tokenizer
 
         tokenizer = load_tokenizer(settings.base_model)
         return cls(

@@ -16,7 +16,15 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, NoSuchTableError, S
 
 from engine.knowledge.ingest import Progress
 from engine.knowledge.sources import slug
-from engine.knowledge.table_rows import TableColumn, TableImportError, TableOutcome, TablePlan, columns_to_read, import_tables, make_plan
+from engine.knowledge.table_rows import (
+    TableColumn,
+    TableImportError,
+    TableOutcome,
+    TablePlan,
+    columns_to_read,
+    import_tables,
+    make_plan,
+)
 
 
 def plan_sql_import(url: str, tables: list[str] | None = None, sample_rows: int = 200) -> list[TablePlan]:

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.access.roles import require_admin
 from engine.knowledge.ingest import Progress
+from engine.knowledge.sql_import import plan_sql_import, run_sql_import
 from engine.knowledge.table_rows import TableImportError, TableOutcome, TablePlan
 
 # What a table import reports to the user instead of crashing: bad input and TableImportError (both ValueError),
@@ -21,7 +22,6 @@ IMPORT_FAILURES: tuple[type[Exception], ...] = (ValueError, OSError, SQLAlchemyE
 @dataclass(frozen=True)
 class TableSource:
     """Where a table import reads from; kept in session state between detection and import."""
-
     kind: Literal["unity_catalog", "sql"]
     location: str  # catalog.schema, or a SQLAlchemy URL
     tables: tuple[str, ...] | None
@@ -47,10 +47,9 @@ def plan_tables(settings, source: TableSource) -> list[TablePlan]:
     require_admin("importing tables")
     tables = list(source.tables) if source.tables else None
     if source.kind == "unity_catalog":
-        from engine.knowledge.unity_catalog import plan_uc_import, workspace_client
+        from engine.knowledge.unity_catalog import plan_uc_import, workspace_client  # databricks-sdk: 1 s to import
 
         return plan_uc_import(workspace_client(settings), source.location, tables, source.warehouse_id)
-    from engine.knowledge.sql_import import plan_sql_import
 
     return plan_sql_import(source.location, tables)
 
@@ -80,10 +79,9 @@ def run_table_import(
     require_admin("importing tables")
     limit = row_limit or settings.import_row_limit
     if source.kind == "unity_catalog":
-        from engine.knowledge.unity_catalog import run_uc_import, workspace_client
+        from engine.knowledge.unity_catalog import run_uc_import, workspace_client  # databricks-sdk: 1 s to import
 
         client = workspace_client(settings)
         return run_uc_import(kb, chunker, client, plans, source.warehouse_id, limit, on_progress=on_progress)
-    from engine.knowledge.sql_import import run_sql_import
 
     return run_sql_import(kb, chunker, source.location, plans, limit, on_progress=on_progress)

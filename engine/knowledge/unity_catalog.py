@@ -20,7 +20,15 @@ from databricks.sdk.service.sql import Disposition, ExecuteStatementRequestOnWai
 
 from engine.knowledge.ingest import Progress
 from engine.knowledge.sources import slug
-from engine.knowledge.table_rows import TableColumn, TableImportError, TableOutcome, TablePlan, columns_to_read, import_tables, make_plan
+from engine.knowledge.table_rows import (
+    TableColumn,
+    TableImportError,
+    TableOutcome,
+    TablePlan,
+    columns_to_read,
+    import_tables,
+    make_plan,
+)
 
 NAME = r"[A-Za-z0-9_\-]+"
 STATEMENT_TIMEOUT_S = 600.0  # a stopped classic warehouse can take minutes to start

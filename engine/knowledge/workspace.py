@@ -6,11 +6,11 @@ opened per use, because SQLite connections must not be shared by concurrent Stre
 
 from __future__ import annotations
 
+from engine.core.settings import Settings
 from engine.knowledge.chunking import Chunker
 from engine.knowledge.ingest import FileOutcome, Progress, collect_paths, ingest_files
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.llm.bundled import load_tokenizer
-from engine.core.settings import Settings
 
 
 def open_knowledge_base(settings: Settings) -> KnowledgeBase:

@@ -30,10 +30,21 @@ from pathlib import Path
 from engine.access.roles import require_admin
 from engine.answering.records import answer_counts_by_version
 from engine.core import database
+from engine.core.mlflow_client import ensure_experiment
 from engine.lifecycle.training_jobs import list_jobs
 from engine.llm.gguf import gguf_problem
-from engine.llm.runtime import (ADAPTER_ARTIFACT, BASE_MODEL_TAG, CANDIDATE, CHAMPION, PARENT_VERSION_TAG, VERSION_STATUS_TAG, LlmError,
-                        LlmVersion, registry_version)
+from engine.llm.runtime import (
+    ADAPTER_ARTIFACT,
+    BASE_MODEL_TAG,
+    CANDIDATE,
+    CHAMPION,
+    PARENT_VERSION_TAG,
+    VERSION_STATUS_TAG,
+    LlmError,
+    LlmVersion,
+    registry_version,
+)
+from engine.registry.candidates import all_pages
 
 DEPLOYED, ARCHIVED, FAILED = "deployed", "archived", "failed"
 STATUSES = (CANDIDATE, DEPLOYED, ARCHIVED, FAILED)
@@ -54,7 +65,6 @@ class VersionError(RuntimeError):
 @dataclass(frozen=True)
 class Gate:
     """The latest evaluation's verdict on a version, as the evaluation tagged it."""
-
     verdict: str | None = None  # GO | NO-GO | None: never evaluated
     evaluation_id: str | None = None
     reasons: tuple[str, ...] = ()
@@ -67,7 +77,6 @@ class Gate:
 @dataclass(frozen=True)
 class Evaluation:
     """One evaluation run of a version: its metrics (accuracy, perplexities, latency...)."""
-
     evaluation_id: str | None
     run_id: str
     verdict: str | None
@@ -78,7 +87,6 @@ class Evaluation:
 @dataclass(frozen=True)
 class Usage:
     """Chat answers a version wrote and what users thought of them."""
-
     answers: int = 0
     thumbs_up: int = 0
     flags: int = 0  # thumbs down
@@ -123,7 +131,6 @@ class VersionRecord:
 @dataclass(frozen=True)
 class VersionEvent:
     """One promotion, rollback or archive, from the history experiment."""
-
     at: str
     action: str  # promote | rollback | archive
     version: str  # the version acted on: the new champion (BASE after a rollback to the base model), the archived one
@@ -165,8 +172,6 @@ class VersionsOverview:
 
 def overview(settings) -> VersionsOverview:
     """Every version with lineage, status, gate, evaluation and answers; the champion, rollback target, history."""
-    from engine.registry.candidates import all_pages
-
     name = settings.llm_registry_name
     usage, jobs, notices = _workspace_records(settings)
     versions, champion, evaluations, history, runs = [], None, {}, [], {}
@@ -295,8 +300,6 @@ def _runs(client, run_ids: list[str]) -> dict:
     """The versions' runs by id, in one search per 100 runs whatever their experiments."""
     from mlflow.entities import ViewType
 
-    from engine.registry.candidates import all_pages
-
     if not run_ids:
         return {}
     experiments = [e.experiment_id for e in all_pages(client.search_experiments, view_type=ViewType.ALL)]
@@ -312,8 +315,6 @@ def _runs(client, run_ids: list[str]) -> dict:
 
 def _evaluations(client, name: str) -> dict[str, list[Evaluation]]:
     """Evaluation runs by version number (BASE for the base model), newest first."""
-    from engine.registry.candidates import all_pages
-
     experiment = client.get_experiment_by_name(EVALUATION_EXPERIMENT)
     if experiment is None:
         return {}
@@ -602,8 +603,6 @@ def _restore_tag(client, name: str, number: str, key: str, value: str | None) ->
 
 
 def _record_event(settings, client, name: str, event: dict) -> str:
-    from engine.core.mlflow_client import ensure_experiment
-
     experiment_id = ensure_experiment(client, settings, HISTORY_EXPERIMENT)
     tags = {key: str(value) for key, value in event.items() if value is not None} | {"registry_name": name}
     run = client.create_run(experiment_id, run_name=f"{event['action']} {target_text(name, event['llm_version'])}", tags=tags)

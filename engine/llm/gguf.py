@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.llm.bundled import BUNDLED, BUNDLED_LLM_GGUF, bundled_llm_dir
 from engine.llm.runtime import (
     ALIAS_RECHECK_S,
     CHAMPION,
@@ -32,7 +33,6 @@ from engine.llm.runtime import (
     resolve_llm_version,
     version_label,
 )
-from engine.llm.bundled import BUNDLED, BUNDLED_LLM_GGUF, bundled_llm_dir
 
 SERVED_FORMATS = ("gguf-q8_0", "gguf-f16")  # the export formats llama.cpp serves, preferred first
 CONTEXT_TOKENS = 8192  # SmolLM2's trained context

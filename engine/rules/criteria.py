@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 
 from engine.access.roles import require_admin
-from engine.knowledge.sources import SOURCE_ID_PATTERN
 from engine.core.database import transaction, utc_now
+from engine.knowledge.sources import SOURCE_ID_PATTERN
 
 COMPARISONS = (">=", "<=", ">", "<")
 

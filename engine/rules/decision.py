@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
 from engine.registry.metric_catalog import MetricSpec, metric_spec
+from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
 
 if TYPE_CHECKING:
     from engine.registry.candidates import Candidate

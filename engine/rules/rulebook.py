@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
+from engine.registry.metric_catalog import MetricVocabulary, spelled_both_ways, vocabulary_for
+from engine.registry.use_cases import described_use_case, initials, use_case_descriptions
 from engine.rules.criteria import (
     NO_USE_CASE,
     AcceptanceCriterion,
@@ -26,11 +28,9 @@ from engine.rules.criteria import (
     reviewed_rules,
 )
 from engine.rules.decision import Decision, decide
-from engine.registry.metric_catalog import MetricVocabulary, spelled_both_ways, vocabulary_for
 from engine.rules.extraction import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, UNREAD, ProposedRule, read_rules
 from engine.rules.quantities import numbers
 from engine.rules.statements import headed_rule_units
-from engine.registry.use_cases import described_use_case, initials, use_case_descriptions
 
 TABLE_DOMAINS = ("uc", "sql")  # rows imported from tables are data, not guidelines
 
