@@ -11,18 +11,10 @@ from pathlib import Path
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result
 from engine.core import database
 from engine.knowledge.workspace import open_knowledge_base
-from training.sft_data import (
-    REVIEW_STATES,
-    SftDataError,
-    accept_all,
-    delete_dataset,
-    export_dataset,
-    exports_dir,
-    get_dataset,
-    list_pairs,
-    review_pairs,
-)
-from training.sft_generation import STYLES, GenerationRequest, check_backend, check_request, generate_dataset
+from training.sft_data import REVIEW_STATES, SftDataError, accept_all, delete_dataset, get_dataset, list_pairs, review_pairs
+from training.sft_export import export_dataset, exports_dir
+from training.sft_generation import generate_dataset
+from training.sft_generation_request import STYLES, GenerationRequest, check_backend, check_request
 from training.sft_worker import refreshed_datasets
 
 

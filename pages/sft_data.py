@@ -7,8 +7,8 @@ pairs of one dataset, to accept, reject or edit (edits are validated like genera
 export the accepted pairs as JSONL (the hash is the dataset id an SFT run records). Chunks: what the sampler draws
 from, by source.
 
-Layout only: the work happens in `training.sft_data`, `training.sft_generation`, `training.sft_worker` and
-`ui.sft_views`. The database is opened for this run and closed at its end.
+Layout only: the work happens in `training.sft_data`, `training.sft_export`, `training.sft_generation_request`,
+`training.sft_knowledge_pairs`, `training.sft_worker` and `ui.sft_views`. The database is opened for this run and closed at its end.
 """
 
 import streamlit as st
@@ -16,8 +16,10 @@ import streamlit as st
 from engine.access.roles import AccessDenied
 from engine.core import database
 from engine.knowledge.knowledge_base import KnowledgeBase
-from training.sft_data import REVIEW_STATES, SftDataError, delete_dataset, export_dataset, exports_dir, list_pairs, review_pairs
-from training.sft_generation import DEFAULT_PROMPTS, KNOWLEDGE_STYLES, STYLES, GenerationRequest, source_groups
+from training.sft_data import REVIEW_STATES, SftDataError, delete_dataset, list_pairs, review_pairs
+from training.sft_export import export_dataset, exports_dir
+from training.sft_generation_request import DEFAULT_PROMPTS, KNOWLEDGE_STYLES, STYLES, GenerationRequest
+from training.sft_knowledge_pairs import source_groups
 from training.sft_worker import RUNNING, cancel_generation, refreshed_datasets, start_generation
 from ui import sft_views as views
 from ui.admin_page import require_admin_page

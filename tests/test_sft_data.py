@@ -31,31 +31,23 @@ from engine.knowledge.sources import resolve
 from engine.knowledge.workspace import open_knowledge_base
 from engine.llm.backends import llm_backend
 from training.sft_data import (
-    PairCandidate,
     SftDataError,
     accept_all,
     add_pairs,
     create_dataset,
     edit_pair,
-    export_dataset,
     get_dataset,
     list_datasets,
     list_pairs,
     review_pairs,
     update_dataset,
 )
-from training.sft_generation import (
-    KNOWLEDGE_STYLES,
-    GenerationRequest,
-    check_backend,
-    generate_dataset,
-    make_backend,
-    parse_reply,
-    sample_chunks,
-    source_group,
-    source_groups,
-    verified_explanation,
-)
+from training.sft_export import export_dataset
+from training.sft_generation import generate_dataset
+from training.sft_generation_request import KNOWLEDGE_STYLES, GenerationRequest, check_backend, make_backend
+from training.sft_knowledge_pairs import parse_reply, sample_chunks, source_group, source_groups
+from training.sft_pair_checks import PairCandidate
+from training.sft_task_pairs import verified_explanation
 from training.sft_worker import cancel_generation, refreshed, start_generation
 
 
@@ -465,19 +457,19 @@ def visitor_script(workspace: str, url: str):
     from engine.access import roles
     from engine.core.settings import load_settings
     from engine.knowledge.workspace import open_knowledge_base
-    from training import sft_data, sft_generation, sft_worker
+    from training import sft_data, sft_export, sft_generation, sft_generation_request, sft_worker
 
     settings = load_settings(workspace=workspace)
     kb = open_knowledge_base(settings)
     pair_id = kb.connection.execute("SELECT id FROM sft_pairs WHERE dataset = 'guarded'").fetchone()[0]
-    request = sft_generation.GenerationRequest("by-visitor", ("factual",), endpoint=url, model="tiny-chat")
+    request = sft_generation_request.GenerationRequest("by-visitor", ("factual",), endpoint=url, model="tiny-chat")
     actions = {
         "start a generation": lambda: sft_worker.start_generation(settings, kb.connection, request),
         "generate": lambda: sft_generation.generate_dataset(settings, kb, request),
         "accept": lambda: sft_data.review_pairs(kb.connection, "guarded", [pair_id], "accepted"),
         "accept all": lambda: sft_data.accept_all(kb.connection, "guarded"),
         "edit": lambda: sft_data.edit_pair(kb.connection, pair_id, output="Changed <<SRC:decisions:log>>."),
-        "export": lambda: sft_data.export_dataset(settings, kb.connection, "guarded", settings.workspace / "visitor"),
+        "export": lambda: sft_export.export_dataset(settings, kb.connection, "guarded", settings.workspace / "visitor"),
         "cancel": lambda: sft_worker.cancel_generation(kb.connection, "guarded"),
         "delete": lambda: sft_data.delete_dataset(kb.connection, "guarded"),
     }

@@ -10,7 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 from engine.core import database
 from engine.core.settings import load_settings
-from training.sft_data import PairCandidate, add_pairs, create_dataset, get_dataset
+from training.sft_data import add_pairs, create_dataset, get_dataset
+from training.sft_pair_checks import PairCandidate
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "sft_data.py")
 

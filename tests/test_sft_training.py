@@ -36,7 +36,8 @@ from training.job_spec import JobSpec
 from training.ray_job import register_version
 from training.ray_jobs import EXPERIMENT, JobError, get_job, job_progress, refresh_jobs, submit_sft
 from training.sft import answer_messages, chat_example, chat_rows, split_pairs
-from training.sft_data import PairCandidate, accept_all, add_pairs, create_dataset, get_dataset
+from training.sft_data import accept_all, add_pairs, create_dataset, get_dataset
+from training.sft_pair_checks import PairCandidate
 from ui import retraining_views as views
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,7 +40,8 @@ from training.cpt import SNAPSHOT_ARTIFACT
 from training.dataset_snapshot import DatasetSnapshot, SnapshotError, list_snapshots, load_snapshot, snapshot_workspace
 from training.job_spec import FAILURE_TAG, LLM_VERSION_TAG, SPEC_VARIABLE, JobSpec
 from training.sft import DATASET_FILE, SFT_DATASET_ARTIFACT, answer_messages, chat_rows, read_pairs, split_pairs
-from training.sft_data import SftDataError, export_dataset, list_datasets
+from training.sft_data import SftDataError, list_datasets
+from training.sft_export import export_dataset
 
 EXPERIMENT = "deploywise-training"
 _RAY_STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "cancelled"}

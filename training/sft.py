@@ -2,7 +2,7 @@
 
 Seed 002's phase 4. The job starts from a CPT version merged into its unquantized base (training.ray_job's start model;
 with `quantization: 4bit` that merged model is then loaded as NF4), puts a fresh LoRA on top and trains it on the
-accepted pairs of an SFT dataset (training.sft_data exports them as JSONL `{"instruction", "output", ...}`). Each
+accepted pairs of an SFT dataset (training.sft_export exports them as JSONL `{"instruction", "output", ...}`). Each
 pair is the conversation the chat has at inference — the chat's system prompt, the instruction as the user's
 message, the output as the assistant's answer — through the tokenizer's chat template, and the loss counts the
 answer's tokens only: the model learns to answer, not to write prompts. The prompt is tokenized exactly as the chat

@@ -2,16 +2,12 @@
 
 Pairs come from training.sft_generation (knowledge chunks in several styles, the product's own recommendation
 task, refusals) and from accepted feedback corrections. Every candidate pair goes through `add_pairs`, which
-validates it (`pair_problem`) and drops duplicates; what is dropped is counted by reason on the dataset, so an
-administrator sees how much a generator wasted and why.
+validates it (training.sft_pair_checks.pair_problem) and drops duplicates; what is dropped is counted by reason on
+the dataset, so an administrator sees how much a generator wasted and why.
 
 A pair keeps the text it was generated with and, once an administrator edits it, the edited text beside it; the
-export uses the edited text. Its review state is pending, accepted or rejected; only accepted pairs are exported.
-
-The export (`export_dataset`) writes `<folder>/<name>.jsonl`: one JSON object per accepted pair with the keys
-instruction, output, source_ids and style, in a fixed order (sorted by content, so the same accepted pairs always
-give the same bytes). The sha256 of those bytes (first 16 hex digits) is the dataset hash: the id an SFT run
-records for lineage. Several named datasets can coexist, so several SFT variants come from one CPT version.
+export (training.sft_export) uses the edited text. Its review state is pending, accepted or rejected; only accepted
+pairs are exported. Several named datasets can coexist, so several SFT variants come from one CPT version.
 
 Who: generation, review, edits, export and deletion are admin actions (engine.access.roles.require_admin); the CLI and
 Ray jobs act for the operator, an administrator.
@@ -19,73 +15,22 @@ Ray jobs act for the operator, an administrator.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from engine.access.roles import current_identity, require_admin
-from engine.answering.citations import find_markers
 from engine.core.database import transaction, utc_now
-from engine.knowledge.sources import resolve
+from training.sft_pair_checks import DROP_REASONS, PairCandidate, normalized, normalized_words, pair_problem, similar
 
 REVIEW_STATES = ("pending", "accepted", "rejected")
 DATASET_STATES = ("queued", "generating", "ready", "failed", "cancelled")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-MIN_INSTRUCTION_CHARS, MAX_INSTRUCTION_CHARS = 10, 16_000  # a recommendation instruction is the chat's whole prompt
-MIN_OUTPUT_CHARS, MAX_OUTPUT_CHARS = 20, 4_000
-MIN_WORD_SHARE = 0.6  # below this share of word-like tokens a text is garbled
-MAX_TRIGRAM_REPEATS = 4  # a word trigram repeated this often is a generation loop
-NEAR_DUPLICATE = 0.85  # Jaccard similarity of question word sets from which two questions are the same
-STYLES_WITHOUT_MARKERS = ("refusal",)  # the chat's refusal cites nothing
-
-# Why a generation is dropped; the dataset counts each.
-DROP_REASONS = {
-    "generation_failed": "the LLM call failed (HTTP error, broken or empty stream)",
-    "unparsable": "the reply is not in the requested format",
-    "ungrounded": "most of the pair's words are not the excerpt's (a question about something else)",
-    "empty": "empty instruction or output",
-    "too_short": "instruction or output too short",
-    "too_long": "instruction or output too long",
-    "refusal": "the generator refused",
-    "garbled": "mostly non-words or a repetition loop",
-    "unknown_marker": "a <<SRC>> marker the source registry does not know",
-    "duplicate": "same or nearly the same question as a pair already in the dataset",
-    "golden_overlap": "same or nearly the same question as an evaluation (golden set) question",
-    "use_case_mismatch": "the chat would take the question for another use case (or, for a refusal, for a use case)",
-    "not_verified": "the answer does not pass the chat's verifier",
-}
-
-_REFUSAL = re.compile(r"^\W*(i cannot|i can't|i can not|i'm sorry|i am sorry|as an ai|i am unable|i'm unable|"
-                      r"i do not have access|i don't have access|sorry, but)", re.I)
-_WORD = re.compile(r"^[(\"'\[]*[^\W_][\w.:'’/-]*?[)\]\"'.,;:!?%]*$")  # words, numbers, ids (latency_p95_ms), J.P.
-_PUNCTUATION = re.compile(r"^[^\w]+$")
-_MARKER_TEXT = re.compile(r"<<[^<>\n]*>>")
 
 
 class SftDataError(ValueError):
     """An SFT data request or action that cannot be done; one line saying why. Nothing was changed."""
-
-
-@dataclass(frozen=True)
-class PairCandidate:
-    """A generated pair before validation. `question` is what duplicates are judged on (for a recommendation pair,
-    whose instruction is the chat's whole prompt, the user's question); it defaults to the instruction."""
-
-    style: str
-    instruction: str
-    output: str
-    generator: str
-    chunk_ids: tuple[int, ...] = ()
-    source_ids: tuple[str, ...] = ()
-    question: str | None = None
-
-    @property
-    def judged_question(self) -> str:
-        return self.question if self.question is not None else self.instruction
 
 
 @dataclass(frozen=True)
@@ -136,15 +81,6 @@ class SftDataset:
 class AddOutcome:
     added: int
     drops: dict[str, int]
-
-
-@dataclass(frozen=True)
-class SftExport:
-    name: str
-    dataset_hash: str
-    pair_count: int
-    path: Path
-    styles: dict[str, int]
 
 
 # --- datasets ---------------------------------------------------------------------------------------------------
@@ -226,60 +162,6 @@ def delete_dataset(connection, name: str) -> None:
         connection.execute("DELETE FROM sft_datasets WHERE name = ?", (name,))
 
 
-# --- validation -------------------------------------------------------------------------------------------------
-
-
-def normalized(text: str) -> str:
-    """Text as duplicates are judged: markers removed, lowercase, words only, single spaces."""
-    text = _MARKER_TEXT.sub(" ", text or "").lower()
-    return " ".join(re.findall(r"[a-z0-9]+", text.replace("tumour", "tumor")))
-
-
-def _word_set(text: str) -> frozenset[str]:
-    return frozenset(normalized(text).split())
-
-
-def similar(a: frozenset[str], b: frozenset[str]) -> bool:
-    """Near-duplicate questions: Jaccard similarity of their word sets of at least NEAR_DUPLICATE."""
-    if not a or not b:
-        return a == b
-    return len(a & b) / len(a | b) >= NEAR_DUPLICATE
-
-
-def garbled(text: str) -> bool:
-    """Mostly non-words (a broken model, a wrong tokenizer) or a generation loop (one word trigram again and again)."""
-    tokens = [token for token in _MARKER_TEXT.sub(" ", text).split() if not _PUNCTUATION.match(token)]
-    if not tokens:
-        return False
-    if sum(1 for token in tokens if _WORD.match(token)) / len(tokens) < MIN_WORD_SHARE:
-        return True
-    words = [token.lower().strip(".,;:!?") for token in tokens]
-    trigrams = Counter(zip(words, words[1:], words[2:], strict=False))
-    return bool(trigrams) and trigrams.most_common(1)[0][1] >= MAX_TRIGRAM_REPEATS
-
-
-def pair_problem(connection, candidate: PairCandidate) -> str | None:
-    """Why this pair must not train a model (a DROP_REASONS key), or None. Its markers must all be known to the
-    source registry; knowledge and recommendation outputs must carry at least one."""
-    instruction, output = (candidate.instruction or "").strip(), (candidate.output or "").strip()
-    if not instruction or not output:
-        return "empty"
-    if len(instruction) < MIN_INSTRUCTION_CHARS or len(output) < MIN_OUTPUT_CHARS:
-        return "too_short"
-    if len(instruction) > MAX_INSTRUCTION_CHARS or len(output) > MAX_OUTPUT_CHARS:
-        return "too_long"
-    if _REFUSAL.match(output) and candidate.style != "refusal":
-        return "refusal"
-    if garbled(output) or garbled(candidate.judged_question):
-        return "garbled"
-    markers = find_markers(output)
-    if candidate.style not in STYLES_WITHOUT_MARKERS and not markers:
-        return "unknown_marker"
-    if set(markers) - set(resolve(connection, markers)):
-        return "unknown_marker"
-    return None
-
-
 # --- pairs --------------------------------------------------------------------------------------------------------
 
 
@@ -293,7 +175,7 @@ def add_pairs(connection, name: str, candidates: list[PairCandidate], *, drops: 
     counted = Counter({reason: count for reason, count in (drops or {}).items() if count})
     if unknown := set(counted) - set(DROP_REASONS):
         raise ValueError(f"unknown drop reasons: {', '.join(sorted(unknown))}")
-    reserved = [_word_set(question) for question in reserved_questions]
+    reserved = [normalized_words(question) for question in reserved_questions]
     added = 0
     with transaction(connection):
         known = [(row[0], frozenset(row[0].split())) for row in connection.execute(
@@ -301,7 +183,7 @@ def add_pairs(connection, name: str, candidates: list[PairCandidate], *, drops: 
         keys = {key for key, _ in known}
         for candidate in candidates:
             reason = pair_problem(connection, candidate)
-            key, words = normalized(candidate.judged_question), _word_set(candidate.judged_question)
+            key, words = normalized(candidate.judged_question), normalized_words(candidate.judged_question)
             if reason is None and any(similar(words, golden) for golden in reserved):
                 reason = "golden_overlap"
             if reason is None and (key in keys or any(similar(words, other) for _, other in known)):
@@ -393,42 +275,3 @@ def edit_pair(connection, pair_id: int, *, instruction: str | None = None, outpu
             "UPDATE sft_pairs SET edited_instruction = ?, edited_output = ?, reviewed_by = ?, reviewed_at = ? WHERE id = ?",
             (instruction, output, current_identity().name, utc_now(), pair_id))
     return next(pair for pair in list_pairs(connection, dataset, limit=10**9) if pair.id == pair_id)
-
-
-# --- export -------------------------------------------------------------------------------------------------------
-
-
-def export_lines(connection, name: str) -> list[str]:
-    """The accepted pairs as JSONL lines, sorted so that the same pairs always give the same bytes."""
-    pairs = list_pairs(connection, name, state="accepted", limit=10**9)
-    lines = [json.dumps({"instruction": pair.instruction, "output": pair.output, "source_ids": pair.source_ids,
-                         "style": pair.style}, ensure_ascii=False, sort_keys=True) for pair in pairs]
-    return sorted(lines)
-
-
-def export_dataset(settings, connection, name: str, folder: Path) -> SftExport:
-    """Write `<folder>/<name>.jsonl` of the accepted pairs; SftDataError when there is no such dataset or it has no
-    accepted pair. The returned hash names exactly these bytes (the dataset id of an SFT run's lineage)."""
-    require_admin("exporting an SFT dataset")
-    check_name(name)
-    lines = export_lines(connection, name)
-    if not lines:
-        raise SftDataError(f"SFT dataset {name} has no accepted pair to export; review its pairs first")
-    data = "".join(line + "\n" for line in lines).encode()
-    dataset_hash = hashlib.sha256(data).hexdigest()[:16]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.jsonl"
-    staging = folder / f".{name}.jsonl.{os.getpid()}.tmp"
-    staging.write_bytes(data)
-    os.replace(staging, path)
-    with transaction(connection):
-        connection.execute("UPDATE sft_datasets SET exported_hash = ?, updated_at = ? WHERE name = ?",
-                           (dataset_hash, utc_now(), name))
-    styles = Counter(json.loads(line)["style"] for line in lines)
-    return SftExport(name, dataset_hash, len(lines), path, dict(sorted(styles.items())))
-
-
-def exports_dir(settings) -> Path:
-    """Where the page and the CLI write exports by default: <workspace>/exports/sft/."""
-    return settings.workspace / "exports" / "sft"

@@ -22,8 +22,10 @@ from engine.core import database
 from engine.core.settings import load_settings, worker_settings
 from engine.core.workers import CANCELLED, cancel_on_sigterm, run_work, start_worker, stop_worker, worker_alive
 from engine.knowledge.knowledge_base import KnowledgeBase
-from training.sft_data import SftDataError, SftDataset, create_dataset, exports_dir, get_dataset, list_datasets, update_dataset
-from training.sft_generation import GenerationRequest, check_backend, check_request, generate_dataset
+from training.sft_data import SftDataError, SftDataset, create_dataset, get_dataset, list_datasets, update_dataset
+from training.sft_export import exports_dir
+from training.sft_generation import generate_dataset
+from training.sft_generation_request import GenerationRequest, check_backend, check_request
 
 RUNNING = ("queued", "generating")
 

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from training.sft_data import DROP_REASONS, REVIEW_STATES, SftDataError, SftDataset, SftPair, edit_pair, review_pairs
-from training.sft_generation import source_groups
+from training.sft_data import REVIEW_STATES, SftDataError, SftDataset, SftPair, edit_pair, review_pairs
+from training.sft_knowledge_pairs import source_groups
+from training.sft_pair_checks import DROP_REASONS
 
 REVIEW_COLUMNS = ("id", "decision", "style", "question", "output", "sources", "generator", "edited")
 
@@ -85,7 +86,7 @@ def apply_review(connection, name: str, shown: list[SftPair], rows: list[dict]) 
 
 
 def source_options(connection) -> dict[str, str]:
-    """Each source the sampler draws from (engine: training.sft_generation.source_group) -> a label with its size."""
+    """Each source the sampler draws from (engine: training.sft_knowledge_pairs.source_group) -> a label with its size."""
     groups = source_groups(connection)
     titles = dict(connection.execute("SELECT id, title FROM documents").fetchall())
     labels = {}
