@@ -39,8 +39,10 @@ from engine.answering.pipeline import explanation_run, prepare_answer
 from engine.answering.prompting import MAX_EXCERPTS, explanation_opening
 from engine.answering.records import load_answer
 from engine.answering.verifier import grounded
+from engine.llm.backend_contract import LlmError
 from engine.llm.backends import llm_backend, runtime_problem, version_settings
-from engine.llm.runtime import EndpointLlm, LlmError, resolve_llm_version
+from engine.llm.endpoint import EndpointLlm
+from engine.llm.versions import resolve_llm_version
 from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
 from training.sft_data import (
     PairCandidate,
@@ -211,7 +213,7 @@ def _check_prompt(style: str, prompt: str) -> None:
 
 
 def make_backend(settings, request: GenerationRequest):
-    """The generator: an engine.llm.runtime backend for the endpoint, or the LLM version on the chat's own runtime
+    """The generator: an engine.llm.endpoint backend for the endpoint, or the LLM version on the chat's own runtime
     (engine.llm.backends; transformers in place of the chat's endpoint); None when no LLM is asked for."""
     from pydantic import SecretStr
 
