@@ -47,7 +47,7 @@ What is measured
      store). Target: p95 of the wall clock <= 1.5 s (issue 12). Then every other golden question with a use case
      once (a larger sample of new questions), then the demo questions again, `--rec-repeats` times each.
    - prompt tokens of the LLM's explanation prompt (`engine.answering.prompting.build_messages` as `prepare_answer` builds
-     it, chat-templated with the generation prompt by the bundled tokenizer, `engine.llm.runtime.fit_prompt`) per demo
+     it, chat-templated with the generation prompt by the bundled tokenizer, `engine.llm.chat_prompt.fit_prompt`) per demo
      question, plus the tokens of the prefilled opening; printed next to the recorded figures of the old
      full-answer prompt (OLD_PROMPT_TOKENS: that prompt no longer exists in the code). The same count is made
      for the scale workspace's question, the one the earlier LLM rows of this bench used.
@@ -146,8 +146,10 @@ from engine.knowledge.search import hybrid_search  # noqa: E402
 from engine.knowledge.sources import refresh_sources  # noqa: E402
 from engine.llm.backends import llm_backend  # noqa: E402
 from engine.llm.bundled import bundled_model_folder, load_tokenizer  # noqa: E402
+from engine.llm.chat_prompt import fit_prompt  # noqa: E402
 from engine.llm.gguf import gguf_file, load_gguf  # noqa: E402
-from engine.llm.runtime import fit_prompt, load_llm, resolve_llm_version  # noqa: E402
+from engine.llm.loading import load_llm  # noqa: E402
+from engine.llm.versions import resolve_llm_version  # noqa: E402
 from engine.registry.candidates import CHAMPION, all_pages, candidate_source, fetch_candidates, read_candidates, refreshing  # noqa: E402
 from engine.registry.use_cases import match_use_case  # noqa: E402
 from engine.rules.rulebook import document_governance, use_case_terms  # noqa: E402

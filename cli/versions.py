@@ -8,7 +8,10 @@ import json
 import sys
 
 from cli.common import EXIT_OK, UsageError
-from engine.lifecycle.versions import VersionError, archive, format_time, overview, promote, rollback, target_text, versions_table
+from engine.lifecycle.version_actions import archive, promote, rollback
+from engine.lifecycle.version_catalog import overview
+from engine.lifecycle.version_records import VersionError, target_text
+from ui.versions_views import format_time, versions_table
 
 
 def register(commands) -> None:

@@ -36,9 +36,11 @@ from engine.answering.pipeline import ask
 from engine.core import database
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.knowledge.sources import refresh_sources, resolve
+from engine.llm.backend_contract import LlmError
 from engine.llm.backends import llm_backend, runtime_problem, version_settings
 from engine.llm.bundled import load_embedder
-from engine.llm.runtime import CHAMPION, LlmError, LlmVersion, load_llm, resolve_llm_version
+from engine.llm.loading import load_llm
+from engine.llm.versions import CHAMPION, LlmVersion, resolve_llm_version
 from engine.registry.candidates import CandidatesUnavailable, candidate_sources, fetch_candidates
 from engine.rules.rulebook import decision_for
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, GateVerdict, judge, load_gate_config

@@ -10,7 +10,7 @@ A run holds:
   refusal_accuracy, agreement, shown_accuracy, explanation_kept_rate, explanation_shown_rate, latency_p50_ms, latency_p95_ms, item counts;
 - the artifact `items.json`: every golden item with the version's answer and each check.
 
-Contract with the LLM versions page (engine/lifecycle/versions.py): an evaluated registry version gets the model version
+Contract with the LLM versions page (engine/lifecycle/version_catalog.py): an evaluated registry version gets the model version
 tags `gate_verdict` (GO | NO-GO), `gate_evaluation_id` and `gate_reasons` (JSON list of strings), written by an
 evaluation on the whole golden set; a quick one on chosen items (which can only say NO-GO) is logged as a run but
 leaves the version's gate as it was.

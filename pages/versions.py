@@ -1,20 +1,25 @@
 """LLM versions (admin): every version of the registry with its lineage, status, gate verdict, evaluation and the
 answers and flags it got; promote one to champion (the chat follows without a restart), roll back, archive.
 
-Layout only: the work happens in `engine.lifecycle.versions`, which also refuses what must not happen (promoting
-without a GO and without a reason, archiving the champion...); a refusal or an MLflow failure shows as one line
-and the page stays up. A change is stored, then the page reruns so the table shows it.
+Layout only: the catalog is read by `engine.lifecycle.version_catalog` and laid out by `ui.versions_views`; the
+actions in `engine.lifecycle.version_actions` also refuse what must not happen (promoting without a GO and without a
+reason, archiving the champion...); a refusal or an MLflow failure shows as one line and the page stays up. A change
+is stored, then the page reruns so the table shows it.
 """
 
 import streamlit as st
 
 from engine.access.roles import current_identity
 from engine.answering.citations import escape_markdown
-from engine.lifecycle import versions
-from engine.lifecycle.versions import VersionError
+from engine.lifecycle import version_records
+from engine.lifecycle.version_actions import archive, promote, rollback
+from engine.lifecycle.version_catalog import overview
+from engine.lifecycle.version_records import ARCHIVED, FAILED, MAX_REASON_CHARS, VersionError, first_line
+from engine.llm.versions import CANDIDATE
 from training import export as exports
 from ui.admin_page import require_admin_page
 from ui.deep_links import through_entry_point
+from ui.versions_views import format_time, history_table, metrics_rows, versions_table
 
 FLASH_KEY, CHOSEN_KEY = "versions_flash", "versions_chosen"
 
@@ -30,7 +35,7 @@ def actor() -> str:
 
 
 def target_text(view, target: str) -> str:
-    return versions.target_text(view.registry_name, target, view.base_label)
+    return version_records.target_text(view.registry_name, target, view.base_label)
 
 
 def act(action, success) -> None:
@@ -40,7 +45,7 @@ def act(action, success) -> None:
     except VersionError as error:
         st.error(str(error))
     except Exception as error:  # MLflow or the disk said no: one line, the page stays up
-        st.error(f"{type(error).__name__}: {versions.first_line(error)}")
+        st.error(f"{type(error).__name__}: {first_line(error)}")
     else:
         changed(success(outcome))
 
@@ -52,7 +57,7 @@ def champion_panel(settings, view) -> None:
         target = target_text(view, view.rollback_target)
         if st.button(f"Roll back to {target}", key="rollback",
                      help=f"Gives the champion alias back to {target}, which {view.serving} replaced."):
-            act(lambda: versions.rollback(settings, actor()),
+            act(lambda: rollback(settings, actor()),
                 lambda served: f"Rolled back: the chat serves {target_text(view, served)} within a minute.")
 
 
@@ -60,7 +65,7 @@ def detail(settings, view, record) -> None:
     with st.container(border=True):
         st.markdown(f"**{record.label}** · {record.status}"
                     + (f" · {record.training.upper()}" if record.training else "")
-                    + f" · registered {versions.format_time(record.created_at)}"
+                    + f" · registered {format_time(record.created_at)}"
                     + (f" by {record.created_by}" if record.created_by else ""))
         st.markdown(
             f"Base `{record.base_model or '?'}` · parent {f'version {record.parent_version}' if record.parent_version else 'none (trained on the base)'}"
@@ -75,24 +80,24 @@ def detail(settings, view, record) -> None:
             st.success(f"Gate: GO (evaluation `{gate.evaluation_id}`){reasons}")
         else:
             st.error(f"Gate: {gate.verdict} (evaluation `{gate.evaluation_id}`){reasons}")
-        if rows := versions.metrics_rows(view, record):
+        if rows := metrics_rows(view, record):
             st.dataframe(rows, hide_index=True)
         usage = record.usage
         st.caption(f"{usage.answers} chat answers · {usage.thumbs_up} thumbs up · {usage.flags} flags")
         if record.promoted_at:
-            st.caption(f"Last promoted {versions.format_time(record.promoted_at)} by {record.promoted_by} past gate "
+            st.caption(f"Last promoted {format_time(record.promoted_at)} by {record.promoted_by} past gate "
                        f"{record.promotion_gate}" + (f": “{escape_markdown(record.promotion_reason)}”" if record.promotion_reason else ""))
-        if record.status == versions.CANDIDATE:
+        if record.status == CANDIDATE:
             reason = st.text_area("Reason for promoting" + ("" if gate.passed else " (required: no GO verdict)"),
-                                  key=f"reason_{record.number}", max_chars=versions.MAX_REASON_CHARS)
+                                  key=f"reason_{record.number}", max_chars=MAX_REASON_CHARS)
             if st.button("Promote to champion", key=f"promote_{record.number}", type="primary"):
-                act(lambda: versions.promote(settings, record.number, actor=actor(), reason=reason),
+                act(lambda: promote(settings, record.number, actor=actor(), reason=reason),
                     lambda _: f"{record.label} is the champion; the chat switches to it within a minute.")
-        if record.status in (versions.CANDIDATE, versions.FAILED):
+        if record.status in (CANDIDATE, FAILED):
             if st.button("Archive", key=f"archive_{record.number}", help="Retire it: it is no longer promoted or rolled back to."):
-                act(lambda: versions.archive(settings, record.number, actor()), lambda _: f"{record.label} archived.")
-        elif record.status == versions.ARCHIVED:
-            st.caption(f"Archived {versions.format_time(record.archived_at)} by {record.archived_by or '?'}.")
+                act(lambda: archive(settings, record.number, actor()), lambda _: f"{record.label} archived.")
+        elif record.status == ARCHIVED:
+            st.caption(f"Archived {format_time(record.archived_at)} by {record.archived_by or '?'}.")
         if record.run_id:
             export_panel(settings, record)
 
@@ -119,11 +124,11 @@ def export_panel(settings, record) -> None:
     try:
         published = exports.published_exports(settings, record.run_id)
     except Exception as error:  # MLflow said no: one line, the page stays up
-        st.error(f"Cannot list the exports of {record.label}: {type(error).__name__}: {versions.first_line(error)}")
+        st.error(f"Cannot list the exports of {record.label}: {type(error).__name__}: {first_line(error)}")
         return
     for item in published:
         check, main = item.check, item.main_file
-        st.caption(f"**{item.format}** · {versions.format_time(item.created_at)} · {main.size / 1e6:.1f} MB · "
+        st.caption(f"**{item.format}** · {format_time(item.created_at)} · {main.size / 1e6:.1f} MB · "
                    f"sha256 `{main.sha256[:16]}` · logits check over {check.positions} positions: min cosine "
                    f"{check.min_cosine:.6f}, top-1 agreement {check.top1_agreement:.1%}")
         if item.format == "safetensors":
@@ -158,12 +163,12 @@ if message := st.session_state.pop(FLASH_KEY, None):
     st.success(message)
 
 try:
-    view = versions.overview(settings)
+    view = overview(settings)
 except VersionError as error:
     st.error(str(error))
     st.stop()
 except Exception as error:  # anything else MLflow may raise: said, not crashed
-    st.error(f"Cannot read the LLM versions: {type(error).__name__}: {versions.first_line(error)}")
+    st.error(f"Cannot read the LLM versions: {type(error).__name__}: {first_line(error)}")
     st.stop()
 
 for notice in view.notices:
@@ -172,7 +177,7 @@ champion_panel(settings, view)
 if not view.versions:
     st.info("No LLM version yet: a CPT job on the Retraining page registers one.")
 else:
-    st.dataframe(versions.versions_table(view), hide_index=True, width="stretch")
+    st.dataframe(versions_table(view), hide_index=True, width="stretch")
 base = view.base_usage
 st.caption(f"Base model `{view.base_label}`: {base.answers} answers, {base.flags} flags"
            + "".join(f" · `{label}`: {usage.answers} answers, {usage.flags} flags" for label, usage in view.other_usage.items()))
@@ -185,4 +190,4 @@ if view.versions:
     detail(settings, view, view.version(chosen))
 if view.history:
     with st.expander("History"):
-        st.dataframe(versions.history_table(view), hide_index=True, width="stretch")
+        st.dataframe(history_table(view), hide_index=True, width="stretch")

@@ -198,7 +198,7 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
     from engine.knowledge import table_import
     from engine.knowledge.sources import Source, import_csv, list_sources
     from engine.knowledge.workspace import ingest_paths, make_chunker, open_knowledge_base
-    from engine.lifecycle import versions
+    from engine.lifecycle import version_actions
     from engine.rules.criteria import discard_review, save_reviewed_rules
     from eval.harness import run_evaluation
     from eval.worker import cancel_evaluation, start_evaluation
@@ -238,9 +238,9 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
         "evaluate (Evaluation page)": lambda: start_evaluation(settings, ["base"]),
         "cancel an evaluation": lambda: cancel_evaluation(settings, "eval-any"),
         "evaluate (CLI)": lambda: run_evaluation(None),
-        "promote a version": lambda: versions.promote(settings, "1", actor="visitor", reason="because"),
-        "roll back the champion": lambda: versions.rollback(settings, "visitor", "because"),
-        "archive a version": lambda: versions.archive(settings, "1", "visitor", "because"),
+        "promote a version": lambda: version_actions.promote(settings, "1", actor="visitor", reason="because"),
+        "roll back the champion": lambda: version_actions.rollback(settings, "visitor", "because"),
+        "archive a version": lambda: version_actions.archive(settings, "1", "visitor", "because"),
         "save a correction": lambda: feedback_review.save_correction(kb.connection, 1, "The right answer."),
         "accept a correction": lambda: feedback_review.accept(kb.connection, 1),
         "reject a flagged answer": lambda: feedback_review.reject(kb.connection, 1),

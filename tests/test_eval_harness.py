@@ -20,7 +20,7 @@ from engine.answering.prompting import explanation_opening
 from engine.core import database
 from engine.core.settings import load_settings
 from engine.core.workers import StatusFile
-from engine.llm.runtime import load_base_model
+from engine.llm.loading import load_base_model
 from eval import worker
 from eval.harness import EvaluationError, evaluate_versions, plan_evaluation
 from eval.results import EXPERIMENT, evaluation_history, load_evaluation, load_items
@@ -256,7 +256,7 @@ def test_versions_are_asked_on_the_chats_runtime_and_llama_cpp_needs_their_gguf_
     assert len(evaluation_runs(settings)) == before
     # each version gets the chat's backend for its own configuration; an endpoint cannot serve a chosen version
     from engine.llm.backends import llm_backend, version_settings
-    from engine.llm.runtime import InProcessLlm
+    from engine.llm.in_process import InProcessLlm
 
     one, two = (llm_backend(version_settings(settings, wanted)) for wanted in ("base", number))
     assert isinstance(one, InProcessLlm) and isinstance(two, InProcessLlm) and one is not two

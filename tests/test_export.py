@@ -27,7 +27,8 @@ from cli.main import main
 from engine.answering.prompting import SYSTEM_PROMPT
 from engine.core.settings import load_settings
 from engine.llm.bundled import BUNDLED_LLM_GGUF, bundled_llm_dir, load_tokenizer
-from engine.llm.runtime import build_model, load_base_model, resolve_llm_version
+from engine.llm.loading import build_model, load_base_model
+from engine.llm.versions import resolve_llm_version
 from training.export import (
     TOLERANCES,
     ExportError,

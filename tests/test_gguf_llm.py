@@ -14,10 +14,12 @@ from engine.answering.citations import find_markers, strip_markers
 from engine.answering.explanation import split_sentences
 from engine.answering.prompting import SYSTEM_PROMPT, explanation_grammar
 from engine.core.settings import load_settings
-from engine.lifecycle.versions import VersionError, promote
+from engine.lifecycle.version_actions import promote
+from engine.lifecycle.version_records import VersionError
+from engine.llm.backend_contract import LlmError
 from engine.llm.backends import llm_backend
 from engine.llm.gguf import GgufLlm, gguf_file, load_gguf, stream_gguf
-from engine.llm.runtime import LlmError, resolve_llm_version
+from engine.llm.versions import resolve_llm_version
 from training.export import export_version
 
 pytestmark = pytest.mark.slow

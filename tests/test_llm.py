@@ -16,9 +16,13 @@ from peft import LoraConfig, get_peft_model
 from tiny_models import save_tiny_llama
 
 from engine.core.settings import load_settings
+from engine.llm.backend_contract import LlmError
 from engine.llm.backends import llm_backend
 from engine.llm.bundled import load_tokenizer
-from engine.llm.runtime import InProcessLlm, LlmError, LlmVersion, fit_prompt, load_base_model, load_llm, resolve_llm_version
+from engine.llm.chat_prompt import fit_prompt
+from engine.llm.in_process import InProcessLlm
+from engine.llm.loading import load_base_model, load_llm
+from engine.llm.versions import LlmVersion, resolve_llm_version
 
 QUESTION = [
     {"role": "system", "content": "You recommend machine learning models for deployment."},

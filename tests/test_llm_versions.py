@@ -18,20 +18,12 @@ from engine.answering.records import AnswerRecord, save_answer, save_feedback
 from engine.core import database
 from engine.core.database import transaction
 from engine.core.settings import load_settings
-from engine.lifecycle.versions import (
-    BASE,
-    EVALUATION_EXPERIMENT,
-    HISTORY_EXPERIMENT,
-    VersionError,
-    archive,
-    history_table,
-    metrics_rows,
-    overview,
-    promote,
-    rollback,
-    versions_table,
-)
-from engine.llm.runtime import load_base_model, resolve_llm_version
+from engine.lifecycle.version_actions import archive, promote, rollback
+from engine.lifecycle.version_catalog import overview
+from engine.lifecycle.version_records import BASE, EVALUATION_EXPERIMENT, HISTORY_EXPERIMENT, VersionError
+from engine.llm.loading import load_base_model
+from engine.llm.versions import resolve_llm_version
+from ui.versions_views import history_table, metrics_rows, versions_table
 
 NAME = "deploywise-llm"
 GO_METRICS = {"accuracy": 0.97, "citation_presence": 0.95, "refusal_accuracy": 0.92, "latency_p95_ms": 850.0,

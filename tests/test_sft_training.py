@@ -26,9 +26,11 @@ from engine.core import database
 from engine.core.mlflow_client import ensure_experiment
 from engine.core.settings import load_settings
 from engine.lifecycle.training_jobs import list_jobs
-from engine.lifecycle.versions import overview
+from engine.lifecycle.version_catalog import overview
 from engine.llm.bundled import load_tokenizer
-from engine.llm.runtime import _chat_template, build_model, resolve_llm_version
+from engine.llm.chat_prompt import chat_prompt_ids
+from engine.llm.loading import build_model
+from engine.llm.versions import resolve_llm_version
 from training.config import ConfigError, load_cpt_config, load_sft_config
 from training.cpt import IGNORE_INDEX, Hardware, collate_blocks, packed_data, trainable_model, training_arguments
 from training.dataset_snapshot import SPLITS, read_split, snapshot_workspace
@@ -171,14 +173,15 @@ def test_an_sft_version_loads_as_base_plus_cpt_plus_sft_adapters_in_a_fresh_proc
     (job, _), _ = finished_sft
     sft = resolve_llm_version(settings, job.llm_version)
     assert sft.parent is not None and sft.parent.number == workspace["cpt_version"] and sft.parent.parent is None
-    ids = torch.tensor([_chat_template(load_tokenizer(settings.base_model), answer_messages("Which model for tumour screening?"))])
+    ids = torch.tensor([chat_prompt_ids(load_tokenizer(settings.base_model), answer_messages("Which model for tumour screening?"))])
     with torch.no_grad():
         sft_logits = build_model(sft).eval()(ids).logits[0, -1]
         cpt_logits = build_model(sft.parent).eval()(ids).logits[0, -1]
     assert not torch.allclose(sft_logits, cpt_logits, atol=1e-4)  # the SFT adapter changed the CPT model
     script = "\n".join([
         "import json, torch",
-        "from engine.llm.runtime import build_model, resolve_llm_version",
+        "from engine.llm.loading import build_model",
+        "from engine.llm.versions import resolve_llm_version",
         "from engine.core.settings import load_settings",
         f"settings = load_settings(workspace={str(settings.workspace)!r}, base_model={settings.base_model!r})",
         f"model = build_model(resolve_llm_version(settings, {job.llm_version!r})).eval()",
@@ -195,7 +198,7 @@ def test_the_loss_covers_the_answer_tokens_only_with_the_chat_template():
     tokenizer = load_tokenizer("bundled")  # the real SmolLM2 tokenizer and its chat template
     pair = {"instruction": "Which model should I deploy for tumour screening?",
             "output": "Deploy rf-screening-v3: it meets the recall floor <<SRC:criteria:tumor-screening>>."}
-    prompt = _chat_template(tokenizer, answer_messages(pair["instruction"]))  # what the chat sends at inference
+    prompt = chat_prompt_ids(tokenizer, answer_messages(pair["instruction"]))  # what the chat sends at inference
     example, truncated = chat_example(tokenizer, pair, 4096)
     assert not truncated and example["input_ids"][: len(prompt)] == prompt
     assert example["labels"][: len(prompt)] == [IGNORE_INDEX] * len(prompt)
@@ -316,7 +319,7 @@ def test_an_sft_job_launched_from_the_retraining_page(workspace, monkeypatch, fi
 
 
 def test_a_recommendation_pair_trains_the_reply_that_follows_the_prefilled_opening():
-    """At inference the chat prefills the reply with the opening (engine.llm.runtime tokenizes it after the prompt); the
+    """At inference the chat prefills the reply with the opening (engine.llm.in_process tokenizes it after the prompt); the
     pair's output begins with it, so the training tokens start exactly as the served ones, then go on."""
     tokenizer = load_tokenizer("bundled")
     name = "tumor-screening-linear"
@@ -325,9 +328,9 @@ def test_a_recommendation_pair_trains_the_reply_that_follows_the_prefilled_openi
             "output": f"{opening} it passes every hard criterion <<SRC:criteria:tumor-screening>>."}
     messages = answer_messages(pair["instruction"])
     assert messages[0] == {"role": "system", "content": SYSTEM_PROMPT}
-    served = _chat_template(tokenizer, messages) + tokenizer.encode(opening, add_special_tokens=False)  # as engine.llm.runtime
+    served = chat_prompt_ids(tokenizer, messages) + tokenizer.encode(opening, add_special_tokens=False)  # as engine.llm.in_process
     example, truncated = chat_example(tokenizer, pair, 4096)
     assert not truncated and example["input_ids"][: len(served)] == served
-    prompt = len(_chat_template(tokenizer, messages))
+    prompt = len(chat_prompt_ids(tokenizer, messages))
     assert IGNORE_INDEX not in example["labels"][prompt:]  # the opening is learnt too, then the explanation
     assert tokenizer.decode(example["input_ids"][len(served):]).startswith(" it passes every hard criterion")

@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 from engine.core import database
 from engine.core.settings import load_settings
 from engine.lifecycle.training_jobs import list_jobs
-from engine.llm.runtime import build_model, resolve_llm_version
+from engine.llm.loading import build_model
+from engine.llm.versions import resolve_llm_version
 from training.config import ConfigError, load_cpt_config
 from training.ray_jobs import JobError, cancel_job, get_job, job_progress, refresh_jobs, submit_cpt
 

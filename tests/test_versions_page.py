@@ -10,7 +10,7 @@ from test_llm_versions import NAME, evaluate, registry_state, registry_template,
 
 from engine.access import roles
 from engine.core.settings import load_settings
-from engine.lifecycle.versions import overview
+from engine.lifecycle.version_catalog import overview
 from ui import login
 
 PAGE = Path(__file__).resolve().parents[1] / "pages" / "versions.py"
@@ -98,12 +98,12 @@ def test_non_admins_are_refused_on_the_page_and_in_the_engine(settings, monkeypa
     def script(settings):
         import streamlit as st
 
-        from engine.lifecycle import versions
+        from engine.lifecycle import version_actions
 
         outcomes = st.session_state.setdefault("outcomes", [])
-        for action in (lambda: versions.promote(settings, "1", actor="mallory", reason="me"),
-                       lambda: versions.archive(settings, "2", "mallory"),
-                       lambda: versions.rollback(settings, "mallory")):
+        for action in (lambda: version_actions.promote(settings, "1", actor="mallory", reason="me"),
+                       lambda: version_actions.archive(settings, "2", "mallory"),
+                       lambda: version_actions.rollback(settings, "mallory")):
             try:
                 action()
                 outcomes.append("done")

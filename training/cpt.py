@@ -30,7 +30,7 @@ from training.job_spec import JobSpec, start_model_folder
 from training.packing import PackingReport, pack
 
 SNAPSHOT_ARTIFACT = "snapshot"
-ADAPTER_ARTIFACT = "adapter"  # the name engine.llm.runtime loads a version's adapter from
+ADAPTER_ARTIFACT = "adapter"  # the name engine.llm.loading loads a version's adapter from
 EVAL_SETS = ("domain", "replay")  # held-out team text; held-out general text (the forgetting check)
 IGNORE_INDEX = -100
 

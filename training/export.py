@@ -42,9 +42,12 @@ from engine.answering.prompting import SYSTEM_PROMPT
 from engine.core.database import utc_now
 from engine.core.settings import load_settings, worker_settings
 from engine.core.workers import StatusFile, run_work
-from engine.lifecycle.versions import first_line, mlflow_problem
+from engine.lifecycle.version_records import first_line, mlflow_problem
+from engine.llm.backend_contract import LlmError
 from engine.llm.bundled import load_tokenizer, quiet_model_loading
-from engine.llm.runtime import EXPORTS_ARTIFACT, LlmError, build_model, fit_prompt, resolve_llm_version
+from engine.llm.chat_prompt import fit_prompt
+from engine.llm.loading import build_model
+from engine.llm.versions import EXPORTS_ARTIFACT, resolve_llm_version
 from training.gguf_export import GgufError, check_gguf, check_supported, ollama_modelfile, write_gguf
 
 FORMATS = ("safetensors", "gguf-f16", "gguf-q8_0")

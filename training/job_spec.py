@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.llm.bundled import BUNDLED, bundled_model_folder
-from engine.llm.runtime import build_model, registry_version
+from engine.llm.loading import build_model
+from engine.llm.versions import registry_version
 
 SPEC_VARIABLE = "DEPLOYWISE_JOB_SPEC"
 KINDS = ("cpt", "sft")

@@ -20,7 +20,7 @@ import signal
 import sys
 from dataclasses import asdict
 
-from engine.llm.runtime import BASE_MODEL_TAG, CANDIDATE, PARENT_VERSION_TAG, VERSION_STATUS_TAG
+from engine.llm.versions import BASE_MODEL_TAG, CANDIDATE, PARENT_VERSION_TAG, VERSION_STATUS_TAG
 from training import cpt, sft
 from training.config import RaySettings, load_config
 from training.cpt import ADAPTER_ARTIFACT

@@ -32,8 +32,10 @@ from engine.access.roles import require_admin
 from engine.core.database import transaction, utc_now
 from engine.core.mlflow_client import ensure_experiment
 from engine.lifecycle.training_jobs import FINAL_STATES, TrainingJob, list_jobs, training_job
+from engine.llm.backend_contract import LlmError
 from engine.llm.bundled import load_tokenizer
-from engine.llm.runtime import LlmError, _chat_template, registry_version
+from engine.llm.chat_prompt import chat_prompt_ids
+from engine.llm.versions import registry_version
 from engine.registry.candidates import all_pages
 from training.config import LATEST, AdapterTraining, CptConfig, SftConfig
 from training.cpt import SNAPSHOT_ARTIFACT
@@ -193,7 +195,7 @@ def _check_fit(base_model: str, train: list[dict], held_out: list[dict], max_seq
     train_rows, held_rows, report = chat_rows(train, held_out, tokenizer, max_seq_length)
     if train_rows and held_rows:
         return
-    longest = max(len(_chat_template(tokenizer, answer_messages(pair["instruction"]))) for pair in train + held_out)
+    longest = max(len(chat_prompt_ids(tokenizer, answer_messages(pair["instruction"]))) for pair in train + held_out)
     side = "to train on" if not train_rows else "held out for the evaluation loss"
     raise JobError(f"max_seq_length: {max_seq_length} tokens leave no answer token in any pair {side} ({report.dropped} of "
                    f"{report.pairs} pairs dropped; the longest prompt is {longest} tokens): raise max_seq_length")

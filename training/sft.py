@@ -6,7 +6,7 @@ accepted pairs of an SFT dataset (training.sft_export exports them as JSONL `{"i
 pair is the conversation the chat has at inference — the chat's system prompt, the instruction as the user's
 message, the output as the assistant's answer — through the tokenizer's chat template, and the loss counts the
 answer's tokens only: the model learns to answer, not to write prompts. The prompt is tokenized exactly as the chat
-tokenizes it (engine.llm.runtime), so training and inference see the same tokens. A recommendation pair's output is the
+tokenizes it (engine.llm.chat_prompt), so training and inference see the same tokens. A recommendation pair's output is the
 explanation of the decision, beginning with the opening the chat prefills at inference
 (engine.answering.prompting.explanation_opening): the model learns that opening too, and what follows it.
 
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.answering.prompting import SYSTEM_PROMPT
-from engine.llm.runtime import _chat_template
+from engine.llm.chat_prompt import chat_prompt_ids
 from training.cpt import IGNORE_INDEX, TrainingData, collate_blocks, fit_adapter, pad_token_id
 
 SFT_DATASET_ARTIFACT = "sft_dataset"  # the job run's copy of the exported dataset
@@ -87,7 +87,7 @@ def chat_example(tokenizer, pair: dict, max_seq_length: int) -> tuple[dict | Non
     answer tokens. None when no answer token is left."""
 
     messages = answer_messages(pair["instruction"])
-    prompt_ids = _chat_template(tokenizer, messages)
+    prompt_ids = chat_prompt_ids(tokenizer, messages)
     prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     full_text = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": pair["output"]}], tokenize=False)
     if not full_text.startswith(prompt_text):

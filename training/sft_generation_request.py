@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass, field
 
 from pydantic import SecretStr
 
+from engine.llm.backend_contract import LlmError
 from engine.llm.backends import llm_backend, runtime_problem, version_settings
-from engine.llm.runtime import EndpointLlm, LlmError, resolve_llm_version
+from engine.llm.endpoint import EndpointLlm
+from engine.llm.versions import resolve_llm_version
 from training.sft_data import SftDataError, check_name
 
 KNOWLEDGE_STYLES = ("factual", "conversational", "socratic", "problem-solving", "multiple-choice")
@@ -142,7 +144,7 @@ def _check_prompt(style: str, prompt: str) -> None:
 
 
 def make_backend(settings, request: GenerationRequest):
-    """The generator: an engine.llm.runtime backend for the endpoint, or the LLM version on the chat's own runtime
+    """The generator: an engine.llm.endpoint backend for the endpoint, or the LLM version on the chat's own runtime
     (engine.llm.backends; transformers in place of the chat's endpoint); None when no LLM is asked for."""
     if request.endpoint is not None:
         key = os.environ.get(request.api_key_env) if request.api_key_env else None

@@ -24,7 +24,7 @@ from engine.answering.composer import compose_explanation
 from engine.answering.pipeline import explanation_run, prepare_answer
 from engine.answering.prompting import MAX_EXCERPTS, explanation_opening
 from engine.answering.records import load_answer
-from engine.llm.runtime import LlmError
+from engine.llm.backend_contract import LlmError
 from training.sft_generation_request import GenerationRequest
 from training.sft_pair_checks import PairCandidate
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from engine.answering.citations import escape_markdown
-from engine.llm.runtime import LlmVersion
+from engine.llm.versions import LlmVersion
 from ui.retraining_views import format_eta, llm_versions
 
 POLL_SECONDS = 3.0

@@ -18,7 +18,7 @@ from engine.answering.citations import find_markers, strip_markers
 from engine.answering.prompting import explanation_grammar, explanation_opening
 from engine.answering.verifier import content_words, verify_sentence
 from engine.knowledge.sources import resolve
-from engine.llm.runtime import LlmError
+from engine.llm.backend_contract import LlmError
 from engine.rules.decision import Decision
 
 EXPLANATION_STATES = ("none", "pending", "kept", "partial", "dropped", "failed")

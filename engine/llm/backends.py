@@ -1,16 +1,20 @@
 """The configured LLM backend: one per distinct configuration in this process, shared by every Streamlit session.
 
 Building one loads and contacts nothing, so a missing model or a dead endpoint surfaces as an `LlmError` while
-streaming, where the chat falls back to its composed answer. The backends themselves live in engine.llm.runtime
-(transformers in process, an OpenAI-compatible endpoint) and engine.llm.gguf (llama.cpp on GGUF files).
+streaming, where the chat falls back to its composed answer. The backends themselves live in engine.llm.in_process
+(transformers in process), engine.llm.endpoint (an OpenAI-compatible endpoint) and engine.llm.gguf (llama.cpp on GGUF
+files).
 """
 
 from __future__ import annotations
 
 import threading
 
+from engine.llm.backend_contract import LlmBackend
+from engine.llm.endpoint import EndpointLlm
 from engine.llm.gguf import GgufLlm, gguf_problem
-from engine.llm.runtime import EndpointLlm, InProcessLlm, LlmBackend, LlmVersion
+from engine.llm.in_process import InProcessLlm
+from engine.llm.versions import LlmVersion
 
 _backends: dict[tuple, LlmBackend] = {}
 _backends_lock = threading.Lock()

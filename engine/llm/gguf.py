@@ -20,19 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.llm.backend_contract import LlmError, Message, check_request, first_line
 from engine.llm.bundled import BUNDLED, BUNDLED_LLM_GGUF, bundled_llm_dir
-from engine.llm.runtime import (
-    ALIAS_RECHECK_S,
-    CHAMPION,
-    EXPORTS_ARTIFACT,
-    LlmError,
-    LlmVersion,
-    Message,
-    check_request,
-    first_line,
-    resolve_llm_version,
-    version_label,
-)
+from engine.llm.versions import ALIAS_RECHECK_S, CHAMPION, EXPORTS_ARTIFACT, LlmVersion, resolve_llm_version, version_label
 
 SERVED_FORMATS = ("gguf-q8_0", "gguf-f16")  # the export formats llama.cpp serves, preferred first
 CONTEXT_TOKENS = 8192  # SmolLM2's trained context
