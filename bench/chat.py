@@ -152,7 +152,7 @@ from engine.llm.loading import load_llm  # noqa: E402
 from engine.llm.versions import resolve_llm_version  # noqa: E402
 from engine.registry.candidates import CHAMPION, all_pages, candidate_source, fetch_candidates, read_candidates, refreshing  # noqa: E402
 from engine.registry.use_cases import match_use_case  # noqa: E402
-from engine.rules.rulebook import document_governance, use_case_terms  # noqa: E402
+from engine.rules.governance import document_governance, use_case_terms  # noqa: E402
 
 PREPARE_P95_TARGET_MS = 150.0
 GGUF_DECODE_RATIO_TARGET = 4.0  # issue 12: llama.cpp decodes the chat's prompt at least 4x faster than transformers

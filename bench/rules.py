@@ -50,7 +50,8 @@ from engine.registry.candidates import Candidate  # noqa: E402
 from engine.registry.use_cases import match_use_case, use_case_descriptions  # noqa: E402
 from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy  # noqa: E402
 from engine.rules.decision import decide  # noqa: E402
-from engine.rules.rulebook import RuleText, rules_from_texts, use_case_terms  # noqa: E402
+from engine.rules.governance import use_case_terms  # noqa: E402
+from engine.rules.rulebook import RuleText, rules_from_texts  # noqa: E402
 
 # The baseline: the product's markup-only extraction before it read prose (engine/rules/criteria.py until this change).
 _METRIC = r"`?([A-Za-z][A-Za-z0-9_@.\-]*)`?"

@@ -27,7 +27,8 @@ from engine.rules.criteria import (
     save_reviewed_rules,
     set_metric_direction,
 )
-from engine.rules.rulebook import document_governance, rulebook, use_case_terms
+from engine.rules.governance import document_governance, use_case_terms
+from engine.rules.rulebook import rulebook
 from ui import knowledge_views as views
 from ui.admin_page import require_admin_page
 from ui.deep_links import through_entry_point

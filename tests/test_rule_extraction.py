@@ -6,17 +6,8 @@ from __future__ import annotations
 import pytest
 
 from engine.registry.metric_catalog import MetricVocabulary, metric_spec
-from engine.rules.extraction import (
-    CRITERION,
-    FAMILY_ORDER,
-    NEAR_BEST,
-    PRIORITY,
-    TIE_BREAKER,
-    UNREAD,
-    ProposedRule,
-    confirm,
-    read_rules,
-)
+from engine.rules.extraction import confirm, read_rules
+from engine.rules.proposed_rules import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, UNREAD, ProposedRule
 from engine.rules.statements import headed_rule_units, rule_units
 
 KEYS = ["latency_p50_ms", "latency_p95_ms", "model_size_mb", "roc_auc", "f1", "recall", "precision", "mape", "rmse",

@@ -10,7 +10,8 @@ from engine.knowledge.sources import Source
 from engine.registry.candidates import Candidate
 from engine.rules.criteria import NO_USE_CASE, assign_document, set_metric_direction
 from engine.rules.decision import decide
-from engine.rules.rulebook import decision_for, document_governance, rulebook, use_case_terms
+from engine.rules.governance import document_governance, use_case_terms
+from engine.rules.rulebook import decision_for, rulebook
 
 
 def candidate(name: str, use_case: str = "card-fraud", family: str = "xgboost", **metrics) -> Candidate:

@@ -19,7 +19,7 @@ from engine.knowledge.search import SearchHit
 from engine.knowledge.sources import CSV_COLUMNS, Source, replace_sources, sources_from_rows
 from engine.registry.metric_catalog import metric_spec
 from engine.rules.criteria import AcceptanceCriterion, CriteriaError, UseCasePolicy
-from engine.rules.extraction import UNREAD
+from engine.rules.proposed_rules import UNREAD
 
 
 def knowledge_stats(settings) -> dict:

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from engine.answering.citations import find_markers, strip_markers
 from engine.registry.metric_catalog import MetricVocabulary, unit_dimension, vocabulary_for
 from engine.rules.decision import Decision
-from engine.rules.extraction import CRITERION, read_rules
+from engine.rules.extraction import read_rules
+from engine.rules.proposed_rules import CRITERION
 from engine.rules.quantities import convert, numbers
 
 # Words that present a candidate as the one to deploy; the noun "deployment" and "Read before deploying" do not.

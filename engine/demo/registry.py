@@ -45,15 +45,8 @@ from engine.knowledge.ingest import Progress
 from engine.registry.candidates import CHAMPION, Candidate, all_pages, read_candidates
 from engine.registry.metric_catalog import metric_spec
 from engine.rules.decision import decide
-from engine.rules.rulebook import (
-    Rulebook,
-    RuleText,
-    governed_by,
-    loosely_named_use_cases,
-    named_use_cases,
-    rules_from_texts,
-    use_case_terms,
-)
+from engine.rules.governance import governed_by, loosely_named_use_cases, named_use_cases, use_case_terms
+from engine.rules.rulebook import Rulebook, RuleText, rules_from_texts
 
 EXPERIMENT = "deploywise-demo-candidates"
 RECIPE_TAG = "deploywise_demo"
