@@ -39,7 +39,8 @@ from engine.knowledge.sources import refresh_sources, resolve
 from engine.llm.backends import llm_backend, runtime_problem, version_settings
 from engine.llm.bundled import load_embedder
 from engine.llm.runtime import CHAMPION, LlmError, LlmVersion, load_llm, resolve_llm_version
-from engine.registry.candidates import CandidatesUnavailable, candidate_sources, fetch_candidates
+from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
+from engine.registry.candidates import candidate_sources
 from engine.rules.rulebook import decision_for
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, GateVerdict, judge, load_gate_config
 from eval.golden import Expectation, NotApplicable, resolve_item

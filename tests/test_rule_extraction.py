@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.registry.metric_catalog import MetricVocabulary, metric_spec
+from engine.registry.metric_keys import metric_spec
+from engine.registry.metric_vocabulary import MetricVocabulary
 from engine.rules.extraction import (
     CRITERION,
     FAMILY_ORDER,

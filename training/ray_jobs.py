@@ -34,7 +34,7 @@ from engine.core.mlflow_client import ensure_experiment
 from engine.lifecycle.training_jobs import FINAL_STATES, TrainingJob, list_jobs, training_job
 from engine.llm.bundled import load_tokenizer
 from engine.llm.runtime import LlmError, _chat_template, registry_version
-from engine.registry.candidates import all_pages
+from engine.registry.mlflow_candidates import all_pages
 from training.config import LATEST, AdapterTraining, CptConfig, SftConfig
 from training.cpt import SNAPSHOT_ARTIFACT
 from training.dataset_snapshot import DatasetSnapshot, SnapshotError, list_snapshots, load_snapshot, snapshot_workspace

@@ -41,7 +41,7 @@ from engine.answering.records import load_answer
 from engine.answering.verifier import grounded
 from engine.llm.backends import llm_backend, runtime_problem, version_settings
 from engine.llm.runtime import EndpointLlm, LlmError, resolve_llm_version
-from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
+from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
 from training.sft_data import (
     PairCandidate,
     SftDataError,

@@ -44,7 +44,7 @@ from engine.llm.runtime import (
     LlmVersion,
     registry_version,
 )
-from engine.registry.candidates import all_pages
+from engine.registry.mlflow_candidates import all_pages
 
 DEPLOYED, ARCHIVED, FAILED = "deployed", "archived", "failed"
 STATUSES = (CANDIDATE, DEPLOYED, ARCHIVED, FAILED)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from engine.registry.metric_catalog import ABBREVIATIONS, MetricVocabulary, unit_dimension
+from engine.registry.metric_catalog import unit_dimension
+from engine.registry.metric_keys import ABBREVIATIONS
+from engine.registry.metric_vocabulary import MetricVocabulary
 from engine.rules.quantities import FRACTION_WORDS, NUMBER, WORD_NUMBER, WrittenNumber, convert, numbers
 
 CRITERION, PRIORITY, TIE_BREAKER, NEAR_BEST, FAMILY_ORDER = "criterion", "priority", "tie_breaker", "near_best", "family_order"

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from engine.registry.metric_catalog import MetricVocabulary, spelled_both_ways, vocabulary_for
+from engine.registry.metric_catalog import spelled_both_ways
+from engine.registry.metric_vocabulary import MetricVocabulary, vocabulary_for
 from engine.registry.use_cases import described_use_case, initials, use_case_descriptions
 from engine.rules.criteria import (
     NO_USE_CASE,
