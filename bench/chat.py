@@ -35,7 +35,7 @@ What is measured
    `hybrid_search`, and the refresh of the matched use case's registry entries.
 2. Registry read, all candidates with their metrics: the baseline is a naive per-model pull written here (list
    the registered models, then for each candidate one version search and one `get_run`: 1 + 2 per model calls);
-   the product is `engine.registry.candidates.read_candidates` (no cache: a fixed number of batched calls). Both run on
+   the product is `engine.registry.mlflow_candidates.read_candidates` (no cache: a fixed number of batched calls). Both run on
    the same store, alternately, `--read-repeats` times; the figures are medians, MlflowClient calls are counted,
    and both reads must return the same metrics for every model.
 3. Demo workspace, in this process. A question asked again skips its embedding (the process remembers recent
@@ -150,7 +150,9 @@ from engine.llm.chat_prompt import fit_prompt  # noqa: E402
 from engine.llm.gguf import gguf_file, load_gguf  # noqa: E402
 from engine.llm.loading import load_llm  # noqa: E402
 from engine.llm.versions import resolve_llm_version  # noqa: E402
-from engine.registry.candidates import CHAMPION, all_pages, candidate_source, fetch_candidates, read_candidates, refreshing  # noqa: E402
+from engine.registry.candidate_cache import fetch_candidates, refreshing  # noqa: E402
+from engine.registry.candidates import candidate_source
+from engine.registry.mlflow_candidates import CHAMPION, all_pages, read_candidates
 from engine.registry.use_cases import match_use_case  # noqa: E402
 from engine.rules.governance import document_governance, use_case_terms  # noqa: E402
 

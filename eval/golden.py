@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.answering.golden_set import LISTS, PLACEHOLDER, SINGLE, Fact, GoldenItem
-from engine.registry.metric_catalog import metric_spec
+from engine.registry.metric_keys import metric_spec
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ from engine.llm.backends import llm_backend, runtime_problem, version_settings
 from engine.llm.bundled import load_embedder
 from engine.llm.loading import load_llm
 from engine.llm.versions import CHAMPION, LlmVersion, resolve_llm_version
-from engine.registry.candidates import CandidatesUnavailable, candidate_sources, fetch_candidates
+from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
+from engine.registry.candidates import candidate_sources
 from engine.rules.rulebook import decision_for
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, GateVerdict, judge, load_gate_config
 from eval.golden import Expectation, NotApplicable, resolve_item

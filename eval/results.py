@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.core.mlflow_client import ensure_experiment
-from engine.registry.candidates import all_pages
+from engine.registry.mlflow_candidates import all_pages
 from eval.perplexity import SEQUENCE_LENGTH
 
 EXPERIMENT = "deploywise-evaluation"

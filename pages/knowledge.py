@@ -14,7 +14,7 @@ from engine.knowledge.documents import SUPPORTED_SUFFIXES
 from engine.knowledge.search import hybrid_search
 from engine.knowledge.sources import KINDS, Source, SourceError, export_csv, import_csv, list_sources, unknown_sources
 from engine.knowledge.workspace import make_chunker, open_knowledge_base
-from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
+from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
 from engine.registry.use_cases import use_case_descriptions
 from engine.rules.criteria import (
     COMPARISONS,

@@ -5,7 +5,7 @@ import streamlit as st
 from engine.answering.citations import escape_markdown
 from engine.knowledge.sources import SourceError
 from engine.knowledge.workspace import open_knowledge_base
-from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
+from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
 from ui.deep_links import through_entry_point
 from ui.source_view import parse_source_id, source_view
 

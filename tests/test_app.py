@@ -17,7 +17,7 @@ from engine.knowledge import table_import
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.knowledge.sources import Source, list_sources, log_unknown, upsert_sources
 from engine.knowledge.workspace import ingest_paths, open_knowledge_base
-from engine.registry.candidates import fetch_candidates
+from engine.registry.candidate_cache import fetch_candidates
 from ui import knowledge_views as views
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"

@@ -23,15 +23,11 @@ from sklearn.linear_model import LogisticRegression
 
 from engine.core.settings import load_settings
 from engine.demo.registry import log_model
-from engine.registry import candidates as candidates_module
-from engine.registry.candidates import (
-    CandidatesUnavailable,
-    candidate_sources,
-    fetch_candidates,
-    read_candidates,
-    saved_snapshot_path,
-    version_link,
-)
+from engine.registry import candidate_cache, mlflow_candidates
+from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
+from engine.registry.candidates import candidate_sources
+from engine.registry.mlflow_candidates import read_candidates, version_link
+from engine.registry.saved_candidates import saved_snapshot_path
 
 ROWS = np.random.default_rng(0).normal(size=(40, 3))
 LABELS = (ROWS[:, 0] > 0).astype(int)
@@ -124,8 +120,8 @@ def test_the_databricks_path_chooses_the_same_versions(settings, registry):
     def chosen(read):
         return [(model.name, str(version.version)) for model, version in read(registry.client)]
 
-    assert chosen(candidates_module._chosen_one_model_at_a_time) == chosen(candidates_module._chosen_batched)
-    assert sorted(chosen(candidates_module._chosen_batched)) == [("a-linear", "2"), ("b-mlp", "1")]
+    assert chosen(mlflow_candidates._chosen_one_model_at_a_time) == chosen(mlflow_candidates._chosen_batched)
+    assert sorted(chosen(mlflow_candidates._chosen_batched)) == [("a-linear", "2"), ("b-mlp", "1")]
 
 
 # --- cache --------------------------------------------------------------------------------------------------------
@@ -155,8 +151,8 @@ def test_past_the_ttl_the_last_read_answers_at_once_while_mlflow_is_read_again(s
     while [c.name for c in fetch_candidates(short_ttl).candidates] != ["first", "second"]:
         assert time.monotonic() < deadline, "the background read never landed"
         time.sleep(0.05)
-    assert not candidates_module.refreshing()
-    assert not any(key in os.environ for key in candidates_module.QUICK_HTTP)  # its settings were put back
+    assert not candidate_cache.refreshing()
+    assert not any(key in os.environ for key in mlflow_candidates.QUICK_HTTP)  # its settings were put back
 
 
 def test_the_last_good_read_is_saved_atomically(settings, registry):
@@ -335,7 +331,8 @@ def test_unreachable_mlflow_falls_back_to_the_last_read_even_after_a_restart(tmp
     assert fetch_candidates(settings) is stale  # the failure is remembered for the TTL: no second timeout
 
     restarted = subprocess.run(
-        [sys.executable, "-c", "import json; from engine.registry.candidates import fetch_candidates; from engine.core.settings import load_settings; "
+        [sys.executable, "-c", "import json; from engine.registry.candidate_cache import fetch_candidates; "
+         "from engine.core.settings import load_settings; "
          "s = fetch_candidates(load_settings()); "
          "print(json.dumps({'error': s.error, 'fetched_at': s.fetched_at.isoformat(), 'names': [c.name for c in s.candidates]}))"],
         env={**os.environ, "DEPLOYWISE_WORKSPACE": str(settings.workspace), "DEPLOYWISE_MLFLOW_TRACKING_URI": proxy.url},

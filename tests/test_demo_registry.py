@@ -29,7 +29,7 @@ from engine.demo.registry import (
     report_path,
     split,
 )
-from engine.registry.candidates import read_candidates
+from engine.registry.mlflow_candidates import read_candidates
 from engine.rules.decision import decide
 
 

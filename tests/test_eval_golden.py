@@ -11,7 +11,8 @@ import pytest
 from engine.answering.golden_set import DEFAULT_GOLDEN, load_golden
 from engine.core.settings import load_settings
 from engine.knowledge.workspace import open_knowledge_base
-from engine.registry.candidates import candidate_sources, fetch_candidates
+from engine.registry.candidate_cache import fetch_candidates
+from engine.registry.candidates import candidate_sources
 from engine.registry.use_cases import match_use_case
 from engine.rules.rulebook import decision_for
 from eval.golden import Expectation, resolve_item

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.registry.metric_catalog import metric_spec
+from engine.registry.metric_keys import metric_spec
 from engine.rules.criteria import UseCasePolicy
 from engine.rules.decision import near_best
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.registry.metric_catalog import MetricVocabulary, metric_spec
+from engine.registry.metric_keys import metric_spec
+from engine.registry.metric_vocabulary import MetricVocabulary
 from engine.rules.extraction import confirm, read_rules
 from engine.rules.proposed_rules import CRITERION, FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, UNREAD, ProposedRule
 from engine.rules.statements import headed_rule_units, rule_units

@@ -12,7 +12,7 @@ from engine.core.settings import load_settings
 from engine.knowledge.ingest import ingest_files
 from engine.knowledge.sources import SourceError
 from engine.knowledge.workspace import make_chunker, open_knowledge_base
-from engine.registry.candidates import fetch_candidates
+from engine.registry.candidate_cache import fetch_candidates
 from ui.source_view import parse_source_id, source_view
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"

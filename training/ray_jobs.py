@@ -36,7 +36,7 @@ from engine.llm.backend_contract import LlmError
 from engine.llm.bundled import load_tokenizer
 from engine.llm.chat_prompt import chat_prompt_ids
 from engine.llm.versions import registry_version
-from engine.registry.candidates import all_pages
+from engine.registry.mlflow_candidates import all_pages
 from training.config import LATEST, AdapterTraining, CptConfig, SftConfig
 from training.cpt import SNAPSHOT_ARTIFACT
 from training.dataset_snapshot import DatasetSnapshot, SnapshotError, list_snapshots, load_snapshot, snapshot_workspace

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from engine.access.roles import require_admin
 from engine.answering.golden_set import GoldenError, load_golden
 from engine.llm.backend_contract import LlmError
-from engine.registry.candidates import CandidatesUnavailable, fetch_candidates
+from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
 from training.sft_data import SftDataError, SftDataset, add_pairs, create_dataset, get_dataset, update_dataset
 from training.sft_generation_request import KNOWLEDGE_STYLES, GenerationRequest, check_request, make_backend
 from training.sft_knowledge_pairs import knowledge_messages, knowledge_pair, sample_chunks, source_groups

@@ -8,7 +8,7 @@ import pandas as pd
 
 from engine.answering.citations import render_answer_markdown, resolve_citations
 from engine.answering.records import answer_label, answer_times
-from engine.registry.metric_catalog import display_order, metric_spec
+from engine.registry.metric_keys import display_order, metric_spec
 
 
 def candidates_frame(record) -> pd.DataFrame:

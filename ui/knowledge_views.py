@@ -17,7 +17,7 @@ from engine.knowledge.knowledge_base import StoredChunk, StoredDocument
 from engine.knowledge.knowledge_base import knowledge_stats as _stats
 from engine.knowledge.search import SearchHit
 from engine.knowledge.sources import CSV_COLUMNS, Source, replace_sources, sources_from_rows
-from engine.registry.metric_catalog import metric_spec
+from engine.registry.metric_keys import metric_spec
 from engine.rules.criteria import AcceptanceCriterion, CriteriaError, UseCasePolicy
 from engine.rules.proposed_rules import UNREAD
 

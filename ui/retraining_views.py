@@ -18,7 +18,7 @@ import yaml
 from engine.core import database
 from engine.core.paths import CONFIGS_DIR
 from engine.lifecycle.training_jobs import FINAL_STATES, TrainingJob
-from engine.registry.candidates import all_pages
+from engine.registry.mlflow_candidates import all_pages
 from training.config import LATEST, AdapterTraining, ConfigError, load_config
 from training.dataset_snapshot import SPLITS, DatasetSnapshot, SnapshotChanges
 from training.ray_jobs import JobProgress, offered_as_start, starts_sft

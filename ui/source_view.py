@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from engine.knowledge.knowledge_base import StoredChunk
 from engine.knowledge.sources import SOURCE_ID_PATTERN, Source, SourceError, resolve
 from engine.registry.candidates import Candidate, candidate_source
-from engine.registry.metric_catalog import display_order, metric_spec
+from engine.registry.metric_keys import display_order, metric_spec
 
 MAX_CHUNKS = 200
 

@@ -7,7 +7,7 @@ real metric values and a marker after each claim, so it always passes the verifi
 from __future__ import annotations
 
 from engine.answering.prompting import MAX_EXPLANATION_SENTENCES, explanation_opening
-from engine.registry.metric_catalog import metric_spec
+from engine.registry.metric_keys import metric_spec
 from engine.rules.decision import Assessment, Decision
 
 NEAR_BUDGET_SHARE = 0.10  # a budget (latency, size, error) met with less than 10% headroom is worth a risk line

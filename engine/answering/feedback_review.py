@@ -42,7 +42,7 @@ from engine.answering.citations import find_markers, strip_markers
 from engine.answering.records import MAX_FEEDBACK_CHARS, AnswerRecord, Feedback, load_answer
 from engine.core.database import transaction, utc_now
 from engine.knowledge.sources import resolve
-from engine.registry.metric_catalog import display_order, metric_spec
+from engine.registry.metric_keys import display_order, metric_spec
 
 REVIEW_STATES = ("pending", "accepted", "rejected")
 MAX_CORRECTION_CHARS = MAX_FEEDBACK_CHARS  # the user's "right answer" fits, so a prefilled draft can be saved as is

@@ -19,7 +19,8 @@ from engine.answering.prompting import MAX_QUESTION_CHARS, build_messages
 from engine.answering.records import AnswerRecord, record_explanation, save_answer
 from engine.knowledge.search import hybrid_search
 from engine.knowledge.sources import refresh_sources
-from engine.registry.candidates import CandidateSnapshot, CandidatesUnavailable, candidate_source, fetch_candidates
+from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
+from engine.registry.candidates import CandidateSnapshot, candidate_source
 from engine.registry.use_cases import UseCaseMatch, clarifying_question, match_use_case
 from engine.rules.decision import Decision
 from engine.rules.rulebook import Rulebook, decision_for

@@ -10,7 +10,7 @@ excerpts; knowledge excerpts are fenced as reference text so that instructions p
 
 from __future__ import annotations
 
-from engine.registry.metric_catalog import metric_spec
+from engine.registry.metric_keys import metric_spec
 from engine.rules.decision import Decision
 
 EXCERPT_CHARS = 400

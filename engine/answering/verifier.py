@@ -14,7 +14,8 @@ import re
 from dataclasses import asdict, dataclass
 
 from engine.answering.citations import find_markers, strip_markers
-from engine.registry.metric_catalog import MetricVocabulary, unit_dimension, vocabulary_for
+from engine.registry.metric_catalog import unit_dimension
+from engine.registry.metric_vocabulary import MetricVocabulary, vocabulary_for
 from engine.rules.decision import Decision
 from engine.rules.extraction import read_rules
 from engine.rules.proposed_rules import CRITERION

@@ -42,8 +42,9 @@ from engine.core.mlflow_client import ensure_experiment
 from engine.core.paths import DEMO_DIR
 from engine.knowledge.documents import parse_file
 from engine.knowledge.ingest import Progress
-from engine.registry.candidates import CHAMPION, Candidate, all_pages, read_candidates
-from engine.registry.metric_catalog import metric_spec
+from engine.registry.candidates import Candidate
+from engine.registry.metric_keys import metric_spec
+from engine.registry.mlflow_candidates import CHAMPION, all_pages, read_candidates
 from engine.rules.decision import decide
 from engine.rules.governance import governed_by, loosely_named_use_cases, named_use_cases, use_case_terms
 from engine.rules.rulebook import Rulebook, RuleText, rules_from_texts

@@ -50,7 +50,7 @@ from engine.lifecycle.version_records import (
     mlflow_problem,
 )
 from engine.llm.versions import BASE_MODEL_TAG, CANDIDATE, CHAMPION, PARENT_VERSION_TAG, VERSION_STATUS_TAG, LlmVersion
-from engine.registry.candidates import all_pages
+from engine.registry.mlflow_candidates import all_pages
 
 
 def overview(settings) -> VersionsOverview:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from engine.registry.metric_catalog import MetricVocabulary
+from engine.registry.metric_vocabulary import MetricVocabulary
 from engine.rules.comparisons import COMPARISON, MIRRORED, NEGATION, resolved_comparison, written_comparisons
 from engine.rules.named_metrics import bounded_keys, fitting_mentions, logged_first, named_by_its_unit, recall_from_misses
 from engine.rules.policy_sentences import MARGIN, MARGIN_CONTEXT, TIE

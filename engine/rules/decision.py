@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engine.registry.metric_catalog import MetricSpec, metric_spec
+from engine.registry.metric_keys import MetricSpec, metric_spec
 from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from engine.registry.metric_catalog import MetricVocabulary
+from engine.registry.metric_vocabulary import MetricVocabulary
 from engine.rules.criterion_sentences import read_criteria
 from engine.rules.named_metrics import named_by_its_unit
 from engine.rules.policy_sentences import (

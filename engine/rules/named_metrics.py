@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from engine.registry.metric_catalog import ABBREVIATIONS, MetricVocabulary, unit_dimension
+from engine.registry.metric_catalog import unit_dimension
+from engine.registry.metric_keys import ABBREVIATIONS
+from engine.registry.metric_vocabulary import MetricVocabulary
 from engine.rules.quantities import WrittenNumber
 
 

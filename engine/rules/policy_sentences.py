@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from engine.registry.metric_catalog import MetricVocabulary
+from engine.registry.metric_vocabulary import MetricVocabulary
 from engine.rules.comparisons import COMPARISON
 from engine.rules.named_metrics import disambiguated_keys
 from engine.rules.proposed_rules import FAMILY_ORDER, NEAR_BEST, PRIORITY, TIE_BREAKER, ProposedRule

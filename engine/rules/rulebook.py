@@ -12,7 +12,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
-from engine.registry.metric_catalog import MetricVocabulary, vocabulary_for
+from engine.registry.metric_vocabulary import MetricVocabulary, vocabulary_for
 from engine.registry.use_cases import use_case_descriptions
 from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy, metric_directions, reviewed_rules
 from engine.rules.decision import Decision, decide
