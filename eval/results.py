@@ -32,7 +32,6 @@ from eval.perplexity import SEQUENCE_LENGTH
 
 EXPERIMENT = "deploywise-evaluation"
 ITEMS_ARTIFACT = "items.json"
-GATE_TAGS = ("gate_verdict", "gate_evaluation_id", "gate_reasons")
 MAX_TAG_CHARS = 4_000  # below MLflow's limits for run (8,000) and model version (5,000) tag values
 
 

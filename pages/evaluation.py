@@ -12,6 +12,7 @@ import streamlit as st
 
 from engine.access.roles import current_identity
 from engine.answering.golden_set import DEFAULT_GOLDEN, GoldenError, load_golden
+from engine.core.errors import first_line
 from eval.harness import EvaluationError
 from eval.results import evaluation_history, load_evaluation, load_items
 from eval.worker import cancel_evaluation, list_evaluation_jobs, start_evaluation
@@ -31,7 +32,7 @@ def new_evaluation(settings) -> None:
     try:
         options = evaluation_views.version_options(settings)
     except Exception as error:  # MLflow unreachable: the base model can still be evaluated
-        st.warning(f"Cannot list the LLM versions ({evaluation_views.first_line(error)}); only the base model is offered.")
+        st.warning(f"Cannot list the LLM versions ({first_line(error)}); only the base model is offered.")
         options = {"base": "base model"}
     with st.form("eval_form"):
         versions = st.multiselect("LLM versions", list(options), default=evaluation_views.default_versions(options),
@@ -61,7 +62,7 @@ def new_evaluation(settings) -> None:
                 st.error(f"Not started: {error}")
                 return
             except Exception as error:  # MLflow or the disk said no
-                st.error(f"Not started: {type(error).__name__}: {evaluation_views.first_line(error)}")
+                st.error(f"Not started: {type(error).__name__}: {first_line(error)}")
                 return
         changed(f"Evaluation {job.id} started: {', '.join(job.request['versions'])}.")
 
@@ -85,7 +86,7 @@ def running_panel(settings, polling: bool) -> None:
                 try:
                     cancel_evaluation(settings, job.id)
                 except (KeyError, ValueError) as error:
-                    st.error(f"Not cancelled: {evaluation_views.first_line(error)}")
+                    st.error(f"Not cancelled: {first_line(error)}")
                 else:
                     changed(f"Evaluation {job.id} is being cancelled; the versions it finished stay in the results.")
 
@@ -128,7 +129,7 @@ def drill_down(settings, versions) -> None:
             try:
                 cache[version.run_id] = load_items(settings, version.run_id)
             except Exception as error:  # an artifact store that cannot be read now
-                st.warning(f"Cannot read the answers of {version.label}: {evaluation_views.first_line(error)}")
+                st.warning(f"Cannot read the answers of {version.label}: {first_line(error)}")
                 continue
         items[version.label] = cache[version.run_id]
     if not items:
@@ -178,7 +179,7 @@ try:
     history = evaluation_history(settings)
 except Exception as error:  # MLflow unreachable: the rest of the page stays up
     history = None
-    st.warning(f"Cannot read the evaluations from MLflow: {evaluation_views.first_line(error)}")
+    st.warning(f"Cannot read the evaluations from MLflow: {first_line(error)}")
 if history is not None:
     results(settings, history)
 if history:

@@ -11,10 +11,11 @@ import streamlit as st
 
 from engine.access.roles import current_identity
 from engine.answering.citations import escape_markdown
+from engine.core.errors import first_line
 from engine.lifecycle import version_records
 from engine.lifecycle.version_actions import archive, promote, rollback
 from engine.lifecycle.version_catalog import overview
-from engine.lifecycle.version_records import ARCHIVED, FAILED, MAX_REASON_CHARS, VersionError, first_line
+from engine.lifecycle.version_records import ARCHIVED, FAILED, MAX_REASON_CHARS, VersionError
 from engine.llm.versions import CANDIDATE
 from training import export as exports
 from ui.admin_page import require_admin_page

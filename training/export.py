@@ -40,9 +40,10 @@ from pathlib import Path
 from engine.access.roles import require_admin
 from engine.answering.prompting import SYSTEM_PROMPT
 from engine.core.database import utc_now
+from engine.core.errors import first_line
 from engine.core.settings import load_settings, worker_settings
 from engine.core.workers import StatusFile, run_work
-from engine.lifecycle.version_records import first_line, mlflow_problem
+from engine.lifecycle.version_records import mlflow_problem
 from engine.llm.backend_contract import LlmError
 from engine.llm.bundled import load_tokenizer, quiet_model_loading
 from engine.llm.chat_prompt import fit_prompt

@@ -42,11 +42,6 @@ def escape(text: str) -> str:
     return escape_markdown(text or "")
 
 
-def first_line(error: object) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
-
-
 def formatted(kind: str, value: float | None) -> str:
     if value is None:
         return "—"

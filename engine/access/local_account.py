@@ -49,10 +49,6 @@ class LoginResult:
     problem: str | None = None  # why it did not
 
 
-def admin_file(workspace: Path) -> Path:
-    return Path(workspace) / "admin.json"
-
-
 def read_account(path: Path) -> LocalAccount | None:
     """The stored account, or None when no password was ever set."""
     try:

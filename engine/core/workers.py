@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.core.database import utc_now
+from engine.core.errors import one_line
 
 STARTING_S = 120.0  # how long a queued job's worker may take to write its own state
 CANCELLED = "cancelled by an administrator"
@@ -148,12 +149,6 @@ def run_work(work: Callable[[], object], expected: tuple[type[Exception], ...] =
         traceback.print_exc()
         return "failed", one_line(error)
     return "succeeded", None
-
-
-def one_line(error: BaseException) -> str:
-    """An unexpected error for a status: its type and the first line of its text (300 characters at most)."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
 
 
 # --- jobs described by a status file ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from mlflow.exceptions import MlflowException
 
+from engine.core.errors import first_line
 from engine.llm.versions import CANDIDATE
 
 DEPLOYED, ARCHIVED, FAILED = "deployed", "archived", "failed"
@@ -143,8 +144,3 @@ def mlflow_problem(error: Exception) -> str:
     if isinstance(error, MlflowException):
         return first_line(error.message)
     return f"{type(error).__name__}: {first_line(error)}"
-
-
-def first_line(error: object) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__

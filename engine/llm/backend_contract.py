@@ -44,9 +44,3 @@ def check_request(messages: list[Message], max_new_tokens: int, temperature: flo
         raise LlmError(f"max_new_tokens must be a positive whole number (got {max_new_tokens!r})")
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
         raise LlmError(f"temperature must be 0 (greedy) or positive (got {temperature!r})")
-
-
-def first_line(error: object) -> str:
-    """An error as the one line a user sees (a traceback's last word is no use to them)."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 
-from engine.llm.backend_contract import LlmError, Message, first_line
+from engine.core.errors import first_line
+from engine.llm.backend_contract import LlmError, Message
 
 ELISION = " [...] "
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from engine.llm.backend_contract import LlmError, Message, check_request, first_line
+from engine.core.errors import first_line
+from engine.llm.backend_contract import LlmError, Message, check_request
 
 
 def _without_restated(text: str, pending: str) -> tuple[str, str]:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.llm.backend_contract import LlmError, Message, check_request, first_line
+from engine.core.errors import first_line
+from engine.llm.backend_contract import LlmError, Message, check_request
 from engine.llm.bundled import BUNDLED, BUNDLED_LLM_GGUF, bundled_llm_dir
 from engine.llm.versions import ALIAS_RECHECK_S, CHAMPION, EXPORTS_ARTIFACT, LlmVersion, resolve_llm_version, version_label
 

@@ -15,7 +15,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-from engine.llm.backend_contract import LlmError, Message, check_request, first_line
+from engine.core.errors import first_line
+from engine.llm.backend_contract import LlmError, Message, check_request
 from engine.llm.chat_prompt import fit_prompt
 from engine.llm.loading import LoadedLlm, load_llm
 from engine.llm.versions import ALIAS_RECHECK_S, CHAMPION, resolve_llm_version, version_label

@@ -15,8 +15,9 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from engine.core.errors import first_line
 from engine.llm import bundled
-from engine.llm.backend_contract import LlmError, first_line
+from engine.llm.backend_contract import LlmError
 from engine.llm.bundled import BUNDLED, load_tokenizer
 from engine.llm.versions import ADAPTER_ARTIFACT, LlmVersion
 

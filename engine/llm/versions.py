@@ -19,7 +19,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from engine.llm.backend_contract import LlmError, first_line
+from engine.core.errors import first_line
+from engine.llm.backend_contract import LlmError
 from engine.llm.bundled import BUNDLED, BUNDLED_LLM_GGUF
 
 CHAMPION = "champion"
