@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 from cli.common import EXIT_OK, UsageError, stderr_progress
-from training.export import EXPORTS_ARTIFACT, FORMATS, ExportError, export_version
+from engine.llm.versions import EXPORTS_ARTIFACT
+from training.export_formats import FORMATS, ExportError
+from training.export_pipeline import export_version
 
 
 def register(commands) -> None:

@@ -14,7 +14,9 @@ from engine.core import database
 from engine.lifecycle.training_jobs import list_jobs
 from training.config import ConfigError, load_config
 from training.dataset_snapshot import SnapshotError, check_settings, snapshot_workspace
-from training.ray_jobs import JobError, cancel_job, get_job, job_logs, job_progress, refresh_jobs, submit_cpt, submit_sft
+from training.job_following import cancel_job, get_job, job_logs, job_progress, refresh_jobs
+from training.job_launch import submit_cpt, submit_sft
+from training.ray_cluster import JobError
 
 POLL_S = 5.0
 

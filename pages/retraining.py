@@ -7,9 +7,9 @@ their accepted pairs), launch; then follow the jobs of both recipes: a table ref
 is unfinished, and for one job its progress, loss, learning rate and evaluation curves (from its MLflow run), its
 log tail, Cancel, and the LLM version it made.
 
-Layout only: the work happens in `training.ray_jobs`, `training.dataset_snapshot`, `training.sft_data` and
-`ui.retraining_views`. The database is opened for this run (and for each refresh of the jobs panel) and closed at
-its end. Errors reaching Ray or MLflow show as one warning line; the page stays up.
+Layout only: the work happens in `training.job_launch`, `training.job_following`, `training.dataset_snapshot`,
+`training.sft_data` and `ui.retraining_views`. The database is opened for this run (and for each refresh of the jobs
+panel) and closed at its end. Errors reaching Ray or MLflow show as one warning line; the page stays up.
 """
 
 import streamlit as st
@@ -20,7 +20,9 @@ from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.lifecycle.training_jobs import list_jobs
 from training.config import QUANTIZATIONS, ConfigError
 from training.dataset_snapshot import SnapshotError, changes_since, list_snapshots
-from training.ray_jobs import JobError, cancel_job, choose_snapshot, job_logs, job_progress, refresh_jobs, submit_cpt, submit_sft
+from training.job_following import cancel_job, job_logs, job_progress, refresh_jobs
+from training.job_launch import choose_snapshot, submit_cpt, submit_sft
+from training.ray_cluster import JobError
 from training.sft_data import list_datasets
 from ui import retraining_views as views
 from ui.admin_page import require_admin_page

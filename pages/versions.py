@@ -17,7 +17,9 @@ from engine.lifecycle.version_actions import archive, promote, rollback
 from engine.lifecycle.version_catalog import overview
 from engine.lifecycle.version_records import ARCHIVED, FAILED, MAX_REASON_CHARS, VersionError
 from engine.llm.versions import CANDIDATE
-from training import export as exports
+from training.export_artifacts import download_path, published_exports, safetensors_zip
+from training.export_formats import FORMATS, ExportError, slug
+from training.export_worker import export_jobs, start_export_job
 from ui.admin_page import require_admin_page
 from ui.deep_links import through_entry_point
 from ui.versions_views import format_time, history_table, metrics_rows, versions_table
@@ -107,23 +109,23 @@ def export_panel(settings, record) -> None:
     """Start an export (it runs out of this process), follow it, download what is published on the version's run."""
     st.markdown("**Export**")
     left, right = st.columns([3, 1], vertical_alignment="bottom")
-    fmt = left.selectbox("Format", exports.FORMATS, key=f"export_format_{record.number}",
+    fmt = left.selectbox("Format", FORMATS, key=f"export_format_{record.number}",
                          help="safetensors: the merged model as a Hugging Face folder (zip); "
                               "GGUF f16 or q8_0: one file for llama.cpp and Ollama, with a Modelfile")
     if right.button("Export", key=f"export_{record.number}"):
         try:
-            exports.start_export_job(settings, record.number, fmt, created_by=actor())
-        except exports.ExportError as error:
+            start_export_job(settings, record.number, fmt, created_by=actor())
+        except ExportError as error:
             st.error(str(error))
         else:
             changed(f"Exporting {record.label} as {fmt}: the files are offered here once checked.")
-    jobs = exports.export_jobs(settings, record.number)
+    jobs = export_jobs(settings, record.number)
     if any(not job.finished for job in jobs):
         export_progress(settings, record.number)
     elif jobs and jobs[0].state == "failed":
         st.error(f"The last export ({jobs[0].format}) failed: {jobs[0].error}")
     try:
-        published = exports.published_exports(settings, record.run_id)
+        published = published_exports(settings, record.run_id)
     except Exception as error:  # MLflow said no: one line, the page stays up
         st.error(f"Cannot list the exports of {record.label}: {type(error).__name__}: {first_line(error)}")
         return
@@ -133,19 +135,19 @@ def export_panel(settings, record) -> None:
                    f"sha256 `{main.sha256[:16]}` · logits check over {check.positions} positions: min cosine "
                    f"{check.min_cosine:.6f}, top-1 agreement {check.top1_agreement:.1%}")
         if item.format == "safetensors":
-            name = f"{exports.slug(item.version)}-safetensors.zip"
-            st.download_button(f"Download {name}", lambda item=item: exports.safetensors_zip(settings, item).read_bytes(),
+            name = f"{slug(item.version)}-safetensors.zip"
+            st.download_button(f"Download {name}", lambda item=item: safetensors_zip(settings, item).read_bytes(),
                                file_name=name, mime="application/zip", on_click="ignore",
                                key=f"download_{record.number}_{item.format}")
         for file in item.files if item.format != "safetensors" else ():
             st.download_button(f"Download {file.name}",
-                               lambda item=item, name=file.name: exports.download_path(settings, item, name).read_bytes(),
+                               lambda item=item, name=file.name: download_path(settings, item, name).read_bytes(),
                                file_name=file.name, on_click="ignore", key=f"download_{record.number}_{item.format}_{file.name}")
 
 
 @st.fragment(run_every=2)
 def export_progress(settings, number: str) -> None:
-    running = [job for job in exports.export_jobs(settings, number) if not job.finished]
+    running = [job for job in export_jobs(settings, number) if not job.finished]
     if not running:
         st.rerun()  # the whole page: the finished export's downloads show
     for job in running:

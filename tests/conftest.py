@@ -123,7 +123,7 @@ def ray_head(tmp_path_factory):
     import sys
     from pathlib import Path
 
-    from training.ray_jobs import start_local_head
+    from training.ray_cluster import start_local_head
 
     lock = open(os.path.join(tempfile.gettempdir(), "deploywise-ray-tests.lock"), "w")
     fcntl.flock(lock, fcntl.LOCK_EX)

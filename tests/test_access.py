@@ -202,7 +202,8 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
     from engine.rules.criteria import discard_review, save_reviewed_rules
     from eval.harness import run_evaluation
     from eval.worker import cancel_evaluation, start_evaluation
-    from training.ray_jobs import cancel_job, submit_cpt
+    from training.job_following import cancel_job
+    from training.job_launch import submit_cpt
     from ui import knowledge_views as views
     from ui.retraining_views import default_config, open_database
 

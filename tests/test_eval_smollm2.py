@@ -22,7 +22,7 @@ from eval.results import load_evaluation
 from training.config import load_cpt_config
 from training.cpt import Hardware, collate_blocks, packed_data, trainable_model, training_arguments
 from training.dataset_snapshot import SPLITS, read_split, snapshot_workspace
-from training.export import export_version
+from training.export_pipeline import export_version
 from training.job_spec import JobSpec
 from training.ray_job import register_version
 

@@ -29,17 +29,10 @@ from engine.core.settings import load_settings
 from engine.llm.bundled import BUNDLED_LLM_GGUF, bundled_llm_dir, load_tokenizer
 from engine.llm.loading import build_model, load_base_model
 from engine.llm.versions import resolve_llm_version
-from training.export import (
-    TOLERANCES,
-    ExportError,
-    Tolerance,
-    download_path,
-    export_jobs,
-    export_version,
-    published_exports,
-    safetensors_zip,
-    stop_tokens,
-)
+from training.export_artifacts import download_path, published_exports, safetensors_zip
+from training.export_formats import TOLERANCES, ExportError, Tolerance
+from training.export_pipeline import export_version, stop_tokens
+from training.export_worker import export_jobs
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "versions.py")
 MESSAGES = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Which model for fraud?"}]
@@ -260,7 +253,7 @@ def test_a_visitor_cannot_start_an_export(settings, real_access):
         import streamlit as st
 
         from engine.access.roles import AccessDenied
-        from training.export import start_export_job
+        from training.export_worker import start_export_job
 
         try:
             start_export_job(settings, "1", "gguf-f16")

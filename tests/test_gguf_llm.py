@@ -20,7 +20,7 @@ from engine.llm.backend_contract import LlmError
 from engine.llm.backends import llm_backend
 from engine.llm.gguf import GgufLlm, gguf_file, load_gguf, stream_gguf
 from engine.llm.versions import resolve_llm_version
-from training.export import export_version
+from training.export_pipeline import export_version
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "What is the capital of France?"}]

@@ -19,10 +19,11 @@ from engine.core.database import transaction
 from engine.core.settings import load_settings
 from engine.knowledge.workspace import ingest_paths
 from engine.lifecycle.training_jobs import TrainingJob, list_jobs
-from training import ray_jobs as training_jobs
+from training import job_following
 from training.config import ConfigError, load_cpt_config
 from training.dataset_snapshot import snapshot_workspace
-from training.ray_jobs import JobProgress, get_job, refresh_jobs
+from training.job_following import JobProgress, get_job, refresh_jobs
+from training.job_launch import EXPERIMENT
 from ui import retraining_views as views
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
@@ -190,8 +191,8 @@ def record_job(settings, state: str, created_at: str, *, losses: int, total: int
                ray_address: str = "http://head.example.com:8265") -> TrainingJob:
     """A job row with a real MLflow run holding what the training callback logs."""
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    experiment = client.get_experiment_by_name(training_jobs.EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(training_jobs.EXPERIMENT)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
     job_id = f"cpt-test-{state}"
     run_id = client.create_run(experiment_id, run_name=job_id).info.run_id
     start = int(time.time() * 1000) - 60_000
@@ -289,7 +290,7 @@ def test_a_failing_refresh_shows_a_warning_and_the_page_stays_up(recorded_jobs, 
     def broken(settings, connection):
         raise RuntimeError("the Ray dashboard answered garbage\nwith a traceback")
 
-    monkeypatch.setattr(training_jobs, "refresh_jobs", broken)
+    monkeypatch.setattr(job_following, "refresh_jobs", broken)
     at = open_page()
     assert not at.exception
     assert "Job states may be out of date: RuntimeError: the Ray dashboard answered garbage" in texts(at, "warning")

@@ -34,9 +34,11 @@ from engine.llm.versions import resolve_llm_version
 from training.config import ConfigError, load_cpt_config, load_sft_config
 from training.cpt import IGNORE_INDEX, Hardware, collate_blocks, packed_data, trainable_model, training_arguments
 from training.dataset_snapshot import SPLITS, read_split, snapshot_workspace
+from training.job_following import get_job, job_progress, refresh_jobs
+from training.job_launch import EXPERIMENT, submit_sft
 from training.job_spec import JobSpec
+from training.ray_cluster import JobError
 from training.ray_job import register_version
-from training.ray_jobs import EXPERIMENT, JobError, get_job, job_progress, refresh_jobs, submit_sft
 from training.sft import answer_messages, chat_example, chat_rows, split_pairs
 from training.sft_data import accept_all, add_pairs, create_dataset, get_dataset
 from training.sft_pair_checks import PairCandidate

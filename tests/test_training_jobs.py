@@ -19,7 +19,9 @@ from engine.lifecycle.training_jobs import list_jobs
 from engine.llm.loading import build_model
 from engine.llm.versions import resolve_llm_version
 from training.config import ConfigError, load_cpt_config
-from training.ray_jobs import JobError, cancel_job, get_job, job_progress, refresh_jobs, submit_cpt
+from training.job_following import cancel_job, get_job, job_progress, refresh_jobs
+from training.job_launch import submit_cpt
+from training.ray_cluster import JobError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = {"max_seq_length": 64, "batch_size": 2, "learning_rate": 1e-3, "eval_steps": 3, "save_steps": 3,

@@ -1,4 +1,4 @@
-"""What one training job carries from the launcher (training.ray_jobs) to its Ray driver (training.ray_job) and
+"""What one training job carries from the launcher (training.job_launch) to its Ray driver (training.ray_job) and
 workers (the recipes' loops): the `JobSpec`, in the environment variable DEPLOYWISE_JOB_SPEC, and the run tags."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Ray job of one training run: `python -m training.ray_job`, started by `training.ray_jobs` through Ray Jobs.
+"""The Ray job of one training run: `python -m training.ray_job`, started by `training.job_launch` through Ray Jobs.
 
 It runs the recipe's worker loop in a Ray Train `TorchTrainer` sized from the cluster's hardware, with
 checkpoints under the storage path and a `FailureConfig`, so a killed worker restarts from its last checkpoint.

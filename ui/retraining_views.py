@@ -2,7 +2,7 @@
 preview's tables, the SFT datasets' table, the jobs table, progress texts and curves.
 
 Pages keep only widgets and layout; everything here runs (and is tested) without a browser or Streamlit. The work
-itself (configs, snapshots, jobs) is done by `training.config`, `training.dataset_snapshot` and `training.ray_jobs`.
+(configs, snapshots, jobs) is done by `training.config`, `training.dataset_snapshot`, `training.job_launch` and `training.job_following`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import yaml
 
 from engine.core import database
 from engine.core.paths import CONFIGS_DIR
+from engine.lifecycle.start_versions import offered_as_start, starts_sft
 from engine.lifecycle.training_jobs import FINAL_STATES, TrainingJob
 from engine.registry.mlflow_candidates import all_pages
 from training.config import LATEST, AdapterTraining, ConfigError, load_config
 from training.dataset_snapshot import SPLITS, DatasetSnapshot, SnapshotChanges
-from training.ray_jobs import JobProgress, offered_as_start, starts_sft
+from training.job_following import JobProgress
 
 CONFIG_FOLDER = CONFIGS_DIR
 RECIPES = {"cpt": "CPT: continual pretraining on the knowledge base", "sft": "SFT: fine-tuning a CPT version on an SFT dataset"}

@@ -333,7 +333,7 @@ def text_digest(text: str) -> str:
 
 def trained_snapshot(jobs, snapshots):
     """The snapshot the newest job that did not fail or get cancelled learns (or learnt) from, when it is still
-    written; None when no model has been trained. `jobs` newest first (training.ray_jobs.list_jobs)."""
+    written; None when no model has been trained. `jobs` newest first (engine.lifecycle.training_jobs.list_jobs)."""
     written = {snapshot.id: snapshot for snapshot in snapshots}
     for job in jobs:
         if job.state not in FINISHED_WITHOUT_MODEL and job.snapshot_id in written:

@@ -2,7 +2,7 @@
 
 The app starts the worker in a session of its own (it survives page reloads and app restarts and never holds the
 Streamlit process) and keeps its process id; any later reader decides from that id whether the work still runs.
-The rules are subtle, and kept here only (eval.worker, training.export):
+The rules are subtle, and kept here only (eval.worker, training.export_worker):
 
 - a process id outlives its worker: a finished worker stays a zombie of the app until reaped, and the id may be
   reused by an unrelated process. Only a live process with the worker's marker (an argument it was started with)

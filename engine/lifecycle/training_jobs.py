@@ -1,5 +1,6 @@
 """The record of every training job, as the workspace database keeps it (table `training_jobs`): what the versions
-catalog shows of the job behind a version, and what training.ray_jobs launches, follows and updates."""
+catalog shows of the job behind a version, and what training.job_launch launches and training.job_following follows and
+updates."""
 
 from __future__ import annotations
 
