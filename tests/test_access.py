@@ -204,7 +204,8 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
     from eval.worker import cancel_evaluation, start_evaluation
     from training.ray_jobs import cancel_job, submit_cpt
     from ui import knowledge_views as views
-    from ui.retraining_views import default_config, open_database
+    from ui.retraining_form import default_config
+    from ui.retraining_jobs import open_database
 
     settings = st.session_state.setdefault("settings", load_settings())
     kb, jobs_db = open_knowledge_base(settings), open_database(settings)

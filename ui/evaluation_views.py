@@ -9,7 +9,8 @@ import pandas as pd
 
 from engine.answering.citations import escape_markdown
 from engine.llm.runtime import LlmVersion
-from ui.retraining_views import format_eta, llm_versions
+from ui.formatting import format_eta
+from ui.retraining_inputs import llm_versions
 
 POLL_SECONDS = 3.0
 SHARE, PERPLEXITY, MILLISECONDS, COUNT, PERCENT = "share", "perplexity", "ms", "count", "pct"
