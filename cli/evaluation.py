@@ -11,7 +11,8 @@ import sys
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, stderr_progress
 from engine.answering.golden_set import DEFAULT_GOLDEN
 from eval.gate import DEFAULT_GATE
-from eval.harness import EvaluationError, parse_versions, plan_evaluation, run_evaluation
+from eval.harness import run_evaluation
+from eval.plan import EvaluationError, parse_versions, plan_evaluation
 
 EXIT_NO_GO = EXIT_PARTIAL
 SHOWN = (("domain_perplexity", "domain perplexity", "{:.2f}"), ("general_perplexity", "general perplexity", "{:.2f}"),

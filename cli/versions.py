@@ -11,7 +11,8 @@ from cli.common import EXIT_OK, UsageError
 from engine.lifecycle.version_actions import archive, promote, rollback
 from engine.lifecycle.version_catalog import overview
 from engine.lifecycle.version_records import VersionError, target_text
-from ui.versions_views import format_time, versions_table
+from ui.formatting import format_time
+from ui.versions_views import versions_table
 
 
 def register(commands) -> None:

@@ -1,6 +1,6 @@
 """Evaluations out of the app's process: started from the Evaluation page, followed after any page reload.
 
-`start_evaluation` checks the request completely (`eval.harness.plan_evaluation`: versions, golden file, gate,
+`start_evaluation` checks the request completely (`eval.plan.plan_evaluation`: versions, golden file, gate,
 registry, held-out text), then starts `python -m eval.worker <status file>` in a session of its own, so the
 evaluation survives page reloads and app restarts and never holds the Streamlit process. The evaluation runs on
 this machine: it asks the workspace's knowledge base and registry, as the chat does.
@@ -26,7 +26,8 @@ from engine.core.database import utc_now
 from engine.core.settings import load_settings, worker_settings
 from engine.core.workers import StatusFile, cancel_on_sigterm, run_work
 from eval.gate import DEFAULT_GATE
-from eval.harness import EvaluationError, plan_evaluation, run_evaluation
+from eval.harness import run_evaluation
+from eval.plan import EvaluationError, plan_evaluation
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 

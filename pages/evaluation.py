@@ -13,7 +13,7 @@ import streamlit as st
 from engine.access.roles import current_identity
 from engine.answering.golden_set import DEFAULT_GOLDEN, GoldenError, load_golden
 from engine.core.errors import first_line
-from eval.harness import EvaluationError
+from eval.plan import EvaluationError
 from eval.results import evaluation_history, load_evaluation, load_items
 from eval.worker import cancel_evaluation, list_evaluation_jobs, start_evaluation
 from ui import evaluation_views

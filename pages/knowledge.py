@@ -1,9 +1,10 @@
 """Knowledge (admin): upload documents, import tables, browse and edit chunks, try the search, keep the source registry,
 review the rules read from the documents and which use case each document governs.
 
-Layout only: the work happens in engine functions. The knowledge base is opened for this run and closed at its
-end, so no SQLite connection is shared between sessions. A change is stored, then the page reruns so every tab
-and the counts show it; a refused change shows an error and stores nothing.
+Layout only: the work happens in engine functions, and what the page shows (rows, captions, the rules' editor) is
+worked out in `ui.knowledge_views`. The knowledge base is opened for this run and closed at its end, so no SQLite
+connection is shared between sessions. A change is stored, then the page reruns so every tab and the counts show it;
+a refused change shows an error and stores nothing.
 """
 
 import streamlit as st
@@ -18,7 +19,6 @@ from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candida
 from engine.registry.use_cases import use_case_descriptions
 from engine.rules.criteria import (
     COMPARISONS,
-    NO_USE_CASE,
     CriteriaError,
     assign_document,
     discard_review,
@@ -40,13 +40,6 @@ def changed(message: str) -> None:
     """Rerun after a stored change so counts and tables are current; the message shows at the top."""
     st.session_state["flash"] = message
     st.rerun()
-
-
-def progress_reporter(bar):
-    def report(done: int, total: int, message: str) -> None:
-        bar.progress(done / total if total else 1.0, text=message)
-
-    return report
 
 
 def header(kb) -> None:
@@ -73,7 +66,7 @@ def upload_tab(kb, settings) -> None:
         with st.status(f"Ingesting {len(files)} file{'s' if len(files) != 1 else ''}", expanded=True) as status:
             bar = st.progress(0.0)
             outcomes = views.ingest_uploads(
-                kb, make_chunker(settings), files, settings.max_upload_bytes, on_progress=progress_reporter(bar)
+                kb, make_chunker(settings), files, settings.max_upload_bytes, on_progress=views.progress_reporter(bar)
             )
             status.update(label="Ingestion finished", state="complete")
         st.session_state["ingest_results"] = views.file_outcome_rows(outcomes)
@@ -132,7 +125,7 @@ def table_import_form(kb, settings, kind: str) -> None:
                 with st.status("Importing rows", expanded=True) as status:
                     bar = st.progress(0.0)
                     outcomes = table_import.run_table_import(
-                        settings, kb, make_chunker(settings), source, chosen, on_progress=progress_reporter(bar)
+                        settings, kb, make_chunker(settings), source, chosen, on_progress=views.progress_reporter(bar)
                     )
                     status.update(label="Import finished", state="complete")
             except table_import.IMPORT_FAILURES as error:
@@ -167,8 +160,7 @@ def browse_tab(kb, documents: dict) -> None:
         st.info("No chunks match these filters on this page.")
     else:
         st.dataframe(views.chunk_rows(chunks), hide_index=True, width="stretch")
-        first = (page - 1) * PAGE_SIZE + 1
-        st.caption(f"Chunks {first}–{first + len(chunks) - 1}" + (" · more on the next page" if more else ""))
+        st.caption(views.chunk_range_caption(page, PAGE_SIZE, len(chunks), more))
         by_id = {chunk.id: chunk for chunk in chunks}
         chunk = by_id[st.selectbox("Chunk to edit", list(by_id), format_func=lambda i: views.chunk_label(by_id[i]))]
         text = st.text_area("Chunk text", chunk.text, height=220, key=f"chunk_text_{chunk.id}")
@@ -290,18 +282,14 @@ def criteria_tab(kb, settings) -> None:
     use_case = st.selectbox("Use case", use_cases)
     candidates = snapshot.for_use_case(use_case)
     rules = rulebook(kb.connection, use_case, candidates, snapshot.candidates)
-    st.caption({"reviewed": f"Reviewed by {rules.reviewed_by}: the documents below are shown, not used.",
-                "extracted": "As read from the documents, not reviewed yet.",
-                "none": "No rule found: " + rules.missing_text() + "."}[rules.state])
+    st.caption(views.rules_state_caption(rules))
     for conflict in (rules.extracted or rules).conflicts:
-        st.warning(conflict.text + ". No model is recommended for this use case until you save reviewed rules.")
+        st.warning(views.conflict_warning(conflict))
     for unread in rules.unread:  # a reviewed rule set does not read its documents
-        st.warning(f'"{unread.sentence}" ({unread.document}) reads like a hard requirement, but no rule on a logged metric '
-                   "could be read from it. No model is recommended for this use case until you save reviewed rules "
-                   "that include it.")
+        st.warning(views.unread_warning(unread))
     st.dataframe(views.provenance_rows(rules), hide_index=True, width="stretch",
                  column_config={"sentence": st.column_config.TextColumn(width="large")})
-    st.caption("Governed by: " + ("; ".join(f"{d.title} ({d.how})" for d in rules.documents) or "no document"))
+    st.caption(views.governed_by_caption(rules))
 
     edited = st.data_editor(
         views.criteria_table(rules.criteria), num_rows="dynamic", hide_index=True, width="stretch", key=f"criteria_{use_case}",
@@ -352,10 +340,9 @@ def metric_directions_form(kb, candidates) -> None:
                    "cannot decide until you set it.")
     with st.form("metric_direction"):
         metric = st.selectbox("Metric", sorted(set(unknown) | set(given)))
-        direction = st.radio("Better is", ["higher", "lower", "not set"], horizontal=True)
+        direction = st.radio("Better is", list(views.BETTER_IS), horizontal=True)
         if st.form_submit_button("Set direction"):
-            set_metric_direction(kb.connection, metric, {"higher": True, "lower": False, "not set": None}[direction],
-                                 current_identity().name or "admin")
+            set_metric_direction(kb.connection, metric, views.BETTER_IS[direction], current_identity().name or "admin")
             changed(f"Direction of {metric} saved.")
 
 
@@ -374,8 +361,7 @@ def governance_form(kb, snapshot) -> None:
         choices = [views.FROM_TEXT, views.NONE_CHOICE, *snapshot.use_cases()]
         choice = st.selectbox("Governs", choices)
         if st.form_submit_button("Save assignment"):
-            use_case = {views.FROM_TEXT: None, views.NONE_CHOICE: NO_USE_CASE}.get(choice, choice)
-            assign_document(kb.connection, document.origin, use_case, current_identity().name or "admin")
+            assign_document(kb.connection, document.origin, views.assigned_use_case(choice), current_identity().name or "admin")
             changed(f"{document.title}: {choice}.")
 
 

@@ -8,14 +8,16 @@ is unfinished, and for one job its progress, loss, learning rate and evaluation 
 log tail, Cancel, and the LLM version it made.
 
 Layout only: the work happens in `training.job_launch`, `training.job_following`, `training.dataset_snapshot`,
-`training.sft_data` and `ui.retraining_views`. The database is opened for this run (and for each refresh of the jobs
-panel) and closed at its end. Errors reaching Ray or MLflow show as one warning line; the page stays up.
+`training.sft_data`, and what the page shows in `ui.retraining_form`, `ui.retraining_inputs` and `ui.retraining_jobs`.
+The database is opened for this run (and for each refresh of the jobs panel) and closed at its end. Errors reaching
+Ray or MLflow show as one warning line; the page stays up.
 """
 
 import streamlit as st
 
 from engine.access.roles import current_identity
 from engine.answering import feedback_review as review
+from engine.core.errors import first_line
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.lifecycle.training_jobs import list_jobs
 from training.config import QUANTIZATIONS, ConfigError
@@ -24,9 +26,12 @@ from training.job_following import cancel_job, job_logs, job_progress, refresh_j
 from training.job_launch import choose_snapshot, submit_cpt, submit_sft
 from training.ray_cluster import JobError
 from training.sft_data import list_datasets
-from ui import retraining_views as views
+from ui import retraining_form as form_view
+from ui import retraining_inputs as inputs_view
+from ui import retraining_jobs as jobs_view
 from ui.admin_page import require_admin_page
 from ui.deep_links import through_entry_point
+from ui.formatting import format_time
 
 FLASH_KEY, JOB_KEY, RECIPE_KEY = "training_flash", "training_job", "training_recipe"
 
@@ -44,8 +49,8 @@ def changed(message: str) -> None:
 def use_config(config) -> None:
     """Make a checked config the form's content (called before the form's widgets exist in the run)."""
     st.session_state[base_key(config.kind)] = config.to_dict()
-    for key, value in views.form_values(config).items():
-        st.session_state[views.widget_key(key, config.kind)] = value
+    for key, value in form_view.form_values(config).items():
+        st.session_state[form_view.widget_key(key, config.kind)] = value
 
 
 def uploaded_yaml(kind: str) -> None:
@@ -60,9 +65,9 @@ def uploaded_yaml(kind: str) -> None:
 
 def apply_yaml(kind: str) -> None:
     try:
-        config = views.config_from_yaml_text(st.session_state.get(f"{kind}_yaml", ""), kind)
+        config = form_view.config_from_yaml_text(st.session_state.get(f"{kind}_yaml", ""), kind)
     except ConfigError as error:
-        st.session_state[f"{kind}_yaml_problem"] = views.problems_markdown("The YAML was not applied", error)
+        st.session_state[f"{kind}_yaml_problem"] = form_view.problems_markdown("The YAML was not applied", error)
     else:
         use_config(config)
         st.session_state[FLASH_KEY] = "The YAML configuration is in the form."
@@ -73,7 +78,7 @@ def yaml_editor(kind: str) -> None:
         st.caption("Keys the form does not show (warmup, scheduler, target modules, Ray workers...) come from here. "
                    "Apply puts the whole configuration into the form; every key is checked first.")
         st.file_uploader("YAML file", type=["yaml", "yml"], key=f"{kind}_yaml_file", on_change=uploaded_yaml, args=(kind,))
-        st.session_state.setdefault(f"{kind}_yaml", views.default_yaml_text(kind))
+        st.session_state.setdefault(f"{kind}_yaml", form_view.default_yaml_text(kind))
         st.text_area("Configuration (YAML)", key=f"{kind}_yaml", height=320)
         st.button("Apply to the form", on_click=apply_yaml, args=(kind,))
         if problem := st.session_state.pop(f"{kind}_yaml_problem", None):
@@ -82,9 +87,9 @@ def yaml_editor(kind: str) -> None:
 
 def registry_versions(settings) -> list:
     try:
-        return views.llm_versions(settings)
+        return inputs_view.llm_versions(settings)
     except Exception as error:  # MLflow unreachable: training from the base model still works
-        st.warning(f"Cannot list the LLM versions ({views.first_line(error)}); only the base model is offered.")
+        st.warning(f"Cannot list the LLM versions ({first_line(error)}); only the base model is offered.")
         return []
 
 
@@ -92,7 +97,7 @@ def recipe_form(kind: str, first_row, sequence_help: str) -> tuple[dict, bool, b
     """A recipe's form: its own first row (`first_row(left, middle, right)` draws it), then the adapter and
     optimisation settings both recipes share. Returns the values by config key, and whether Check or Launch was pressed."""
     def key(name):
-        return views.widget_key(name, kind)
+        return form_view.widget_key(name, kind)
 
     with st.form(f"{kind}_form"):
         first_row(*st.columns(3))
@@ -104,7 +109,8 @@ def recipe_form(kind: str, first_row, sequence_help: str) -> tuple[dict, bool, b
         columns[3].number_input("LoRA dropout", key=key("lora.dropout"), step=0.01, format="%.2f")
         st.markdown("**Optimisation**")
         columns = st.columns(4)
-        columns[0].text_input("Learning rate", key=key("learning_rate"), help={"cpt": "e.g. 2e-5 (CPT's default)", "sft": "e.g. 2e-4 (SFT's default)"}.get(kind))
+        columns[0].text_input("Learning rate", key=key("learning_rate"),
+                              help={"cpt": "e.g. 2e-5 (CPT's default)", "sft": "e.g. 2e-4 (SFT's default)"}.get(kind))
         columns[1].number_input("Epochs", key=key("epochs"), step=0.5, format="%.2f")
         columns[2].number_input("Max steps", key=key("max_steps"), step=1, help="-1: no cap; otherwise the run stops there")
         columns[3].number_input("Batch size", key=key("batch_size"), step=1, help="Rows per step and worker")
@@ -116,13 +122,13 @@ def recipe_form(kind: str, first_row, sequence_help: str) -> tuple[dict, bool, b
         check_column, launch_column = st.columns(2)
         check = check_column.form_submit_button("Check and preview", width="stretch")
         launch = launch_column.form_submit_button("Launch", type="primary", width="stretch")
-    return {name: st.session_state[key(name)] for name in views.FORM_KEYS[kind]}, check, launch
+    return {name: st.session_state[key(name)] for name in form_view.FORM_KEYS[kind]}, check, launch
 
 
 def cpt_form(settings, snapshots) -> tuple[dict, bool, bool]:
-    key = views.widget_key
-    starts = views.start_options(registry_versions(settings), st.session_state[key("start_from")])
-    snapshot_choices = views.snapshot_options(snapshots, st.session_state[key("snapshot")])
+    key = form_view.widget_key
+    starts = inputs_view.start_options(registry_versions(settings), st.session_state[key("start_from")])
+    snapshot_choices = inputs_view.snapshot_options(snapshots, st.session_state[key("snapshot")])
 
     def first_row(left, middle, right):
         left.selectbox("Start from", list(starts), key=key("start_from"), format_func=starts.get,
@@ -137,10 +143,10 @@ def cpt_form(settings, snapshots) -> tuple[dict, bool, bool]:
 
 def sft_form(settings, datasets) -> tuple[dict, bool, bool]:
     def key(name):
-        return views.widget_key(name, "sft")
+        return form_view.widget_key(name, "sft")
 
-    starts = views.sft_start_options(registry_versions(settings), st.session_state[key("start_from")])
-    choices = views.dataset_options(datasets, st.session_state[key("dataset")])
+    starts = inputs_view.sft_start_options(registry_versions(settings), st.session_state[key("start_from")])
+    choices = inputs_view.dataset_options(datasets, st.session_state[key("dataset")])
 
     def first_row(left, middle, right):
         left.selectbox("Start from", list(starts), key=key("start_from"), format_func=starts.get,
@@ -160,10 +166,10 @@ def launch_job(settings, connection, config) -> None:
         try:
             job = submit(settings, connection, config, created_by=user)
         except JobError as error:
-            st.error(f"Not launched: {views.first_line(error)}")
+            st.error(f"Not launched: {first_line(error)}")
             return
         except Exception as error:  # MLflow or the disk said no
-            st.error(f"Not launched: {type(error).__name__}: {views.first_line(error)}")
+            st.error(f"Not launched: {type(error).__name__}: {first_line(error)}")
             return
     st.session_state[JOB_KEY] = job.id
     changed(f"Job {job.id} launched on {job.data}.")
@@ -172,14 +178,14 @@ def launch_job(settings, connection, config) -> None:
 def checked_config(settings, connection, kind: str, values: dict, check: bool, launch: bool):
     """The form's config, launched when asked; None (and the problems, when a button was pressed) if it is invalid."""
     try:
-        config = views.config_from_form(st.session_state[base_key(kind)], values, kind)
+        config = form_view.config_from_form(st.session_state[base_key(kind)], values, kind)
     except ConfigError as error:
         if check or launch:
-            st.error(views.problems_markdown("Not launched; fix these settings" if launch else "Fix these settings", error))
+            st.error(form_view.problems_markdown("Not launched; fix these settings" if launch else "Fix these settings", error))
         return None
     if launch:
         launch_job(settings, connection, config)
-    st.download_button("Download these settings as YAML", views.config_yaml(config), file_name=f"{kind}.yaml",
+    st.download_button("Download these settings as YAML", form_view.config_yaml(config), file_name=f"{kind}.yaml",
                        mime="application/yaml")
     return config
 
@@ -189,9 +195,9 @@ def dataset_preview(datasets, config) -> None:
     if not datasets:
         st.info("No SFT dataset yet: generate and review one first; the job trains on its accepted pairs.")
         return
-    st.dataframe(views.datasets_frame(datasets), hide_index=True, width="stretch")
+    st.dataframe(inputs_view.datasets_frame(datasets), hide_index=True, width="stretch")
     if config is not None:
-        st.caption(views.dataset_caption(datasets, config))
+        st.caption(inputs_view.dataset_caption(datasets, config))
 
 
 def cached(name: str, key: tuple, compute):
@@ -208,12 +214,12 @@ def cached(name: str, key: tuple, compute):
 
 
 def problem_text(error: Exception) -> str:
-    return views.first_line(error) if isinstance(error, SnapshotError) else f"{type(error).__name__}: {views.first_line(error)}"
+    return first_line(error) if isinstance(error, SnapshotError) else f"{type(error).__name__}: {first_line(error)}"
 
 
 def snapshot_preview(settings, connection, config, jobs, snapshots) -> None:
     st.subheader("Snapshot")
-    fingerprint = views.knowledge_fingerprint(connection)
+    fingerprint = inputs_view.knowledge_fingerprint(connection)
     if config is None:
         st.info("The preview follows the form once its settings are valid.")
     else:
@@ -224,14 +230,14 @@ def snapshot_preview(settings, connection, config, jobs, snapshots) -> None:
         if isinstance(preview, Exception):
             st.warning(f"No snapshot to train on: {problem_text(preview)}")
         else:
-            summary = views.snapshot_summary(preview.manifest)
+            summary = inputs_view.snapshot_summary(preview.manifest)
             for column, (label, value) in zip(st.columns(len(summary)), summary.items(), strict=True):
                 column.metric(label, value)
-            st.dataframe(views.snapshot_table(preview.manifest), hide_index=True, width="stretch")
+            st.dataframe(inputs_view.snapshot_table(preview.manifest), hide_index=True, width="stretch")
             written = "already written: a job on it learns exactly this data" if preview.exists else "written at launch"
             st.caption(f"Snapshot `{preview.id}` ({written}) · replay ratio {preview.manifest['config']['replay_ratio']:g} "
                        f"of general text ({preview.manifest['config']['replay_source']['name']}).")
-    reference, job = views.reference_snapshot(jobs, snapshots)
+    reference, job = inputs_view.reference_snapshot(jobs, snapshots)
     if reference is None:
         st.caption("No snapshot has been made yet: everything in the knowledge base is new.")
         return
@@ -241,36 +247,36 @@ def snapshot_preview(settings, connection, config, jobs, snapshots) -> None:
         st.warning(f"Cannot compare with snapshot `{reference.id}`: {problem_text(changes)}")
         return
     since = f"job {job.id}'s snapshot `{reference.id}`" if job else f"snapshot `{reference.id}`"
-    st.markdown(f"**New since {since}:** {views.changes_summary(changes)} document(s)")
-    if rows := views.changes_rows(changes):
+    st.markdown(f"**New since {since}:** {inputs_view.changes_summary(changes)} document(s)")
+    if rows := inputs_view.changes_rows(changes):
         with st.expander("Which documents"):
             st.dataframe(rows, hide_index=True, width="stretch")
 
 
 def jobs_panel(settings, polling: bool) -> None:
     """The jobs table and the chosen job; a fragment, rerun every few seconds while a job is unfinished."""
-    connection = views.open_database(settings)
+    connection = jobs_view.open_database(settings)
     try:
         try:
             problems = refresh_jobs(settings, connection)
         except Exception as error:  # a Ray or MLflow failure must not take the page down
-            problems = [f"{type(error).__name__}: {views.first_line(error)}"]
+            problems = [f"{type(error).__name__}: {first_line(error)}"]
         for problem in problems:
             st.warning(f"Job states may be out of date: {problem}")
         jobs = list_jobs(connection)
-        if polling != bool(views.unfinished(jobs)):
+        if polling != bool(jobs_view.unfinished(jobs)):
             st.rerun()  # start or stop polling
         if not jobs:
             st.info("No training job yet: launch one above.")
             return
-        progress, problems = views.table_progress(settings, jobs, st.session_state.setdefault("training_progress", {}), job_progress)
+        progress, problems = jobs_view.table_progress(settings, jobs, st.session_state.setdefault("training_progress", {}), job_progress)
         if problems:
             st.warning(f"Progress unavailable for {len(problems)} job(s): {problems[0]}")
-        st.dataframe(views.jobs_frame(jobs, progress, settings.llm_registry_name), hide_index=True, width="stretch")
+        st.dataframe(jobs_view.jobs_frame(jobs, progress, settings.llm_registry_name), hide_index=True, width="stretch")
         by_id = {job.id: job for job in jobs}
         if st.session_state.get(JOB_KEY) not in by_id:
             st.session_state[JOB_KEY] = jobs[0].id
-        chosen = by_id[st.selectbox("Job", list(by_id), key=JOB_KEY, format_func=lambda i: views.job_label(by_id[i]))]
+        chosen = by_id[st.selectbox("Job", list(by_id), key=JOB_KEY, format_func=lambda i: jobs_view.job_label(by_id[i]))]
         job_detail(settings, connection, chosen, progress.get(chosen.id))
     finally:
         connection.close()
@@ -278,13 +284,13 @@ def jobs_panel(settings, polling: bool) -> None:
 
 def job_detail(settings, connection, job, progress) -> None:
     with st.container(border=True):
-        st.markdown(f"**{job.id}** · {job.state} · started {views.format_time(job.created_at)}"
+        st.markdown(f"**{job.id}** · {job.state} · started {format_time(job.created_at)}"
                     + (f" by {job.created_by}" if job.created_by else "")
                     + f" · from {'the base model' if job.start_from == 'base' else 'version ' + job.start_from}"
                     + f" · {job.kind.upper()} on {job.data}")
         if job.state == "succeeded":
-            version = views.version_label(settings.llm_registry_name, job) or "no version recorded"
-            url = views.model_version_url(settings, job.llm_version) if job.llm_version else None
+            version = jobs_view.version_label(settings.llm_registry_name, job) or "no version recorded"
+            url = jobs_view.model_version_url(settings, job.llm_version) if job.llm_version else None
             st.success(f"LLM version **{f'[{version}]({url})' if url else version}** (candidate) · MLflow run `{job.mlflow_run_id}`")
         elif job.state == "failed":
             st.error(f"Failed: {job.message or 'no reason recorded'}")
@@ -293,11 +299,11 @@ def job_detail(settings, connection, job, progress) -> None:
         if progress is None:
             st.warning("Its MLflow run cannot be read now; progress and curves are unavailable.")
         else:
-            st.progress(views.progress_fraction(progress, job), text=views.progress_text(progress, job))
+            st.progress(jobs_view.progress_fraction(progress, job), text=jobs_view.progress_text(progress, job))
             curves = {
-                "Training loss": views.curve_frame({"loss": progress.loss}),
-                "Learning rate": views.curve_frame({"learning rate": progress.learning_rate}),
-                "Evaluation perplexity": views.curve_frame(progress.eval_perplexity),
+                "Training loss": jobs_view.curve_frame({"loss": progress.loss}),
+                "Learning rate": jobs_view.curve_frame({"learning rate": progress.learning_rate}),
+                "Evaluation perplexity": jobs_view.curve_frame(progress.eval_perplexity),
             }
             for column, (title, frame) in zip(st.columns(3), curves.items(), strict=True):
                 with column:
@@ -315,7 +321,7 @@ def job_detail(settings, connection, job, progress) -> None:
                 changed(f"Job {job.id} is being cancelled.")
         with st.expander("Log tail"):
             try:
-                st.code(job_logs(settings, job.id, views.LOG_TAIL_LINES) or "(empty)", language=None, height=320)
+                st.code(job_logs(settings, job.id, jobs_view.LOG_TAIL_LINES) or "(empty)", language=None, height=320)
             except JobError as error:
                 st.caption(f"No log: {error}. The job's record says: `{job.log_location}`.")
         with st.expander("Configuration"):
@@ -334,16 +340,16 @@ st.caption("Continual pretraining (CPT) teaches the LLM the knowledge base; supe
 if message := st.session_state.pop(FLASH_KEY, None):
     st.success(message)
 
-recipe = st.radio("Recipe", list(views.RECIPES), key=RECIPE_KEY, format_func=views.RECIPES.get, horizontal=True)
+recipe = st.radio("Recipe", list(form_view.RECIPES), key=RECIPE_KEY, format_func=form_view.RECIPES.get, horizontal=True)
 if base_key(recipe) not in st.session_state:
-    default, problem = views.default_config(recipe)
+    default, problem = form_view.default_config(recipe)
     if problem:
-        st.error(f"{views.config_path(recipe).name} cannot be used ({problem}); the form starts from the built-in defaults.")
+        st.error(f"{form_view.config_path(recipe).name} cannot be used ({problem}); the form starts from the built-in defaults.")
     st.session_state[base_key(recipe)] = default.to_dict()
-for name, value in views.form_values(views.config_from_form(st.session_state[base_key(recipe)], {}, recipe)).items():
-    st.session_state.setdefault(views.widget_key(name, recipe), value)  # kept while the admin edits; reset after navigation
+for name, value in form_view.form_values(form_view.config_from_form(st.session_state[base_key(recipe)], {}, recipe)).items():
+    st.session_state.setdefault(form_view.widget_key(name, recipe), value)  # kept while the admin edits; reset after navigation
 
-connection = views.open_database(settings)
+connection = jobs_view.open_database(settings)
 try:
     try:
         snapshots = list_snapshots(settings.workspace)
@@ -351,7 +357,7 @@ try:
         snapshots = []
         st.warning(f"Cannot list the written snapshots: {problem_text(error)}")
     reference = review.trained_snapshot(list_jobs(connection), snapshots)  # what the last job learns from
-    changes = reference and cached("cpt_changes", (reference.id, views.knowledge_fingerprint(connection)),
+    changes = reference and cached("cpt_changes", (reference.id, inputs_view.knowledge_fingerprint(connection)),
                                    lambda: changes_since(reference, KnowledgeBase(connection, embedder=None)))
     if (suggestion := review.retraining_suggestion(connection, reference, changes)).due:
         st.info(suggestion.message, icon=":material/tips_and_updates:")
@@ -368,5 +374,5 @@ finally:
     connection.close()
 
 st.subheader("Jobs")
-polling = views.polling_interval(jobs)
+polling = jobs_view.polling_interval(jobs)
 st.fragment(jobs_panel, run_every=polling)(settings, polling is not None)

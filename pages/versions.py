@@ -22,7 +22,8 @@ from training.export_formats import FORMATS, ExportError, slug
 from training.export_worker import export_jobs, start_export_job
 from ui.admin_page import require_admin_page
 from ui.deep_links import through_entry_point
-from ui.versions_views import format_time, history_table, metrics_rows, versions_table
+from ui.formatting import format_time
+from ui.versions_views import history_table, metrics_rows, versions_table
 
 FLASH_KEY, CHOSEN_KEY = "versions_flash", "versions_chosen"
 

@@ -205,7 +205,8 @@ def admin_actions_script(docs: str, sql_url: str, skip: tuple[str, ...] = ()):
     from training.job_following import cancel_job
     from training.job_launch import submit_cpt
     from ui import knowledge_views as views
-    from ui.retraining_views import default_config, open_database
+    from ui.retraining_form import default_config
+    from ui.retraining_jobs import open_database
 
     settings = st.session_state.setdefault("settings", load_settings())
     kb, jobs_db = open_knowledge_base(settings), open_database(settings)

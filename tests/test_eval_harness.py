@@ -22,7 +22,8 @@ from engine.core.settings import load_settings
 from engine.core.workers import StatusFile
 from engine.llm.loading import load_base_model
 from eval import worker
-from eval.harness import EvaluationError, evaluate_versions, plan_evaluation
+from eval.harness import evaluate_versions
+from eval.plan import EvaluationError, plan_evaluation
 from eval.results import EXPERIMENT, evaluation_history, load_evaluation, load_items
 from training.dataset_snapshot import snapshot_workspace
 from ui import evaluation_views

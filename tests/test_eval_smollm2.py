@@ -17,7 +17,8 @@ from engine.core.mlflow_client import ensure_experiment
 from engine.core.settings import load_settings
 from engine.llm.backends import llm_backend, version_settings
 from engine.llm.bundled import bundled_model_folder, load_tokenizer
-from eval.harness import EvaluationError, evaluate_versions, plan_evaluation
+from eval.harness import evaluate_versions
+from eval.plan import EvaluationError, plan_evaluation
 from eval.results import load_evaluation
 from training.config import load_cpt_config
 from training.cpt import Hardware, collate_blocks, packed_data, trainable_model, training_arguments

@@ -24,7 +24,10 @@ from training.config import ConfigError, load_cpt_config
 from training.dataset_snapshot import snapshot_workspace
 from training.job_following import JobProgress, get_job, refresh_jobs
 from training.job_launch import EXPERIMENT
-from ui import retraining_views as views
+from ui.formatting import format_eta
+from ui.retraining_form import config_from_form, config_problems, form_values, widget_key
+from ui.retraining_inputs import llm_versions, start_options
+from ui.retraining_jobs import POLL_SECONDS, curve_frame, jobs_frame, open_database, polling_interval, table_progress
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 PAGE = "pages/retraining.py"
@@ -72,7 +75,7 @@ def texts(at: AppTest, kind: str) -> list[str]:
 
 
 def job_rows() -> list:
-    connection = views.open_database(load_settings())
+    connection = open_database(load_settings())
     try:
         return connection.execute("SELECT * FROM training_jobs").fetchall()
     finally:
@@ -205,7 +208,7 @@ def record_job(settings, state: str, created_at: str, *, losses: int, total: int
                         Metric("eval_replay_perplexity", 30.0 - step / 2, at_ms, step)]
     client.log_batch(run_id, metrics=metrics)
     config = load_cpt_config(None, max_steps=total)
-    connection = views.open_database(settings)
+    connection = open_database(settings)
     try:
         with transaction(connection):
             connection.execute(
@@ -283,7 +286,7 @@ def test_a_job_whose_local_ray_head_is_gone_shows_as_failed_and_polling_stops(wo
     assert frame_with(at, "job").set_index("job").loc[job.id, "state"] == "failed"
     assert any(text.startswith("Failed: the Ray cluster at http://127.0.0.1:9 is gone") for text in texts(at, "error"))
     assert "Cancel job" not in [b.label for b in at.button]
-    assert views.polling_interval(list_jobs(views.open_database(settings))) is None
+    assert polling_interval(list_jobs(open_database(settings))) is None
 
 
 def test_a_failing_refresh_shows_a_warning_and_the_page_stays_up(recorded_jobs, monkeypatch):
@@ -312,29 +315,29 @@ def test_progress_of_finished_jobs_is_read_once_and_unreadable_runs_are_named():
 
     known: dict = {}
     jobs = [job("a", "succeeded"), job("b", "running"), job("gone", "failed")]
-    progress, problems = views.table_progress(None, jobs, known, read)
+    progress, problems = table_progress(None, jobs, known, read)
     assert progress["gone"] is None and problems == ["gone: cannot read its MLflow run (no such run)"]
-    views.table_progress(None, jobs, known, read)
+    table_progress(None, jobs, known, read)
     assert reads == ["a", "b", "gone", "b", "gone"]  # the finished, readable one only once
-    frame = views.jobs_frame(jobs, progress, "deploywise-llm")
+    frame = jobs_frame(jobs, progress, "deploywise-llm")
     assert list(frame["step"]) == ["2/4", "2/4", "?"] and list(frame["started"])[0] == "2025-01-31 09:15 UTC"
-    assert views.polling_interval(jobs) == views.POLL_SECONDS and views.polling_interval(jobs[::2]) is None
+    assert polling_interval(jobs) == POLL_SECONDS and polling_interval(jobs[::2]) is None
 
 
 def test_form_values_merge_into_the_yaml_base_and_problems_split_per_key():
     base = load_cpt_config(None, warmup_ratio=0.1).to_dict()
-    config = views.config_from_form(base, {"lora.r": 4, "learning_rate": " 3e-4 ", "start_from": "2"})
+    config = config_from_form(base, {"lora.r": 4, "learning_rate": " 3e-4 ", "start_from": "2"})
     assert (config.lora.r, config.lora.alpha, config.learning_rate, config.warmup_ratio, config.start_from) == (4, 32, 3e-4, 0.1, "2")
-    assert views.form_values(config)["learning_rate"] == "0.0003"
+    assert form_values(config)["learning_rate"] == "0.0003"
     with pytest.raises(ConfigError) as raised:
-        views.config_from_form(base, {"lora.dropout": 1.0, "batch_size": 0})
-    assert views.config_problems(raised.value) == [
+        config_from_form(base, {"lora.dropout": 1.0, "batch_size": 0})
+    assert config_problems(raised.value) == [
         "lora.dropout: must be at least 0 and below 1 (got 1.0)", "batch_size: must be a whole number >= 1 (got 0)"]
     with pytest.raises(ConfigError) as raised:
-        views.config_from_form(base, {"learning_rate": "a; b"})
-    assert views.config_problems(raised.value) == ["learning_rate: must be a number (got 'a; b')"]
-    assert [views.format_eta(s) for s in (None, 42.4, 200, 7260)] == ["", "42 s", "3 min 20 s", "2 h 01 min"]
-    frame = views.curve_frame({"domain": [(0, 9.0), (3, 7.0)], "replay": [(3, 5.0)], "empty": []})
+        config_from_form(base, {"learning_rate": "a; b"})
+    assert config_problems(raised.value) == ["learning_rate: must be a number (got 'a; b')"]
+    assert [format_eta(s) for s in (None, 42.4, 200, 7260)] == ["", "42 s", "3 min 20 s", "2 h 01 min"]
+    frame = curve_frame({"domain": [(0, 9.0), (3, 7.0)], "replay": [(3, 5.0)], "empty": []})
     assert list(frame.columns) == ["domain", "replay"] and list(frame.index) == [0, 3] and frame.index.name == "step"
 
 
@@ -348,17 +351,17 @@ def test_a_job_launched_from_the_form_trains_and_shows_its_version(documents, mo
     monkeypatch.setenv("DEPLOYWISE_RAY_DASHBOARD_PORT", str(ray_head))
     at = open_page()
     for key, value in {"max_steps": 6, "max_seq_length": 64, "batch_size": 2, "eval_steps": 3, "save_steps": 3}.items():
-        at.number_input(key=views.widget_key(key)).set_value(value)
+        at.number_input(key=widget_key(key)).set_value(value)
     at.text_input(key="cpt_learning_rate").input("1e-3")
     button(at, "Launch").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    [job] = list_jobs(views.open_database(load_settings()))
+    [job] = list_jobs(open_database(load_settings()))
     assert at.success[0].value == f"Job {job.id} launched on snapshot {job.snapshot_id}."
     assert job.config["max_steps"] == 6 and job.config["learning_rate"] == 1e-3
     assert job.id in frame_with(at, "job")["job"].tolist()
 
     settings = load_settings()
-    connection = views.open_database(settings)
+    connection = open_database(settings)
     try:
         deadline = time.monotonic() + 120
         while not (job := get_job(connection, job.id)).finished:
@@ -388,7 +391,7 @@ def test_archived_and_failed_versions_are_not_offered_as_a_start(settings, tmp_p
     for training, status in (("cpt", "candidate"), ("cpt", "archived"), ("sft", "failed"), ("sft", "deployed")):
         client.create_model_version(settings.llm_registry_name, str(adapter), tags={"training": training, "status": status})
 
-    versions = views.llm_versions(settings)
+    versions = llm_versions(settings)
     assert [v.number for v in versions] == ["4", "1"] and [v.starts_sft for v in versions] == [False, True]
-    options = views.start_options(versions, "2")  # a config naming the archived one still shows it, as such
+    options = start_options(versions, "2")  # a config naming the archived one still shows it, as such
     assert list(options) == ["base", "4", "1", "2"] and "archived" in options["2"]

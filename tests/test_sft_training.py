@@ -42,7 +42,7 @@ from training.ray_job import register_version
 from training.sft import answer_messages, chat_example, chat_rows, split_pairs
 from training.sft_data import accept_all, add_pairs, create_dataset, get_dataset
 from training.sft_pair_checks import PairCandidate
-from ui import retraining_views as views
+from ui.retraining_form import widget_key
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "streamlit_app.py"
@@ -302,7 +302,7 @@ def test_an_sft_job_launched_from_the_retraining_page(workspace, monkeypatch, fi
     assert (at.number_input(key="sft_lora_r").value, at.text_input(key="sft_learning_rate").value) == (16, "0.0002")
     assert any(f"{len(TOPICS)} accepted pair(s) of `{DATASET}`" in caption for caption in (c.value for c in at.caption))
     for key, value in {"max_steps": 2, "max_seq_length": 384, "batch_size": 2, "eval_steps": 2, "save_steps": 2}.items():
-        at.number_input(key=views.widget_key(key, "sft")).set_value(value)
+        at.number_input(key=widget_key(key, "sft")).set_value(value)
     next(b for b in at.button if b.label == "Launch").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     settings = load_settings()

@@ -9,7 +9,8 @@ import pandas as pd
 
 from engine.answering.citations import escape_markdown
 from engine.llm.versions import LlmVersion
-from ui.retraining_views import format_eta, llm_versions
+from ui.formatting import format_eta, format_time
+from ui.retraining_inputs import llm_versions
 
 POLL_SECONDS = 3.0
 SHARE, PERPLEXITY, MILLISECONDS, COUNT, PERCENT = "share", "perplexity", "ms", "count", "pct"
@@ -66,13 +67,6 @@ def default_versions(options: dict[str, str]) -> list[str]:
 
 def unfinished(jobs) -> bool:
     return any(not job.finished for job in jobs)
-
-
-def format_time(value: str | datetime | None) -> str:
-    if value is None:
-        return ""
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def eta_seconds(job, now: datetime | None = None) -> float | None:

@@ -1,4 +1,5 @@
-"""What the app's pages show and do, as plain functions: table rows, registry validation, table imports.
+"""What the Knowledge page shows and does, as plain functions: table rows, captions and warnings, registry
+validation, table imports, the reviewed rules' editor.
 
 Pages keep only widgets and layout; everything here runs (and is tested) without a browser or Streamlit.
 """
@@ -18,7 +19,7 @@ from engine.knowledge.knowledge_base import knowledge_stats as _stats
 from engine.knowledge.search import SearchHit
 from engine.knowledge.sources import CSV_COLUMNS, Source, replace_sources, sources_from_rows
 from engine.registry.metric_keys import metric_spec
-from engine.rules.criteria import AcceptanceCriterion, CriteriaError, UseCasePolicy
+from engine.rules.criteria import NO_USE_CASE, AcceptanceCriterion, CriteriaError, UseCasePolicy
 from engine.rules.proposed_rules import UNREAD
 
 
@@ -41,6 +42,14 @@ def ingest_uploads(kb, chunker, uploads, max_bytes: int, on_progress: Progress |
     """Ingest uploaded files (anything with `.name` and `.getvalue()`, like Streamlit's UploadedFile)."""
     files = [(upload.name, upload.getvalue()) for upload in uploads]
     return ingest_files(kb, chunker, files, max_bytes=max_bytes, on_progress=on_progress)
+
+
+def progress_reporter(bar):
+    """The `on_progress` of an ingestion or a table import, drawn on a progress bar (anything with `.progress`)."""
+    def report(done: int, total: int, message: str) -> None:
+        bar.progress(done / total if total else 1.0, text=message)
+
+    return report
 
 
 def file_outcome_rows(outcomes: Iterable[FileOutcome]) -> list[dict]:
@@ -78,6 +87,12 @@ def chunk_page(
         offset=(page - 1) * page_size,
     )
     return rows[:page_size], len(rows) > page_size
+
+
+def chunk_range_caption(page: int, page_size: int, shown: int, more: bool) -> str:
+    """'Chunks 21–40 · more on the next page': which of the filtered chunks a page shows."""
+    first = (page - 1) * page_size + 1
+    return f"Chunks {first}–{first + shown - 1}" + (" · more on the next page" if more else "")
 
 
 def chunk_rows(chunks: Iterable[StoredChunk], preview_chars: int = 160) -> list[dict]:
@@ -164,6 +179,7 @@ CRITERIA_COLUMNS = ("metric", "comparison", "threshold", "hard", "source_id", "s
 DIRECTIONS = {"higher is better": True, "lower is better": False, "the metric's own": None}
 FROM_TEXT = "(from its text)"  # the assignment choice that lets a document's own words decide
 NONE_CHOICE = "(no use case)"
+BETTER_IS = {"higher": True, "lower": False, "not set": None}  # the metric-direction form's choices, as stored
 
 
 def criteria_table(criteria) -> pd.DataFrame:
@@ -229,6 +245,28 @@ def rules_from_editor(use_case: str, rows: list[dict], fields: PolicyFields, pre
     return rules, policy
 
 
+def rules_state_caption(rules) -> str:
+    """Where a use case's rules come from: an admin's review, its documents, or nowhere yet."""
+    return {"reviewed": f"Reviewed by {rules.reviewed_by}: the documents below are shown, not used.",
+            "extracted": "As read from the documents, not reviewed yet.",
+            "none": "No rule found: " + rules.missing_text() + "."}[rules.state]
+
+
+def conflict_warning(conflict) -> str:
+    return conflict.text + ". No model is recommended for this use case until you save reviewed rules."
+
+
+def unread_warning(unread) -> str:
+    """A sentence that reads like a hard requirement but gave no rule: the use case is blocked until it is written."""
+    return (f'"{unread.sentence}" ({unread.document}) reads like a hard requirement, but no rule on a logged metric '
+            "could be read from it. No model is recommended for this use case until you save reviewed rules "
+            "that include it.")
+
+
+def governed_by_caption(rules) -> str:
+    return "Governed by: " + ("; ".join(f"{d.title} ({d.how})" for d in rules.documents) or "no document")
+
+
 def provenance_rows(rules) -> list[dict]:
     """Each rule the documents state, beside the sentence and document it came from, and whether it is in force."""
     disputed = {statement for conflict in rules.conflicts for statement in conflict.statements}
@@ -250,6 +288,11 @@ def governance_rows(documents, governance: dict) -> list[dict]:
         rows.append({"document": document.title, "origin": document.origin,
                      "governs": ", ".join(use_cases) or "no use case: contributes no rule", "because": how})
     return rows
+
+
+def assigned_use_case(choice: str) -> str | None:
+    """The governance form's choice as stored: None lets the document's text decide, NO_USE_CASE governs none."""
+    return {FROM_TEXT: None, NONE_CHOICE: NO_USE_CASE}.get(choice, choice)
 
 
 def undirected_metrics(candidates, directions: dict[str, bool]) -> list[str]:

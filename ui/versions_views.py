@@ -7,6 +7,7 @@ page's and the CLI's concern, not the run-time domain's.
 from __future__ import annotations
 
 from engine.lifecycle.version_records import BASE, VersionRecord, VersionsOverview
+from ui.formatting import format_time
 
 # the evaluation's metrics in the order they are shown; others follow alphabetically
 METRIC_ORDER = ("accuracy", "citation_presence", "citation_correctness", "refusal_accuracy", "latency_p50_ms",
@@ -52,6 +53,3 @@ def metrics_rows(view: VersionsOverview, record: VersionRecord) -> list[dict]:
     return [{"metric": key, record.label: mine[key]} | ({"base": base.get(key)} if base else {}) for key in keys]
 
 
-def format_time(stamp: str | None) -> str:
-    """'2025-01-31T09:15:00+00:00' -> '2025-01-31 09:15 UTC'."""
-    return f"{stamp[:16].replace('T', ' ')} UTC" if stamp else ""
