@@ -12,25 +12,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from engine.core import database
 from engine.knowledge.ingest import FileOutcome, Progress, ingest_files
 from engine.knowledge.knowledge_base import StoredChunk, StoredDocument
-from engine.knowledge.knowledge_base import knowledge_stats as _stats
 from engine.knowledge.search import SearchHit
 from engine.knowledge.sources import CSV_COLUMNS, Source, replace_sources, sources_from_rows
 from engine.registry.metric_keys import metric_spec
 from engine.rules.criteria import NO_USE_CASE, AcceptanceCriterion, CriteriaError, UseCasePolicy
 from engine.rules.proposed_rules import UNREAD
-
-
-def knowledge_stats(settings) -> dict:
-    """Knowledge base counts without loading any model, so the Chat page opens at once."""
-    settings.ensure_workspace()
-    connection = database.connect(settings.knowledge_db)
-    try:
-        return _stats(connection)
-    finally:
-        connection.close()
 
 
 def upload_limit_mb(settings) -> int:
