@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.llm.bundled import load_tokenizer, quiet_model_loading
+from engine.llm.versions import ADAPTER_ARTIFACT  # where a version's adapter is logged, and loaded from
 from training.config import AdapterTraining, load_config
 from training.dataset_snapshot import SPLITS
 from training.job_spec import JobSpec, start_model_folder
 from training.packing import PackingReport, pack
 
 SNAPSHOT_ARTIFACT = "snapshot"
-ADAPTER_ARTIFACT = "adapter"  # the name engine.llm.loading loads a version's adapter from
 EVAL_SETS = ("domain", "replay")  # held-out team text; held-out general text (the forgetting check)
 IGNORE_INDEX = -100
 

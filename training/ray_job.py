@@ -20,10 +20,10 @@ import signal
 import sys
 from dataclasses import asdict
 
-from engine.llm.versions import BASE_MODEL_TAG, CANDIDATE, PARENT_VERSION_TAG, VERSION_STATUS_TAG
+from engine.core.errors import one_line
+from engine.llm.versions import ADAPTER_ARTIFACT, BASE_MODEL_TAG, CANDIDATE, PARENT_VERSION_TAG, VERSION_STATUS_TAG
 from training import cpt, sft
 from training.config import RaySettings, load_config
-from training.cpt import ADAPTER_ARTIFACT
 from training.job_spec import FAILURE_TAG, LLM_VERSION_TAG, SPEC_VARIABLE, JobSpec
 
 
@@ -124,17 +124,12 @@ def main() -> int:
             client.set_terminated(spec.run_id, "KILLED")
             print(f"deploywise: job {spec.job_id} cancelled", flush=True)
             return 143
-        client.set_tag(spec.run_id, FAILURE_TAG, _one_line(error))
+        client.set_tag(spec.run_id, FAILURE_TAG, one_line(error))
         client.set_terminated(spec.run_id, "FAILED")
         raise
     client.set_terminated(spec.run_id, "FINISHED")
     print(f"deploywise: job {spec.job_id} registered {spec.registry_name} version {version}", flush=True)
     return 0
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:500]
 
 
 if __name__ == "__main__":
