@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from engine.answering.golden_set import DEFAULT_GOLDEN, GoldenError, GoldenItem, GoldenSet, load_golden
+from engine.core.mlflow_client import registry_client
 from engine.llm.backend_contract import LlmError
 from engine.llm.backends import runtime_problem
 from engine.llm.versions import CHAMPION, LlmVersion, resolve_llm_version
@@ -174,7 +174,7 @@ def _held_out_text(settings, planned: list[PlannedVersion], snapshot_id: str | N
 
 def _version_snapshot(settings, version: LlmVersion) -> tuple[str, list[dict]] | None:
     """The validation split a version's training job held out, from the workspace or the job's MLflow run."""
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+    client = registry_client(settings)
     try:
         snapshot_id = client.get_model_version(version.registry_name, version.number).tags.get("snapshot_id")
     except MlflowException:

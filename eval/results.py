@@ -26,19 +26,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.core.mlflow_client import ensure_experiment
+from engine.core.mlflow_client import ensure_experiment, registry_client
 from engine.registry.mlflow_candidates import all_pages
 from eval.perplexity import SEQUENCE_LENGTH
 
 EXPERIMENT = "deploywise-evaluation"
 ITEMS_ARTIFACT = "items.json"
 MAX_TAG_CHARS = 4_000  # below MLflow's limits for run (8,000) and model version (5,000) tag values
-
-
-def _client(settings):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
 
 
 def reasons_json(reasons) -> str:
@@ -54,7 +48,7 @@ def log_version(plan, result) -> str:
     from mlflow.entities import Metric, Param
 
     settings, planned = plan.settings, result.planned
-    client = _client(settings)
+    client = registry_client(settings)
     experiment_id = ensure_experiment(client, settings, EXPERIMENT)
     scored = sum(1 for item in result.items if item.status == "scored")
     tags = {
@@ -87,7 +81,7 @@ def log_version(plan, result) -> str:
 
 def tag_model_version(settings, name: str, number: str, tags: dict[str, str]) -> None:
     """Set the gate tags together: if one cannot be written, the ones before it are put back."""
-    client = _client(settings)
+    client = registry_client(settings)
     before = client.get_model_version(name, number).tags
     written = []
     try:
@@ -150,7 +144,7 @@ def _logged(run) -> LoggedVersion:
 def _runs(settings, filter_string: str = "") -> list:
     if settings.tracking_uri.startswith("sqlite:///") and not Path(settings.tracking_uri.removeprefix("sqlite:///")).exists():
         return []  # no store yet: opening it would create it
-    client = _client(settings)
+    client = registry_client(settings)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return []
@@ -182,5 +176,5 @@ def load_items(settings, run_id: str) -> list[dict]:
     """The per-item results of one version's run (the items.json artifact)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar in the server's log per read
     with tempfile.TemporaryDirectory(prefix="deploywise-items-") as folder:
-        path = _client(settings).download_artifacts(run_id, ITEMS_ARTIFACT, folder)
+        path = registry_client(settings).download_artifacts(run_id, ITEMS_ARTIFACT, folder)
         return json.loads(Path(path).read_text(encoding="utf-8"))["items"]

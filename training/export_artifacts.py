@@ -16,22 +16,18 @@ import time
 import zipfile
 from pathlib import Path
 
-from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
+from engine.core.mlflow_client import registry_client
 from engine.lifecycle.version_records import mlflow_problem
 from engine.llm.versions import EXPORTS_ARTIFACT
 from training.export_formats import FORMATS, MANIFEST, Export, ExportError, slug
 
 
-def _client(settings, tracking_uri: str | None = None):
-    return MlflowClient(tracking_uri=tracking_uri or settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
-
-
 def log_export(settings, llm, export: Export, target: Path) -> None:
     """The export's files and manifest under exports/<format>/ of the version's run; figures as metrics, the main
     file's digest as a tag."""
-    client = _client(settings, llm.tracking_uri)
+    client = registry_client(settings, llm.tracking_uri)
     path = f"{EXPORTS_ARTIFACT}/{export.format}"
     now = int(time.time() * 1000)
     prefix = f"export.{export.format}"
@@ -55,7 +51,7 @@ def log_export(settings, llm, export: Export, target: Path) -> None:
 
 def published_exports(settings, run_id: str) -> list[Export]:
     """The exports logged to a version's run, in FORMATS order."""
-    client = _client(settings)
+    client = registry_client(settings)
     present = {Path(item.path).name for item in client.list_artifacts(run_id, EXPORTS_ARTIFACT) if item.is_dir}
     found = []
     with tempfile.TemporaryDirectory(prefix="deploywise-export-") as folder:
@@ -73,7 +69,7 @@ def download_path(settings, export: Export, name: str) -> Path:
     folder = settings.workspace.resolve() / EXPORTS_ARTIFACT / ".downloads" / export.run_id
     local = folder / EXPORTS_ARTIFACT / export.format / name
     if not (local.is_file() and local.stat().st_size == expected):
-        local = Path(_client(settings).download_artifacts(export.run_id, f"{EXPORTS_ARTIFACT}/{export.format}/{name}", str(folder)))
+        local = Path(registry_client(settings).download_artifacts(export.run_id, f"{EXPORTS_ARTIFACT}/{export.format}/{name}", str(folder)))
     return local
 
 

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from engine.access.roles import require_admin
 from engine.core.database import transaction, utc_now
 from engine.core.errors import first_line
-from engine.core.mlflow_client import ensure_experiment
+from engine.core.mlflow_client import ensure_experiment, registry_client
 from engine.lifecycle.start_versions import starts_sft
 from engine.lifecycle.training_jobs import TrainingJob
 from engine.llm.backend_contract import LlmError
@@ -133,7 +133,7 @@ def _check_fit(base_model: str, train: list[dict], held_out: list[dict], max_seq
 def newest_cpt_version(settings) -> str:
     """The number of the newest CPT version that is neither archived nor failed: what SFT starts from by default."""
     name = settings.llm_registry_name
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+    client = registry_client(settings)
     quoted = f'"{name}"' if "'" in name else f"'{name}'"
     try:
         found = all_pages(client.search_model_versions, filter_string=f"name = {quoted}")
@@ -155,7 +155,7 @@ def _start_version(settings, number: str | None, *, cpt_only: bool = False):
     except LlmError as error:
         raise JobError(f"start_from: {error}") from None
     if cpt_only:
-        client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+        client = registry_client(settings)
         training = client.get_model_version(settings.llm_registry_name, number).tags.get("training")
         if training != "cpt":
             raise JobError(f"start_from: version {number} was made by {(training or 'no').upper()} training; "

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from mlflow import MlflowClient
 
+from engine.core.mlflow_client import registry_client
 from engine.lifecycle.start_versions import offered_as_start, starts_sft
 from engine.lifecycle.training_jobs import TrainingJob
 from engine.registry.mlflow_candidates import all_pages
@@ -40,7 +40,7 @@ def llm_versions(settings) -> list[VersionChoice]:
     if settings.tracking_uri.startswith("sqlite:///") and not settings.mlflow_registry_uri \
             and not Path(settings.tracking_uri.removeprefix("sqlite:///")).exists():
         return []  # no store yet, so no version; opening it would create it (seconds of migrations)
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+    client = registry_client(settings)
     quoted = f'"{name}"' if "'" in name else f"'{name}'"
     found = all_pages(client.search_model_versions, filter_string=f"name = {quoted}")
     choices = []

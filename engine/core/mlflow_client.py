@@ -1,6 +1,15 @@
-"""MLflow experiments of the workspace: with the local sqlite store their artifacts live in the workspace too."""
+"""The workspace's MLflow: one client for its tracking store and registry, and its experiments (with the local
+sqlite store their artifacts live in the workspace too)."""
 
 from __future__ import annotations
+
+from mlflow import MlflowClient
+
+
+def registry_client(settings, tracking_uri: str | None = None) -> MlflowClient:
+    """The MLflow client of the workspace's tracking store (or the given one, where a version's run lives) and its
+    model registry."""
+    return MlflowClient(tracking_uri=tracking_uri or settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
 
 
 def ensure_experiment(client, settings, name: str) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from engine.access.roles import require_admin
-from engine.core.mlflow_client import ensure_experiment
-from engine.lifecycle.version_catalog import overview, registry_client
+from engine.core.mlflow_client import ensure_experiment, registry_client
+from engine.lifecycle.version_catalog import overview
 from engine.lifecycle.version_records import (
     ARCHIVED,
     BASE,

@@ -25,12 +25,12 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
 from engine.answering.records import answer_counts_by_version
 from engine.core import database
+from engine.core.mlflow_client import registry_client
 from engine.lifecycle.training_jobs import list_jobs
 from engine.lifecycle.version_records import (
     ARCHIVED,
@@ -92,11 +92,6 @@ def _store_exists(settings) -> bool:
     uri = settings.tracking_uri
     return bool(settings.mlflow_registry_uri) or not uri.startswith("sqlite:///") \
         or Path(uri.removeprefix("sqlite:///")).exists()
-
-
-def registry_client(settings):
-    """The MLflow client of the workspace's tracking store and model registry."""
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
 
 
 def _registered_model(client, name: str):

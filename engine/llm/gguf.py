@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import first_line
+from engine.core.mlflow_client import registry_client
 from engine.llm.backend_contract import LlmError, Message, check_request
 from engine.llm.bundled import BUNDLED, BUNDLED_LLM_GGUF, bundled_llm_dir
 from engine.llm.versions import ALIAS_RECHECK_S, CHAMPION, EXPORTS_ARTIFACT, LlmVersion, resolve_llm_version, version_label
@@ -99,7 +100,7 @@ def gguf_file(settings, version: LlmVersion) -> Path:
         return _bundled_gguf(version)
     from mlflow.exceptions import MlflowException
 
-    client = _client(settings, version)
+    client = registry_client(settings, version.tracking_uri)
     try:
         fmt = _served_format(client, version)
         [name] = [Path(item.path).name for item in client.list_artifacts(version.run_id, f"{EXPORTS_ARTIFACT}/{fmt}")
@@ -122,7 +123,7 @@ def gguf_problem(settings, version: LlmVersion) -> str | None:
         if version.number is None:
             _bundled_gguf(version)
         else:
-            _served_format(_client(settings, version), version)
+            _served_format(registry_client(settings, version.tracking_uri), version)
     except LlmError as error:
         return str(error)
     except MlflowException as error:
@@ -135,12 +136,6 @@ def _bundled_gguf(version: LlmVersion) -> Path:
         raise LlmError(f"the base model {version.base_model} has no GGUF file; export it or use "
                        "DEPLOYWISE_LLM_BACKEND=transformers")
     return bundled_llm_dir() / BUNDLED_LLM_GGUF
-
-
-def _client(settings, version: LlmVersion):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=version.tracking_uri or settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
 
 
 def _served_format(client, version: LlmVersion) -> str:

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from engine.core.errors import first_line
+from engine.core.mlflow_client import registry_client
 from engine.llm.backend_contract import LlmError
 from engine.llm.bundled import BUNDLED, BUNDLED_LLM_GGUF
 
@@ -58,7 +59,7 @@ def resolve_llm_version(settings, wanted: str | None = None) -> LlmVersion:
     if wanted == "base":
         return LlmVersion(settings.base_model)
     name = settings.llm_registry_name
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+    client = registry_client(settings)
     try:
         number = wanted
         if wanted == CHAMPION:

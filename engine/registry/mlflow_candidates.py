@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
-from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.utils.databricks_utils import (
@@ -26,6 +25,7 @@ from mlflow.utils.databricks_utils import (
     get_databricks_host_creds,
 )
 
+from engine.core.mlflow_client import registry_client
 from engine.knowledge.sources import SOURCE_ID_PATTERN, slug
 from engine.registry.candidates import Candidate, finite_metrics
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 def read_candidates(settings) -> tuple[Candidate, ...]:
     """Read MLflow now, without the cache."""
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow_registry_uri)
+    client = registry_client(settings)
     with _quick_http():
         if registry_uri(settings).startswith("databricks"):
             chosen = _chosen_one_model_at_a_time(client)
