@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.core.mlflow_client import ensure_experiment, registry_client
+from engine.core.mlflow_client import ensure_experiment, registry_client, store_missing
 from engine.registry.mlflow_candidates import all_pages
 from eval.perplexity import SEQUENCE_LENGTH
 
@@ -142,8 +142,8 @@ def _logged(run) -> LoggedVersion:
 
 
 def _runs(settings, filter_string: str = "") -> list:
-    if settings.tracking_uri.startswith("sqlite:///") and not Path(settings.tracking_uri.removeprefix("sqlite:///")).exists():
-        return []  # no store yet: opening it would create it
+    if store_missing(settings, registry=False):  # runs live in the tracking store, whatever the registry
+        return []
     client = registry_client(settings)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:

@@ -10,11 +10,10 @@ here runs (and is tested) without a browser or Streamlit; the snapshots themselv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
-from engine.core.mlflow_client import registry_client
+from engine.core.mlflow_client import registry_client, store_missing
 from engine.lifecycle.start_versions import offered_as_start, starts_sft
 from engine.lifecycle.training_jobs import TrainingJob
 from engine.registry.mlflow_candidates import all_pages
@@ -37,8 +36,7 @@ def llm_versions(settings) -> list[VersionChoice]:
     config naming one still shows it, through `start_options`). MlflowClient errors propagate: the page says MLflow
     is down."""
     name = settings.llm_registry_name
-    if settings.tracking_uri.startswith("sqlite:///") and not settings.mlflow_registry_uri \
-            and not Path(settings.tracking_uri.removeprefix("sqlite:///")).exists():
+    if store_missing(settings):
         return []  # no store yet, so no version; opening it would create it (seconds of migrations)
     client = registry_client(settings)
     quoted = f'"{name}"' if "'" in name else f"'{name}'"

@@ -3,6 +3,8 @@ sqlite store their artifacts live in the workspace too)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mlflow import MlflowClient
 
 
@@ -23,3 +25,11 @@ def ensure_experiment(client, settings, name: str) -> str:
     if settings.tracking_uri.startswith("sqlite:"):
         location = (settings.workspace / "mlartifacts").resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
+
+
+def store_missing(settings, *, registry: bool = True) -> bool:
+    """True for the workspace's local sqlite store before it is created: opening it would create it (seconds of
+    migrations), and it holds nothing yet. A separate registry (`registry=True`) is not local, so not missing."""
+    uri = settings.tracking_uri
+    return (uri.startswith("sqlite:///") and not (registry and settings.mlflow_registry_uri)
+            and not Path(uri.removeprefix("sqlite:///")).exists())

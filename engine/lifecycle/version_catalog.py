@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
 from engine.answering.records import answer_counts_by_version
 from engine.core import database
-from engine.core.mlflow_client import registry_client
+from engine.core.mlflow_client import registry_client, store_missing
 from engine.lifecycle.training_jobs import list_jobs
 from engine.lifecycle.version_records import (
     ARCHIVED,
@@ -58,7 +57,7 @@ def overview(settings) -> VersionsOverview:
     name = settings.llm_registry_name
     usage, jobs, notices = _workspace_records(settings)
     versions, champion, evaluations, history, runs = [], None, {}, [], {}
-    if _store_exists(settings):
+    if not store_missing(settings):
         try:
             client = registry_client(settings)
             model = _registered_model(client, name)
@@ -85,13 +84,6 @@ def overview(settings) -> VersionsOverview:
         other_usage={label: counts for label, counts in usage.items() if label not in known},
         history=history, notices=_serving_notices(settings) + notices,
     )
-
-
-def _store_exists(settings) -> bool:
-    """False for a local sqlite store not created yet: opening it would create it (seconds of migrations)."""
-    uri = settings.tracking_uri
-    return bool(settings.mlflow_registry_uri) or not uri.startswith("sqlite:///") \
-        or Path(uri.removeprefix("sqlite:///")).exists()
 
 
 def _registered_model(client, name: str):
