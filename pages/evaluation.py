@@ -17,15 +17,10 @@ from eval.plan import EvaluationError
 from eval.results import evaluation_history, load_evaluation, load_items
 from eval.worker import cancel_evaluation, list_evaluation_jobs, start_evaluation
 from ui import evaluation_views
-from ui.admin_page import require_admin_page
-from ui.deep_links import through_entry_point
+from ui.admin_page import changed, start_admin_page
 
-FLASH_KEY, CHOSEN_KEY = "eval_flash", "eval_chosen"
+CHOSEN_KEY = "eval_chosen"
 
-
-def changed(message: str) -> None:
-    st.session_state[FLASH_KEY] = message
-    st.rerun()
 
 
 def new_evaluation(settings) -> None:
@@ -157,15 +152,10 @@ def drill_down(settings, versions) -> None:
             st.caption(evaluation_views.citation_caption(detail))
 
 
-through_entry_point("pages/evaluation.py")
-require_admin_page("Evaluation")
-
-settings = st.session_state["settings"]
-st.title("Evaluation")
-st.caption("Every version answers the golden set through the chat's own pipeline and is measured on held-out text; "
-           "the gate (configs/gate.yaml) says GO or NO-GO. Results are kept in MLflow (experiment deploywise-evaluation).")
-if message := st.session_state.pop(FLASH_KEY, None):
-    st.success(message)
+settings = start_admin_page(
+    "pages/evaluation.py",
+    "Every version answers the golden set through the chat's own pipeline and is measured on held-out text; "
+    "the gate (configs/gate.yaml) says GO or NO-GO. Results are kept in MLflow (experiment deploywise-evaluation).")
 
 st.subheader("New evaluation")
 new_evaluation(settings)

@@ -28,11 +28,10 @@ from engine.answering.feedback_review import (
     save_correction,
 )
 from engine.core import database
-from ui.admin_page import require_admin_page
+from ui.admin_page import changed, start_admin_page
 from ui.chat_views import answer_caption, candidates_frame, criteria_frame
-from ui.deep_links import through_entry_point
 
-FLASH_KEY, PAGE_SIZE = "review_flash", 50
+PAGE_SIZE = 50
 ALL = "all"
 
 
@@ -44,8 +43,7 @@ def act(action, item, message: str, **arguments) -> None:
         reason = str(error).strip("'\"")
         st.error(reason[:1].upper() + reason[1:])
     else:
-        st.session_state[FLASH_KEY] = message
-        st.rerun()
+        changed(message)
 
 
 def flagged_card(item) -> None:
@@ -105,15 +103,10 @@ def editor(item) -> None:
         act(reject, item, f"Answer #{answer_id} rejected.", note=note)
 
 
-through_entry_point("pages/feedback.py")
-require_admin_page("Feedback review")
-
-settings = st.session_state["settings"]
-st.title("Feedback review")
-st.caption("Answers users flagged with a thumbs-down. Write or edit the correction, then accept it (it joins the next "
-           "snapshot as training text) or reject it.")
-if message := st.session_state.pop(FLASH_KEY, None):
-    st.success(message)
+settings = start_admin_page(
+    "pages/feedback.py",
+    "Answers users flagged with a thumbs-down. Write or edit the correction, then accept it (it joins the next "
+    "snapshot as training text) or reject it.")
 
 settings.ensure_workspace()
 connection = database.connect(settings.knowledge_db)

@@ -30,25 +30,16 @@ from engine.rules.criteria import (
 from engine.rules.governance import document_governance, use_case_terms
 from engine.rules.rulebook import rulebook
 from ui import knowledge_views as views
-from ui.admin_page import require_admin_page
-from ui.deep_links import through_entry_point
+from ui.admin_page import changed, start_admin_page
 
 PAGE_SIZE = 20
 
 
-def changed(message: str) -> None:
-    """Rerun after a stored change so counts and tables are current; the message shows at the top."""
-    st.session_state["flash"] = message
-    st.rerun()
-
 
 def header(kb) -> None:
-    st.title("Knowledge")
     stats = kb.stats()
     for column, (label, value) in zip(st.columns(len(stats)), stats.items(), strict=True):
         column.metric(label.capitalize(), f"{value:,}")
-    if message := st.session_state.pop("flash", None):
-        st.success(message)
 
 
 def upload_tab(kb, settings) -> None:
@@ -365,10 +356,7 @@ def governance_form(kb, snapshot) -> None:
             changed(f"{document.title}: {choice}.")
 
 
-through_entry_point("pages/knowledge.py")
-require_admin_page("Knowledge")
-
-settings = st.session_state["settings"]
+settings = start_admin_page("pages/knowledge.py")
 kb = open_knowledge_base(settings)
 try:
     header(kb)

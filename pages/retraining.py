@@ -29,21 +29,16 @@ from training.sft_data import list_datasets
 from ui import retraining_form as form_view
 from ui import retraining_inputs as inputs_view
 from ui import retraining_jobs as jobs_view
-from ui.admin_page import require_admin_page
-from ui.deep_links import through_entry_point
+from ui.admin_page import changed, flash, start_admin_page
 from ui.formatting import format_time
 
-FLASH_KEY, JOB_KEY, RECIPE_KEY = "training_flash", "training_job", "training_recipe"
+JOB_KEY, RECIPE_KEY = "training_job", "training_recipe"
 
 
 def base_key(kind: str) -> str:
     """The session key of the recipe's configuration mapping under the form (the YAML's keys the form lacks)."""
     return f"{kind}_base"
 
-
-def changed(message: str) -> None:
-    st.session_state[FLASH_KEY] = message
-    st.rerun()
 
 
 def use_config(config) -> None:
@@ -70,7 +65,7 @@ def apply_yaml(kind: str) -> None:
         st.session_state[f"{kind}_yaml_problem"] = form_view.problems_markdown("The YAML was not applied", error)
     else:
         use_config(config)
-        st.session_state[FLASH_KEY] = "The YAML configuration is in the form."
+        flash("The YAML configuration is in the form.")
 
 
 def yaml_editor(kind: str) -> None:
@@ -329,16 +324,11 @@ def job_detail(settings, connection, job, progress) -> None:
             st.json(job.config, expanded=False)
 
 
-through_entry_point("pages/retraining.py")
-require_admin_page("Retraining")
-
-settings = st.session_state["settings"]
-st.title("Retraining")
-st.caption("Continual pretraining (CPT) teaches the LLM the knowledge base; supervised fine-tuning (SFT) then teaches a "
-           "CPT version how to answer, from an SFT dataset. Each is a LoRA adapter trained as a Ray job; each successful "
-           "job registers a new candidate LLM version.")
-if message := st.session_state.pop(FLASH_KEY, None):
-    st.success(message)
+settings = start_admin_page(
+    "pages/retraining.py",
+    "Continual pretraining (CPT) teaches the LLM the knowledge base; supervised fine-tuning (SFT) then teaches a "
+    "CPT version how to answer, from an SFT dataset. Each is a LoRA adapter trained as a Ray job; each successful "
+    "job registers a new candidate LLM version.")
 
 recipe = st.radio("Recipe", list(form_view.RECIPES), key=RECIPE_KEY, format_func=form_view.RECIPES.get, horizontal=True)
 if base_key(recipe) not in st.session_state:

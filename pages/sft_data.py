@@ -22,16 +22,11 @@ from training.sft_generation_request import DEFAULT_PROMPTS, KNOWLEDGE_STYLES, S
 from training.sft_knowledge_pairs import source_groups
 from training.sft_worker import RUNNING, cancel_generation, refreshed_datasets, start_generation
 from ui import sft_views as views
-from ui.admin_page import require_admin_page
-from ui.deep_links import through_entry_point
+from ui.admin_page import changed, start_admin_page
 
-FLASH_KEY, POLL_SECONDS, PAGE_SIZE = "sft_flash", 2, 200
+POLL_SECONDS, PAGE_SIZE = 2, 200
 ALL = "all"
 
-
-def changed(message: str) -> None:
-    st.session_state[FLASH_KEY] = message
-    st.rerun()
 
 
 def refused(error: Exception) -> None:
@@ -191,15 +186,10 @@ def chunks_tab(connection) -> None:
             st.text(chunk.text)
 
 
-through_entry_point("pages/sft_data.py")
-require_admin_page("SFT data")
-
-settings = st.session_state["settings"]
-st.title("SFT data")
-st.caption("Instruction/output pairs from the knowledge base (the same chunks CPT learns from), in several styles and in "
-           "the product's own recommendation task, reviewed here before an SFT run trains on them.")
-if message := st.session_state.pop(FLASH_KEY, None):
-    st.success(message)
+settings = start_admin_page(
+    "pages/sft_data.py",
+    "Instruction/output pairs from the knowledge base (the same chunks CPT learns from), in several styles and in "
+    "the product's own recommendation task, reviewed here before an SFT run trains on them.")
 
 connection = database.connect(settings.knowledge_db)
 try:

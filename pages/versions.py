@@ -20,17 +20,12 @@ from engine.llm.versions import CANDIDATE
 from training.export_artifacts import download_path, published_exports, safetensors_zip
 from training.export_formats import FORMATS, ExportError, slug
 from training.export_worker import export_jobs, start_export_job
-from ui.admin_page import require_admin_page
-from ui.deep_links import through_entry_point
+from ui.admin_page import changed, start_admin_page
 from ui.formatting import format_time
 from ui.versions_views import history_table, metrics_rows, versions_table
 
-FLASH_KEY, CHOSEN_KEY = "versions_flash", "versions_chosen"
+CHOSEN_KEY = "versions_chosen"
 
-
-def changed(message: str) -> None:
-    st.session_state[FLASH_KEY] = message
-    st.rerun()
 
 
 def actor() -> str:
@@ -156,15 +151,10 @@ def export_progress(settings, number: str) -> None:
         st.progress(done / total, text=f"{job.format}: {job.progress['message']}")
 
 
-through_entry_point("pages/versions.py")
-require_admin_page("LLM versions")
-
-settings = st.session_state["settings"]
-st.title("LLM versions")
-st.caption("Every LLM version trained for the chat, with its lineage, gate verdict and the answers it wrote. "
-           "Promoting moves the champion alias; the chat switches to it without a restart.")
-if message := st.session_state.pop(FLASH_KEY, None):
-    st.success(message)
+settings = start_admin_page(
+    "pages/versions.py",
+    "Every LLM version trained for the chat, with its lineage, gate verdict and the answers it wrote. "
+    "Promoting moves the champion alias; the chat switches to it without a restart.")
 
 try:
     view = overview(settings)
