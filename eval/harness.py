@@ -30,24 +30,23 @@ from engine.answering.citations import find_markers
 from engine.answering.golden_set import DEFAULT_GOLDEN
 from engine.answering.pipeline import ask
 from engine.core import database
+from engine.core.workers import Progress
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.knowledge.sources import refresh_sources, resolve
 from engine.llm.backend_contract import LlmError
 from engine.llm.backends import llm_backend, version_settings
 from engine.llm.bundled import load_embedder
 from engine.llm.loading import load_llm
-from engine.llm.versions import LlmVersion
+from engine.llm.versions import BASE, LlmVersion
 from engine.registry.candidate_cache import fetch_candidates
 from engine.registry.candidates import candidate_sources
 from engine.rules.rulebook import decision_for
 from eval.gate import GateVerdict, judge
 from eval.golden import Expectation, NotApplicable, resolve_item
 from eval.perplexity import NAMES, SEQUENCE_LENGTH, Perplexity, held_out_blocks, perplexity
-from eval.plan import BASE, EvaluationError, EvaluationPlan, PlannedVersion, plan_evaluation, reference_bases
+from eval.plan import EvaluationError, EvaluationPlan, PlannedVersion, plan_evaluation, reference_bases
 from eval.results import log_version
 from eval.scoring import ItemResult, metrics, score
-
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass

@@ -24,13 +24,11 @@ from engine.answering.golden_set import DEFAULT_GOLDEN, GoldenError, GoldenItem,
 from engine.core.mlflow_client import registry_client
 from engine.llm.backend_contract import LlmError
 from engine.llm.backends import runtime_problem
-from engine.llm.versions import CHAMPION, LlmVersion, resolve_llm_version
+from engine.llm.versions import BASE, CHAMPION, LlmVersion, resolve_llm_version
 from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
 from eval.gate import DEFAULT_GATE, GateConfig, GateError, load_gate_config
 from training.cpt import SNAPSHOT_ARTIFACT
 from training.dataset_snapshot import SnapshotError, list_snapshots, load_snapshot, read_split, snapshot_workspace
-
-BASE = "base"
 
 
 class EvaluationError(ValueError):

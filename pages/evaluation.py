@@ -18,6 +18,7 @@ from eval.results import evaluation_history, load_evaluation, load_items
 from eval.worker import cancel_evaluation, list_evaluation_jobs, start_evaluation
 from ui import evaluation_views
 from ui.admin_page import changed, start_admin_page
+from ui.formatting import progress_fraction
 
 CHOSEN_KEY = "eval_chosen"
 
@@ -76,7 +77,8 @@ def running_panel(settings, polling: bool) -> None:
             continue
         with st.container(border=True):
             st.markdown(f"**{job.id}** · {job.state} · {', '.join(job.request.get('versions', []))}")
-            st.progress(evaluation_views.progress_fraction(job), text=evaluation_views.progress_text(job))
+            fraction = progress_fraction(job.progress.get("done"), job.progress.get("total"), finished=job.state == "succeeded")
+            st.progress(fraction, text=evaluation_views.progress_text(job))
             if st.button("Cancel", key=f"eval_cancel_{job.id}"):
                 try:
                     cancel_evaluation(settings, job.id)

@@ -30,7 +30,7 @@ from ui import retraining_form as form_view
 from ui import retraining_inputs as inputs_view
 from ui import retraining_jobs as jobs_view
 from ui.admin_page import changed, flash, start_admin_page
-from ui.formatting import format_time
+from ui.formatting import format_time, progress_fraction
 
 JOB_KEY, RECIPE_KEY = "training_job", "training_recipe"
 
@@ -294,7 +294,8 @@ def job_detail(settings, connection, job, progress) -> None:
         if progress is None:
             st.warning("Its MLflow run cannot be read now; progress and curves are unavailable.")
         else:
-            st.progress(jobs_view.progress_fraction(progress, job), text=jobs_view.progress_text(progress, job))
+            fraction = progress_fraction(progress.step, progress.total_steps, finished=job.state == "succeeded")
+            st.progress(fraction, text=jobs_view.progress_text(progress, job))
             curves = {
                 "Training loss": jobs_view.curve_frame({"loss": progress.loss}),
                 "Learning rate": jobs_view.curve_frame({"learning rate": progress.learning_rate}),

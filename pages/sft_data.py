@@ -23,6 +23,7 @@ from training.sft_knowledge_pairs import source_groups
 from training.sft_worker import RUNNING, cancel_generation, refreshed_datasets, start_generation
 from ui import sft_views as views
 from ui.admin_page import changed, start_admin_page
+from ui.formatting import progress_fraction
 
 POLL_SECONDS, PAGE_SIZE = 2, 200
 ALL = "all"
@@ -95,7 +96,8 @@ def running_panel(settings, polling: bool) -> None:
         for dataset in running:
             with st.container(border=True):
                 st.markdown(f"**{dataset.name}** · {dataset.state} · {views.generator_label(dataset.config)}")
-                st.progress(views.progress_fraction(dataset), text=dataset.progress.get("message") or "starting")
+                fraction = progress_fraction(dataset.progress.get("done"), dataset.progress.get("total"))
+                st.progress(fraction, text=dataset.progress.get("message") or "starting")
                 st.caption(f"{dataset.pending} pairs so far, {dataset.dropped} dropped")
                 if st.button("Cancel", key=f"sft_cancel_{dataset.name}"):
                     act(lambda: cancel_generation(connection, dataset.name),

@@ -20,9 +20,9 @@ from engine.core.database import transaction
 from engine.core.settings import load_settings
 from engine.lifecycle.version_actions import archive, promote, rollback
 from engine.lifecycle.version_catalog import overview
-from engine.lifecycle.version_records import BASE, EVALUATION_EXPERIMENT, HISTORY_EXPERIMENT, VersionError
+from engine.lifecycle.version_records import EVALUATION_EXPERIMENT, HISTORY_EXPERIMENT, VersionError
 from engine.llm.loading import load_base_model
-from engine.llm.versions import resolve_llm_version
+from engine.llm.versions import BASE, resolve_llm_version
 from ui.versions_views import history_table, metrics_rows, versions_table
 
 NAME = "deploywise-llm"

@@ -13,11 +13,10 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from mlflow import MlflowClient
-
 from engine.access.roles import require_admin
 from engine.core.database import transaction, utc_now
 from engine.core.errors import first_line
+from engine.core.mlflow_client import registry_client
 from engine.lifecycle.training_jobs import FINAL_STATES, TrainingJob, list_jobs, training_job
 from training.job_spec import FAILURE_TAG, LLM_VERSION_TAG
 from training.ray_cluster import JobError, cluster_address, dashboard_up, jobs_client
@@ -113,7 +112,7 @@ def job_logs(settings, job_id: str, tail_lines: int = 200) -> str:
 
 def job_progress(settings, job: TrainingJob) -> JobProgress:
     """Step, total, ETA and curves from the job's MLflow run."""
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    client = registry_client(settings)
     run = client.get_run(job.mlflow_run_id)
     history = {key: _last_per_step(client.get_metric_history(job.mlflow_run_id, key))
                for key in ("loss", "learning_rate", "total_steps", "resumed_from_step")}
@@ -156,21 +155,21 @@ def _outcome(settings, job: TrainingJob, state: str, ray_message: str | None) ->
     if state != "failed":
         return {"succeeded": "finished", "cancelled": "cancelled by an admin"}[state]
     try:
-        failure = MlflowClient(tracking_uri=settings.tracking_uri).get_run(job.mlflow_run_id).data.tags.get(FAILURE_TAG)
+        failure = registry_client(settings).get_run(job.mlflow_run_id).data.tags.get(FAILURE_TAG)
     except Exception:  # the run's reason is a nicety; Ray's message is still there
         failure = None
     return failure or first_line(ray_message or "failed")
 
 
 def _set_version(settings, connection, job: TrainingJob) -> None:
-    version = MlflowClient(tracking_uri=settings.tracking_uri).get_run(job.mlflow_run_id).data.tags.get(LLM_VERSION_TAG)
+    version = registry_client(settings).get_run(job.mlflow_run_id).data.tags.get(LLM_VERSION_TAG)
     with transaction(connection):
         connection.execute("UPDATE training_jobs SET llm_version = ? WHERE id = ?", (version, job.id))
 
 
 def _end_run(settings, run_id: str, status: str, reason: str) -> None:
     """End a run its driver could not end (it was killed with its cluster); a finished run is left as it is."""
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    client = registry_client(settings)
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_tag(run_id, FAILURE_TAG, reason)
         client.set_terminated(run_id, status)

@@ -20,7 +20,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
@@ -173,7 +172,7 @@ def _launch(settings, connection, config: AdapterTraining, start, *, created_by:
     kind = config.kind
     job_id = f"{kind}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     base_model = start.base_model if start is not None else _portable_base_model(settings.base_model)
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    client = registry_client(settings)
     try:
         experiment_id = ensure_experiment(client, settings, EXPERIMENT)
         run_id = client.create_run(experiment_id, run_name=job_id, tags={

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
 
 from engine.access.roles import require_admin
 from engine.answering.golden_set import GoldenError, load_golden
+from engine.core.workers import Progress
 from engine.llm.backend_contract import LlmError
 from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
 from training.sft_data import SftDataError, SftDataset, add_pairs, create_dataset, get_dataset, update_dataset
@@ -24,8 +24,6 @@ from training.sft_generation_request import KNOWLEDGE_STYLES, GenerationRequest,
 from training.sft_knowledge_pairs import knowledge_messages, knowledge_pair, sample_chunks, source_groups
 from training.sft_pair_checks import PairCandidate
 from training.sft_task_pairs import correction_pairs, paraphrase, recommendation_pair, refusal_pairs, template_questions
-
-Progress = Callable[[int, int, str], None]
 
 
 def reserved_questions() -> list[str]:

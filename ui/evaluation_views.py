@@ -78,11 +78,6 @@ def eta_seconds(job, now: datetime | None = None) -> float | None:
     return elapsed / done * (total - done)
 
 
-def progress_fraction(job) -> float:
-    total = job.progress.get("total") or 0
-    return 1.0 if job.state == "succeeded" else min(1.0, job.progress.get("done", 0) / total) if total else 0.0
-
-
 def progress_text(job, now: datetime | None = None) -> str:
     text = f"{job.progress.get('done', 0)}/{job.progress.get('total') or '?'} · {job.progress.get('message', '')}"
     eta = eta_seconds(job, now)

@@ -1,4 +1,4 @@
-"""Durations and times as every page writes them (errors: engine.core.errors.first_line).
+"""Durations, times and progress as every page writes them (errors: engine.core.errors.first_line).
 
 Separate from any one page's view-model because the Retraining, Evaluation and LLM versions pages and the CLI all
 write them the same way.
@@ -26,3 +26,10 @@ def format_time(value: str | datetime | None) -> str:
         return ""
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def progress_fraction(done: float | None, total: float | None, finished: bool = False) -> float:
+    """What st.progress takes, 0..1: a finished job is full even if its last count was not reported."""
+    if finished:
+        return 1.0
+    return min(1.0, max(0.0, (done or 0) / total)) if total else 0.0

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from engine.knowledge.ingest import FileOutcome, Progress, ingest_files
+from engine.core.workers import Progress
+from engine.knowledge.ingest import FileOutcome, ingest_files
 from engine.knowledge.knowledge_base import StoredChunk, StoredDocument
 from engine.knowledge.search import SearchHit
 from engine.knowledge.sources import CSV_COLUMNS, Source, replace_sources, sources_from_rows

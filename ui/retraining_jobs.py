@@ -94,14 +94,6 @@ def job_label(job: TrainingJob) -> str:
     return f"{job.id} · {job.state}"
 
 
-def progress_fraction(progress: JobProgress, job: TrainingJob) -> float:
-    if job.state == "succeeded":
-        return 1.0
-    if not progress.total_steps:
-        return 0.0
-    return min(1.0, max(0.0, progress.step / progress.total_steps))
-
-
 def progress_text(progress: JobProgress, job: TrainingJob) -> str:
     """'step 12/40 · ETA 3 min 20 s · 1,234 tokens/s · resumed from step 10'."""
     if not progress.total_steps and not progress.step:

@@ -47,11 +47,6 @@ def drops_frame(dataset: SftDataset) -> pd.DataFrame:
                          for reason, count in sorted(dataset.drops.items(), key=lambda item: -item[1])])
 
 
-def progress_fraction(dataset: SftDataset) -> float:
-    total = dataset.progress.get("total") or 0
-    return min(1.0, (dataset.progress.get("done") or 0) / total) if total else 0.0
-
-
 def pairs_frame(pairs: list[SftPair]) -> pd.DataFrame:
     """The review table: a recommendation pair shows its user question (its instruction is the chat's whole prompt)."""
     return pd.DataFrame([{

@@ -6,7 +6,8 @@ page's and the CLI's concern, not the run-time domain's.
 
 from __future__ import annotations
 
-from engine.lifecycle.version_records import BASE, VersionRecord, VersionsOverview
+from engine.lifecycle.version_records import VersionRecord, VersionsOverview
+from engine.llm.versions import BASE
 from ui.formatting import format_time
 
 # the evaluation's metrics in the order they are shown; others follow alphabetically

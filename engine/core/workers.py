@@ -33,6 +33,7 @@ from pathlib import Path
 from engine.core.database import utc_now
 from engine.core.errors import one_line
 
+Progress = Callable[[int, int, str], None]  # (done, total, message): how far long work is, for a status or a bar
 STARTING_S = 120.0  # how long a queued job's worker may take to write its own state
 CANCELLED = "cancelled by an administrator"
 

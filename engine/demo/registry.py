@@ -34,14 +34,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus, Metric, Param
 from mlflow.exceptions import MlflowException
 
-from engine.core.mlflow_client import ensure_experiment
+from engine.core.mlflow_client import ensure_experiment, registry_client
 from engine.core.paths import DEMO_DIR
+from engine.core.workers import Progress
 from engine.knowledge.documents import parse_file
-from engine.knowledge.ingest import Progress
 from engine.registry.candidates import Candidate
 from engine.registry.metric_keys import metric_spec
 from engine.registry.mlflow_candidates import CHAMPION, all_pages, read_candidates
@@ -150,7 +149,7 @@ def prepare_demo_registry(settings, on_progress: Progress | None = None) -> list
     Returns the models registered by this call, as MLflow now reports them ([] when all were there)."""
     if not uses_workspace_store(settings):
         return []
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    client = registry_client(settings)
     current = demo_models_in_registry(client)
     pending = [u for u in USE_CASES if not {u.model_name(r) for r in u.recipes} <= current]
     if not pending:
@@ -186,7 +185,7 @@ def demo_registry_is_current(settings) -> bool:
         return True
     if not Path(settings.tracking_uri.removeprefix("sqlite:///")).is_file():
         return False  # checked first: opening a missing store would create it
-    return set(DEMO_MODEL_NAMES) <= demo_models_in_registry(MlflowClient(tracking_uri=settings.tracking_uri))
+    return set(DEMO_MODEL_NAMES) <= demo_models_in_registry(registry_client(settings))
 
 
 def uses_workspace_store(settings) -> bool:

@@ -11,8 +11,9 @@ from pathlib import Path
 from engine.core import database
 from engine.core.paths import DEMO_DIR
 from engine.core.settings import Settings
+from engine.core.workers import Progress
 from engine.demo.registry import demo_registry_is_current, prepare_demo_registry
-from engine.knowledge.ingest import FileOutcome, Progress, collect_paths
+from engine.knowledge.ingest import FileOutcome, collect_paths
 from engine.knowledge.workspace import ingest_paths
 
 DEMO_CORPUS = DEMO_DIR / "knowledge"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.core.workers import Progress
 from engine.knowledge.chunking import Chunker
 from engine.knowledge.documents import SUPPORTED_SUFFIXES, DocumentError, ParsedDocument, parse_file
 from engine.knowledge.knowledge_base import KnowledgeBase
-
-Progress = Callable[[int, int, str], None]  # (files done, files total, message)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from sqlalchemy import MetaData, Table, create_engine, inspect, select
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, NoSuchTableError, SQLAlchemyError
 
-from engine.knowledge.ingest import Progress
+from engine.core.workers import Progress
 from engine.knowledge.sources import slug
 from engine.knowledge.table_rows import (
     TableColumn,

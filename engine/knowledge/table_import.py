@@ -9,7 +9,7 @@ from typing import Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.access.roles import require_admin
-from engine.knowledge.ingest import Progress
+from engine.core.workers import Progress
 from engine.knowledge.sql_import import plan_sql_import, run_sql_import
 from engine.knowledge.table_rows import TableImportError, TableOutcome, TablePlan
 

@@ -18,7 +18,7 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import DatabricksError, PermissionDenied, Unauthenticated
 from databricks.sdk.service.sql import Disposition, ExecuteStatementRequestOnWaitTimeout, Format, StatementState
 
-from engine.knowledge.ingest import Progress
+from engine.core.workers import Progress
 from engine.knowledge.sources import slug
 from engine.knowledge.table_rows import (
     TableColumn,

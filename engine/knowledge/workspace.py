@@ -7,8 +7,9 @@ opened per use, because SQLite connections must not be shared by concurrent Stre
 from __future__ import annotations
 
 from engine.core.settings import Settings
+from engine.core.workers import Progress
 from engine.knowledge.chunking import Chunker
-from engine.knowledge.ingest import FileOutcome, Progress, collect_paths, ingest_files
+from engine.knowledge.ingest import FileOutcome, collect_paths, ingest_files
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.llm.bundled import load_tokenizer
 

@@ -18,7 +18,6 @@ from engine.core.mlflow_client import ensure_experiment, registry_client
 from engine.lifecycle.version_catalog import overview
 from engine.lifecycle.version_records import (
     ARCHIVED,
-    BASE,
     DEPLOYED,
     FAILED,
     HISTORY_EXPERIMENT,
@@ -31,7 +30,7 @@ from engine.lifecycle.version_records import (
 )
 from engine.llm.backend_contract import LlmError
 from engine.llm.gguf import gguf_problem
-from engine.llm.versions import ADAPTER_ARTIFACT, CANDIDATE, CHAMPION, VERSION_STATUS_TAG, registry_version
+from engine.llm.versions import ADAPTER_ARTIFACT, BASE, CANDIDATE, CHAMPION, VERSION_STATUS_TAG, registry_version
 
 
 def promote(settings, version: str, *, actor: str, reason: str | None = None) -> VersionRecord:

@@ -33,7 +33,6 @@ from engine.core.mlflow_client import registry_client, store_missing
 from engine.lifecycle.training_jobs import list_jobs
 from engine.lifecycle.version_records import (
     ARCHIVED,
-    BASE,
     DEPLOYED,
     EVALUATION_EXPERIMENT,
     FAILED,
@@ -48,7 +47,7 @@ from engine.lifecycle.version_records import (
     first_line,
     mlflow_problem,
 )
-from engine.llm.versions import BASE_MODEL_TAG, CANDIDATE, CHAMPION, PARENT_VERSION_TAG, VERSION_STATUS_TAG, LlmVersion
+from engine.llm.versions import BASE, BASE_MODEL_TAG, CANDIDATE, CHAMPION, PARENT_VERSION_TAG, VERSION_STATUS_TAG, LlmVersion
 from engine.registry.mlflow_candidates import all_pages
 
 

@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass, field
 from mlflow.exceptions import MlflowException
 
 from engine.core.errors import first_line
-from engine.llm.versions import CANDIDATE
+from engine.llm.versions import BASE, CANDIDATE
 
 DEPLOYED, ARCHIVED, FAILED = "deployed", "archived", "failed"
 STATUSES = (CANDIDATE, DEPLOYED, ARCHIVED, FAILED)
 GO = "GO"  # the evaluation's verdicts: GO | NO-GO
-BASE = "base"  # `previous_champion` of a version promoted while the base model was serving
 EVALUATION_EXPERIMENT = "deploywise-evaluation"
 HISTORY_EXPERIMENT = "deploywise-llm-versions"
 MAX_REASON_CHARS = 5_000  # MLflow run tags hold 8,000

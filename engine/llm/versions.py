@@ -24,6 +24,7 @@ from engine.core.mlflow_client import registry_client
 from engine.llm.backend_contract import LlmError
 from engine.llm.bundled import BUNDLED, BUNDLED_LLM_GGUF
 
+BASE = "base"  # the base model, served while no version is champion: evaluated, rolled back to, trained on
 CHAMPION = "champion"
 ADAPTER_ARTIFACT = "adapter"
 EXPORTS_ARTIFACT = "exports"  # exports/<format>/ in a version's MLflow run (training.export writes them)
@@ -56,7 +57,7 @@ class LlmVersion:
 def resolve_llm_version(settings, wanted: str | None = None) -> LlmVersion:
     """'base', 'champion' (the base model while no version holds the alias) or a version number of the registry."""
     wanted = wanted or settings.llm_version
-    if wanted == "base":
+    if wanted == BASE:
         return LlmVersion(settings.base_model)
     name = settings.llm_registry_name
     client = registry_client(settings)
@@ -118,6 +119,6 @@ def version_label(settings, wanted: str, used: str | None, current: LlmVersion |
         return used
     if current is not None:
         return current.label
-    if wanted == "base":
+    if wanted == BASE:
         return LlmVersion(settings.base_model).label
     return f"{settings.llm_registry_name}/{wanted}"
