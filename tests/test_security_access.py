@@ -94,6 +94,17 @@ def test_parallel_wrong_passwords_of_one_client_are_counted_before_the_next_is_c
     assert all(answer.startswith("Too many failed logins") for answer in answers if answer != WRONG)
 
 
+def test_the_throttle_remembers_a_bounded_number_of_addresses_and_keeps_those_that_logged_in(monkeypatch, throttle, clock):
+    monkeypatch.setattr(local_account, "MAX_CLIENTS", 3)
+    throttle.succeeded("admin.json", ADMIN)
+    for n in range(1, 50):
+        throttle.failed("admin.json", f"203.0.113.{n}")
+    assert list(throttle.accounts["admin.json"].clients) == [ADMIN, "203.0.113.48", "203.0.113.49"]
+    clock[0] += local_account.FORGET_CLIENT_AFTER_S + 1
+    throttle.failed("admin.json", VISITOR)
+    assert list(throttle.accounts["admin.json"].clients) == [ADMIN, VISITOR]
+
+
 def test_client_keys_group_an_ipv6_hosts_addresses():
     key = local_account.client_key
     assert key("203.0.113.7") == "203.0.113.7"

@@ -131,7 +131,7 @@ class _Client:
 @dataclass(eq=False)
 class _Account:
     clients: OrderedDict[str, _Client] = field(default_factory=OrderedDict)  # least recently seen first
-    failures: deque[float] = field(default_factory=lambda: deque(maxlen=ACCOUNT_FREE_FAILURES + 16))  # when, all clients
+    failures: deque[float] = field(default_factory=lambda: deque(maxlen=ACCOUNT_FREE_FAILURES + 16))  # every client's, latest
 
 
 class LoginThrottle:
@@ -145,7 +145,8 @@ class LoginThrottle:
 
     So other clients' failures never refuse a client's first attempt, nor any attempt of a client that has logged in
     before, and nobody waits more than MAX_DELAY_S after their own last failure, whatever others do. A guesser gets
-    FREE_FAILURES attempts per address (one once the account is under attack), then fewer and fewer, down to one per MAX_DELAY_S.
+    FREE_FAILURES attempts per address (one once the account is under attack), then fewer and fewer, down to one
+    per MAX_DELAY_S per address.
     `serialised` makes a client's attempts run one at a time, so parallel sessions of one client cannot all pass the
     wait check before any of their failures is counted.
     """
@@ -185,8 +186,9 @@ class LoginThrottle:
             entry.proven = True
 
     def _client(self, account: str, client: str) -> tuple[_Account, _Client]:
-        """The account's and the client's records, the client's made the most recently seen; forgets clients unseen
-        for FORGET_CLIENT_AFTER_S, and the least recently seen beyond MAX_CLIENTS unless one of their attempts runs."""
+        """The account's and the client's records, the client's made the most recently seen. Forgets the clients unseen
+        for FORGET_CLIENT_AFTER_S, and the least recently seen beyond MAX_CLIENTS, but never one that has logged in
+        (a handful) nor one whose attempt runs."""
         with self.lock:
             now = self.clock()
             state = self.accounts.setdefault(account, _Account())
@@ -197,7 +199,7 @@ class LoginThrottle:
             for key, other in state.clients.items():  # least recently seen first
                 if len(state.clients) - len(forgotten) <= MAX_CLIENTS and other.seen >= now - FORGET_CLIENT_AFTER_S:
                     break
-                if other is not entry and not other.lock.locked():
+                if other is not entry and not other.proven and not other.lock.locked():
                     forgotten.append(key)
             for key in forgotten:
                 del state.clients[key]
