@@ -395,7 +395,7 @@ def test_repeated_failures_make_the_next_attempts_wait(admin_password, throttle)
     throttle[0] += 1.0
     at = log_in(at, admin_password)
     assert texts(at, "success") == ["Signed in as admin, administrator: the admin pages are in the sidebar."]
-    assert local_account.THROTTLE.wait_s() == 0  # a success starts the count again
+    assert local_account.THROTTLE.wait_s(str(load_settings().admin_file), local_account.UNKNOWN_CLIENT) == 0  # a success starts again
     assert_admin(at)
 
 
@@ -404,8 +404,8 @@ def test_the_throttle_doubles_the_wait_up_to_its_cap():
     throttle = local_account.LoginThrottle(clock=lambda: clock[0])
     waits = []
     for _ in range(local_account.FREE_FAILURES + 12):
-        waits.append(throttle.wait_s())
-        throttle.failed()
+        waits.append(throttle.wait_s("admin.json", "203.0.113.7"))
+        throttle.failed("admin.json", "203.0.113.7")
         clock[0] += 0.0
     assert waits[: local_account.FREE_FAILURES + 1] == [0.0] * local_account.FREE_FAILURES + [local_account.BASE_DELAY_S]
     assert waits[local_account.FREE_FAILURES + 3] == 8 * local_account.BASE_DELAY_S
@@ -440,7 +440,7 @@ def test_the_command_stores_only_a_bcrypt_hash_in_a_private_file(workspace, tmp_
     assert stored["password_hash"].startswith("$2b$12$")  # the default cost
     assert bcrypt.checkpw(PASSWORD.encode(), stored["password_hash"].encode())
     assert PASSWORD.encode() not in all_file_bytes(tmp_path)
-    assert local_account.check_login(path, "admin", PASSWORD, local_account.LoginThrottle()).account is not None
+    assert local_account.check_login(path, "admin", PASSWORD, throttle=local_account.LoginThrottle()).account is not None
 
 
 def test_the_command_never_takes_the_password_from_its_arguments(workspace, monkeypatch, capsys):
@@ -482,7 +482,7 @@ def test_an_unusable_password_changes_nothing(workspace, monkeypatch, capsys, pa
 
 def test_oidc_roles_come_from_the_admin_emails():
     admins = ["alice@example.com"]
-    assert roles.oidc_identity({"is_logged_in": True, "email": "Alice@Example.com"}, admins).is_admin
+    assert roles.oidc_identity({"is_logged_in": True, "email": "Alice@Example.com", "email_verified": True}, admins).is_admin
     assert not roles.oidc_identity({"is_logged_in": True, "email": "bob@example.com"}, admins).is_admin
     assert not roles.oidc_identity({"is_logged_in": False, "email": "alice@example.com"}, admins).is_admin
     assert not roles.oidc_identity({"email": "alice@example.com"}, admins).is_admin
@@ -500,7 +500,7 @@ def oidc_app(monkeypatch, user: dict) -> AppTest:
 
 
 def test_with_oidc_an_admin_email_gets_the_admin_pages(workspace, monkeypatch):
-    at = oidc_app(monkeypatch, {"is_logged_in": True, "email": "Carol@example.com", "name": "Carol"})
+    at = oidc_app(monkeypatch, {"is_logged_in": True, "email": "Carol@example.com", "email_verified": True, "name": "Carol"})
     assert not at.exception
     assert at.sidebar.caption[0].value == f"Signed in as {escape_markdown('carol@example.com')} (administrator)"
     assert_admin(at)

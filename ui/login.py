@@ -47,7 +47,7 @@ def session_identity() -> Identity:
     if settings is None:  # a page run without the entry point: nobody was checked
         return ANONYMOUS
     if oidc_configured():
-        return oidc_identity(st.user.to_dict(), settings.admin_emails)
+        return oidc_identity(st.user.to_dict(), settings.admin_emails, settings.oidc_issuers)
     login = st.session_state.get(LOGIN_KEY)
     if isinstance(login, LocalLogin) and local_account.still_valid(settings.admin_file, login.user, login.password_hash):
         return Identity(login.user, "local", True)
@@ -67,8 +67,11 @@ def oidc_providers() -> list[str | None]:
 
 
 def log_in_locally(settings, user: str, password: str) -> str | None:
-    """Checks the local administrator's password; on success the session is an administrator. Returns the problem."""
-    result = local_account.check_login(settings.admin_file, user, password)
+    """Checks the local administrator's password; on success the session is an administrator. Returns the problem.
+    The throttle knows the client by the address of its connection (`st.context.ip_address`: the TCP peer, or the
+    X-Forwarded-For of a proxy the server trusts); local connections and unknown addresses share one key."""
+    client = local_account.client_key(st.context.ip_address)
+    result = local_account.check_login(settings.admin_file, user, password, client)
     if result.account is None:
         return result.problem
     st.session_state[LOGIN_KEY] = LocalLogin(result.account.user, result.account.password_hash)

@@ -3,8 +3,8 @@ pages (ui.admin_page.ADMIN_PAGES) and every admin action are for administrators.
 
 Who the user is:
 - with an OIDC provider in `.streamlit/secrets.toml` (an `[auth]` section), the user logged in through `st.login`;
-  administrators are those whose email is in `DEPLOYWISE_ADMIN_EMAILS` (`oidc_identity`: an `email_verified: false`
-  claim never counts). The local account is then not offered;
+  administrators are those whose email is in `DEPLOYWISE_ADMIN_EMAILS`, verified by the provider and, when
+  `DEPLOYWISE_OIDC_ISSUERS` is set, issued by one of those (`oidc_identity`). The local account is then not offered;
 - otherwise the embedded local administrator (`engine.access.local_account`), logged in on the Log in page for the
   length of the browser session; anyone else is an anonymous visitor.
 
@@ -67,11 +67,23 @@ def require_admin(action: str = "this action") -> None:
         raise AccessDenied(f"{action} is for administrators")
 
 
-def oidc_identity(user: Mapping[str, Any], admin_emails: list[str]) -> Identity:
-    """The role of an OIDC user from their claims (`st.user`): an administrator when the email is listed."""
+def oidc_identity(user: Mapping[str, Any], admin_emails: list[str], issuers: list[str] | None = None) -> Identity:
+    """The role of an OIDC user from their claims (`st.user`): an administrator when the email is listed, the provider
+    says it verified it, and (when `issuers` is given) the token's `iss` is one of them, exactly.
+
+    Verified means `email_verified` is true: the JSON boolean, or the string "true" in any case (Apple, for one, may send
+    strings); anything else ("False", "0", 1, a missing claim) is not. Microsoft Entra sends no
+    `email_verified`: its optional claim `xms_edov` (the email's domain is verified by the tenant) counts instead.
+    An Entra issuer names the tenant (https://login.microsoftonline.com/<tenant id>/v2.0), so `issuers` pins it too.
+    """
     if not user.get("is_logged_in"):
         return ANONYMOUS
     email = str(user.get("email") or "").strip().lower()
     name = email or str(user.get("name") or user.get("sub") or "unknown user")
-    verified = user.get("email_verified", True) not in (False, "false")
-    return Identity(name, "oidc", bool(email) and verified and email in {e.lower() for e in admin_emails})
+    verified = _claim_is_true(user.get("email_verified")) or _claim_is_true(user.get("xms_edov"))
+    trusted_issuer = not issuers or user.get("iss") in issuers
+    return Identity(name, "oidc", bool(email) and verified and trusted_issuer and email in {e.lower() for e in admin_emails})
+
+
+def _claim_is_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     llm_max_new_tokens: int = Field(200, gt=0, le=8192, description="Longest explanation the LLM may generate, in tokens")
     admin_emails: Annotated[list[str], NoDecode] = Field(
         [], description="Emails of the administrators when users log in through OIDC (st.login), comma-separated")
+    oidc_issuers: Annotated[list[str], NoDecode] = Field(
+        [], description="When set, only OIDC tokens issued by one of these (the exact `iss` claim) can be administrators, comma-separated")
     admin_user: str = Field("admin", min_length=1, max_length=64, pattern=r"^[^\s]+$",
                             description="User name of the local administrator account (when no OIDC provider is configured)")
 
@@ -114,13 +116,18 @@ class Settings(BaseSettings):
     @field_validator("admin_emails", mode="before")
     @classmethod
     def _emails_from_list_or_commas(cls, value: Any) -> list[str]:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            raise ValueError("must be comma-separated emails")
-        emails = [str(item).strip().lower() for item in items if str(item).strip()]
+        emails = [item.lower() for item in _comma_list(value, "emails")]
         if bad := [email for email in emails if email.count("@") != 1 or email.startswith("@") or email.endswith("@")]:
             raise ValueError(f"not an email: {', '.join(bad)}")
         return emails
+
+    @field_validator("oidc_issuers", mode="before")
+    @classmethod
+    def _issuers_from_list_or_commas(cls, value: Any) -> list[str]:
+        issuers = _comma_list(value, "issuer URLs")
+        if bad := [issuer for issuer in issuers if not issuer.startswith(("https://", "http://"))]:
+            raise ValueError(f"not an issuer URL: {', '.join(bad)}")
+        return issuers
 
     @field_validator("llm_version")
     @classmethod
@@ -168,6 +175,14 @@ class Settings(BaseSettings):
         for sub in ("", "models", "runs", "exports"):
             (self.workspace / sub).mkdir(parents=True, exist_ok=True)
         return self.workspace
+
+
+def _comma_list(value: Any, what: str) -> list[str]:
+    """A list setting given as one comma-separated string (an environment variable) or as a list (secrets.toml)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"must be comma-separated {what}")
+    return [str(item).strip() for item in items if str(item).strip()]
 
 
 # What a worker process (evaluation, SFT generation, export) is started with, so that it uses exactly the app's
