@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from tests_support import verify_answer
 
 from engine.answering.composer import compose_answer
-from engine.answering.verifier import verify_answer
 from engine.demo.workspace import DEMO_CORPUS
 from engine.knowledge.ingest import ingest_files
 from engine.registry.candidates import Candidate

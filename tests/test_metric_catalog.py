@@ -28,8 +28,9 @@ def test_values_are_written_with_enough_digits(metric, value, written):
 
 
 def test_a_tiny_model_size_in_a_composed_answer_passes_the_verifier():
+    from tests_support import verify_answer
+
     from engine.answering.composer import compose_answer
-    from engine.answering.verifier import verify_answer
     from engine.registry.candidates import Candidate
     from engine.rules.criteria import AcceptanceCriterion, UseCasePolicy
     from engine.rules.decision import decide

@@ -1,4 +1,4 @@
-"""Builders for real test files (PDF, DOCX) shared by several test modules."""
+"""Shared by several test modules: builders for real test files (PDF, DOCX), and a whole-answer check."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import io
 
 import docx
 from fpdf import FPDF
+
+from engine.answering.verifier import Verification, endorsed_names, recommended_name, verify_sentence
 
 
 def make_pdf(pages: list[str], title: str | None = None) -> bytes:
@@ -32,3 +34,21 @@ def make_docx(title: str, paragraphs: list[str], table: list[list[str]] | None =
     buffer = io.BytesIO()
     document.save(buffer)
     return buffer.getvalue()
+
+
+def verify_answer(text: str, decision, candidates, known_source_ids: set[str]) -> Verification:
+    """A whole composed or hand-written answer: every check the chat applies to one explanation sentence, and it
+    must present the decision's model (or none), as the composed answer always does."""
+    checked = verify_sentence(text, decision, candidates, known_source_ids)
+    names = sorted({c.name for c in candidates}, key=len, reverse=True)
+    endorsed = endorsed_names(text, names)
+    recommended = endorsed[0] if endorsed else recommended_name(text, names)
+    expected = decision.recommended.name if decision.recommended else None
+    problems = list(checked.problems)
+    if expected and recommended != expected:
+        problems.append(f"it must recommend {expected}, the candidate the rules chose")
+    elif not expected and endorsed:
+        problems.append(f"no candidate may be recommended here, yet it recommends {endorsed[0]}")
+    if not text.strip():
+        problems.append("it is empty")
+    return Verification(not problems, tuple(problems), recommended, checked.numbers_checked, checked.markers)

@@ -1,8 +1,7 @@
-"""Checks an answer against the decision and the real metrics before anyone sees it as the product's word.
+"""Checks each sentence of the LLM's explanation against the decision and the real metrics before anyone sees it.
 
-Four checks: every candidate the answer presents as recommended, to deploy or as the choice is the decision's
-("We do not recommend A; deploy B instead" presents B, not A), and the decision's is presented when there is
-one; every number presented as a value of any metric the candidates log equals a real value of it (a candidate's
+Four checks: every candidate the sentence presents as recommended, to deploy or as the choice is the decision's
+("We do not recommend A; deploy B instead" presents B, not A); every number presented as a value of any metric the candidates log equals a real value of it (a candidate's
 value or a criterion's threshold) within the rounding it is written with, in any unit it is written in; a
 sentence that states a rule ("must be under 25 ms") states one of the rules that decided; every `<<SRC:...>>`
 marker is one the product knows.
@@ -47,29 +46,6 @@ class Verification:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def verify_answer(text: str, decision: Decision, candidates, known_source_ids: set[str]) -> Verification:
-    """A whole answer: it must present the decision's model (or none) and cite at least one source."""
-    names = _names(candidates)
-    endorsed = endorsed_names(text, names)
-    recommended = endorsed[0] if endorsed else recommended_name(text, names)
-    expected = decision.recommended.name if decision.recommended else None
-    wrong = [name for name in endorsed if name != expected]
-    problems: list[str] = []
-    if expected and (wrong or recommended != expected):
-        shown = ", ".join(wrong) or recommended
-        problems.append(f"it must recommend {expected}, the candidate the rules chose" + (f", not {shown}" if shown else ", and name it"))
-    elif not expected and (wrong or recommended and endorsed):
-        problems.append(f"no candidate may be recommended here, yet it recommends {', '.join(wrong) or recommended}")
-    numbers_checked = _claim_problems(text, decision, candidates, problems)
-    markers = tuple(find_markers(text))
-    if not markers:
-        problems.append("it cites no source: every claim needs a <<SRC:...>> marker")
-    problems += _marker_problems(markers, known_source_ids)
-    if not text.strip():
-        problems.append("it is empty")
-    return Verification(not problems, tuple(dict.fromkeys(problems)), recommended, numbers_checked, markers)
 
 
 def verify_sentence(text: str, decision: Decision, candidates, known_source_ids: set[str]) -> Verification:
