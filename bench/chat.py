@@ -293,9 +293,11 @@ def criteria_document(case: UseCase) -> tuple[str, bytes]:
     lines = ["---", f'title: "Acceptance criteria — {case.label}"', f"source_id: criteria:{case.name}", "kind: guideline", "---",
              f"# Acceptance criteria — {case.label} (`{case.name}`)", "",
              f"**Registry tags:** `use_case` = `{case.name}`, `task` = `{case.task}`", "", "## Criteria", ""]
-    lines += [f"- `{metric}` {comparison} {threshold:g} — {'hard' if hard else 'soft'} — {why}" for metric, comparison, threshold, hard in rules]
+    lines += [f"- `{metric}` {comparison} {threshold:g} — {'hard' if hard else 'soft'} — {why}"
+              for metric, comparison, threshold, hard in rules]
     lines += ["", "| Metric | Comparison | Threshold | Type | Rationale |", "|---|---|---|---|---|"]
-    lines += [f"| `{metric}` | {comparison} | {threshold:g} | {'hard' if hard else 'soft'} | {why} |" for metric, comparison, threshold, hard in rules]
+    lines += [f"| `{metric}` | {comparison} | {threshold:g} | {'hard' if hard else 'soft'} | {why} |"
+              for metric, comparison, threshold, hard in rules]
     lines += ["", "## Ranking the candidates that pass", "", f"- Priority metric: `{priority}`.", f"- Tie-breaker: `{tie_breaker}`."]
     return f"acceptance-criteria-{case.name}.md", "\n".join(lines).encode()
 
@@ -657,7 +659,8 @@ def answer_sample(settings, kb, backend, question: str, tokenizer, names: list[s
     answer = ask(settings, kb, backend, question, on_decision=lambda *_: marks.setdefault("decision_shown_ms", since()),
                  on_sentence=lambda _: marks.setdefault("first_sentence_ms", since()))
     explanation = answer.explanation
-    sample = {"question": question, "total_ms": answer.timings.get("total_ms"), "recommendation_ms": answer.timings.get("recommendation_ms"),
+    sample = {"question": question, "total_ms": answer.timings.get("total_ms"),
+              "recommendation_ms": answer.timings.get("recommendation_ms"),
               "decision_shown_ms": marks.get("decision_shown_ms"), "first_sentence_ms": marks.get("first_sentence_ms"),
               "state": explanation.state if explanation else "none"}
     if explanation is not None:
@@ -757,7 +760,8 @@ def run_backend(folder: Path, backend: str, settings, questions: list[dict], war
     """Run one backend's worker in a fresh process and read its figures."""
     config, output = folder / f"worker-{backend}.json", folder / f"worker-{backend}-result.json"
     config.write_text(json.dumps({"backend": backend, "workspace": str(settings.workspace), "questions": questions,
-                                  "warmup": warmup, "answer_questions": answer_questions, "answer_repeats": answer_repeats, "golden": golden,
+                                  "warmup": warmup, "answer_questions": answer_questions, "answer_repeats": answer_repeats,
+                                  "golden": golden,
                                   "llm_repeats": args.llm_repeats, "max_new_tokens": args.max_new_tokens,
                                   "alt_threads": args.alt_threads, "output": str(output)}))
     print(f"\n{backend}: a fresh process answers {len(answer_questions) * answer_repeats} demo questions"
@@ -911,7 +915,8 @@ def print_backends(backends: dict) -> None:
               f"other processes took {result['others_share']['decode']:.0%} of the CPU")
     if alt:
         print(f"  alt: llama.cpp with n_threads={alt['threads']}; other processes took {alt['others_share']['decode']:.0%} of the CPU")
-    print(f"  {'backend':<14}{'prompt':<34}{'tokens':>7}{'TTFT p50 ms':>13}{'prefill tok/s':>15}{'decode tok/s':>14}{'vs transformers':>17}")
+    print(f"  {'backend':<14}{'prompt':<34}{'tokens':>7}{'TTFT p50 ms':>13}"
+          f"{'prefill tok/s':>15}{'decode tok/s':>14}{'vs transformers':>17}")
     reference = backends["transformers"]["decode"]
     labels = {"real": "explanation prompt", "real_grammar": "explanation prompt + grammar", "question_only": "question alone (baseline)"}
     for name, result in rows:
@@ -938,7 +943,8 @@ def print_golden(golden: dict) -> None:
         print(f"\nEXPLANATIONS KEPT  the LLM was asked on none of the {golden['items']} golden items")
         return
     print(f"\nEXPLANATIONS KEPT  llama.cpp, base model, {golden['items']} golden items with a use case (static and dynamic), "
-          f"the LLM asked on {golden['llm_asked']}; total p50 {golden['total']['p50_ms']:,.0f} ms, p95 {golden['total']['p95_ms']:,.0f} ms; "
+          f"the LLM asked on {golden['llm_asked']}; total p50 {golden['total']['p50_ms']:,.0f} ms, "
+          f"p95 {golden['total']['p95_ms']:,.0f} ms; "
           f"other processes took {golden['others_share']:.0%} of the CPU")
     print(f"  kept (every sentence verified): {golden['kept_share']:.1%}; kept or partial (at least one verified sentence shown): "
           f"{golden['shown_share']:.1%}; states: " + ", ".join(f"{k} {v}" for k, v in golden["states"].items()))
@@ -967,14 +973,16 @@ def verdicts(report: dict) -> list[dict]:
     golden = report["golden"]
     if golden["kept_share"] is not None:
         found.append({"target": f"explanations kept, llama.cpp base model, {golden['llm_asked']} golden items where the LLM was asked",
-                      "value": golden["kept_share"], "goal": f">= {KEPT_SHARE_TARGET:g}", "pass": golden["kept_share"] >= KEPT_SHARE_TARGET})
+                      "value": golden["kept_share"], "goal": f">= {KEPT_SHARE_TARGET:g}",
+                      "pass": golden["kept_share"] >= KEPT_SHARE_TARGET})
     return found
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=int, default=1000, help="registered models (scale workspace)")
-    parser.add_argument("--use-cases", type=int, default=50, help=f"use cases the models are spread over (at most {len(TASKS) * len(REGIONS)})")
+    parser.add_argument("--use-cases", type=int, default=50,
+                        help=f"use cases the models are spread over (at most {len(TASKS) * len(REGIONS)})")
     parser.add_argument("--chunks", type=int, default=100_000, help="chunks in the knowledge base (scale workspace)")
     parser.add_argument("--questions", type=int, default=100, help="timed questions at scale, each asked in every mode")
     parser.add_argument("--read-repeats", type=int, default=3, help="repetitions of each full registry read")

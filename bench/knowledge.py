@@ -347,9 +347,12 @@ def to_int8(vector: np.ndarray, scale: float) -> bytes:
 def add_prototype_tables(connection, matrix: np.ndarray) -> float:
     """int8 vec0, bit vec0 (with the product's metadata columns) and plain float blobs; returns the int8 scale."""
     scale = float(np.abs(matrix).max())
-    connection.execute("CREATE VIRTUAL TABLE chunk_int8 USING vec0(chunk_id INTEGER PRIMARY KEY, embedding int8[384] distance_metric=cosine)")
     connection.execute(
-        "CREATE VIRTUAL TABLE chunk_bits USING vec0(chunk_id INTEGER PRIMARY KEY, embedding bit[384], source_domain TEXT, document_id INTEGER)"
+        "CREATE VIRTUAL TABLE chunk_int8 USING vec0(chunk_id INTEGER PRIMARY KEY, embedding int8[384] distance_metric=cosine)"
+    )
+    connection.execute(
+        "CREATE VIRTUAL TABLE chunk_bits USING vec0(chunk_id INTEGER PRIMARY KEY, embedding bit[384], "
+        "source_domain TEXT, document_id INTEGER)"
     )
     connection.execute("CREATE TABLE chunk_floats(chunk_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL)")
     ids = [row[0] for row in connection.execute("SELECT id FROM chunks ORDER BY id")]
@@ -412,12 +415,15 @@ def search_methods(kb: KnowledgeBase, cached: KnowledgeBase, matrix, ids, scale,
         PRODUCT_HYBRID: ("hybrid", lambda query, vector: [hit.chunk_id for hit in hybrid_search(kb, query)]),
         "hybrid_search without embedding": ("hybrid", lambda query, vector: [hit.chunk_id for hit in hybrid_search(cached, query)]),
         PRODUCT_VECTOR: ("vector", lambda query, vector: vector_index(connection).nearest(vector, POOL)),
-        PRODUCT_KEYWORD: ("keyword", lambda query, vector: list(_keyword_ranks(connection, vector_index(connection), query, POOL, None, None))),
+        PRODUCT_KEYWORD: ("keyword",
+                          lambda query, vector: list(_keyword_ranks(connection, vector_index(connection), query, POOL, None, None))),
         BASELINE: ("vector", lambda query, vector: exact_top(matrix, ids, vector)),
-        "sqlite-vec vec0 KNN (the durable copy)": ("vector", lambda query, vector: [row[0] for row in connection.execute(vec0_sql, (vector.tobytes(), POOL))]),
+        "sqlite-vec vec0 KNN (the durable copy)": (
+            "vector", lambda query, vector: [row[0] for row in connection.execute(vec0_sql, (vector.tobytes(), POOL))]),
         "FTS5 BM25, every word": ("keyword", lambda query, vector: keyword(query_words(query))),
         "alt: query embedding, 1 torch thread": ("embedding", lambda query, vector: embed_with_one_thread(kb, query)),
-        "alt: vec0 int8[384] KNN": ("vector", lambda query, vector: [row[0] for row in connection.execute(int8_sql, (to_int8(vector, scale), POOL))]),
+        "alt: vec0 int8[384] KNN": (
+            "vector", lambda query, vector: [row[0] for row in connection.execute(int8_sql, (to_int8(vector, scale), POOL))]),
         "alt: vec0 bit[384] top-100 + rescore": bits_rescored(100),
         "alt: vec0 bit[384] top-200 + rescore": bits_rescored(200),
         "alt: FTS5 without stop words": ("keyword", lambda query, vector: keyword(w for w in query_words(query) if w not in STOP_WORDS)),
@@ -446,7 +452,8 @@ def bm25_recall(connection, query: str, found: list[int], tenth: tuple[float, in
     return sum(row[0] <= score + 1e-9 for row in rows) / count
 
 
-def bench_search(root: Path, rng: np.random.Generator, size: int, pool: SentencePool, chunk_sentences, queries, query_vectors, embedder, tokenizer) -> dict:
+def bench_search(root: Path, rng: np.random.Generator, size: int, pool: SentencePool, chunk_sentences, queries, query_vectors,
+                 embedder, tokenizer) -> dict:
     (texts, matrix), build_s = timed(synthetic_chunks, rng, pool, size, chunk_sentences, embedder.max_seq_length - 2)
     tokens = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     kb = KnowledgeBase(database.connect(root / f"search-{size}.sqlite"), embedder)
@@ -488,7 +495,8 @@ def bench_search(root: Path, rng: np.random.Generator, size: int, pool: Sentence
         rows[name] = {**latency(times[name]), "p95_vs_baseline": round(latency(times[name])["p95_ms"] / baseline_p95, 2)}
         if quality[name]:
             rows[name][QUALITY[kind]] = round(float(np.mean(quality[name])), 4)
-    matches = [kb.connection.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (fts_query(q),)).fetchone()[0] for q in queries]
+    matches = [kb.connection.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (fts_query(q),)).fetchone()[0]
+               for q in queries]
     kb.connection.close()
     return {
         "chunks": size,
@@ -514,7 +522,8 @@ def print_ingest(ingest: dict, short: dict) -> None:
     real = ingest["embedding_real_chunks"]
     print(f"\nINGEST  {ingest['documents']} PDFs, {ingest['pages']} pages -> {ingest['chunks']} chunks "
           f"(tokens per chunk: mean {ingest['chunk_tokens_mean']}, p50 {ingest['chunk_tokens_p50']}, max {ingest['chunk_tokens_max']})")
-    print(f"  end to end (parse, chunk, embed, store): {ingest['seconds']} s = {ingest['pages_per_s']} pages/s, {ingest['chunks_per_s']} chunks/s")
+    print(f"  end to end (parse, chunk, embed, store): {ingest['seconds']} s = {ingest['pages_per_s']} pages/s, "
+          f"{ingest['chunks_per_s']} chunks/s")
     print(f"  of which parsing {ingest['parse_s']} s and chunking {ingest['chunking_s']} s (timed again on their own)")
     print(f"  {'embedding only':<32}{'texts':>7}{'word pieces':>13}{'truncated':>11}{'chunks/s':>10}{'word pieces/s':>15}")
     for label, row in (("real chunks (500/50 tokens)", real), ("short chunks (one sentence)", short)):
@@ -525,7 +534,8 @@ def print_ingest(ingest: dict, short: dict) -> None:
 def print_search(search: dict) -> None:
     print(f"\nSEARCH  {search['chunks']:,} chunks of {search['chunk_tokens_mean']} tokens on average "
           f"(bulk insert {search['insert_s']} s, database {search['database_mb']} MB, in-memory index {search['matrix_mb']} MB "
-          f"loaded in {search['index_load_s']} s after a write; a product OR-query matches {search['fts_matching_chunks_mean']:,} chunks on average;\n"
+          f"loaded in {search['index_load_s']} s after a write; "
+          f"a product OR-query matches {search['fts_matching_chunks_mean']:,} chunks on average;\n"
           f"  keyword search reads document frequencies from a cache, {search['document_frequencies_ms_per_word']} ms per word to fill)")
     print(f"  {'method':<54}{'p50 ms':>8}{'p95 ms':>8}{'p95/baseline':>14}  quality")
     for name, row in search["methods"].items():
@@ -539,8 +549,10 @@ def verdicts(report: dict) -> list[dict]:
 
     real, short = report["ingest"]["embedding_real_chunks"]["chunks_per_s"], report["embedding_short_chunks"]["chunks_per_s"]
     found = [
-        verdict("embedding chunks/s, real 500-token chunks", real, f">= {EMBED_TARGET_CHUNKS_PER_S:.0f}", real >= EMBED_TARGET_CHUNKS_PER_S),
-        verdict("embedding chunks/s, short one-sentence chunks", short, f">= {EMBED_TARGET_CHUNKS_PER_S:.0f}", short >= EMBED_TARGET_CHUNKS_PER_S),
+        verdict("embedding chunks/s, real 500-token chunks", real, f">= {EMBED_TARGET_CHUNKS_PER_S:.0f}",
+                real >= EMBED_TARGET_CHUNKS_PER_S),
+        verdict("embedding chunks/s, short one-sentence chunks", short, f">= {EMBED_TARGET_CHUNKS_PER_S:.0f}",
+                short >= EMBED_TARGET_CHUNKS_PER_S),
     ]
     for search in report["search"]:
         methods, size = search["methods"], f"{search['chunks']:,} chunks"

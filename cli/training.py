@@ -23,7 +23,8 @@ POLL_S = 5.0
 
 def register(commands) -> None:
     snapshot = commands.add_parser("snapshot", help="freeze the knowledge base and replay text into a training dataset snapshot")
-    snapshot.add_argument("--replay-ratio", type=float, default=0.2, help="share of training tokens that is general replay text (default 0.2)")
+    snapshot.add_argument("--replay-ratio", type=float, default=0.2,
+                          help="share of training tokens that is general replay text (default 0.2)")
     snapshot.add_argument("--validation-share", type=float, default=0.1, help="share of documents held out for validation (default 0.1)")
     snapshot.add_argument("--json", action="store_true")
     snapshot.set_defaults(handler=_snapshot)

@@ -33,11 +33,14 @@ GOLD_TABLES = [
         [("note_id", "LONG"), ("model_name", "STRING"), ("reviewer_email", "STRING"), ("accuracy", "DOUBLE"), ("note", "STRING")],
         [
             (1, "rare_earth_rf_v3", "ana@example.org", 0.942,
-             "The random forest keeps 94 percent accuracy on lithium pegmatites and answers within 12 ms, well inside the field latency budget."),
+             "The random forest keeps 94 percent accuracy on lithium pegmatites and answers within 12 ms, "
+             "well inside the field latency budget."),
             (2, "rare_earth_nn_v1", "ben@example.org", 0.951,
-             "The neural network is slightly more accurate but its 340 ms inference latency breaks the real-time requirement for field analysis."),
+             "The neural network is slightly more accurate but its 340 ms inference latency breaks the real-time requirement "
+             "for field analysis."),
             (3, "neutron_flux_xgb_v2", "ana@example.org", 0.887,
-             "Gradient boosting underestimates neutron flux near the reactor core edge; calibrate on the new detector data before any deployment."),
+             "Gradient boosting underestimates neutron flux near the reactor core edge; "
+             "calibrate on the new detector data before any deployment."),
         ],
         primary_key=["note_id"],
     ),
@@ -46,11 +49,14 @@ GOLD_TABLES = [
         [("review_id", "STRING"), ("model_id", "STRING"), ("decision", "STRING"), ("rationale", "STRING"), ("reviewed_on", "DATE")],
         [
             ("REV-2024-001", "MDL-7731", "approved",
-             "Approved for production because drift stayed below the agreed threshold for six consecutive weeks of shadow traffic.", "2024-03-02"),
+             "Approved for production because drift stayed below the agreed threshold for six consecutive weeks of shadow traffic.",
+             "2024-03-02"),
             ("REV-2024-002", "MDL-7731", "rejected",
-             "Rejected: the recall on minority deposit types fell under the acceptance criterion of 0.85 after the last retraining.", "2024-04-11"),
+             "Rejected: the recall on minority deposit types fell under the acceptance criterion of 0.85 after the last retraining.",
+             "2024-04-11"),
             ("REV-2024-003", "MDL-8120", "approved",
-             "Approved with a rollback plan, since the latency regression only affects batch scoring and never the interactive path.", "2024-05-19"),
+             "Approved with a rollback plan, since the latency regression only affects batch scoring and never the interactive path.",
+             "2024-05-19"),
         ],
     ),
     FakeTable(
@@ -224,7 +230,8 @@ class FakeDatabricks:
             "schema": {
                 "column_count": len(record["names"]),
                 "columns": [
-                    {"name": name, "position": position, "type_name": types.get(name, "STRING"), "type_text": types.get(name, "STRING").lower()}
+                    {"name": name, "position": position, "type_name": types.get(name, "STRING"),
+                     "type_text": types.get(name, "STRING").lower()}
                     for position, name in enumerate(record["names"])
                 ],
             },

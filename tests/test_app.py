@@ -433,7 +433,8 @@ def test_an_admin_reviews_the_ranking_policy_and_the_chat_decides_with_it(demo_c
     assert not at.exception and not at.error
     with knowledge_base() as kb:
         _, policy, reviewer = reviewed_rules(kb.connection, "tumor-screening")
-        assert (policy.priority_metric, policy.tie_breaker, policy.near_best_margin, reviewer) == ("f1", "latency_p95_ms", 0.005, "test-admin")
+        assert (policy.priority_metric, policy.tie_breaker, policy.near_best_margin, reviewer) == (
+        "f1", "latency_p95_ms", 0.005, "test-admin")
         assert policy.family_order == ("linear", "gradient-boosting", "random-forest", "mlp")
         decision = prepare_answer(load_settings(), kb, "Which model should I deploy for tumour screening?").decision
     assert decision.priority_metric == "f1"

@@ -241,7 +241,8 @@ def test_a_question_gets_a_verified_answer_with_source_links_evidence_and_feedba
         assert_links_to(body.get_by_role("link", name=f"[{citation.number}]", exact=True).first, target)
         assert_links_to(sources.get_by_role("link", name=citation.display_name, exact=True), target)
         expect(sources).to_contain_text(f"{citation.number}. {citation.display_name} ({citation.source_id})")
-    assert_links_to(explanation.get_by_role("link", name="[1]", exact=True), f"{demo_app.url}/source?id=registry:{record.recommended_model}")
+    assert_links_to(explanation.get_by_role("link", name="[1]", exact=True),
+                    f"{demo_app.url}/source?id=registry:{record.recommended_model}")
     hrefs = answer.get_by_role("link").evaluate_all("links => links.map(link => link.href)")
     assert hrefs and {unquote(href) for href in hrefs} <= {unquote(target) for target in targets}  # no other link
     expect(page.locator("body")).not_to_contain_text("<<")

@@ -69,7 +69,8 @@ def test_champion_version_is_used_else_the_latest(settings, registry):
     assert linear.description == "Second reader."
     assert (mlp.version, mlp.alias, mlp.family, mlp.run_id) == ("2", None, "mlp", second.run_id)
     assert mlp.metrics == {**METRICS, "roc_auc": 0.982}
-    assert (mlp.use_case, mlp.task, mlp.source_id, mlp.url) == ("tumor-screening", "binary-classification", "registry:tumor-screening-mlp", None)
+    assert (mlp.use_case, mlp.task, mlp.source_id, mlp.url) == (
+        "tumor-screening", "binary-classification", "registry:tumor-screening-mlp", None)
 
 
 def test_a_model_without_both_tags_is_not_a_candidate(settings, registry):

@@ -73,7 +73,8 @@ def test_the_decision_is_stored_first_and_a_faithful_explanation_is_added_to_it(
     assert {c.source_id for c in answer.citations} >= {f"registry:{decision.recommended.name}", "criteria:tumor-screening"}
     assert all(c.known for c in answer.citations)
     stored = load_answer(kb.connection, answer.record_id)
-    assert (stored.answer_origin, stored.recommended_model, stored.llm_version) == ("deterministic", decision.recommended.name, answer.llm_version)
+    assert (stored.answer_origin, stored.recommended_model, stored.llm_version) == (
+        "deterministic", decision.recommended.name, answer.llm_version)
     assert (stored.answer, stored.explanation, stored.explanation_state) == (answer.text, explanation.text, "kept")
     assert answer.llm_version.startswith("openai:127.0.0.1")
     assert {c["name"] for c in stored.candidates} == {c.name for c in answer.prepared.candidates}

@@ -104,7 +104,8 @@ def test_train_cpt_refuses_a_bad_config_or_override_before_anything_runs(workspa
     error = capsys.readouterr().err
     assert "lora.r: must be a whole number (got 'many')" in error and "learning_rat: unknown key" in error
     root = Path(__file__).resolve().parents[1]
-    assert main(["train", "cpt", "--config", str(root / "configs/cpt.yaml"), "--set", "quantization=8bit", "--set", "lora.dropout=1.5"]) == 2
+    assert main(["train", "cpt", "--config", str(root / "configs/cpt.yaml"),
+                 "--set", "quantization=8bit", "--set", "lora.dropout=1.5"]) == 2
     assert "quantization: must be 'none' or '4bit'" in capsys.readouterr().err
     assert main(["train", "cpt", "--set", "max_steps"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err

@@ -73,15 +73,18 @@ def test_missing_metric_fails_a_hard_criterion_and_nothing_passing_means_no_reco
     assert decision.closest is not None and decision.closest.name in {"ts-unmeasured", "ts-forest"}
     text = compose_answer(decision)
     assert text.startswith("Recommendation: none")
-    assert verify_answer(text, decision, [unmeasured, FOREST], {"criteria:tumor-screening", "registry:ts-unmeasured", "registry:ts-forest"}).ok
+    assert verify_answer(text, decision, [unmeasured, FOREST],
+                         {"criteria:tumor-screening", "registry:ts-unmeasured", "registry:ts-forest"}).ok
 
 
 def test_error_metrics_use_a_relative_margin():
     criteria = [AcceptanceCriterion("d", "r2", ">=", 0.4, True, "criteria:d")]
     policy = UseCasePolicy("d", "rmse", "model_size_mb", "criteria:d", near_best_margin=0.01, near_best_relative=True,
                            family_order=FAMILIES)
-    linear = Candidate("d-linear", "1", None, "d", "regression", "linear", "", "r", {"r2": 0.45, "rmse": 53.5, "model_size_mb": 0.01}, "registry:d-linear", None)
-    boosting = Candidate("d-boost", "1", None, "d", "regression", "gradient-boosting", "", "r", {"r2": 0.46, "rmse": 53.0, "model_size_mb": 0.3}, "registry:d-boost", None)
+    linear = Candidate("d-linear", "1", None, "d", "regression", "linear", "", "r", {"r2": 0.45, "rmse": 53.5, "model_size_mb": 0.01},
+                       "registry:d-linear", None)
+    boosting = Candidate("d-boost", "1", None, "d", "regression", "gradient-boosting", "", "r",
+                         {"r2": 0.46, "rmse": 53.0, "model_size_mb": 0.3}, "registry:d-boost", None)
     assert decide("d", [boosting, linear], criteria, policy).recommended is linear  # 53.5 is within 1% of 53.0
 
 
@@ -186,7 +189,8 @@ FRAUD = [Candidate(f"fraud-{family}", "1", None, "fraud", "binary-classification
 
 
 def test_reviewed_rules_win_over_documents_until_given_back(kb, chunker):
-    document = b"---\nsource_id: criteria:fraud\n---\n# Fraud\n- `recall` >= 0.9 \xe2\x80\x94 hard \xe2\x80\x94 catch fraud\n\nPriority metric: `recall`\n"
+    document = (b"---\nsource_id: criteria:fraud\n---\n# Fraud\n- `recall` >= 0.9 \xe2\x80\x94 hard \xe2\x80\x94 catch fraud\n\n"
+                b"Priority metric: `recall`\n")
     assert ingest_files(kb, chunker, [("fraud.md", document)])[0].ok
     assert [c.threshold for c in rulebook(kb.connection, "fraud", FRAUD).criteria] == [0.9]
     [chunk] = kb.chunks()
@@ -197,7 +201,8 @@ def test_reviewed_rules_win_over_documents_until_given_back(kb, chunker):
     assert ingest_files(kb, chunker, [("fraud.md", document.replace(b"0.9", b"0.99"))])[0].status == "updated"
     rules = rulebook(kb.connection, "fraud", FRAUD)
     [kept] = rules.criteria
-    assert (kept.threshold, kept.reviewed, kept.rationale, rules.state, rules.reviewed_by) == (0.85, True, "relaxed by the risk board", "reviewed", "ada")
+    assert (kept.threshold, kept.reviewed, kept.rationale, rules.state, rules.reviewed_by) == (
+        0.85, True, "relaxed by the risk board", "reviewed", "ada")
     assert [c.threshold for c in rules.extracted.criteria] == [0.99]  # what the document says now, shown beside the review
     discard_review(kb.connection, "fraud")
     assert [(c.threshold, c.reviewed) for c in rulebook(kb.connection, "fraud", FRAUD).criteria] == [(0.99, False)]

@@ -31,7 +31,8 @@ def answer(question: str, llm_version: str = "deploywise-llm/3") -> AnswerRecord
         recommended_model="ts-boosting",
         candidates=[{"name": name, "version": "2", "alias": None, "family": family, "metrics": {"roc_auc": auc, "latency_p95_ms": p95},
                      "source_id": f"registry:{name}"}
-                    for name, family, auc, p95 in (("ts-boosting", "gradient-boosting", 0.9972, 4.2), ("ts-forest", "random-forest", 0.9981, 14.2))],
+                    for name, family, auc, p95 in (("ts-boosting", "gradient-boosting", 0.9972, 4.2),
+                                                   ("ts-forest", "random-forest", 0.9981, 14.2))],
         decision={"recommended": "ts-boosting", "criteria": [{"metric": "latency_p95_ms", "source_id": "criteria:tumor-screening"}],
                   "candidates": [{"name": "ts-boosting", "passes_hard": True, "standing": "recommended", "checks": []},
                                  {"name": "ts-forest", "passes_hard": False, "standing": "fails p95 latency", "checks": []}]},
@@ -154,7 +155,8 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_changes(settings, flagge
     at.text_area(key=f"correction-{first}").input("Deploy ts-boosting <<SRC:wiki:made-up>>.")
     at.button(key=f"save-{first}").click().run()  # a draft may cite what is not registered yet...
     assert at.success[0].value == f"Correction of answer #{first} saved (pending)."
-    assert at.warning[0].value.startswith("This correction cannot be accepted yet: it cites source the registry does not know: wiki:made-up")
+    assert at.warning[0].value.startswith("This correction cannot be accepted yet: "
+                                          "it cites source the registry does not know: wiki:made-up")
     before = review_rows(settings)
     at.button(key=f"accept-{first}").click().run()  # ...but is not accepted
     assert [e.value for e in at.error] == [

@@ -129,7 +129,8 @@ def test_accepting_without_a_draft_takes_the_users_right_answer_and_edited_text_
 @pytest.mark.parametrize("text, message", [
     ("", "the correction is empty"),
     ("   \n\t", "the correction is empty"),
-    ("x" * (MAX_CORRECTION_CHARS + 1), f"the correction is {MAX_CORRECTION_CHARS + 1:,} characters long; the limit is {MAX_CORRECTION_CHARS:,}"),
+    ("x" * (MAX_CORRECTION_CHARS + 1),
+     f"the correction is {MAX_CORRECTION_CHARS + 1:,} characters long; the limit is {MAX_CORRECTION_CHARS:,}"),
     (42, "the correction must be text, not int"),
 ])
 def test_an_empty_or_oversized_correction_is_refused_and_nothing_changes(connection, flagged, text, message):
@@ -204,7 +205,8 @@ def test_decided_answers_are_reopened_before_they_change(connection, flagged):
         reopen(connection, flagged)
 
     rejected = reject(connection, flagged, note="the user asked about another use case")
-    assert (rejected.state, rejected.correction, rejected.note) == ("rejected", "Deploy ts-boosting.", "the user asked about another use case")
+    assert (rejected.state, rejected.correction, rejected.note) == (
+        "rejected", "Deploy ts-boosting.", "the user asked about another use case")
     assert accepted_training_texts(connection) == [] and review_counts(connection)["rejected"] == 1
     assert reopen(connection, flagged).state == "pending"
 

@@ -45,7 +45,8 @@ def test_streamed_pieces_join_to_the_served_reply():
     assert len(pieces) > 5 and "".join(pieces) == "Deploy tumor_rf_v3, asked: Which model should I deploy for tumour screening?"
     assert cut == ["Deploy", " tumor_rf_v3,"]
     sent = server.requests[0].body
-    assert (sent["messages"], sent["model"], sent["stream"], sent["max_tokens"], sent["temperature"]) == (QUESTION, "tiny-chat", True, 64, 0)
+    assert (sent["messages"], sent["model"], sent["stream"], sent["max_tokens"], sent["temperature"]) == (
+        QUESTION, "tiny-chat", True, 64, 0)
     assert backend.version == f"openai:127.0.0.1:{urlsplit(server.url).port}/tiny-chat"
     assert llm_backend(endpoint_settings(server)) is backend  # one client per configuration
     assert llm_backend(endpoint_settings(server, llm_model="other")) is not backend
@@ -73,7 +74,8 @@ def test_a_slow_endpoint_fails_at_the_timeout():
 def test_the_token_is_sent_as_bearer_and_never_shown():
     token = "dapi-very-secret-0123"
     with OpenAIServer(reply="Use the random forest.", token=token) as server:
-        assert "".join(llm_backend(endpoint_settings(server, llm_api_key=token)).stream(QUESTION, max_new_tokens=8)) == "Use the random forest."
+        assert "".join(llm_backend(endpoint_settings(server, llm_api_key=token)).stream(QUESTION, max_new_tokens=8)) \
+            == "Use the random forest."
         assert server.requests[-1].authorization == f"Bearer {token}"
         with pytest.raises(LlmError, match="refused the token") as wrong:
             list(llm_backend(endpoint_settings(server, llm_api_key=token + "-old")).stream(QUESTION, max_new_tokens=8))

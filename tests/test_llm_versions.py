@@ -99,7 +99,8 @@ def evaluate(settings, number: str, verdict: str, reasons: list[str], metrics: d
     evaluation_id = evaluation_id or f"eval-{number}-{verdict}"
     experiment = mlflow.get_experiment_by_name(EVALUATION_EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(EVALUATION_EXPERIMENT)
-    run = mlflow.create_run(experiment_id, tags={"evaluation_id": evaluation_id, "llm_version": f"{NAME}/{number}" if number != BASE else "base",
+    run = mlflow.create_run(experiment_id, tags={"evaluation_id": evaluation_id,
+                                                 "llm_version": f"{NAME}/{number}" if number != BASE else "base",
                                                  "verdict": verdict})
     for key, value in (metrics or GO_METRICS).items():
         mlflow.log_metric(run.info.run_id, key, value)

@@ -40,7 +40,8 @@ def test_the_prompt_holds_the_decision_criteria_and_metrics_with_their_markers()
     prompt = user_prompt([candidate(1, 3.0), candidate(2, 30.0)])
     assert "Recommend ts-model-01 <<SRC:registry:ts-model-01>>" in prompt  # 02 is more accurate but too slow
     assert "- latency_p95_ms <= 10 (hard) <<SRC:criteria:ts>>" in prompt
-    assert "- ts-model-02 <<SRC:registry:ts-model-02>> (mlp): roc_auc 0.902, latency_p95_ms 30.00 ms; fails latency_p95_ms <= 10 (hard)" in prompt
+    assert ("- ts-model-02 <<SRC:registry:ts-model-02>> (mlp): roc_auc 0.902, latency_p95_ms 30.00 ms; "
+            "fails latency_p95_ms <= 10 (hard)") in prompt
 
 
 def test_many_candidates_are_cut_to_the_best_placed_ones():

@@ -28,7 +28,8 @@ IDS = [case.name for case in CASES]
 NOT_YET_READ: dict[str, str] = {
     "apu-remaining-life": "'happen for at most 5% of the units' is bound to the units' coverage, not the late-prediction rate",
     "arterial-speed-forecast": "MAE in km/h at 15 and 60 minutes ahead against '2 metres per second' and a tender's knock-out table",
-    "complaint-letter-summaries": "an SLA's 'shall ensure ... achieves a Factual Consistency Score': unread, so it cannot say nothing passes",
+    "complaint-letter-summaries": ("an SLA's 'shall ensure ... achieves a Factual Consistency Score': "
+                                   "unread, so it cannot say nothing passes"),
     "drug-target-links": "the question is ambiguous between drug-target-links and the decoy protein-interaction-links: it asks",
     "finance-text-to-sql": "'Fewer than 3 in every 100 generated queries fail to parse' names no metric (unread, safe)",
     "home-contents-risk-premium": "actual-to-expected 'within ±3%' of 1, per-segment deviation and a regulator's numbers",

@@ -199,7 +199,8 @@ def criteria_with(keys: list[str], text: str, observed: dict | None = None) -> s
      {("gen_ms_per_img", "<=", 4000, True)}),
     (["p90_err_m", "median_err_m"], "The 90th percentile of the distance to the drop point must be under 250 m¹.",
      {("p90_err_m", "<", 250, True)}),
-    (["top1_accuracy", "top5_accuracy"], "Top-5 accuracy shall not fall short of ninety-five percent.", {("top5_accuracy", ">=", 0.95, True)}),
+    (["top1_accuracy", "top5_accuracy"], "Top-5 accuracy shall not fall short of ninety-five percent.",
+     {("top5_accuracy", ">=", 0.95, True)}),
     # units teams write: cost per request against per 1k, energy, power, mass, yield, footnote marks, decimal commas
     (["cost_usd_per_1k"], "Cost: at most 0.4 cents per request (blocking).", {("cost_usd_per_1k", "<=", 4.0, True)}),
     (["energy_mj_per_tile"], "- Energy: no more than 2 joules per 512 x 512 tile.", {("energy_mj_per_tile", "<=", 2000, True)}),
@@ -221,20 +222,24 @@ def criteria_with(keys: list[str], text: str, observed: dict | None = None) -> s
     (["macro_f1_top200", "micro_f1_test"], "- macro F1 over the 200 most frequent tags: 0.55 or better",
      {("macro_f1_top200", ">=", 0.55, True)}),
     (["recall_at_50", "recall_at_50_de"], "- AC1: Recall@50 on the clause benchmark is at least 90%.", {("recall_at_50", ">=", 0.9, True)}),
-    (["recall_at_50", "recall_at_50_de"], "Recall@50 on the German subset must be 0.85 or better.", {("recall_at_50_de", ">=", 0.85, True)}),
+    (["recall_at_50", "recall_at_50_de"], "Recall@50 on the German subset must be 0.85 or better.",
+     {("recall_at_50_de", ">=", 0.85, True)}),
     (["within_50m_rate", "p90_err_m"], "At least 85% of parcels must be placed within 50 m of the drop point.",
      {("within_50m_rate", ">=", 0.85, True)}),
     (["eo_gap_age"], "The equal opportunity gap across owner age bands shall not exceed 0.05.", {("eo_gap_age", "<=", 0.05, True)}),
     (["npv"], "Its negative predictive value for an infarction within 30 days must be at least 99.5%.", {("npv", ">=", 0.995, True)}),
-    (["r2_holdout", "r2_worst_region"], "| Gate | Limit | Blocking |\n|---|---|---|\n| R² on the 2024 hold-out farms | 0.70 or higher | yes |\n"
+    (["r2_holdout", "r2_worst_region"], "| Gate | Limit | Blocking |\n|---|---|---|\n"
+     "| R² on the 2024 hold-out farms | 0.70 or higher | yes |\n"
      "| R² in the worst of the nine regions | not below 0.45 | yes |\n",
      {("r2_holdout", ">=", 0.7, True), ("r2_worst_region", ">=", 0.45, True)}),
     (["train_wall_s"], "A model whose full retraining takes longer than 90 minutes is not released.", {("train_wall_s", "<=", 5400, True)}),
-    (["synthesis_rtf"], "A synthesis real-time factor below 0.1 would be nice, but it is not a condition.", {("synthesis_rtf", "<", 0.1, False)}),
+    (["synthesis_rtf"], "A synthesis real-time factor below 0.1 would be nice, but it is not a condition.",
+     {("synthesis_rtf", "<", 0.1, False)}),
     (["artifact_size_mb"], "## Nice to have\n\n- [ ] Model artifact under 100 MB\n", {("artifact_size_mb", "<", 100, False)}),
     (["disk_size_mb"], "If you can, keep the model under 500 MB on disk.", {("disk_size_mb", "<", 500, False)}),
     # a bilingual rule is read once per language; "der" is an article, not DER
-    (["der_eval", "spk_count_acc"], "- Genauigkeit der geschätzten Sprecheranzahl ≥ 90 % / accuracy of the estimated number of speakers ≥ 90%",
+    (["der_eval", "spk_count_acc"], "- Genauigkeit der geschätzten Sprecheranzahl ≥ 90 % / "
+     "accuracy of the estimated number of speakers ≥ 90%",
      {("spk_count_acc", ">=", 0.9, True)}),
     # a "key: value" block under a heading line is a list with that heading
     (["hamming_loss_test", "avg_tags_per_doc"], "gates (blocking):\n  Hamming loss on the test set: at most 0.0040\n\n"
@@ -256,7 +261,8 @@ def test_history_conditions_and_changes_are_not_thresholds(keys, text):
 
 
 @pytest.mark.parametrize(("keys", "sentence", "metric", "higher"), [
-    (["wer_clean", "wer_noisy"], "We deploy whichever qualifying model has the lowest word error rate on the noisy set.", "wer_noisy", False),
+    (["wer_clean", "wer_noisy"], "We deploy whichever qualifying model has the lowest word error rate on the noisy set.",
+     "wer_noisy", False),
     (["precision_at_1pct_fpr"], "Where more than one model satisfies criteria 3.1 to 3.3, the model with the highest precision at a "
      "1% false positive rate is promoted.", "precision_at_1pct_fpr", True),
     (["rule_out_rate", "npv"], "Among the models that meet both, choose the one that rules out the largest share of patients "

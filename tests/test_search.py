@@ -9,10 +9,14 @@ from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.knowledge.search import fts_query, hybrid_search, informative_words, vector_index
 
 CORPUS = [
-    ("criteria.md", b"---\nsource_id: criteria:tumor-screening\n---\n# Tumour screening\nThe latency_p95_ms of a candidate must be at most 10 ms; f1 at least 0.95."),
-    ("phones.md", b"---\nsource_id: guideline:mobile\n---\n# Mobile\nModels shipped inside the offline phone scanner app must be small and quick on old handsets."),
-    ("decisions.md", b"---\nsource_id: decisions:log\n---\n# Decisions\nIn March we rolled back the MLP after its probability calibration drifted."),
-    ("datasets.txt", b"The diabetes dataset has ten baseline variables: age, sex, body mass index, blood pressure and six serum measurements."),
+    ("criteria.md", b"---\nsource_id: criteria:tumor-screening\n---\n# Tumour screening\n"
+                    b"The latency_p95_ms of a candidate must be at most 10 ms; f1 at least 0.95."),
+    ("phones.md", b"---\nsource_id: guideline:mobile\n---\n# Mobile\n"
+                  b"Models shipped inside the offline phone scanner app must be small and quick on old handsets."),
+    ("decisions.md", b"---\nsource_id: decisions:log\n---\n# Decisions\n"
+                     b"In March we rolled back the MLP after its probability calibration drifted."),
+    ("datasets.txt", b"The diabetes dataset has ten baseline variables: age, sex, body mass index, "
+                     b"blood pressure and six serum measurements."),
 ]
 
 
@@ -81,7 +85,8 @@ def test_writes_from_another_connection_reach_the_shared_index(corpus_kb, settin
     other = KnowledgeBase.open(settings)
     try:
         assert hybrid_search(other, "greenhouse tomato yield", k=1)[0].source_id != "guideline:greenhouse"
-        ingest_files(corpus_kb, chunker, [("tomatoes.md", b"---\nsource_id: guideline:greenhouse\n---\nGreenhouse tomato yield forecasts use the gradient boosting model.")])
+        ingest_files(corpus_kb, chunker, [("tomatoes.md", b"---\nsource_id: guideline:greenhouse\n---\n"
+                                                          b"Greenhouse tomato yield forecasts use the gradient boosting model.")])
         assert hybrid_search(other, "greenhouse tomato yield", k=1)[0].source_id == "guideline:greenhouse"
         chunk = next(c for c in other.chunks() if c.source_id == "guideline:greenhouse")
         corpus_kb.edit_chunk(chunk.id, "Orchard apple harvest dates come from the linear model.")

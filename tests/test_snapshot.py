@@ -191,7 +191,8 @@ def test_accepted_corrections_join_the_next_snapshots_train_split_and_change_its
         pending = flag(kb.connection, "Which model for diabetes?", "Deploy the ridge model.")
         reject(kb.connection, rejected)
         save_correction(kb.connection, pending, "Deploy the ridge model, checked.")
-        assert preview_snapshot(kb, load_tokenizer("bundled"), demo_settings.workspace, tokenizer_label=tokenizer_name("bundled")).id == before.id
+        assert preview_snapshot(kb, load_tokenizer("bundled"), demo_settings.workspace,
+                                tokenizer_label=tokenizer_name("bundled")).id == before.id
         accept(kb.connection, accepted, note="matches the decision log")
         [record] = accepted_corrections(kb.connection)
     finally:

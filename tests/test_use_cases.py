@@ -27,25 +27,35 @@ from engine.registry.candidates import Candidate
 from engine.registry.use_cases import UseCaseMatch, clarifying_question, match_use_case
 
 DESCRIPTIONS = {
-    "tumor-screening": ("binary-classification", "Classifies breast masses as malignant or benign from fine needle aspirate features for the pathology plug-in."),
-    "diabetes-progression": ("regression", "Forecasts disease progression one year after baseline for diabetes patients on the scheduling device."),
+    "tumor-screening": ("binary-classification",
+                        "Classifies breast masses as malignant or benign from fine needle aspirate features for the pathology plug-in."),
+    "diabetes-progression": ("regression",
+                             "Forecasts disease progression one year after baseline for diabetes patients on the scheduling device."),
     "digit-recognition": ("multiclass-classification", "Reads handwritten digits from scanned form boxes in the mobile app."),
 }
 
 
 def registry(descriptions: dict[str, tuple[str, str]], families=("linear", "mlp")) -> list[Candidate]:
-    return [Candidate(f"{use_case}-{family}", "1", None, use_case, task, family, description, "run", {}, f"registry:{use_case}-{family}", None)
+    return [Candidate(f"{use_case}-{family}", "1", None, use_case, task, family, description, "run", {},
+                      f"registry:{use_case}-{family}", None)
             for use_case, (task, description) in descriptions.items() for family in families]
 
 
 CANDIDATES = registry(DESCRIPTIONS)
 ROUTING = Path(__file__).resolve().parents[1] / "demo" / "routing.jsonl"
 OTHER_DESCRIPTIONS = {
-    "card-fraud": ("binary-classification", "Scores every card payment authorisation for fraud in real time at the payment gateway; high scores are blocked or sent to manual review."),
-    "churn-prediction": ("binary-classification", "Predicts which subscribers will cancel their contract in the next 30 days, for the retention team's weekly outreach campaign."),
-    "house-prices": ("regression", "Estimates the sale price of a residential property from its size, location and features for the mortgage valuation tool."),
+    "card-fraud": ("binary-classification",
+                   "Scores every card payment authorisation for fraud in real time at the payment gateway; "
+                   "high scores are blocked or sent to manual review."),
+    "churn-prediction": ("binary-classification",
+                         "Predicts which subscribers will cancel their contract in the next 30 days, "
+                         "for the retention team's weekly outreach campaign."),
+    "house-prices": ("regression",
+                     "Estimates the sale price of a residential property from its size, location and features "
+                     "for the mortgage valuation tool."),
     "search-ranking": ("learning-to-rank", "Orders the storefront's product search results by relevance to the shopper's query."),
-    "demand-forecast": ("time-series-forecasting", "Forecasts daily unit sales per product and store 14 days ahead for the replenishment planner."),
+    "demand-forecast": ("time-series-forecasting",
+                        "Forecasts daily unit sales per product and store 14 days ahead for the replenishment planner."),
     "speech-transcription": ("speech-recognition", "Transcribes recorded customer calls to text for the call centre's quality review."),
     "spam-filter": ("binary-classification", "Flags unsolicited bulk email in the customer support inbox before it reaches an agent."),
     "energy-load": ("time-series-forecasting", "Forecasts the grid region's hourly electricity load one day ahead for the dispatch desk."),
@@ -112,7 +122,8 @@ OTHER_ROUTING = [dict(zip(("question", "expected", "kind", "among"), row)) for r
     ("Which model should I deploy?", None, "off-topic"),
     ("What's the Wi-Fi password?", None, "off-topic"),
     ("Which model for card fraud and spam filter?", "ambiguous", "two-named", ("card-fraud", "spam-filter")),
-    ("Compare churn prediction with house prices: which should get the GPU budget?", "ambiguous", "two-named", ("churn-prediction", "house-prices")),
+    ("Compare churn prediction with house prices: which should get the GPU budget?", "ambiguous", "two-named",
+     ("churn-prediction", "house-prices")),
     ("Should demand-forecast and energy-load share a forecasting model?", "ambiguous", "two-named", ("demand-forecast", "energy-load")),
     ("Rank spam filter against search ranking for urgency.", "ambiguous", "two-named", ("spam-filter", "search-ranking")),
     ("Which time-series forecasting model should we deploy?", "ambiguous", "underspecified", ("demand-forecast", "energy-load")),
@@ -219,7 +230,8 @@ def test_the_longest_part_of_a_name_names_it_when_only_one_use_case_has_it(embed
     """Registries qualify names (a region, a product); people leave the qualifier out."""
     def regions(*names):
         return registry({f"{region}-tumour-screening": ("binary-classification", f"Model for tumour screening in the {region} region.")
-                         for region in names} | {"emea-churn-prediction": ("binary-classification", "Model for churn prediction in the emea region.")})
+                         for region in names}
+                        | {"emea-churn-prediction": ("binary-classification", "Model for churn prediction in the emea region.")})
 
     question = "Which tumour screening candidate meets the latency budget?"
     assert match_use_case(question, regions("emea"), embed).use_case == "emea-tumour-screening"

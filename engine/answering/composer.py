@@ -35,7 +35,8 @@ def compose_answer(decision: Decision, hits=(), *, age_note: str | None = None) 
         among = "among the candidates that pass every hard criterion " if decision.has_hard_criteria else ""
         if decision.priority_metric:
             lines.append(f"- It ranks first {among}on the priority metric "
-                         f"{decision.priority_metric}: {_value(winner.candidate, decision.priority_metric)} <<SRC:{decision.policy.source_id}>>")
+                         f"{decision.priority_metric}: {_value(winner.candidate, decision.priority_metric)} "
+                         f"<<SRC:{decision.policy.source_id}>>")
         else:
             lines.append("- It is the only candidate that passes every hard criterion")
         lines += [f"- {_check_line(check)}" for check in winner.checks]

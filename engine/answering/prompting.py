@@ -75,7 +75,8 @@ def criteria_text(decision: Decision) -> str:
         tie = f"; tie-breaker {policy.tie_breaker} <<SRC:{policy.source_of('tie_breaker')}>>" if policy.tie_breaker else ""
         lines.append(f"- priority metric {policy.priority_metric} <<SRC:{policy.source_id}>>{tie}")
         if policy.near_best_margin is not None:
-            lines.append(f"- candidates within the near-best margin of the best count as equivalent <<SRC:{policy.source_of('near_best')}>>")
+            lines.append("- candidates within the near-best margin of the best count as equivalent "
+                         f"<<SRC:{policy.source_of('near_best')}>>")
         if policy.family_order:
             lines.append(f"- among equivalent candidates prefer, in order: {', '.join(policy.family_order)} "
                          f"<<SRC:{policy.source_of('family_order')}>>")

@@ -179,7 +179,8 @@ def use_case_descriptions(candidates) -> dict[str, str]:
     """One text per use case: its name in words, its task and what its candidates are for."""
     parts: dict[str, list[str]] = {}
     for candidate in candidates:
-        texts = parts.setdefault(candidate.use_case, [candidate.use_case.replace("-", " ").replace("_", " "), candidate.task.replace("-", " ")])
+        texts = parts.setdefault(candidate.use_case,
+                                 [candidate.use_case.replace("-", " ").replace("_", " "), candidate.task.replace("-", " ")])
         if candidate.description and candidate.description not in texts:
             texts.append(candidate.description)
     return {use_case: ". ".join(texts) for use_case, texts in parts.items()}

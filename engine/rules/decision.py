@@ -113,7 +113,8 @@ def decide(use_case: str, candidates, criteria: list[AcceptanceCriterion], polic
     if not blocked and policy is None and len(passing) > 1:
         blocked.append(f"{len(passing)} candidates pass every hard criterion and no document names a metric to rank them on")
 
-    ranked_passing, near = ([(c, ch) for c, ch in passing], set()) if blocked or priority is None else _rank_passing(passing, priority, policy)
+    ranked_passing, near = (([(c, ch) for c, ch in passing], set()) if blocked or priority is None
+                            else _rank_passing(passing, priority, policy))
     if not blocked and priority is not None and len(ranked_passing) > 1 and _order_key(ranked_passing[0], priority, policy, near) \
             == _order_key(ranked_passing[1], priority, policy, near):
         blocked.append(f"{ranked_passing[0][0].name} and {ranked_passing[1][0].name} tie on every rule that ranks them "
