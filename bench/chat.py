@@ -151,8 +151,8 @@ from engine.llm.gguf import gguf_file, load_gguf  # noqa: E402
 from engine.llm.loading import load_llm  # noqa: E402
 from engine.llm.versions import resolve_llm_version  # noqa: E402
 from engine.registry.candidate_cache import fetch_candidates, refreshing  # noqa: E402
-from engine.registry.candidates import candidate_source
-from engine.registry.mlflow_candidates import CHAMPION, all_pages, read_candidates
+from engine.registry.candidates import candidate_source  # noqa: E402
+from engine.registry.mlflow_candidates import CHAMPION, all_pages, read_candidates  # noqa: E402
 from engine.registry.use_cases import match_use_case  # noqa: E402
 from engine.rules.governance import document_governance, use_case_terms  # noqa: E402
 

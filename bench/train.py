@@ -75,7 +75,7 @@ from knowledge import finish_report, start_report, timed  # noqa: E402
 
 from engine.core import database  # noqa: E402
 from engine.core.settings import load_settings  # noqa: E402
-from engine.demo.workspace import DEMO_CORPUS
+from engine.demo.workspace import DEMO_CORPUS  # noqa: E402
 from engine.knowledge.knowledge_base import KnowledgeBase  # noqa: E402
 from engine.knowledge.workspace import ingest_paths  # noqa: E402
 from engine.llm.bundled import bundled_model_folder, load_tokenizer  # noqa: E402

@@ -1,11 +1,10 @@
 """Checks each sentence of the LLM's explanation against the decision and the real metrics before anyone sees it.
 
 Four checks: every candidate the sentence presents as recommended, to deploy or as the choice is the decision's
-("We do not recommend A; deploy B instead" presents B, not A); every number presented as a value of any metric the candidates log \
-equals a real value of it (a candidate's
-value or a criterion's threshold) within the rounding it is written with, in any unit it is written in; a
-sentence that states a rule ("must be under 25 ms") states one of the rules that decided; every `<<SRC:...>>`
-marker is one the product knows.
+("We do not recommend A; deploy B instead" presents B, not A); every number presented as a value of any metric the
+candidates log equals a real value of it (a candidate's value or a criterion's threshold) within the rounding it is
+written with, in any unit it is written in; a sentence that states a rule ("must be under 25 ms") states one of the
+rules that decided; every `<<SRC:...>>` marker is one the product knows.
 """
 
 from __future__ import annotations
