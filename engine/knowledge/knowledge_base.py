@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +24,7 @@ from engine.llm.bundled import load_embedder, load_tokenizer
 
 StoreStatus = Literal["added", "updated", "unchanged"]
 QUERY_VECTOR_CACHE = 4096  # questions and use-case descriptions, ~1.5 KB each
+EMBED_BATCH = 256  # chunks embedded between two progress reports of a large import
 
 _query_vectors: OrderedDict[tuple[int, str], tuple[object, np.ndarray]] = OrderedDict()
 _query_vectors_lock = threading.Lock()
@@ -107,20 +108,31 @@ class KnowledgeBase:
         return self.store_documents([(document, chunks)])[0][0]
 
     def store_documents(
-        self, items: list[tuple[ParsedDocument, list[Chunk]]], *, prefix: str | None = None, present: Collection[str] = ()
+        self,
+        items: list[tuple[ParsedDocument, list[Chunk]]],
+        *,
+        prefix: str | None = None,
+        present: Collection[str] = (),
+        on_embedded: Callable[[int, int], None] | None = None,
     ) -> tuple[list[StoreOutcome], int]:
         """Store documents all or nothing, in one transaction; returns their outcomes and how many were removed.
 
         Known content is checked again under the write lock, so two processes storing the same content store it
         once. With `prefix` (a table's `<domain>:<table>`), the documents under it whose origin is neither stored
-        here nor in `present` are removed: a re-import drops the rows deleted at the source."""
+        here nor in `present` are removed: a re-import drops the rows deleted at the source. `on_embedded(done, total)`
+        follows the embedding of the new chunks, the long part."""
         require_admin("ingesting documents")
         new = [(document, chunks) for document, chunks in items if self.document_by_sha(document.sha256) is None]
         for document, chunks in new:
             if not chunks:
                 raise ValueError(f"{document.origin}: no chunks to store")
         texts = [chunk.text for _, chunks in new for chunk in chunks]
-        vectors = iter(self.embed(texts) if texts else [])
+        batches = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            batches.append(self.embed(texts[start:start + EMBED_BATCH]))
+            if on_embedded:
+                on_embedded(start + len(batches[-1]), len(texts))
+        vectors = (vector for batch in batches for vector in batch)
         embedded = {document.sha256: [next(vectors) for _ in chunks] for document, chunks in new}
         outcomes = []
         with database.transaction(self.connection):

@@ -204,16 +204,15 @@ def import_tables(
             outcomes.append(TableOutcome(plan.table, 0, 0, 0, 0, 0, [str(error)]))
             continue
 
-        def on_row(stored: int, total: int, done=done, plan=plan) -> None:
-            if stored % 50 == 0 or stored == total:
-                report(done, len(plans), f"{plan.table}: stored {stored}/{total} rows")
+        def on_embedded(embedded: int, total: int, done=done, plan=plan) -> None:
+            report(done, len(plans), f"{plan.table}: embedded {embedded}/{total} new chunks")
 
-        outcomes.append(_import_rows(kb, chunker, plan, rows, id_prefix(plan), row_limit, on_row))
+        outcomes.append(_import_rows(kb, chunker, plan, rows, id_prefix(plan), row_limit, on_embedded))
     report(len(plans), len(plans), "Done")
     return outcomes
 
 
-def _import_rows(kb, chunker, plan: TablePlan, rows: list[dict], id_prefix: str, row_limit: int, on_row) -> TableOutcome:
+def _import_rows(kb, chunker, plan: TablePlan, rows: list[dict], id_prefix: str, row_limit: int, on_embedded) -> TableOutcome:
     """Store a table's rows all or nothing, removing the rows no longer at the source; rows without a key, or
     sharing one, fail (a shared id would make documents replace each other)."""
     documents, errors, failed, skipped = [], [], 0, 0
@@ -237,14 +236,12 @@ def _import_rows(kb, chunker, plan: TablePlan, rows: list[dict], id_prefix: str,
         (document, [] if kb.document_by_sha(document.sha256) is not None else chunker.split(document.sections))
         for document in documents if shared[document.origin] == 1
     ]
-    on_row(0, len(items))
     complete = len(rows) < row_limit  # a read cut at the limit cannot tell a deleted row from an unread one
     try:
-        outcomes, removed = kb.store_documents(items, prefix=id_prefix if complete else None, present=shared)
+        outcomes, removed = kb.store_documents(items, prefix=id_prefix if complete else None, present=shared, on_embedded=on_embedded)
     except (ValueError, database.DatabaseError) as error:
         errors.append(f"nothing of {plan.table} was changed: {first_line(error)}")
         return TableOutcome(plan.table, len(rows), 0, 0, 0, failed + len(items), _capped(errors), skipped)
-    on_row(len(items), len(items))
     if not complete:
         errors.append(f"the read stopped at the row limit ({row_limit}), so rows deleted at the source were kept")
     statuses = Counter(outcome.status for outcome in outcomes)
