@@ -91,7 +91,8 @@ def _import_tables(args, settings) -> int:
         return EXIT_PARTIAL
     text = "\n".join(
         f"{o.table}: {o.rows_read} rows read, {o.added} added, {o.updated} updated, {o.unchanged} unchanged, "
-        f"{o.skipped} skipped (no text), {o.failed} failed" + "".join(f"\n  {e}" for e in o.errors)
+        f"{o.skipped} skipped (no text), {o.failed} failed, {o.removed} removed (gone from the source)"
+        + "".join(f"\n  {e}" for e in o.errors)
         for o in outcomes
     )
     print_result(args, [asdict(o) for o in outcomes], text)

@@ -141,8 +141,8 @@ def detection_rows(plan) -> list[dict]:
 
 
 def table_import_summary(outcomes: list) -> str:
-    """'2 tables: 40 rows read, 37 added, 0 updated, 2 unchanged, 1 skipped, 0 failed' — totals over the tables."""
-    fields = ("rows_read", "added", "updated", "unchanged", "skipped", "failed")
+    """'2 tables: 40 rows read, 37 added, 0 updated, 2 unchanged, 1 skipped, 0 failed, 3 removed' — totals over the tables."""
+    fields = ("rows_read", "added", "updated", "unchanged", "skipped", "failed", "removed")
     totals = {field: sum(getattr(o, field) for o in outcomes) for field in fields}
     counts = ", ".join(f"{totals[field]} {field.replace('_', ' ')}" for field in fields)
     return f"{len(outcomes)} table{'s' if len(outcomes) != 1 else ''}: {counts}"
@@ -158,6 +158,7 @@ def table_outcome_rows(outcomes: Iterable) -> list[dict]:
             "unchanged": o.unchanged,
             "skipped": o.skipped,
             "failed": o.failed,
+            "removed": o.removed,
             "errors": "; ".join(o.errors),
         }
         for o in outcomes

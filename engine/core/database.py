@@ -7,6 +7,7 @@ user_version` records how far a database has come.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ import sqlean
 import sqlite_vec
 
 EMBEDDING_DIM = 384
+BUSY_TIMEOUT_S = 10  # how long a write waits for another connection's transaction before "database is locked"
+DatabaseError = sqlean.Error  # what a failed statement raises: a full disk, a lock held past the busy timeout...
 
 MIGRATIONS: list[str] = [
     # 1: documents, chunks, full-text and vector indexes, source registry, unknown source log
@@ -269,6 +272,11 @@ MIGRATIONS: list[str] = [
         CHECK (explanation_state IN ('none', 'pending', 'kept', 'partial', 'dropped', 'failed'));
     ALTER TABLE answers ADD COLUMN explanation_draft TEXT NOT NULL DEFAULT '';
     """,
+    # 9: who last wrote a registry entry by hand; NULL for entries generated from documents and MLflow, which a
+    # refresh may update (engine.knowledge.sources.refresh_sources), while an admin's entries stay the admin's
+    """
+    ALTER TABLE sources ADD COLUMN edited_by TEXT;
+    """,
 ]
 
 
@@ -281,12 +289,27 @@ def connect(path: Path | str) -> sqlean.Connection:
     sqlite_vec.load(connection)
     connection.enable_load_extension(False)
     connection.row_factory = sqlean.Row
-    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+    _use_wal(connection)
     connection.execute("PRAGMA foreign_keys=ON")
-    connection.execute("PRAGMA busy_timeout=10000")
     connection.execute("PRAGMA synchronous=NORMAL")
     migrate(connection)
     return connection
+
+
+def _use_wal(connection: sqlean.Connection) -> None:
+    """Switch a new file to WAL (a setting stored in the file). Two processes opening the same new file both hold a
+    read lock when they ask for the exclusive one; SQLite refuses one of them at once instead of waiting (waiting
+    would deadlock), so that one tries again, within the busy timeout, and then finds the file in WAL already."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlean.OperationalError as error:
+            if error.sqlite_errorname != "SQLITE_BUSY" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def schema_version(connection: sqlean.Connection) -> int:
@@ -294,18 +317,28 @@ def schema_version(connection: sqlean.Connection) -> int:
 
 
 def migrate(connection: sqlean.Connection) -> int:
-    """Apply the migrations this database has not seen yet, each in its own transaction."""
+    """Apply the migrations this database has not seen yet, all in one transaction.
+
+    The version is read again under the write lock: another process opening the same new file may have
+    migrated it meanwhile, and a step must never run twice. An up-to-date database takes no lock."""
+    if _check_version(connection) == len(MIGRATIONS):
+        return len(MIGRATIONS)
+    with transaction(connection):
+        current = _check_version(connection)
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in _statements(script):
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {version}")
+    return schema_version(connection)
+
+
+def _check_version(connection: sqlean.Connection) -> int:
     current = schema_version(connection)
     if current > len(MIGRATIONS):
         raise RuntimeError(
             f"knowledge database schema version {current} is newer than this deploywise ({len(MIGRATIONS)}); upgrade deploywise"
         )
-    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-        with transaction(connection):
-            for statement in _statements(script):
-                connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {version}")
-    return schema_version(connection)
+    return current
 
 
 @contextmanager

@@ -53,7 +53,7 @@ def ingest_one(kb: KnowledgeBase, chunker: Chunker, name: str, data: bytes, *, m
 
 
 def store_parsed(kb: KnowledgeBase, chunker: Chunker, name: str, document: ParsedDocument) -> FileOutcome:
-    """Chunk and store an already parsed document (files, table rows); known content is not re-embedded."""
+    """Chunk and store an already parsed document; known content is not re-embedded."""
     if kb.document_by_sha(document.sha256) is None:
         chunks = chunker.split(document.sections)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +24,7 @@ from engine.llm.bundled import load_embedder, load_tokenizer
 
 StoreStatus = Literal["added", "updated", "unchanged"]
 QUERY_VECTOR_CACHE = 4096  # questions and use-case descriptions, ~1.5 KB each
+EMBED_BATCH = 256  # chunks embedded between two progress reports of a large import
 
 _query_vectors: OrderedDict[tuple[int, str], tuple[object, np.ndarray]] = OrderedDict()
 _query_vectors_lock = threading.Lock()
@@ -103,26 +105,82 @@ class KnowledgeBase:
 
     def store_document(self, document: ParsedDocument, chunks: list[Chunk]) -> StoreOutcome:
         """Add a document, replace the older version from the same origin, or do nothing for known content."""
-        require_admin("ingesting documents")
-        existing = self.document_by_sha(document.sha256)
-        if existing is not None:
-            count = self.connection.execute("SELECT count(*) FROM chunks WHERE document_id = ?", (existing,)).fetchone()[0]
-            return StoreOutcome("unchanged", existing, count)
-        if not chunks:
-            raise ValueError(f"{document.origin}: no chunks to store")
-        vectors = self.embed([chunk.text for chunk in chunks])
-        sources = list({section.source.source_id: section.source for section in document.sections}.values())
-        with database.transaction(self.connection):
-            replaced = self.connection.execute("DELETE FROM documents WHERE origin = ?", (document.origin,)).rowcount
-            document_id = self.connection.execute(
-                "INSERT INTO documents(title, origin, sha256, metadata, ingested_at) VALUES (?, ?, ?, ?, ?)",
-                (document.title, document.origin, document.sha256, json.dumps(document.metadata), database.utc_now()),
-            ).lastrowid
-            self._insert_chunks(document_id, chunks, vectors)
-            write_sources(self.connection, sources, overwrite=False)
-        return StoreOutcome("updated" if replaced else "added", document_id, len(chunks))
+        return self.store_documents([(document, chunks)])[0][0]
 
-    def _insert_chunks(self, document_id: int, chunks: list[Chunk], vectors: np.ndarray) -> None:
+    def store_documents(
+        self,
+        items: list[tuple[ParsedDocument, list[Chunk]]],
+        *,
+        prefix: str | None = None,
+        present: Collection[str] = (),
+        on_embedded: Callable[[int, int], None] | None = None,
+    ) -> tuple[list[StoreOutcome], int]:
+        """Store documents all or nothing, in one transaction; returns their outcomes and how many were removed.
+
+        Known content is checked again under the write lock, so two processes storing the same content store it
+        once. With `prefix` (a table's `<domain>:<table>`), the documents under it whose origin is neither stored
+        here nor in `present` are removed: a re-import drops the rows deleted at the source. `on_embedded(done, total)`
+        follows the embedding of the new chunks, the long part."""
+        require_admin("ingesting documents")
+        new = [(document, chunks) for document, chunks in items if self.document_by_sha(document.sha256) is None]
+        for document, chunks in new:
+            if not chunks:
+                raise ValueError(f"{document.origin}: no chunks to store")
+        texts = [chunk.text for _, chunks in new for chunk in chunks]
+        batches = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            batches.append(self.embed(texts[start:start + EMBED_BATCH]))
+            if on_embedded:
+                on_embedded(start + len(batches[-1]), len(texts))
+        vectors = (vector for batch in batches for vector in batch)
+        embedded = {document.sha256: [next(vectors) for _ in chunks] for document, chunks in new}
+        outcomes = []
+        with database.transaction(self.connection):
+            for document, chunks in items:
+                existing = self.document_by_sha(document.sha256)
+                if existing is not None:  # stored before, or by another process while this one was embedding
+                    count = self.connection.execute("SELECT count(*) FROM chunks WHERE document_id = ?", (existing,)).fetchone()[0]
+                    outcomes.append(StoreOutcome("unchanged", existing, count))
+                    continue
+                if document.sha256 not in embedded:
+                    raise ValueError(f"{document.origin} was deleted while it was being stored; import it again")
+                replaced = self._remove_documents(
+                    [row[0] for row in self.connection.execute("SELECT id FROM documents WHERE origin = ?", (document.origin,))]
+                )
+                document_id = self.connection.execute(
+                    "INSERT INTO documents(title, origin, sha256, metadata, ingested_at) VALUES (?, ?, ?, ?, ?)",
+                    (document.title, document.origin, document.sha256, json.dumps(document.metadata), database.utc_now()),
+                ).lastrowid
+                self._insert_chunks(document_id, chunks, embedded[document.sha256])
+                write_sources(self.connection, list({s.source.source_id: s.source for s in document.sections}.values()), overwrite=False)
+                outcomes.append(StoreOutcome("updated" if replaced else "added", document_id, len(chunks)))
+            removed = 0
+            if prefix is not None:
+                keep = {*present, *(document.origin for document, _ in items)}
+                rows = self.connection.execute(
+                    "SELECT id, origin FROM documents WHERE substr(origin, 1, ?) = ?", (len(prefix) + 1, prefix + ":")
+                ).fetchall()
+                removed = self._remove_documents([row[0] for row in rows if row[1] not in keep])
+        return outcomes, removed
+
+    def _remove_documents(self, document_ids: list[int]) -> int:
+        """Delete documents (their chunks and index entries go by cascade and trigger) and the registry entries
+        that only they cited, unless an admin wrote them; returns how many documents went."""
+        cited = {
+            row[0]
+            for document_id in document_ids
+            for row in self.connection.execute("SELECT DISTINCT source_id FROM chunks WHERE document_id = ?", (document_id,))
+        }
+        removed = sum(
+            self.connection.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount for document_id in document_ids
+        )
+        self.connection.executemany(
+            "DELETE FROM sources WHERE source_id = ? AND edited_by IS NULL AND NOT EXISTS (SELECT 1 FROM chunks WHERE source_id = ?)",
+            [(source_id, source_id) for source_id in cited],
+        )
+        return removed
+
+    def _insert_chunks(self, document_id: int, chunks: list[Chunk], vectors) -> None:
         for index, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):
             chunk_id = self.connection.execute(
                 "INSERT INTO chunks(document_id, chunk_index, text, token_count, source_id) VALUES (?, ?, ?, ?, ?)",
@@ -167,7 +225,7 @@ class KnowledgeBase:
     def delete_document(self, document_id: int) -> bool:
         require_admin("deleting a document")
         with database.transaction(self.connection):
-            return self.connection.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount > 0
+            return self._remove_documents([document_id]) > 0
 
     def chunk(self, chunk_id: int) -> StoredChunk:
         rows = self.chunks(chunk_ids=[chunk_id])

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from urllib.parse import urlparse
 
-from engine.access.roles import require_admin
+from engine.access.roles import current_identity, require_admin
 from engine.core.database import transaction, utc_now
 
 SOURCE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]*:[A-Za-z0-9._\-:/]+$")
@@ -62,19 +62,40 @@ def upsert_sources(connection, sources: list[Source], *, overwrite: bool = True)
 
 
 def refresh_sources(connection, sources: list[Source]) -> int:
-    """Bring entries whose truth lives elsewhere (candidates in MLflow) up to date, writing only what changed."""
-    current = resolve(connection, [source.source_id for source in sources])
-    stale = [source for source in sources if current.get(source.source_id) != source]
-    return upsert_sources(connection, stale) if stale else 0
+    """Bring entries whose truth lives elsewhere (candidates in MLflow) up to date, writing only what changed.
+
+    An entry an administrator wrote (`edited_by` set) is theirs: a refresh adds missing entries and updates
+    generated ones, never an admin's. Deleting the entry hands it back to the refresh."""
+    ids = [source.source_id for source in sources]
+    current = resolve(connection, ids)
+    owned = {row[0] for row in connection.execute(
+        f"SELECT source_id FROM sources WHERE edited_by IS NOT NULL AND source_id IN ({','.join('?' * len(ids))})", ids
+    )} if ids else set()
+    stale = [source for source in sources if source.source_id not in owned and current.get(source.source_id) != source]
+    if not stale:
+        return 0
+    with transaction(connection):
+        return _write(connection, stale, None, """ON CONFLICT(source_id) DO UPDATE SET display_name = excluded.display_name,
+            url = excluded.url, kind = excluded.kind, updated_at = excluded.updated_at WHERE sources.edited_by IS NULL""")
 
 
 def write_sources(connection, sources: list[Source], *, overwrite: bool) -> int:
-    """The write itself, for callers that are already inside a transaction; returns rows written."""
-    verb = "INSERT OR REPLACE" if overwrite else "INSERT OR IGNORE"
+    """The write itself, for callers that are already inside a transaction; returns rows written.
+
+    overwrite=True is an administrator's (or the operator's) write: it replaces the entry and records who wrote
+    it, so that `refresh_sources` keeps it. overwrite=False only adds missing entries, as generated ones."""
+    if overwrite:
+        return _write(connection, sources, current_identity().name or "admin", "ON CONFLICT(source_id) DO UPDATE SET "
+                      "display_name = excluded.display_name, url = excluded.url, kind = excluded.kind, "
+                      "updated_at = excluded.updated_at, edited_by = excluded.edited_by")
+    return _write(connection, sources, None, "ON CONFLICT(source_id) DO NOTHING")
+
+
+def _write(connection, sources: list[Source], edited_by: str | None, on_conflict: str) -> int:
     before = connection.total_changes
     connection.executemany(
-        f"{verb} INTO sources(source_id, display_name, url, kind, updated_at) VALUES (?, ?, ?, ?, ?)",
-        [(s.source_id, s.display_name.strip(), s.url or None, s.kind, utc_now()) for s in sources],
+        f"INSERT INTO sources(source_id, display_name, url, kind, updated_at, edited_by) VALUES (?, ?, ?, ?, ?, ?) {on_conflict}",
+        [(s.source_id, s.display_name.strip(), s.url or None, s.kind, utc_now(), edited_by) for s in sources],
     )
     written = connection.total_changes - before
     connection.executemany("DELETE FROM unknown_sources WHERE source_id = ?", [(s.source_id,) for s in sources])

@@ -1,8 +1,9 @@
 """Table rows as knowledge: which columns hold prose, how a row becomes a cited document, and the import loop.
 
 Shared by the Unity Catalog and the SQLAlchemy importers, which only differ in how they list tables and read
-rows. Each row becomes one document citing `<domain>:<table>:<key>`; storing goes through `store_parsed`,
-so a row is one transaction and an unchanged row is not embedded again.
+rows. Each row becomes one document citing `<domain>:<table>:<key>`; a table is stored in one transaction
+(`KnowledgeBase.store_documents`), so a failure leaves the previous import whole, an unchanged row is not
+embedded again, and the rows no longer at the source are removed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.core import database
+from engine.core.errors import first_line
 from engine.core.workers import Progress
 from engine.knowledge.documents import ParsedDocument, Section
-from engine.knowledge.ingest import store_parsed
 from engine.knowledge.sources import Source, slug
 
 TABLE_DOMAINS = ("uc", "sql")  # the source domains of imported rows: Unity Catalog and SQL tables, one document per row
@@ -75,6 +77,7 @@ class TableOutcome:
     failed: int
     errors: list[str]
     skipped: int = 0  # rows whose chosen text columns are all empty
+    removed: int = 0  # rows imported before and no longer at the source (nor with text)
 
 
 def detect_text_columns(columns: list[TableColumn], sample: list[dict]) -> list[ColumnChoice]:
@@ -203,17 +206,17 @@ def import_tables(
             outcomes.append(TableOutcome(plan.table, 0, 0, 0, 0, 0, [str(error)]))
             continue
 
-        def on_row(stored: int, total: int, done=done, plan=plan) -> None:
-            if stored % 50 == 0 or stored == total:
-                report(done, len(plans), f"{plan.table}: stored {stored}/{total} rows")
+        def on_embedded(embedded: int, total: int, done=done, plan=plan) -> None:
+            report(done, len(plans), f"{plan.table}: embedded {embedded}/{total} new chunks")
 
-        outcomes.append(_import_rows(kb, chunker, plan, rows, id_prefix(plan), on_row))
+        outcomes.append(_import_rows(kb, chunker, plan, rows, id_prefix(plan), row_limit, on_embedded))
     report(len(plans), len(plans), "Done")
     return outcomes
 
 
-def _import_rows(kb, chunker, plan: TablePlan, rows: list[dict], id_prefix: str, on_row) -> TableOutcome:
-    """Rows without a key, or sharing one, fail (a shared id would make documents replace each other)."""
+def _import_rows(kb, chunker, plan: TablePlan, rows: list[dict], id_prefix: str, row_limit: int, on_embedded) -> TableOutcome:
+    """Store a table's rows all or nothing, removing the rows no longer at the source; rows without a key, or
+    sharing one, fail (a shared id would make documents replace each other)."""
     documents, errors, failed, skipped = [], [], 0, 0
     for number, row in enumerate(rows, start=1):
         try:
@@ -231,16 +234,23 @@ def _import_rows(kb, chunker, plan: TablePlan, rows: list[dict], id_prefix: str,
         if count > 1:
             failed += count
             errors.append(f"{origin}: {count} rows have this key, none was imported (is {plan.key_column} unique?)")
-    documents = [document for document in documents if shared[document.origin] == 1]
-    statuses = Counter()
-    for stored, document in enumerate(documents, start=1):
-        outcome = store_parsed(kb, chunker, document.origin, document)
-        statuses[outcome.status] += 1
-        if outcome.error:
-            errors.append(f"{document.origin}: {outcome.error}")
-        on_row(stored, len(documents))
-    if len(errors) > MAX_ERRORS:
-        errors = [*errors[:MAX_ERRORS], f"... and {len(errors) - MAX_ERRORS} more"]
+    items = [
+        (document, [] if kb.document_by_sha(document.sha256) is not None else chunker.split(document.sections))
+        for document in documents if shared[document.origin] == 1
+    ]
+    complete = len(rows) < row_limit  # a read cut at the limit cannot tell a deleted row from an unread one
+    try:
+        outcomes, removed = kb.store_documents(items, prefix=id_prefix if complete else None, present=shared, on_embedded=on_embedded)
+    except (ValueError, database.DatabaseError) as error:
+        errors.append(f"nothing of {plan.table} was changed: {first_line(error)}")
+        return TableOutcome(plan.table, len(rows), 0, 0, 0, failed + len(items), _capped(errors), skipped)
+    if not complete:
+        errors.append(f"the read stopped at the row limit ({row_limit}), so rows deleted at the source were kept")
+    statuses = Counter(outcome.status for outcome in outcomes)
     return TableOutcome(
-        plan.table, len(rows), statuses["added"], statuses["updated"], statuses["unchanged"], failed + statuses["failed"], errors, skipped
+        plan.table, len(rows), statuses["added"], statuses["updated"], statuses["unchanged"], failed, _capped(errors), skipped, removed
     )
+
+
+def _capped(errors: list[str]) -> list[str]:
+    return [*errors[:MAX_ERRORS], f"... and {len(errors) - MAX_ERRORS} more"] if len(errors) > MAX_ERRORS else errors
