@@ -101,8 +101,8 @@ def prepare_answer(settings, kb, question: str, *, client: str | None = None) ->
     if not question:
         raise QuestionError("the question is empty")
     if client is not None and (wait := QUESTION_RATE.wait_s(client, settings.questions_per_minute)):
-        raise QuestionError(f"this chat asked {settings.questions_per_minute} questions in the last minute, the most it "
-                            f"may; ask again in {math.ceil(wait)} s")
+        raise QuestionError(f"too many questions from this chat, at most {settings.questions_per_minute} a minute; "
+                            f"ask again in {math.ceil(wait)} s")
     notices = []
     if len(question) > MAX_QUESTION_CHARS:
         notices.append(f"Only the first {MAX_QUESTION_CHARS:,} of the question's {len(question):,} characters were used.")

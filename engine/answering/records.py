@@ -116,7 +116,7 @@ def save_answer(connection, record: AnswerRecord, *, keep_unanswered: int | None
                 """DELETE FROM answers WHERE id IN (
                        SELECT id FROM answers a WHERE use_case IS NULL
                        AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.answer_id = a.id)
-                       ORDER BY id DESC LIMIT -1 OFFSET ?)""", (max(1, keep_unanswered),))
+                       ORDER BY id DESC LIMIT -1 OFFSET ?)""", (keep_unanswered,))
     return cursor.lastrowid
 
 

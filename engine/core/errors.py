@@ -1,4 +1,4 @@
-"""Errors as users and status files show them: one line, never a traceback."""
+"""Errors as users and status files show them: one line, never a traceback, and no URL's credentials in a notice."""
 
 from __future__ import annotations
 
