@@ -108,7 +108,7 @@ def _request(args) -> GenerationRequest:
 def _generate(args, settings) -> int:
     request = _request(args)
     try:
-        check_request(request)
+        check_request(settings, request)
         check_backend(settings, request)
     except SftDataError as error:
         raise UsageError(str(error)) from None

@@ -1,11 +1,14 @@
 """Chat: ask which model to deploy; the rules' decision shows at once, then the LLM's verified explanation streams below."""
 
+from uuid import uuid4
+
 import streamlit as st
 
 from engine.access.roles import current_user_is_admin
 from engine.answering.citations import escape_markdown, render_answer_markdown, resolve_citations, sources_list
 from engine.answering.explanation import explanation_note
 from engine.answering.pipeline import QuestionError, explanation_run, finish_answer, prepare_answer, record_answer
+from engine.answering.prompting import MAX_QUESTION_CHARS
 from engine.answering.records import feedback_for, load_answer, save_feedback
 from engine.knowledge.workspace import open_knowledge_base
 from engine.llm.backends import llm_backend
@@ -15,6 +18,7 @@ from ui.deep_links import through_entry_point
 through_entry_point("pages/chat.py")
 settings = st.session_state["settings"]
 history: list[int] = st.session_state.setdefault("chat_answers", [])
+client = st.session_state.setdefault("chat_client", uuid4().hex)  # this session's key for the questions-per-minute limit
 
 st.title("Which model should I deploy?")
 st.caption("Answers come from live MLflow metrics and the team's knowledge base; every claim links to its source.")
@@ -86,13 +90,18 @@ def show_answer(record, run=None) -> None:
 
 
 try:
-    for answer_id in history:
-        show_answer(load_answer(kb.connection, answer_id))
-    question = st.chat_input("Which model should I deploy for tumour screening?", max_chars=20_000)
+    for answer_id in list(history):
+        try:
+            record = load_answer(kb.connection, answer_id)
+        except KeyError:  # an old unanswered question, deleted past DEPLOYWISE_MAX_UNANSWERED
+            history.remove(answer_id)
+            continue
+        show_answer(record)
+    question = st.chat_input("Which model should I deploy for tumour screening?", max_chars=MAX_QUESTION_CHARS)
     if question is not None:
         try:
             with st.status("Reading the registry and the knowledge base...") as status:
-                prepared = prepare_answer(settings, kb, question)
+                prepared = prepare_answer(settings, kb, question, client=client)
                 status.update(label=f"Use case: {prepared.match.use_case or 'not recognised'}", state="complete", expanded=False)
         except QuestionError as error:
             st.warning(f"Nothing to answer: {error}.")

@@ -61,7 +61,8 @@ def generate_tab(settings, connection) -> None:
         endpoint = url.text_input("Endpoint base URL", placeholder="http://localhost:11434/v1")
         model_name = model.text_input("Model", placeholder="llama3.1:8b")
         api_key_env = key_env.text_input("API key environment variable", placeholder="OPENROUTER_API_KEY",
-                                         help="the name of the variable, never the key: the key is not stored")
+                                         help="the name of the variable, never the key (the key is not stored): one of "
+                                              f"{', '.join(settings.endpoint_key_vars) or 'none'} (DEPLOYWISE_ENDPOINT_KEY_VARS)")
         version = st.text_input("LLM version (in process)", value="champion", help="base, champion or a version number")
         options = st.columns(3)
         paraphrase = options[0].checkbox("Paraphrase recommendation questions with the LLM", value=True)

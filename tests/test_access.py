@@ -540,5 +540,5 @@ def test_admin_emails_are_a_comma_separated_setting(monkeypatch):
     assert load_settings().admin_emails == ["alice@example.com", "bob@example.com"]
     assert load_settings(admin_emails=["carol@example.com"]).admin_emails == ["carol@example.com"]  # secrets.toml: a list
     monkeypatch.setenv("DEPLOYWISE_ADMIN_EMAILS", "alice@example.com,alice")
-    with pytest.raises(SettingsError, match="DEPLOYWISE_ADMIN_EMAILS: not an email: alice"):
+    with pytest.raises(SettingsError, match="DEPLOYWISE_ADMIN_EMAILS: 1 of the 2 items is not an email"):
         load_settings()

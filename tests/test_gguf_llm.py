@@ -62,7 +62,7 @@ def test_two_sessions_asking_at_once_both_get_answers(base):
 def test_a_busy_model_refuses_after_the_wait_and_a_bad_request_before_any_work(base):
     loaded = load_gguf(gguf_file(base, resolve_llm_version(base, "base")))
     with loaded.lock:  # another session is generating
-        with pytest.raises(LlmError, match=r"^the LLM is busy with another answer for more than 0.1 s"):
+        with pytest.raises(LlmError, match=r"^the LLM was busy with other answers for more than 0.1 s"):
             list(stream_gguf(loaded, QUESTION, max_new_tokens=4, temperature=0.0, wait_s=0.1))
     with pytest.raises(LlmError, match="max_new_tokens must be a positive whole number"):
         list(stream_gguf(loaded, QUESTION, max_new_tokens=0, temperature=0.0, wait_s=1))

@@ -143,7 +143,7 @@ def test_oidc_issuers_are_a_comma_separated_setting(monkeypatch):
     monkeypatch.setenv("DEPLOYWISE_OIDC_ISSUERS", " https://idp.example.com, https://login.microsoftonline.com/t/v2.0,")
     assert load_settings().oidc_issuers == ["https://idp.example.com", "https://login.microsoftonline.com/t/v2.0"]
     monkeypatch.setenv("DEPLOYWISE_OIDC_ISSUERS", "idp.example.com")
-    with pytest.raises(SettingsError, match="DEPLOYWISE_OIDC_ISSUERS: not an issuer URL: idp.example.com"):
+    with pytest.raises(SettingsError, match=r"DEPLOYWISE_OIDC_ISSUERS: must be comma-separated issuer URLs \(https://...\)"):
         load_settings()
 
 

@@ -31,9 +31,9 @@ def test_precedence_env_over_dotenv_over_secrets(monkeypatch, tmp_path):
     [
         ("DEPLOYWISE_CHUNK_TOKENS", "abc", "DEPLOYWISE_CHUNK_TOKENS"),
         ("DEPLOYWISE_CHUNK_TOKENS", "-5", "DEPLOYWISE_CHUNK_TOKENS: Input should be greater than 0"),
-        ("DEPLOYWISE_CHUNK_OVERLAP", "600", "DEPLOYWISE_CHUNK_OVERLAP (600) must be smaller than DEPLOYWISE_CHUNK_TOKENS"),
+        ("DEPLOYWISE_CHUNK_OVERLAP", "600", "DEPLOYWISE_CHUNK_OVERLAP must be smaller than DEPLOYWISE_CHUNK_TOKENS"),
         ("DEPLOYWISE_MAX_UPLOAD_MB", "0", "DEPLOYWISE_MAX_UPLOAD_MB"),
-        ("DEPLOYWISE_BASE_MODEL", "/no/such/model", "DEPLOYWISE_BASE_MODEL: '/no/such/model' is neither"),
+        ("DEPLOYWISE_BASE_MODEL", "/no/such/model", "DEPLOYWISE_BASE_MODEL: is neither 'bundled' nor an existing model folder"),
     ],
 )
 def test_a_bad_value_names_its_key(monkeypatch, key, value, expected):
@@ -47,7 +47,7 @@ def test_a_bad_value_names_its_key(monkeypatch, key, value, expected):
 def test_workspace_that_is_a_file_is_refused(monkeypatch):
     Path("not-a-folder").write_text("x")
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", "not-a-folder")
-    with pytest.raises(SettingsError, match="DEPLOYWISE_WORKSPACE: not-a-folder exists and is not a folder"):
+    with pytest.raises(SettingsError, match="DEPLOYWISE_WORKSPACE: exists and is not a folder"):
         load_settings()
 
 

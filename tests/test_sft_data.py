@@ -361,7 +361,7 @@ def test_review_edit_and_a_deterministic_export_of_accepted_pairs_only(settings,
     (["--styles", "factual", "--endpoint", "ftp://models.example.com", "--model", "m"], "is not an http(s) URL"),
     (["--styles", "factual", "--endpoint", "http://127.0.0.1:9/v1", "--model", "m"], "cannot be reached"),
     (["--styles", "factual", "--endpoint", "http://127.0.0.1:9/v1", "--model", "m", "--api-key-env", "NO_SUCH_KEY_VAR"],
-     "NO_SUCH_KEY_VAR (the API key) is not set"),
+     "the API key variable must be one that DEPLOYWISE_ENDPOINT_KEY_VARS lists"),
     (["--styles", "factual", "--llm-version", "77"], "no LLM version deploywise-llm/77"),
     (["--styles", "recommendation", "--name", "Bad Name!"], "dataset name 'Bad Name!' must be"),
 ], ids=["style", "zero-count", "no-llm", "endpoint-scheme", "endpoint-dead", "api-key", "version", "name"])
@@ -413,7 +413,7 @@ def test_the_worker_runs_out_of_process_with_progress_and_can_be_cancelled(setti
     monkeypatch.setenv("SFT_TEST_KEY", "sk-local")
     with OpenAIServer(reply=styled_reply, token="sk-local") as server:
         request = endpoint(server, "worker", styles=["factual"], api_key_env="SFT_TEST_KEY")
-        queued = start_generation(settings, kb.connection, request)
+        queued = start_generation(settings.model_copy(update={"endpoint_key_vars": ["SFT_TEST_KEY"]}), kb.connection, request)
         assert queued.state == "queued" and queued.pid
         assert "sk-local" not in json.dumps(queued.config)  # only the variable's name is kept
         finished = wait_for(kb.connection, "worker", lambda d: d.state not in ("queued", "generating"))

@@ -8,14 +8,30 @@ A job is submitted to the configured cluster (DEPLOYWISE_RAY_ADDRESS, else RAY_A
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from engine.core.errors import first_line
+
+# What the local head (and so every job and worker it starts, which inherit its environment) gets of the app's
+# environment: the system's and the runtimes' (Python, Ray, torch, CUDA, Hugging Face) settings and deploywise's own.
+_HEAD_NAMES = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "PYTHONPATH",
+               "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+               "CURL_CA_BUNDLE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM"}
+_HEAD_PREFIXES = ("LC_", "XDG_", "RAY_", "CUDA_", "NVIDIA_", "PYTORCH_", "TORCH", "HF_", "TRANSFORMERS_", "MLFLOW_",
+                  "DEPLOYWISE_")
+# ... minus anything that looks like a credential, except those a job needs and is given explicitly: Ray's own token
+# (the head and the app must agree on it) and the MLflow tracking server's, to which a job logs its run and adapter.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PWD|CREDENTIAL|AUTH", re.IGNORECASE)
+_JOB_CREDENTIALS = ("RAY_AUTH_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+_DATABRICKS_CREDENTIALS = ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET",
+                           "DATABRICKS_CONFIG_PROFILE")
 
 
 class JobError(RuntimeError):
@@ -50,7 +66,7 @@ def start_local_head(settings, timeout_s: float = 90.0) -> None:
                "--disable-usage-stats"]
     if settings.ray_num_cpus:
         command.append(f"--num-cpus={settings.ray_num_cpus}")
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    done = subprocess.run(command, capture_output=True, text=True, env=head_environment(settings, os.environ))
     address = cluster_address(settings)
     if done.returncode != 0 and not dashboard_up(address):
         raise JobError(f"cannot start a local Ray head: {first_line(done.stderr or done.stdout)}")
@@ -59,6 +75,19 @@ def start_local_head(settings, timeout_s: float = 90.0) -> None:
         if time.monotonic() > deadline:
             raise JobError(f"the local Ray head started but its Jobs API at {address} did not answer in {timeout_s:.0f} s")
         time.sleep(0.5)
+
+
+def head_environment(settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The local head's environment: what the runtimes and deploywise need of `environ`, without the app's other
+    secrets (API keys, cloud credentials, DEPLOYWISE_LLM_API_KEY), which every job would otherwise inherit; the MLflow
+    tracking credentials pass (jobs log to it), and Databricks' when MLflow is on Databricks."""
+    passed = {name: value for name, value in environ.items()
+              if (name in _HEAD_NAMES or name.startswith(_HEAD_PREFIXES)) and not _SECRET_NAME.search(name)}
+    credentials = _JOB_CREDENTIALS
+    if any((uri or "").startswith("databricks") for uri in (settings.tracking_uri, settings.mlflow_registry_uri)):
+        credentials += _DATABRICKS_CREDENTIALS
+    passed |= {name: environ[name] for name in credentials if name in environ}
+    return passed | {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def dashboard_up(address: str, timeout_s: float = 2.0) -> bool:

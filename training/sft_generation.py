@@ -50,7 +50,7 @@ def generate_dataset(settings, kb, request: GenerationRequest, *, on_progress: P
     made), adding pairs as they come, so an interrupted run keeps what it made. A failure marks the dataset failed
     (with its one-line reason) and is raised again. Returns the finished dataset."""
     require_admin("generating SFT data")
-    check_request(request)
+    check_request(settings, request)
     if existing:
         get_dataset(kb.connection, request.name)
     else:

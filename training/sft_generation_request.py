@@ -51,7 +51,6 @@ Reply in exactly this format and nothing else:
 QUESTION: <the question>
 ANSWER: <the answer, ending with <<SRC:{source_id}>>>"""
 DEFAULT_PROMPTS = {style: _PROMPT.replace("{task}", task) for style, task in _STYLE_TASKS.items()}
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ class GenerationRequest:
         return cls(**{**known, "styles": tuple(known.get("styles", ()))})
 
 
-def check_request(request: GenerationRequest) -> None:
+def check_request(settings, request: GenerationRequest) -> None:
     """Every field checked before anything is written or called; SftDataError names the first problem."""
     check_name(request.name)
     if not request.styles:
@@ -120,15 +119,23 @@ def check_request(request: GenerationRequest) -> None:
         if not (request.model or "").strip():
             raise SftDataError("an endpoint needs a model name")
         if request.api_key_env is not None:
-            if not _ENV_NAME.match(request.api_key_env):
-                raise SftDataError(f"{request.api_key_env!r} is not an environment variable name")
-            if not os.environ.get(request.api_key_env):
-                raise SftDataError(f"the environment variable {request.api_key_env} (the API key) is not set for this process")
+            _check_key_variable(settings, request.api_key_env)
     if request.llm_version is not None and request.llm_version not in ("base", "champion") and not request.llm_version.isdigit():
         raise SftDataError(f"LLM version {request.llm_version!r} must be 'base', 'champion' or a version number")
     if not request.uses_llm:
         if needing := [style for style in request.styles if style in KNOWLEDGE_STYLES]:
             raise SftDataError(f"the {needing[0]} style needs an LLM: give an endpoint or an LLM version")
+
+
+def _check_key_variable(settings, name: str) -> None:
+    """Only a variable the operator listed (DEPLOYWISE_ENDPOINT_KEY_VARS) is sent as a bearer token: any other name,
+    set or not, gets the same refusal, so the form can neither send the app's other secrets to a URL nor tell which
+    variables exist."""
+    if name not in settings.endpoint_key_vars:
+        allowed = ", ".join(settings.endpoint_key_vars) or "none"
+        raise SftDataError(f"the API key variable must be one that DEPLOYWISE_ENDPOINT_KEY_VARS lists ({allowed})")
+    if not os.environ.get(name):
+        raise SftDataError(f"the environment variable {name} (the API key) is not set for this process")
 
 
 def _check_prompt(style: str, prompt: str) -> None:
@@ -147,6 +154,8 @@ def make_backend(settings, request: GenerationRequest):
     """The generator: an engine.llm.endpoint backend for the endpoint, or the LLM version on the chat's own runtime
     (engine.llm.backends; transformers in place of the chat's endpoint); None when no LLM is asked for."""
     if request.endpoint is not None:
+        if request.api_key_env:
+            _check_key_variable(settings, request.api_key_env)
         key = os.environ.get(request.api_key_env) if request.api_key_env else None
         endpoint_settings = settings.model_copy(update={
             "llm_backend": "openai", "llm_endpoint": request.endpoint, "llm_model": request.model,

@@ -37,7 +37,7 @@ def log_path(settings, name: str) -> Path:
 def start_generation(settings, connection, request: GenerationRequest) -> SftDataset:
     """Check the request, create its dataset and start the worker; SftDataError (one line) before anything is written."""
     require_admin("generating SFT data")
-    check_request(request)
+    check_request(settings, request)
     if connection.execute("SELECT 1 FROM sft_datasets WHERE name = ?", (request.name,)).fetchone():
         raise SftDataError(f"an SFT dataset named {request.name} already exists; choose another name or delete it first")
     check_backend(settings, request)

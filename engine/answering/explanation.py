@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from engine.answering.citations import find_markers, strip_markers
 from engine.answering.prompting import explanation_grammar, explanation_opening
 from engine.answering.verifier import content_words, verify_sentence
+from engine.core.errors import without_credentials
 from engine.knowledge.sources import resolve
 from engine.llm.backend_contract import LlmError
 from engine.rules.decision import Decision
@@ -125,7 +126,7 @@ class ExplanationRun:
             if not result.sentences_kept:
                 result.problems = ("it wrote no complete sentence",)
         except LlmError as error:
-            result.state, result.problems = "failed", (str(error),)
+            result.state, result.problems = "failed", (without_credentials(str(error)),)  # shown to every visitor
         finally:
             pieces.close()  # stops the generation of a reply that is no longer read
             result.generation_ms = round((time.perf_counter() - started) * 1000, 1)

@@ -8,6 +8,7 @@ caller shows it, and `finish_answer` adds it to the stored record. Nothing shown
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from engine.answering.citations import Citation, cited_chunks, resolve_citations
 from engine.answering.composer import compose_answer
 from engine.answering.explanation import Explanation, ExplanationRun
 from engine.answering.prompting import MAX_QUESTION_CHARS, build_messages
+from engine.answering.question_rate import QUESTION_RATE
 from engine.answering.records import AnswerRecord, record_explanation, save_answer
 from engine.knowledge.search import hybrid_search
 from engine.knowledge.sources import refresh_sources
@@ -27,7 +29,7 @@ from engine.rules.rulebook import Rulebook, decision_for
 
 
 class QuestionError(ValueError):
-    """The question cannot be answered as asked (empty, say)."""
+    """The question cannot be answered as asked (empty, say), or not now (too many from this client); nothing is stored."""
 
 
 @dataclass
@@ -44,6 +46,7 @@ class PreparedAnswer:
     fallback_text: str = ""
     started: float = field(default_factory=time.perf_counter)
     rules: Rulebook | None = None
+    keep_unanswered: int | None = None  # an unanswered question's DEPLOYWISE_MAX_UNANSWERED, applied as it is stored
 
 
 @dataclass(frozen=True)
@@ -89,11 +92,17 @@ def age_text(snapshot: CandidateSnapshot) -> str:
             f"at {snapshot.fetched_at:%Y-%m-%d %H:%M} UTC ({age} old)")
 
 
-def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
+def prepare_answer(settings, kb, question: str, *, client: str | None = None) -> PreparedAnswer:
+    """The decision for `question`. `client` (the chat page's session) is held to DEPLOYWISE_QUESTIONS_PER_MINUTE;
+    None (the CLI, the evaluation: the operator) is not. Only the first MAX_QUESTION_CHARS characters are read, kept
+    and shown, and a notice says so."""
     started = time.perf_counter()
     question = (question or "").strip()
     if not question:
         raise QuestionError("the question is empty")
+    if client is not None and (wait := QUESTION_RATE.wait_s(client, settings.questions_per_minute)):
+        raise QuestionError(f"too many questions from this chat, at most {settings.questions_per_minute} a minute; "
+                            f"ask again in {math.ceil(wait)} s")
     notices = []
     if len(question) > MAX_QUESTION_CHARS:
         notices.append(f"Only the first {MAX_QUESTION_CHARS:,} of the question's {len(question):,} characters were used.")
@@ -105,7 +114,8 @@ def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
     except CandidatesUnavailable as error:
         message = f"The model registry cannot be reached and no earlier metrics are cached: {error}"
         return PreparedAnswer(question, UseCaseMatch(None, 0.0, "none"), None, notices=[*notices, message],
-                              timings={"candidates_ms": _ms(step)}, fallback_text=message, started=started)
+                              timings={"candidates_ms": _ms(step)}, fallback_text=message, started=started,
+                              keep_unanswered=settings.max_unanswered)
     timings = {"candidates_ms": _ms(step)}
     if snapshot.error:
         notices.append(age_text(snapshot))
@@ -116,7 +126,8 @@ def prepare_answer(settings, kb, question: str) -> PreparedAnswer:
     timings["search_ms"] = _ms(step)
     if match.use_case is None:  # rather ask than answer about the wrong use case
         return PreparedAnswer(question, match, snapshot, hits=hits, notices=notices, timings=timings,
-                              fallback_text=clarifying_question(match), started=started)
+                              fallback_text=clarifying_question(match), started=started,
+                              keep_unanswered=settings.max_unanswered)
 
     step = time.perf_counter()
     candidates = snapshot.for_use_case(match.use_case)
@@ -160,7 +171,7 @@ def record_answer(kb, prepared: PreparedAnswer, llm_version: str) -> int:
         timings=prepared.timings | ({} if prepared.messages is not None else {"total_ms": _ms(prepared.started)}),
         notices=list(prepared.notices), explanation_state="pending" if prepared.messages is not None else "none",
     )
-    return save_answer(kb.connection, record)
+    return save_answer(kb.connection, record, keep_unanswered=prepared.keep_unanswered)
 
 
 def explanation_run(kb, prepared: PreparedAnswer, backend, max_new_tokens: int) -> ExplanationRun | None:

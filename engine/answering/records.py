@@ -5,7 +5,8 @@ An answer is stored as soon as its decision is shown (`answer`: the composed ans
 (`record_explanation`): the verified sentences shown, the whole draft for admins, and the outcome. Answers
 stored before explanations existed hold the LLM's whole answer in `answer` (origin 'llm' or 'llm-retry').
 
-Every answer is kept with the LLM version that wrote it and the evidence it was built from, so an admin can
+Every answer (but the oldest unanswered ones beyond DEPLOYWISE_MAX_UNANSWERED: `save_answer`) is kept with the
+LLM version that wrote it and the evidence it was built from, so an admin can
 review flagged answers and compare versions. The evidence columns hold plain JSON (strict: no NaN or
 infinity, which other JSON readers reject); anything else is refused before a row is written.
 
@@ -100,13 +101,22 @@ def _answer_row(record: AnswerRecord) -> dict:
     return row | {name: _json_column(name, getattr(record, name)) for name in _JSON_FIELDS}
 
 
-def save_answer(connection, record: AnswerRecord) -> int:
-    """Store a new answer record in one transaction; returns its id."""
+def save_answer(connection, record: AnswerRecord, *, keep_unanswered: int | None = None) -> int:
+    """Store a new answer record in one transaction; returns its id. An unanswered one (no use case) with
+    `keep_unanswered` (DEPLOYWISE_MAX_UNANSWERED) deletes, in the same transaction, the oldest unanswered records
+    beyond that many that carry no feedback, so questions nobody can answer (a flood of them, say) do not pile up
+    forever, while those a user flagged stay for the admin's review."""
     row = _answer_row(record)
     with transaction(connection):
         cursor = connection.execute(
             f"INSERT INTO answers({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
         )
+        if record.use_case is None and keep_unanswered is not None:
+            connection.execute(
+                """DELETE FROM answers WHERE id IN (
+                       SELECT id FROM answers a WHERE use_case IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.answer_id = a.id)
+                       ORDER BY id DESC LIMIT -1 OFFSET ?)""", (keep_unanswered,))
     return cursor.lastrowid
 
 

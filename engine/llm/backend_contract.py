@@ -11,6 +11,7 @@ and training depend on the contract and not on one runtime.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -31,6 +32,15 @@ class LlmBackend(Protocol):
         """Text pieces as they are generated, after `prefill` (the start of the reply, written for the model and not
         repeated); `grammar` (GBNF) constrains the rest where the runtime can (llama.cpp), else it is ignored and
         the verifier still checks the text. Raises LlmError."""
+
+
+def take_model(lock: threading.Lock, wait_s: float) -> None:
+    """Acquire an in-process model's lock, waiting at most `wait_s` (DEPLOYWISE_LLM_WAIT_S) while it generates for
+    another answer: a busy model makes the chat keep the rules' decision and skip the explanation, instead of holding
+    a visitor's question (and its server thread) for as long as the queue is."""
+    if not lock.acquire(timeout=wait_s):
+        raise LlmError(f"the LLM was busy with other answers for more than {wait_s:g} s, so the explanation was skipped; "
+                       "ask again in a moment")
 
 
 def check_request(messages: list[Message], max_new_tokens: int, temperature: float) -> None:

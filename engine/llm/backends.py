@@ -28,11 +28,11 @@ def llm_backend(settings) -> LlmBackend:
         build = EndpointLlm
     elif settings.llm_backend == "llama_cpp":
         key = ("llama_cpp", settings.base_model, settings.llm_version, settings.llm_registry_name, settings.tracking_uri,
-               settings.mlflow_registry_uri, settings.llm_timeout_s, str(settings.workspace))
+               settings.mlflow_registry_uri, settings.llm_timeout_s, settings.llm_wait_s, str(settings.workspace))
         build = GgufLlm
     else:
         key = ("transformers", settings.base_model, settings.llm_version, settings.llm_registry_name,
-               settings.tracking_uri, settings.mlflow_registry_uri, settings.llm_timeout_s)
+               settings.tracking_uri, settings.mlflow_registry_uri, settings.llm_timeout_s, settings.llm_wait_s)
         build = InProcessLlm
     with _backends_lock:
         if key not in _backends:

@@ -1,7 +1,7 @@
 """The endpoint backend: any OpenAI-compatible chat endpoint answers, nothing is loaded in this process.
 
 Apart from the in-process backends because it shares nothing with them but the contract: no weights, no versions,
-and its failures are HTTP ones, said in one line without the token.
+and its failures are HTTP ones, said in one line without the token or the URL's credentials (the chat shows it).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from engine.core.errors import first_line
+from engine.core.errors import first_line, without_credentials
 from engine.llm.backend_contract import LlmError, Message, check_request
 
 
@@ -89,4 +89,4 @@ class EndpointLlm:
 
     def _failure(self, problem: str) -> LlmError:
         message = f"LLM endpoint {self.endpoint} ({self.model}) {problem}"
-        return LlmError(message.replace(self._token, "***") if self._token else message)
+        return LlmError(without_credentials(message.replace(self._token, "***") if self._token else message))

@@ -4,7 +4,7 @@ The base model runs from the bundled GGUF file as it ships; a registered LLM ver
 export logged on its MLflow run (`exports/gguf-q8_0/`, else `exports/gguf-f16/`, each with the run tag
 `export.<format>.check = passed`), fetched once into the workspace. A version with no checked export is refused
 with what to do, and the chat falls back to its composed answer. Each file is loaded once per process and shared
-by every session; one generation runs at a time, and a caller waits at most `settings.llm_timeout_s` for its turn.
+by every session; one generation runs at a time, and a caller waits at most `settings.llm_wait_s` for its turn.
 
 Why: the same 135M model decodes about 5x faster through llama.cpp than through transformers in float32 on these
 CPUs (ENVIRONMENT.md, bench/chat.py), and the file served is the file the export check verified.
@@ -22,7 +22,7 @@ from typing import Any
 
 from engine.core.errors import first_line
 from engine.core.mlflow_client import registry_client
-from engine.llm.backend_contract import LlmError, Message, check_request
+from engine.llm.backend_contract import LlmError, Message, check_request, take_model
 from engine.llm.bundled import BUNDLED, BUNDLED_LLM_GGUF, bundled_llm_dir
 from engine.llm.versions import ALIAS_RECHECK_S, CHAMPION, EXPORTS_ARTIFACT, LlmVersion, resolve_llm_version, version_label
 
@@ -75,8 +75,7 @@ def stream_gguf(loaded: LoadedGguf, messages: list[Message], *, max_new_tokens: 
 
     check_request(messages, max_new_tokens, temperature)
     constraint = LlamaGrammar.from_string(grammar, verbose=False) if grammar else None  # parsed when sampling starts
-    if not loaded.lock.acquire(timeout=wait_s):
-        raise LlmError(f"the LLM is busy with another answer for more than {wait_s:g} s; ask again in a moment")
+    take_model(loaded.lock, wait_s)
     try:
         formatted = loaded.chat(messages=messages)
         prompt = loaded.model.tokenize((formatted.prompt + prefill).encode(), add_bos=not formatted.added_special, special=True)
@@ -171,7 +170,7 @@ class GgufLlm:
         version, loaded = self._serving()
         self._used.version = version.label
         yield from stream_gguf(loaded, messages, max_new_tokens=max_new_tokens, temperature=temperature,
-                               wait_s=self._settings.llm_timeout_s, prefill=prefill, grammar=grammar)
+                               wait_s=self._settings.llm_wait_s, prefill=prefill, grammar=grammar)
 
     def _serving(self) -> tuple[LlmVersion, LoadedGguf]:
         with self._lock:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 from engine.core.errors import first_line
-from engine.llm.backend_contract import LlmError, Message, check_request
+from engine.llm.backend_contract import LlmError, Message, check_request, take_model
 from engine.llm.chat_prompt import fit_prompt
 from engine.llm.loading import LoadedLlm, load_llm
 from engine.llm.versions import ALIAS_RECHECK_S, CHAMPION, resolve_llm_version, version_label
@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def _generate(loaded: LoadedLlm, messages: list[Message], max_new_tokens: int, temperature: float,
-              timeout_s: float, prefill: str = "") -> Iterator[str]:
-    """Generate in a thread while the caller reads the streamer; stopping early (closing) stops generate()."""
+              timeout_s: float, prefill: str = "", *, wait_s: float) -> Iterator[str]:
+    """Generate in a thread while the caller reads the streamer; stopping early (closing) stops generate(). The model
+    is waited for at most `wait_s`, then the caller is given LlmError."""
     import torch  # heavy: imported when the first answer is generated, not at start-up
     from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -54,7 +55,7 @@ def _generate(loaded: LoadedLlm, messages: list[Message], max_new_tokens: int, t
         finally:
             loaded.lock.release()
 
-    loaded.lock.acquire()  # the tokenizer is used under the lock too; it is shared with the generation thread
+    take_model(loaded.lock, wait_s)  # the tokenizer is used under the lock too; it is shared with the generation thread
     try:
         opening = tokenizer.encode(prefill, add_special_tokens=False) if prefill else []
         prompt = torch.tensor([fit_prompt(tokenizer, messages, context - max_new_tokens - len(opening)) + opening])
@@ -99,7 +100,8 @@ class InProcessLlm:
         check_request(messages, max_new_tokens, temperature)
         loaded = self._serving()
         self._used.version = loaded.version.label
-        yield from _generate(loaded, messages, max_new_tokens, temperature, self._settings.llm_timeout_s, prefill)
+        yield from _generate(loaded, messages, max_new_tokens, temperature, self._settings.llm_timeout_s, prefill,
+                             wait_s=self._settings.llm_wait_s)
 
     def _serving(self) -> LoadedLlm:
         with self._lock:

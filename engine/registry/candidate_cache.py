@@ -18,6 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from engine.core.errors import without_credentials
 from engine.registry.candidates import Candidate, CandidateSnapshot
 from engine.registry.mlflow_candidates import read_candidates, registry_uri
 from engine.registry.saved_candidates import load_saved_snapshot, save_snapshot
@@ -121,9 +122,8 @@ def _read(settings, previous: _Cached | None, read: Callable[[], tuple[Candidate
         log.debug("candidates read failure", exc_info=True)
         last = previous.snapshot if previous else load_saved_snapshot(settings)
         if last is None:
-            raise CandidatesUnavailable(
-                f"MLflow at {registry_uri(settings)} cannot be read ({reason}) and no earlier read is saved"
-            ) from None
+            raise CandidatesUnavailable(without_credentials(
+                f"MLflow at {registry_uri(settings)} cannot be read ({reason}) and no earlier read is saved")) from None
         snapshot = replace(last, error=reason)
     else:
         save_snapshot(settings, snapshot)
@@ -131,10 +131,11 @@ def _read(settings, previous: _Cached | None, read: Callable[[], tuple[Candidate
 
 
 def _short_reason(error: BaseException) -> str:
-    """One line an admin can act on: the innermost cause ("Connection refused"), not MLflow's screen-long wrapper."""
+    """One line an admin can act on: the innermost cause ("Connection refused"), not MLflow's screen-long wrapper,
+    without the credentials of a URL in it (the chat shows it to every visitor)."""
     root = error
     while (inner := root.__cause__ or root.__context__) is not None and not isinstance(root, HelperReadFailed):
         root = inner
-    text = " ".join(str(root).split())
+    text = without_credentials(" ".join(str(root).split()))
     text = f"{type(root).__name__}: {text}" if root is not error or not text else text
     return text if len(text) <= 300 else text[:297] + "..."

@@ -25,6 +25,7 @@ from mlflow.utils.databricks_utils import (
     get_databricks_host_creds,
 )
 
+from engine.core.errors import without_credentials
 from engine.core.mlflow_client import registry_client
 from engine.knowledge.sources import SOURCE_ID_PATTERN, slug
 from engine.registry.candidates import Candidate, finite_metrics
@@ -189,7 +190,7 @@ def version_link(settings) -> Callable[[str, str], str | None]:
     """How a model version's page is linked: the MLflow UI of an http(s) server, a Databricks workspace, else none."""
     registry = registry_uri(settings)
     if registry.startswith(("http://", "https://")):
-        base = registry.rstrip("/")
+        base = without_credentials(registry).rstrip("/")  # the link is shown to every visitor: no user:password@
         return lambda name, version: f"{base}/#/models/{quote(name, safe='')}/versions/{version}"
     if registry.startswith("databricks"):
         try:
