@@ -28,3 +28,14 @@ def without_credentials(text: str) -> str:
     (token, key, secret, password, signature...) replaced by ***: what a notice shown to visitors may say about a
     configured endpoint or registry, whose URI may carry them."""
     return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub("", text))
+
+
+def innermost_cause(error: BaseException, stop_at: tuple[type[BaseException], ...] = ()) -> str:
+    """One line an admin can act on: the innermost cause ("Connection refused") of a library's screen-long wrapper, or
+    the first error of type `stop_at` met on the way; without a URL's credentials (notices reach visitors)."""
+    root = error
+    while (inner := root.__cause__ or root.__context__) is not None and not isinstance(root, stop_at):
+        root = inner
+    text = without_credentials(" ".join(str(root).split()))
+    text = f"{type(root).__name__}: {text}" if root is not error or not text else text
+    return text if len(text) <= MAX_CHARS else text[: MAX_CHARS - 3] + "..."

@@ -18,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from engine.core.errors import without_credentials
+from engine.core.errors import innermost_cause, without_credentials
 from engine.registry.candidates import Candidate, CandidateSnapshot
 from engine.registry.mlflow_candidates import read_candidates, registry_uri
 from engine.registry.saved_candidates import load_saved_snapshot, save_snapshot
@@ -94,7 +94,7 @@ def _read_in_helper(settings) -> tuple[Candidate, ...]:
     try:
         return read_candidates(settings)
     except Exception as error:
-        raise HelperReadFailed(_short_reason(error)) from None
+        raise HelperReadFailed(innermost_cause(error, stop_at=(HelperReadFailed,))) from None
 
 
 def _store_refresh(settings, key, previous: _Cached, done: Future) -> None:
@@ -117,7 +117,7 @@ def _read(settings, previous: _Cached | None, read: Callable[[], tuple[Candidate
     try:
         snapshot = CandidateSnapshot(read(), datetime.now(UTC))
     except Exception as error:  # any failure to read MLflow (network, auth, store) falls back to the last read
-        reason = _short_reason(error)
+        reason = innermost_cause(error, stop_at=(HelperReadFailed,))
         log.warning("reading candidates from MLflow at %s failed: %s", registry_uri(settings), reason)
         log.debug("candidates read failure", exc_info=True)
         last = previous.snapshot if previous else load_saved_snapshot(settings)
@@ -129,13 +129,3 @@ def _read(settings, previous: _Cached | None, read: Callable[[], tuple[Candidate
         save_snapshot(settings, snapshot)
     return _Cached(snapshot)
 
-
-def _short_reason(error: BaseException) -> str:
-    """One line an admin can act on: the innermost cause ("Connection refused"), not MLflow's screen-long wrapper,
-    without the credentials of a URL in it (the chat shows it to every visitor)."""
-    root = error
-    while (inner := root.__cause__ or root.__context__) is not None and not isinstance(root, HelperReadFailed):
-        root = inner
-    text = without_credentials(" ".join(str(root).split()))
-    text = f"{type(root).__name__}: {text}" if root is not error or not text else text
-    return text if len(text) <= 300 else text[:297] + "..."
