@@ -106,6 +106,7 @@ class KnowledgeBase:
         require_admin("ingesting documents")
         existing = self.document_by_sha(document.sha256)
         if existing is not None:
+            self._adopt_path_origin(existing, document.origin)
             count = self.connection.execute("SELECT count(*) FROM chunks WHERE document_id = ?", (existing,)).fetchone()[0]
             return StoreOutcome("unchanged", existing, count)
         if not chunks:
@@ -121,6 +122,20 @@ class KnowledgeBase:
             self._insert_chunks(document_id, chunks, vectors)
             write_sources(self.connection, sources, overwrite=False)
         return StoreOutcome("updated" if replaced else "added", document_id, len(chunks))
+
+    def _adopt_path_origin(self, document_id: int, origin: str) -> None:
+        """Before origins held a file's path inside its ingested folder, 'team/guide.md' was stored as 'file:guide.md':
+        ingested again unchanged, that document takes its path as origin (and keeps its use case), so that its next
+        version replaces it and another folder's guide.md does not."""
+        folder, _, name = origin.removeprefix("file:").rpartition("/")
+        if not origin.startswith("file:") or not folder:
+            return
+        with database.transaction(self.connection):
+            if self.connection.execute("SELECT 1 FROM documents WHERE origin = ?", (origin,)).fetchone():
+                return
+            if self.connection.execute("UPDATE documents SET origin = ? WHERE id = ? AND origin = ?",
+                                       (origin, document_id, f"file:{name}")).rowcount:
+                self.connection.execute("UPDATE OR REPLACE document_use_cases SET origin = ? WHERE origin = ?", (origin, f"file:{name}"))
 
     def _insert_chunks(self, document_id: int, chunks: list[Chunk], vectors: np.ndarray) -> None:
         for index, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):
