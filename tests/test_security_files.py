@@ -58,6 +58,9 @@ def test_an_alias_bomb_in_front_matter_is_refused_in_bounded_memory():
             result = str(error)
     """, ALIAS_BOMB)
     assert result.startswith("front matter: ") and "alias bomb" in result
+    # anchors and merge keys within bounds are still read
+    document = parse_file("notes.md", b"---\nbase: &base {owner: ml-team}\nreview:\n  <<: *base\n  by: ops\n---\n# Notes\nText.")
+    assert document.metadata["review"] == str({"owner": "ml-team", "by": "ops"})
 
 
 def test_an_alias_bomb_in_a_training_config_is_refused_in_bounded_memory(tmp_path):
@@ -82,11 +85,6 @@ def test_an_alias_bomb_in_a_training_config_is_refused_in_bounded_memory(tmp_pat
 def test_front_matter_that_cannot_be_read_safely_is_named(text, problem):
     with pytest.raises(DocumentError, match=problem):
         parse_file("notes.md", f"---\n{text}\n---\n# Notes\nText.".encode())
-
-
-def test_yaml_anchors_and_merge_keys_within_bounds_still_work():
-    document = parse_file("notes.md", b"---\nbase: &base {owner: ml-team}\nreview:\n  <<: *base\n  by: ops\n---\n# Notes\nText.")
-    assert document.metadata["review"] == str({"owner": "ml-team", "by": "ops"})
 
 
 def docx_with(document_xml_repeats: int = 0, extra_parts: int = 0) -> bytes:
@@ -149,11 +147,11 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def stored_documents() -> dict[str, str]:
-    """origin -> title of every stored document."""
+def stored_documents() -> dict[str, tuple[str, set[str]]]:
+    """origin -> (title, source ids its chunks cite) of every stored document."""
     kb = open_knowledge_base(load_settings())
     try:
-        return {document.origin: document.title for document in kb.documents()}
+        return {d.origin: (d.title, {c.source_id for c in kb.chunks(document_id=d.id)}) for d in kb.documents()}
     finally:
         kb.connection.close()
 
@@ -164,7 +162,8 @@ def test_two_same_named_files_of_one_folder_ingest_are_both_kept(workspace, tmp_
     assert main(["ingest", str(tmp_path / "docs"), "--json"]) == 0
     outcomes = {o["name"]: o["status"] for o in json.loads(capsys.readouterr().out)}
     assert outcomes == {"churn/README.md": "added", "fraud/README.md": "added"}
-    assert stored_documents() == {"file:churn/README.md": "Churn rules", "file:fraud/README.md": "Fraud rules"}
+    assert stored_documents() == {"file:churn/README.md": ("Churn rules", {"doc:churn/readme.md"}),
+                                  "file:fraud/README.md": ("Fraud rules", {"doc:fraud/readme.md"})}
 
     write(tmp_path / "docs/fraud/README.md", "# Fraud rules\nThe fraud model must reach a recall of 0.95.")
     assert main(["ingest", str(tmp_path / "docs"), "--json"]) == 0
@@ -180,7 +179,7 @@ def test_two_different_files_under_one_name_in_one_ingest_are_refused_not_overwr
     first, second = json.loads(capsys.readouterr().out)
     assert first["status"] == "added" and second["status"] == "failed"
     assert "another file of this batch is also called README.md" in second["error"]
-    assert stored_documents() == {"file:README.md": "Fraud rules"}
+    assert stored_documents() == {"file:README.md": ("Fraud rules", {"doc:readme.md"})}
 
 
 def upload(name: str, text: str):
