@@ -7,10 +7,9 @@ import json
 import sys
 import time
 
-import yaml
-
 from cli.common import EXIT_OK, EXIT_PARTIAL, UsageError, print_result
 from engine.core import database
+from engine.core.yaml_input import YamlError, load_yaml
 from engine.lifecycle.training_jobs import list_jobs
 from training.config import ConfigError, load_config
 from training.dataset_snapshot import SnapshotError, check_settings, snapshot_workspace
@@ -91,9 +90,9 @@ def _overrides(pairs: list[str]) -> dict:
         if not separator or not key.strip():
             raise UsageError(f"--set {pair!r}: expected KEY=VALUE")
         try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UsageError(f"--set {pair!r}: the value is not valid YAML") from None
+            parsed = load_yaml(value)
+        except YamlError as error:
+            raise UsageError(f"--set {pair!r}: {error}") from None
         *parents, name = key.strip().split(".")
         target = overrides
         for parent in parents:

@@ -51,7 +51,8 @@ def upload_tab(kb, settings) -> None:
         key=f"uploads_{generation}",
         max_upload_size=views.upload_limit_mb(settings),
         help=f"PDF, DOCX, TXT, Markdown or HTML, at most {settings.max_upload_mb:g} MB per file. "
-        "A file whose content is already stored is left unchanged; a new version of a file replaces the old one.",
+        "A file whose content is already stored is left unchanged; a file with the name of a stored one replaces it "
+        "(its new version), so two different files with one name cannot be uploaded together.",
     )
     if st.button("Ingest", type="primary", disabled=not files):
         with st.status(f"Ingesting {len(files)} file{'s' if len(files) != 1 else ''}", expanded=True) as status:

@@ -92,7 +92,7 @@ def test_same_bytes_give_same_sha256():
         ("latin1.txt", "Le modèle est très précis.".encode("latin-1"), "not valid UTF-8"),
         ("bad-utf16.txt", b"\xff\xfe" + b"\x00\xd8" + b"a\x00", "UTF-16"),
         ("unknown.xlsx", b"whatever", "unsupported file type"),
-        ("frontmatter.md", b"---\ntitle: [unclosed\n---\nbody", "front matter is not valid YAML"),
+        ("frontmatter.md", b"---\ntitle: [unclosed\n---\nbody", "front matter: not valid YAML"),
         ("badsource.md", b"---\nsource_id: Not An Id\n---\nbody text", "not 'domain:entity'"),
         ("badurl.md", b"---\nsource_id: a:b\nurl: javascript:alert(1)\n---\nbody text", r"not an http\(s\) URL"),
     ],

@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
+from engine.core.yaml_input import YamlError, load_yaml
 from training.dataset_snapshot import DEFAULT_REPLAY_RATIO
 
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -155,9 +154,9 @@ def read_mapping(source) -> dict:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read the configuration ({error.__class__.__name__}: {error})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        data = load_yaml(text)
+    except YamlError as error:
+        raise ConfigError(f"{path}: {error}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

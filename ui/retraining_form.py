@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from engine.core.errors import first_line
 from engine.core.paths import CONFIGS_DIR
+from engine.core.yaml_input import YamlError, load_yaml
 from training.config import AdapterTraining, ConfigError, load_config
 
 CONFIG_FOLDER = CONFIGS_DIR
@@ -67,9 +67,9 @@ def config_yaml(config: AdapterTraining) -> str:
 def config_from_yaml_text(text: str, kind: str = "cpt") -> AdapterTraining:
     """A checked config from YAML text (an upload or the editor); ConfigError names every problem."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"not valid YAML ({first_line(error)})") from None
+        data = load_yaml(text)
+    except YamlError as error:
+        raise ConfigError(str(error)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

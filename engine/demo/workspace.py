@@ -28,7 +28,7 @@ def demo_corpus_is_current(settings: Settings, corpus: Path = DEMO_CORPUS) -> bo
     """True when every demo file's exact content is already in the knowledge base (no model loading needed)."""
     if not settings.knowledge_db.is_file():
         return False
-    digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in collect_paths([corpus])]
+    digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path, _ in collect_paths([corpus])]
     connection = database.connect(settings.knowledge_db)
     try:
         known = {row[0] for row in connection.execute("SELECT sha256 FROM documents")}

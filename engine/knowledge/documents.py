@@ -12,14 +12,18 @@ import io
 import re
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import PurePath
+from pathlib import PurePath, PurePosixPath
 
-import yaml
-
+from engine.core.yaml_input import YamlError, load_yaml
 from engine.knowledge.sources import Source, SourceError, slug
 
 SUPPORTED_SUFFIXES = (".pdf", ".docx", ".txt", ".md", ".markdown", ".html", ".htm")
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
+# A DOCX is a ZIP that python-docx reads whole into memory: bound what it unpacks before it opens it.
+MAX_DOCX_PARTS = 2_000  # a Word file has a few dozen parts, one more per embedded image
+MAX_DOCX_UNPACKED = 256 * 1024 * 1024  # bytes, all parts together
+MAX_DOCX_RATIO = 100  # how many times larger a part may unpack (Word's XML: about 10; a ZIP bomb: about 1,000)
+MAX_PDF_PAGES = 5_000  # every page's text is extracted, and a page can be a few bytes
 
 
 class DocumentError(ValueError):
@@ -42,7 +46,8 @@ class ParsedDocument:
 
 
 def parse_file(name: str, data: bytes, *, max_bytes: int | None = None) -> ParsedDocument:
-    """Parse one uploaded file; raises DocumentError for empty, oversized, corrupt, encrypted or disguised files."""
+    """Parse one file, named by its name or by its path inside an ingested folder ('team/README.md'), which makes its
+    origin and source id; raises DocumentError for empty, oversized, corrupt, encrypted or disguised files."""
     suffix = PurePath(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DocumentError(f"unsupported file type '{suffix or 'none'}' (supported: {', '.join(SUPPORTED_SUFFIXES)})")
@@ -50,7 +55,7 @@ def parse_file(name: str, data: bytes, *, max_bytes: int | None = None) -> Parse
         raise DocumentError(f"file is {len(data) / 1048576:.1f} MB, over the {max_bytes / 1048576:.0f} MB upload limit")
     if not data.strip():
         raise DocumentError("file is empty")
-    file_slug = slug(PurePath(name).name)
+    file_slug = "/".join(slug(part) for part in PurePosixPath(name).parts)
     parser = {".pdf": _parse_pdf, ".docx": _parse_docx, ".html": _parse_html, ".htm": _parse_html}.get(suffix, _parse_text)
     title, sections, metadata = parser(data, file_slug, PurePath(name).stem)
     sections = [section for section in sections if section.text.strip()]
@@ -58,7 +63,7 @@ def parse_file(name: str, data: bytes, *, max_bytes: int | None = None) -> Parse
         raise DocumentError("no text could be extracted (a scanned PDF needs OCR first)" if suffix == ".pdf" else "file holds no text")
     return ParsedDocument(
         title=title,
-        origin=f"file:{PurePath(name).name}",
+        origin=f"file:{name}",
         sha256=hashlib.sha256(data).hexdigest(),
         sections=sections,
         metadata={"format": suffix.lstrip("."), "bytes": len(data), **metadata},
@@ -113,9 +118,9 @@ def _parse_text(data: bytes, file_slug: str, stem: str):
     title, source_id, url, kind = None, f"doc:{file_slug}", None, "document"
     if front:
         try:
-            fields = yaml.safe_load(front.group(1)) or {}
-        except yaml.YAMLError as error:
-            raise DocumentError(f"front matter is not valid YAML: {str(error).splitlines()[0]}") from None
+            fields = load_yaml(front.group(1)) or {}
+        except YamlError as error:
+            raise DocumentError(f"front matter: {error}") from None
         if not isinstance(fields, dict):
             raise DocumentError("front matter must be a mapping of keys to values")
         text = text[front.end():]
@@ -185,6 +190,8 @@ def _parse_pdf(data: bytes, file_slug: str, stem: str):
             raise DocumentError("PDF is password-protected; remove the password and upload again")
         info = reader.metadata
         title = (info.title if info and info.title else None) or stem
+        if len(reader.pages) > MAX_PDF_PAGES:
+            raise DocumentError(f"PDF has {len(reader.pages):,} pages, more than the {MAX_PDF_PAGES:,} read from one file: split it")
         pages = [page.extract_text() or "" for page in reader.pages]
     except DocumentError:
         raise
@@ -205,7 +212,11 @@ def _parse_docx(data: bytes, file_slug: str, stem: str):
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise DocumentError("not a DOCX: the content is not a ZIP container (wrong extension, or an old .doc file?)")
     try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            _check_docx_parts(archive.infolist())
         document = docx.Document(io.BytesIO(data))
+    except DocumentError:
+        raise
     except (KeyError, ValueError, zipfile.BadZipFile, OSError) as error:
         raise DocumentError(f"DOCX is corrupt or not a Word document ({str(error)[:120]})") from None
     except Exception as error:  # python-docx raises library-specific errors (e.g. PackageNotFoundError, lxml errors)
@@ -219,6 +230,19 @@ def _parse_docx(data: bytes, file_slug: str, stem: str):
     )
     text = "\n".join(blocks).strip()
     return title, [Section(text, _source(f"doc:{file_slug}", title, None, "document"))], {}
+
+
+def _check_docx_parts(parts: list[zipfile.ZipInfo]) -> None:
+    """Refuse a ZIP bomb from its directory (zipfile never unpacks more than a part's declared size)."""
+    if len(parts) > MAX_DOCX_PARTS:
+        raise DocumentError(f"DOCX has {len(parts):,} parts, more than the {MAX_DOCX_PARTS:,} a Word document may have")
+    unpacked = sum(part.file_size for part in parts)
+    if unpacked > MAX_DOCX_UNPACKED:
+        raise DocumentError(f"DOCX unpacks to {unpacked / 1048576:,.0f} MB, more than {MAX_DOCX_UNPACKED / 1048576:.0f} MB")
+    for part in parts:
+        if part.file_size > 1048576 and part.file_size > MAX_DOCX_RATIO * part.compress_size:
+            raise DocumentError(f"DOCX part {part.filename[:80]} unpacks {part.file_size / max(part.compress_size, 1):,.0f} times "
+                                f"larger than it is stored (more than {MAX_DOCX_RATIO}: a ZIP bomb?)")
 
 
 def _source(source_id: str, display_name: str, url: str | None, kind: str) -> Source:

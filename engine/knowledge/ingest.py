@@ -33,23 +33,35 @@ def ingest_files(
     max_bytes: int | None = None,
     on_progress: Progress | None = None,
 ) -> list[FileOutcome]:
+    """Each (name, content): a file's name, or its path inside an ingested folder, is what a later version replaces."""
     files = list(files)
-    outcomes = []
+    outcomes, stored = [], {}
     for done, (name, data) in enumerate(files):
         if on_progress:
             on_progress(done, len(files), f"Ingesting {name}")
-        outcomes.append(ingest_one(kb, chunker, name, data, max_bytes=max_bytes))
+        outcomes.append(ingest_one(kb, chunker, name, data, max_bytes=max_bytes, batch=stored))
     if on_progress:
         on_progress(len(files), len(files), "Done")
     return outcomes
 
 
-def ingest_one(kb: KnowledgeBase, chunker: Chunker, name: str, data: bytes, *, max_bytes: int | None = None) -> FileOutcome:
+def ingest_one(
+    kb: KnowledgeBase, chunker: Chunker, name: str, data: bytes, *, max_bytes: int | None = None, batch: dict | None = None
+) -> FileOutcome:
+    """`batch` (origin -> content digest of the files stored so far in one ingestion): two different files under one
+    name in the same batch are two documents, not a new version of the first, so the second is refused."""
     try:
         document = parse_file(name, data, max_bytes=max_bytes)
     except DocumentError as error:
         return FileOutcome(name, "failed", error=str(error))
-    return store_parsed(kb, chunker, name, document)
+    if batch is not None and batch.get(document.origin, document.sha256) != document.sha256:
+        return FileOutcome(name, "failed", error=(
+            f"another file of this batch is also called {name}, and a document is known by its file name (its path inside "
+            "an ingested folder): rename one of them, or ingest the folder that holds both"))
+    outcome = store_parsed(kb, chunker, name, document)
+    if batch is not None and outcome.ok:
+        batch[document.origin] = document.sha256
+    return outcome
 
 
 def store_parsed(kb: KnowledgeBase, chunker: Chunker, name: str, document: ParsedDocument) -> FileOutcome:
@@ -65,12 +77,14 @@ def store_parsed(kb: KnowledgeBase, chunker: Chunker, name: str, document: Parse
     return FileOutcome(name, outcome.status, outcome.document_id, outcome.chunk_count)
 
 
-def collect_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named directly, plus the supported files inside named folders (recursively, sorted)."""
+def collect_paths(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """(file, name to ingest it by): files named directly by their name, the supported files inside named folders
+    (recursively, sorted) by their path inside the folder, so that two README.md of two subfolders stay two documents."""
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES))
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+            found.extend((file, file.relative_to(path).as_posix()) for file in files)
         else:
-            found.append(path)
+            found.append((path, path.name))
     return found

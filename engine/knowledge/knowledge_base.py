@@ -139,6 +139,7 @@ class KnowledgeBase:
             for document, chunks in items:
                 existing = self.document_by_sha(document.sha256)
                 if existing is not None:  # stored before, or by another process while this one was embedding
+                    self._adopt_path_origin(existing, document.origin)
                     count = self.connection.execute("SELECT count(*) FROM chunks WHERE document_id = ?", (existing,)).fetchone()[0]
                     outcomes.append(StoreOutcome("unchanged", existing, count))
                     continue
@@ -179,6 +180,19 @@ class KnowledgeBase:
             [(source_id, source_id) for source_id in cited],
         )
         return removed
+
+    def _adopt_path_origin(self, document_id: int, origin: str) -> None:
+        """Before origins held a file's path inside its ingested folder, 'team/guide.md' was stored as 'file:guide.md':
+        ingested again unchanged, that document takes its path as origin (and keeps its use case), so that its next
+        version replaces it and another folder's guide.md does not. Runs inside the caller's write transaction."""
+        folder, _, name = origin.removeprefix("file:").rpartition("/")
+        if not origin.startswith("file:") or not folder:
+            return
+        if self.connection.execute("SELECT 1 FROM documents WHERE origin = ?", (origin,)).fetchone():
+            return
+        if self.connection.execute("UPDATE documents SET origin = ? WHERE id = ? AND origin = ?",
+                                   (origin, document_id, f"file:{name}")).rowcount:
+            self.connection.execute("UPDATE OR REPLACE document_use_cases SET origin = ? WHERE origin = ?", (origin, f"file:{name}"))
 
     def _insert_chunks(self, document_id: int, chunks: list[Chunk], vectors) -> None:
         for index, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):

@@ -28,9 +28,9 @@ def ingest_paths(settings: Settings, paths, on_progress: Progress | None = None)
     kb = open_knowledge_base(settings)
     try:
         files, outcomes = [], []
-        for path in collect_paths(paths):
+        for path, name in collect_paths(paths):
             try:
-                files.append((path.name, path.read_bytes()))
+                files.append((name, path.read_bytes()))
             except OSError as error:
                 outcomes.append(FileOutcome(str(path), "failed", error=f"cannot read file: {error.strerror or error}"))
         outcomes += ingest_files(
