@@ -9,7 +9,7 @@ successful login.
 import streamlit as st
 
 from engine.access import roles
-from engine.answering.citations import escape_markdown
+from engine.core.markdown import escape_markdown
 from engine.core.settings import SettingsError, load_settings
 from ui import admin_page, login
 from ui.deep_links import resume_requested_page

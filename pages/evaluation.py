@@ -13,6 +13,7 @@ import streamlit as st
 from engine.access.roles import current_identity
 from engine.answering.golden_set import DEFAULT_GOLDEN, GoldenError, load_golden
 from engine.core.errors import first_line
+from engine.core.markdown import escape_markdown
 from eval.plan import EvaluationError
 from eval.results import evaluation_history, load_evaluation, load_items
 from eval.worker import cancel_evaluation, list_evaluation_jobs, start_evaluation
@@ -103,7 +104,7 @@ def results(settings, history) -> None:
     for column, version in zip(st.columns(len(versions)), versions, strict=True):
         with column:
             (st.success if version.verdict == "GO" else st.error)(f"**{version.label}: {version.verdict}** · {version.llm_label}")
-            st.markdown("\n".join(f"- {evaluation_views.escape(reason)}" for reason in version.reasons))
+            st.markdown("\n".join(f"- {escape_markdown(reason)}" for reason in version.reasons))
     st.dataframe(evaluation_views.comparison_frame(versions), hide_index=True, width="stretch")
     charts = {"Perplexity vs base model (%)": evaluation_views.perplexity_change_frame(versions),
               "Accuracy per category": evaluation_views.category_frame(versions),
@@ -142,7 +143,7 @@ def drill_down(settings, versions) -> None:
     for detail in evaluation_views.item_detail(items, item_id):
         with st.container(border=True):
             st.markdown(f"**{detail['version']}** {detail['mark']} · " + (
-                f"skipped: {evaluation_views.escape(detail['skip_reason'] or '')}" if detail["status"] == "skipped" else
+                f"skipped: {escape_markdown(detail['skip_reason'] or '')}" if detail["status"] == "skipped" else
                 f"{detail['origin']}{'' if detail['llm_asked'] else ' (the LLM was not asked)'} · {detail['latency']}"))
             if detail["status"] == "skipped":
                 continue
@@ -151,7 +152,7 @@ def drill_down(settings, versions) -> None:
                 with st.expander("What the chat showed (the decision, then the verified sentences)"):
                     st.text(detail["shown"])
                 if detail["problems"]:
-                    st.caption(evaluation_views.escape("Explanation cut: " + "; ".join(detail["problems"][:2])))
+                    st.caption(escape_markdown("Explanation cut: " + "; ".join(detail["problems"][:2])))
             if detail["facts"]:
                 st.dataframe(detail["facts"], hide_index=True)
             st.caption(evaluation_views.citation_caption(detail))

@@ -12,7 +12,7 @@ end. A refused action shows its reason under the answer and changes nothing.
 import streamlit as st
 
 from engine.access.roles import AccessDenied
-from engine.answering.citations import escape_markdown, render_answer_markdown, resolve_citations
+from engine.answering.citations import render_answer_markdown, resolve_citations
 from engine.answering.feedback_review import (
     MAX_CORRECTION_CHARS,
     MAX_NOTE_CHARS,
@@ -28,6 +28,7 @@ from engine.answering.feedback_review import (
     save_correction,
 )
 from engine.core import database
+from engine.core.markdown import escape_markdown
 from ui.admin_page import require_admin_page
 from ui.chat_views import answer_caption, candidates_frame, criteria_frame
 from ui.deep_links import through_entry_point

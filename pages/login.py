@@ -8,7 +8,7 @@ import streamlit as st
 
 from engine.access import roles
 from engine.access.local_account import PasswordError, read_account
-from engine.answering.citations import escape_markdown
+from engine.core.markdown import escape_markdown
 from ui import login
 from ui.deep_links import through_entry_point
 

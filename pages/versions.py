@@ -10,8 +10,8 @@ is stored, then the page reruns so the table shows it.
 import streamlit as st
 
 from engine.access.roles import current_identity
-from engine.answering.citations import escape_markdown
 from engine.core.errors import first_line
+from engine.core.markdown import escape_markdown
 from engine.lifecycle import version_records
 from engine.lifecycle.version_actions import archive, promote, rollback
 from engine.lifecycle.version_catalog import overview

@@ -67,6 +67,13 @@ def require_admin(action: str = "this action") -> None:
         raise AccessDenied(f"{action} is for administrators")
 
 
+def may_read_internal() -> bool:
+    """Whether the caller may read knowledge that is not public (imported table rows, internal sources): a logged-in
+    user with OIDC, the local administrator, or the operator; never an anonymous visitor."""
+    identity = current_identity()
+    return identity.is_admin or identity.logged_in
+
+
 def oidc_identity(user: Mapping[str, Any], admin_emails: list[str]) -> Identity:
     """The role of an OIDC user from their claims (`st.user`): an administrator when the email is listed."""
     if not user.get("is_logged_in"):

@@ -269,6 +269,11 @@ MIGRATIONS: list[str] = [
         CHECK (explanation_state IN ('none', 'pending', 'kept', 'partial', 'dropped', 'failed'));
     ALTER TABLE answers ADD COLUMN explanation_draft TEXT NOT NULL DEFAULT '';
     """,
+    # sources an admin marks internal are for logged-in users only (engine.knowledge.sources.public_chunks_sql)
+    """
+    ALTER TABLE sources ADD COLUMN internal INTEGER NOT NULL DEFAULT 0 CHECK (internal IN (0, 1));
+    CREATE INDEX sources_internal ON sources(source_id) WHERE internal = 1;
+    """,
 ]
 
 
