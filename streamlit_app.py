@@ -19,7 +19,7 @@ st.set_page_config(page_title="deploywise", page_icon=":material/rocket_launch:"
 try:
     st.session_state["settings"] = settings = load_settings()
 except SettingsError as error:
-    st.error(f"deploywise cannot start because of its configuration: {error}", icon=":material/settings_alert:")
+    st.error(f"deploywise cannot start because of its configuration: {escape_markdown(error)}", icon=":material/settings_alert:")
     st.stop()
 
 pages = {"": [st.Page("pages/chat.py", title="Chat", icon=":material/chat:", default=True),

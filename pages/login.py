@@ -40,7 +40,7 @@ else:
         account = read_account(settings.admin_file)
     except PasswordError as error:
         account = None
-        st.error(str(error))
+        st.error(escape_markdown(error))
     if account is None:
         st.info("No administrator password is set yet. On the server, run `.venv/bin/deploywise admin set-password` "
                 "(it asks for the password; nothing needs restarting), then log in here.")

@@ -18,10 +18,10 @@ from collections import defaultdict
 
 from engine.answering.citations import find_markers, strip_markers
 from engine.answering.verifier import grounded
+from engine.knowledge.sources import TABLE_DOMAINS  # a table's rows are one source each table, not one per row
 from training.sft_generation_request import GenerationRequest
 from training.sft_pair_checks import PairCandidate
 
-TABLE_DOMAINS = ("uc", "sql")  # a table's rows are one source each table, not one per row
 MIN_GROUNDED_SHARE = 0.4
 GENERATOR_SYSTEM = "You write training examples for an assistant of an ML platform team. Follow the requested format exactly."
 # The asked format, and the variants small models drift to: "**Question:**", "The question is:", "Q:" / "A:" (the

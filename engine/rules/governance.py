@@ -17,11 +17,10 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
+from engine.knowledge.sources import TABLE_DOMAINS  # rows imported from tables are data, not guidelines
 from engine.registry.metric_catalog import spelled_both_ways
 from engine.registry.use_cases import described_use_case, initials
 from engine.rules.criteria import NO_USE_CASE, document_assignments
-
-TABLE_DOMAINS = ("uc", "sql")  # rows imported from tables are data, not guidelines
 
 
 def use_case_terms(candidates, names=()) -> dict[str, tuple[str, ...]]:
