@@ -16,6 +16,7 @@ from engine.core.database import transaction
 from engine.core.settings import load_settings
 from engine.knowledge.workspace import ingest_paths
 from tests.openai_server import OpenAIServer, faithful_answer
+from tests.rendered_markdown import parse
 from training.dataset_snapshot import read_split, snapshot_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +155,8 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_changes(settings, flagge
     at.text_area(key=f"correction-{first}").input("Deploy ts-boosting <<SRC:wiki:made-up>>.")
     at.button(key=f"save-{first}").click().run()  # a draft may cite what is not registered yet...
     assert at.success[0].value == f"Correction of answer #{first} saved (pending)."
-    assert at.warning[0].value.startswith("This correction cannot be accepted yet: it cites source the registry does not know: wiki:made-up")
+    assert parse(at.warning[0].value).visible.startswith(
+        "This correction cannot be accepted yet: it cites source the registry does not know: wiki:made-up")
     before = review_rows(settings)
     at.button(key=f"accept-{first}").click().run()  # ...but is not accepted
     assert [e.value for e in at.error] == [

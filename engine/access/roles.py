@@ -1,5 +1,6 @@
 """Who may do what, decided here and nowhere else. Chat (with its Source and Log in pages) is for everyone; the admin
-pages (ui.admin_page.ADMIN_PAGES) and every admin action are for administrators.
+pages (ui.admin_page.ADMIN_PAGES) and every admin action are for administrators; knowledge that is not public
+(engine.knowledge.sources) is for logged-in users and the operator (`may_read_internal`).
 
 Who the user is:
 - with an OIDC provider in `.streamlit/secrets.toml` (an `[auth]` section), the user logged in through `st.login`;
