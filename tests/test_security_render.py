@@ -22,10 +22,11 @@ from engine.knowledge.sources import Source
 from engine.knowledge.sql_import import plan_sql_import, run_sql_import
 from engine.knowledge.workspace import make_chunker, open_knowledge_base
 from tests.rendered_markdown import parse
-from ui import knowledge_views
+from ui import knowledge_views, login
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 EVIL_LINK = "[Session expired – log in](https://evil.example)"
+ADMIN = roles.Identity("admin", "local", True)
 HOSTILE = [
     EVIL_LINK,
     "![pixel](https://evil.example/p.png) <img src=x onerror=alert(1)> <b>bold</b>",
@@ -44,15 +45,15 @@ def visible_lines(text: str) -> list[str]:
     return [line.strip() for line in re.split(r"\r\n|\r|\n", text) if line.strip()]
 
 
-@pytest.mark.parametrize("text", HOSTILE)
-def test_escaped_text_renders_exactly_as_written_and_nothing_else(text):
-    escaped = escape_markdown(text)
-    rendered = parse(escaped)
-    assert set(rendered.tags) <= {"p", "br"} and not rendered.hrefs and not rendered.linkable, (escaped, rendered.tags)
-    assert visible_lines(rendered.visible) == visible_lines(text)
-    assert not re.search(r"(?<!\\):", escaped), "an unescaped colon starts a Streamlit directive or icon"
-    assert not re.search(r":[\w+-][\w+-]*:", "".join(rendered.text)), "an emoji shortcode survives parsing"
-    assert not re.search(r"(?<!\\)\$", escaped), "an unescaped dollar starts math"
+def test_escaped_text_renders_exactly_as_written_and_nothing_else():
+    for text in HOSTILE:
+        escaped = escape_markdown(text)
+        rendered = parse(escaped)
+        assert set(rendered.tags) <= {"p", "br"} and not rendered.hrefs and not rendered.linkable, (escaped, rendered.tags)
+        assert visible_lines(rendered.visible) == visible_lines(text)
+        assert not re.search(r"(?<!\\):", escaped), f"an unescaped colon starts a Streamlit directive or icon: {escaped}"
+        assert not re.search(r":[\w+-][\w+-]*:", "".join(rendered.text)), f"an emoji shortcode survives parsing: {escaped}"
+        assert not re.search(r"(?<!\\)\$", escaped), f"an unescaped dollar starts math: {escaped}"
 
 
 # --- the Source page, as a visitor and as an administrator ------------------------------------------------------------
@@ -123,46 +124,38 @@ def test_a_display_name_with_markdown_renders_as_text_on_the_source_page(workspa
     assert_rendered_as_text(at)
 
 
-@pytest.mark.parametrize("source_id", ["sql:hr.review_notes:1", "uc:main.hr.salaries:alice", "doc:reorg-plan"])
-def test_a_visitor_cannot_read_a_table_row_or_an_internal_document(workspace, real_access, source_id):
-    refused = open_source(source_id)
+def as_user(monkeypatch, identity: roles.Identity) -> None:
+    """The sessions of the rest of the test belong to `identity`."""
+    monkeypatch.setattr(login, "session_identity", lambda: identity)
+
+
+LOGGED_IN = {"an OIDC user": roles.Identity("bob@example.com", "oidc", False), "the local administrator": ADMIN}
+
+
+@pytest.mark.parametrize(("source_id", "text"), [("sql:hr.review_notes:1", SALARY), ("uc:main.hr.salaries:alice", SALARY),
+                                                 ("doc:reorg-plan", PLAN)])
+def test_a_table_row_or_an_internal_document_is_for_logged_in_users_only(workspace, real_access, monkeypatch, source_id, text):
+    refused = open_source(source_id)  # a visitor
     assert [parse(title.value).visible for title in refused.title] == ["Source"]
     assert "not public" in refused.info[0].value
     assert not any(word in value for value in shown(refused) for word in ("salary", "reorganisation", "Reorganisation"))
     # the same page as for an id that does not exist: a refusal tells nothing about what is stored
     unknown = open_source(source_id.rsplit(":", 1)[0] + ":never-stored")
     assert shown(unknown) == shown(refused)
+    for who, identity in LOGGED_IN.items():
+        as_user(monkeypatch, identity)
+        at = open_source(source_id)
+        assert any(text in element.value for element in at.text) and not at.info, who
 
 
-def test_a_visitor_cannot_list_by_prefix(workspace, real_access):
-    for prefix in ("sql:hr.review_notes", "uc:main.hr.salaries", "doc:reorg-plan"):
-        at = open_source(prefix)
+def test_only_logged_in_users_list_by_prefix(workspace, real_access, monkeypatch):
+    prefixes = {"sql:hr.review_notes": 2, "uc:main.hr.salaries": 1, "sql:hr.review_notes:1": 1}
+    for prefix in prefixes:
+        at = open_source(prefix)  # a visitor
         assert not at.text and "not public" in at.info[0].value
-    kb = open_knowledge_base(load_settings())
-    try:
-        assert [c.source_id for c in kb.chunks(source_id="doc:reorg", under=False)] == []
-    finally:
-        kb.connection.close()
-
-
-@pytest.mark.parametrize(("source_id", "text"), [("sql:hr.review_notes:1", SALARY), ("uc:main.hr.salaries:alice", SALARY),
-                                                 ("doc:reorg-plan", PLAN), ("sql:hr.review_notes", SALARY)])
-def test_an_admin_reads_every_source_and_lists_by_prefix(workspace, source_id, text):
-    at = open_source(source_id)  # tests' sessions are a logged-in administrator (conftest._admin_sessions)
-    assert any(text in element.value for element in at.text)
-    assert not at.info
-
-
-def test_a_logged_in_oidc_user_reads_what_visitors_cannot(workspace, real_access):
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.secrets["auth"] = {"client_id": "x", "client_secret": "y", "redirect_uri": "http://localhost:8501/oauth2callback",
-                          "cookie_secret": "z", "server_metadata_url": "https://login.example/.well-known/openid-configuration"}
-    at.user = {"is_logged_in": True, "email": "bob@example.com", "email_verified": True}
-    at.query_params["id"] = "doc:reorg-plan"
-    at.run()
-    at.switch_page("pages/source.py").run()
-    assert not at.exception, at.exception
-    assert any(PLAN in element.value for element in at.text)
+    as_user(monkeypatch, ADMIN)
+    for prefix, count in prefixes.items():
+        assert len(open_source(prefix).text) == count, prefix
 
 
 def test_the_chat_search_keeps_what_is_not_public_from_visitors(workspace, monkeypatch):
