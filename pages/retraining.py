@@ -61,7 +61,7 @@ def uploaded_yaml(kind: str) -> None:
     try:
         st.session_state[f"{kind}_yaml"] = upload.getvalue().decode("utf-8")
     except UnicodeDecodeError:
-        st.session_state[f"{kind}_yaml_problem"] = f"{upload.name} is not UTF-8 text; the editor is unchanged."
+        st.session_state[f"{kind}_yaml_problem"] = f"{escape_markdown(upload.name)} is not UTF-8 text; the editor is unchanged."
 
 
 def apply_yaml(kind: str) -> None:
@@ -83,7 +83,7 @@ def yaml_editor(kind: str) -> None:
         st.text_area("Configuration (YAML)", key=f"{kind}_yaml", height=320)
         st.button("Apply to the form", on_click=apply_yaml, args=(kind,))
         if problem := st.session_state.pop(f"{kind}_yaml_problem", None):
-            st.error(escape_markdown(problem))  # it quotes the uploaded YAML
+            st.error(problem)  # already markdown, escaped where it quotes the upload
 
 
 def registry_versions(settings) -> list:
