@@ -9,7 +9,7 @@ successful login.
 import streamlit as st
 
 from engine.access import roles
-from engine.answering.citations import escape_markdown
+from engine.core.markdown import escape_markdown
 from engine.core.settings import SettingsError, load_settings
 from ui import admin_page, login
 from ui.deep_links import resume_requested_page
@@ -19,7 +19,7 @@ st.set_page_config(page_title="deploywise", page_icon=":material/rocket_launch:"
 try:
     st.session_state["settings"] = settings = load_settings()
 except SettingsError as error:
-    st.error(f"deploywise cannot start because of its configuration: {error}", icon=":material/settings_alert:")
+    st.error(f"deploywise cannot start because of its configuration: {escape_markdown(error)}", icon=":material/settings_alert:")
     st.stop()
 
 pages = {"": [st.Page("pages/chat.py", title="Chat", icon=":material/chat:", default=True),

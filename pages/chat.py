@@ -5,11 +5,12 @@ from uuid import uuid4
 import streamlit as st
 
 from engine.access.roles import current_user_is_admin
-from engine.answering.citations import escape_markdown, render_answer_markdown, resolve_citations, sources_list
+from engine.answering.citations import render_answer_markdown, resolve_citations, sources_list
 from engine.answering.explanation import explanation_note
 from engine.answering.pipeline import QuestionError, explanation_run, finish_answer, prepare_answer, record_answer
 from engine.answering.prompting import MAX_QUESTION_CHARS
 from engine.answering.records import feedback_for, load_answer, save_feedback
+from engine.core.markdown import escape_markdown
 from engine.knowledge.workspace import open_knowledge_base
 from engine.llm.backends import llm_backend
 from ui.chat_views import answer_caption, candidates_frame, criteria_frame, rendered_sentences
@@ -57,7 +58,7 @@ def show_answer(record, run=None) -> None:
         st.markdown(render_answer_markdown(record.answer, citations))
         explained = st.container()
         for notice in record.notices:
-            st.caption(f":material/info: {notice}")
+            st.caption(f":material/info: {escape_markdown(notice)}")
         if citations:
             st.markdown("**Sources**")
             st.markdown(sources_list(citations))
@@ -81,7 +82,7 @@ def show_answer(record, run=None) -> None:
                 st.markdown(render_answer_markdown(record.explanation, citations))
             note = explanation_note(record.explanation_state, record.verification.get("problems"))
             if note:
-                st.caption(f":material/info: {note}")
+                st.caption(f":material/info: {escape_markdown(note)}")
             if record.explanation_draft and record.explanation_state != "kept" and current_user_is_admin():
                 with st.expander("What the LLM wrote (admins)"):
                     st.text(record.explanation_draft)
@@ -102,7 +103,8 @@ try:
         try:
             with st.status("Reading the registry and the knowledge base...") as status:
                 prepared = prepare_answer(settings, kb, question, client=client)
-                status.update(label=f"Use case: {prepared.match.use_case or 'not recognised'}", state="complete", expanded=False)
+                use_case = escape_markdown(prepared.match.use_case or "not recognised")
+                status.update(label=f"Use case: {use_case}", state="complete", expanded=False)
         except QuestionError as error:
             st.warning(f"Nothing to answer: {error}.")
             st.stop()

@@ -13,6 +13,7 @@ import streamlit as st
 from engine.access.roles import current_identity
 from engine.answering.golden_set import DEFAULT_GOLDEN, GoldenError, load_golden
 from engine.core.errors import first_line
+from engine.core.markdown import escape_markdown
 from eval.plan import EvaluationError
 from eval.results import evaluation_history, load_evaluation, load_items
 from eval.worker import cancel_evaluation, list_evaluation_jobs, start_evaluation
@@ -28,7 +29,7 @@ def new_evaluation(settings) -> None:
     try:
         options = evaluation_views.version_options(settings)
     except Exception as error:  # MLflow unreachable: the base model can still be evaluated
-        st.warning(f"Cannot list the LLM versions ({first_line(error)}); only the base model is offered.")
+        st.warning(f"Cannot list the LLM versions ({escape_markdown(first_line(error))}); only the base model is offered.")
         options = {"base": "base model"}
     with st.form("eval_form"):
         versions = st.multiselect("LLM versions", list(options), default=evaluation_views.default_versions(options),
@@ -44,10 +45,10 @@ def new_evaluation(settings) -> None:
     try:
         golden_set = load_golden(golden)
         count = len(golden_set.select(per_category=per_category or None))
-        st.caption(f"{count} of {len(golden_set.items)} golden items per version "
-                   f"({', '.join(golden_set.categories())}). On a CPU each answer takes from seconds to minutes.")
+        st.caption(escape_markdown(f"{count} of {len(golden_set.items)} golden items per version "
+                                   f"({', '.join(golden_set.categories())}). On a CPU each answer takes from seconds to minutes."))
     except GoldenError as error:
-        st.caption(f"The golden set cannot be used: {error}")
+        st.caption(f"The golden set cannot be used: {escape_markdown(error)}")
     if start:
         user = current_identity().name
         with st.spinner("Checking the versions, the golden set, the gate and the held-out text"):
@@ -55,10 +56,10 @@ def new_evaluation(settings) -> None:
                 job = start_evaluation(settings, versions, golden=golden, per_category=per_category or None,
                                        max_new_tokens=int(max_new_tokens), created_by=user)
             except EvaluationError as error:
-                st.error(f"Not started: {error}")
+                st.error(f"Not started: {escape_markdown(error)}")
                 return
             except Exception as error:  # MLflow or the disk said no
-                st.error(f"Not started: {type(error).__name__}: {first_line(error)}")
+                st.error(f"Not started: {escape_markdown(f'{type(error).__name__}: {first_line(error)}')}")
                 return
         changed(f"Evaluation {job.id} started: {', '.join(job.request['versions'])}.")
 
@@ -76,14 +77,15 @@ def running_panel(settings, polling: bool) -> None:
         if job.finished:
             continue
         with st.container(border=True):
-            st.markdown(f"**{job.id}** · {job.state} · {', '.join(job.request.get('versions', []))}")
+            versions = ", ".join(job.request.get("versions", []))
+            st.markdown(f"**{escape_markdown(job.id)}** · " + escape_markdown(f"{job.state} · {versions}"))
             fraction = progress_fraction(job.progress.get("done"), job.progress.get("total"), finished=job.state == "succeeded")
             st.progress(fraction, text=evaluation_views.progress_text(job))
             if st.button("Cancel", key=f"eval_cancel_{job.id}"):
                 try:
                     cancel_evaluation(settings, job.id)
                 except (KeyError, ValueError) as error:
-                    st.error(f"Not cancelled: {first_line(error)}")
+                    st.error(f"Not cancelled: {escape_markdown(first_line(error))}")
                 else:
                     changed(f"Evaluation {job.id} is being cancelled; the versions it finished stay in the results.")
 
@@ -99,8 +101,9 @@ def results(settings, history) -> None:
     versions = load_evaluation(settings, chosen)
     for column, version in zip(st.columns(len(versions)), versions, strict=True):
         with column:
-            (st.success if version.verdict == "GO" else st.error)(f"**{version.label}: {version.verdict}** · {version.llm_label}")
-            st.markdown("\n".join(f"- {evaluation_views.escape(reason)}" for reason in version.reasons))
+            (st.success if version.verdict == "GO" else st.error)(
+                f"**{escape_markdown(f'{version.label}: {version.verdict}')}** · {escape_markdown(version.llm_label)}")
+            st.markdown("\n".join(f"- {escape_markdown(reason)}" for reason in version.reasons))
     st.dataframe(evaluation_views.comparison_frame(versions), hide_index=True, width="stretch")
     charts = {"Perplexity vs base model (%)": evaluation_views.perplexity_change_frame(versions),
               "Accuracy per category": evaluation_views.category_frame(versions),
@@ -126,7 +129,7 @@ def drill_down(settings, versions) -> None:
             try:
                 cache[version.run_id] = load_items(settings, version.run_id)
             except Exception as error:  # an artifact store that cannot be read now
-                st.warning(f"Cannot read the answers of {version.label}: {first_line(error)}")
+                st.warning(escape_markdown(f"Cannot read the answers of {version.label}: {first_line(error)}"))
                 continue
         items[version.label] = cache[version.run_id]
     if not items:
@@ -138,8 +141,8 @@ def drill_down(settings, versions) -> None:
                            format_func=lambda i: evaluation_views.item_label(next(r for r in rows if r["item"] == i)))
     for detail in evaluation_views.item_detail(items, item_id):
         with st.container(border=True):
-            st.markdown(f"**{detail['version']}** {detail['mark']} · " + (
-                f"skipped: {evaluation_views.escape(detail['skip_reason'] or '')}" if detail["status"] == "skipped" else
+            st.markdown(f"**{escape_markdown(detail['version'])}** {detail['mark']} · " + escape_markdown(
+                f"skipped: {detail['skip_reason'] or ''}" if detail["status"] == "skipped" else
                 f"{detail['origin']}{'' if detail['llm_asked'] else ' (the LLM was not asked)'} · {detail['latency']}"))
             if detail["status"] == "skipped":
                 continue
@@ -148,7 +151,7 @@ def drill_down(settings, versions) -> None:
                 with st.expander("What the chat showed (the decision, then the verified sentences)"):
                     st.text(detail["shown"])
                 if detail["problems"]:
-                    st.caption(evaluation_views.escape("Explanation cut: " + "; ".join(detail["problems"][:2])))
+                    st.caption(escape_markdown("Explanation cut: " + "; ".join(detail["problems"][:2])))
             if detail["facts"]:
                 st.dataframe(detail["facts"], hide_index=True)
             st.caption(evaluation_views.citation_caption(detail))
@@ -171,7 +174,7 @@ try:
     history = evaluation_history(settings)
 except Exception as error:  # MLflow unreachable: the rest of the page stays up
     history = None
-    st.warning(f"Cannot read the evaluations from MLflow: {first_line(error)}")
+    st.warning(f"Cannot read the evaluations from MLflow: {escape_markdown(first_line(error))}")
 if history is not None:
     results(settings, history)
 if history:

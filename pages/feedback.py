@@ -12,7 +12,7 @@ end. A refused action shows its reason under the answer and changes nothing.
 import streamlit as st
 
 from engine.access.roles import AccessDenied
-from engine.answering.citations import escape_markdown, render_answer_markdown, resolve_citations
+from engine.answering.citations import render_answer_markdown, resolve_citations
 from engine.answering.feedback_review import (
     MAX_CORRECTION_CHARS,
     MAX_NOTE_CHARS,
@@ -28,6 +28,7 @@ from engine.answering.feedback_review import (
     save_correction,
 )
 from engine.core import database
+from engine.core.markdown import escape_markdown
 from ui.admin_page import changed, start_admin_page
 from ui.chat_views import answer_caption, candidates_frame, criteria_frame
 
@@ -41,7 +42,7 @@ def act(action, item, message: str, **arguments) -> None:
         action(connection, item.answer.id, **arguments)
     except (ReviewError, KeyError, AccessDenied) as error:
         reason = str(error).strip("'\"")
-        st.error(reason[:1].upper() + reason[1:])
+        st.error(escape_markdown(reason[:1].upper() + reason[1:]))
     else:
         changed(message)
 
@@ -50,7 +51,7 @@ def flagged_card(item) -> None:
     answer = item.answer
     with st.container(border=True):
         asked = answer.asked_at[:16].replace("T", " ")
-        st.markdown(f"**Answer #{answer.id}** · {item.state} · version `{answer.llm_version}` · asked {asked} UTC"
+        st.markdown(f"**Answer #{answer.id}** · {item.state} · version {escape_markdown(answer.llm_version)} · asked {asked} UTC"
                     + (f" · last reviewed by {escape_markdown(item.reviewer)}" if item.reviewer else "")
                     + (f" on {item.reviewed_at[:10]}" if item.reviewed_at else ""))
         if item.withdrawn:
@@ -83,7 +84,7 @@ def flagged_card(item) -> None:
 def editor(item) -> None:
     answer_id = item.answer.id
     if problems := correction_problems(connection, item.answer, item.draft):
-        st.warning("This correction cannot be accepted yet: " + "; ".join(problems))
+        st.warning("This correction cannot be accepted yet: " + escape_markdown("; ".join(problems)))
     with st.form(key=f"review-{answer_id}"):
         correction = st.text_area("Correction", value=item.draft, key=f"correction-{answer_id}", height=160,
                                   max_chars=MAX_CORRECTION_CHARS,

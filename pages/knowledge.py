@@ -10,6 +10,7 @@ a refused change shows an error and stores nothing.
 import streamlit as st
 
 from engine.access.roles import current_identity
+from engine.core.markdown import escape_markdown
 from engine.knowledge import table_import
 from engine.knowledge.documents import SUPPORTED_SUFFIXES
 from engine.knowledge.search import hybrid_search
@@ -91,7 +92,7 @@ def table_import_form(kb, settings, kind: str) -> None:
             source = table_import.table_source(kind, location, tables, warehouse)
             plans = table_import.plan_tables(settings, source)
         except table_import.IMPORT_FAILURES as error:
-            st.error(f"Cannot read the tables: {error}. Nothing was imported.")
+            st.error(f"Cannot read the tables: {escape_markdown(error)}. Nothing was imported.")
         else:
             generation = st.session_state.get(f"{kind}_generation", 0) + 1
             st.session_state[f"{kind}_generation"] = generation
@@ -101,10 +102,10 @@ def table_import_form(kb, settings, kind: str) -> None:
         choices = {}
         for plan in plans:
             with st.container(border=True):
-                st.markdown(f"**{plan.table}** · key: `{plan.key_column or 'hash of the row'}`")
+                st.markdown(f"**{escape_markdown(plan.table)}** · key: {escape_markdown(plan.key_column or 'hash of the row')}")
                 st.dataframe(views.detection_rows(plan), hide_index=True, width="stretch")
                 choices[plan.table] = st.multiselect(
-                    f"Text columns of {plan.table}",
+                    f"Text columns of {escape_markdown(plan.table)}",
                     [column.name for column in plan.columns],
                     default=plan.text_columns,
                     key=f"{kind}_{generation}_{plan.table}",
@@ -121,7 +122,7 @@ def table_import_form(kb, settings, kind: str) -> None:
                     )
                     status.update(label="Import finished", state="complete")
             except table_import.IMPORT_FAILURES as error:
-                st.error(f"The import failed: {error}")
+                st.error(f"The import failed: {escape_markdown(error)}")
             else:
                 st.session_state[f"{kind}_outcomes"] = views.table_outcome_rows(outcomes)
                 st.session_state.pop(state_key)
@@ -156,13 +157,13 @@ def browse_tab(kb, documents: dict) -> None:
         by_id = {chunk.id: chunk for chunk in chunks}
         chunk = by_id[st.selectbox("Chunk to edit", list(by_id), format_func=lambda i: views.chunk_label(by_id[i]))]
         text = st.text_area("Chunk text", chunk.text, height=220, key=f"chunk_text_{chunk.id}")
-        st.caption(f"Source `{chunk.source_id}` · {chunk.token_count} tokens" + (" · edited" if chunk.edited else ""))
+        st.caption(escape_markdown(f"Source {chunk.source_id} · {chunk.token_count} tokens" + (" · edited" if chunk.edited else "")))
         save, delete = st.columns(2)
         if save.button("Save chunk", type="primary"):
             try:
                 kb.edit_chunk(chunk.id, text)
             except (ValueError, KeyError) as error:
-                st.error(f"Not saved: {error}")
+                st.error(f"Not saved: {escape_markdown(error)}")
             else:
                 changed(f"Chunk #{chunk.id} saved and re-indexed.")
         if delete.button("Delete chunk"):
@@ -171,7 +172,7 @@ def browse_tab(kb, documents: dict) -> None:
     if document_id is not None:
         document = documents[document_id]
         with st.container(border=True):
-            st.markdown(f"**Delete the document** {document.title} ({document.chunk_count} chunks)")
+            st.markdown(f"**Delete the document** {escape_markdown(document.title)} ({document.chunk_count} chunks)")
             confirmed = st.checkbox("Yes, delete this document and all its chunks", key=f"confirm_delete_{document_id}")
             if st.button("Delete document", disabled=not confirmed):
                 kb.delete_document(document_id)
@@ -194,7 +195,7 @@ def search_tab(kb, settings, documents: dict) -> None:
         st.info("No matching chunks.")
     for rank, hit in enumerate(hits, start=1):
         with st.container(border=True):
-            st.markdown(f"**{rank}. {hit.document_title}** · `{hit.source_id}`")
+            st.markdown(f"**{rank}. {escape_markdown(hit.document_title)}** · {escape_markdown(hit.source_id)}")
             st.caption(views.hit_caption(hit))
             st.text(hit.text)
 
@@ -213,12 +214,16 @@ def sources_tab(kb) -> None:
             "display_name": st.column_config.TextColumn("Display name", required=True),
             "url": st.column_config.TextColumn("URL", help="http(s) link the answer's citation opens"),
             "kind": st.column_config.SelectboxColumn("Kind", options=KINDS, default="document"),
+            "internal": st.column_config.CheckboxColumn(
+                "Internal", default=False,
+                help="Not public: only logged-in users (the administrator, without a login provider) can read it "
+                "and everything under its id. Imported table rows are never public."),
         },
     )
     if st.button("Save registry", type="primary"):
         sources, problems = views.registry_rows_to_sources(edited.to_dict("records"))
         if problems:
-            st.error("Nothing was saved. Fix these rows:\n\n" + "\n".join(f"- {problem}" for problem in problems))
+            st.error("Nothing was saved. Fix these rows:\n\n" + "\n".join(f"- {escape_markdown(problem)}" for problem in problems))
         else:
             change = views.save_registry(kb.connection, previous, sources)
             st.session_state.pop("sources_editor", None)
@@ -231,7 +236,7 @@ def sources_tab(kb) -> None:
         try:
             written = import_csv(kb.connection, csv_file.getvalue())
         except SourceError as error:
-            st.error(f"{csv_file.name}: {error}. The registry is unchanged.")
+            st.error(f"{escape_markdown(csv_file.name)}: {escape_markdown(error)}. The registry is unchanged.")
         else:
             st.session_state.pop("sources_editor", None)
             changed(f"Imported {written} sources from {csv_file.name}.")
@@ -252,7 +257,7 @@ def sources_tab(kb) -> None:
             try:
                 kb.register_sources([Source(source_id, display_name.strip(), url.strip() or None, kind)])
             except SourceError as error:
-                st.error(f"Not added: {error}")
+                st.error(f"Not added: {escape_markdown(error)}")
             else:
                 st.session_state.pop("sources_editor", None)
                 changed(f"{source_id} added to the registry.")
@@ -265,7 +270,7 @@ def criteria_tab(kb, settings) -> None:
     try:
         snapshot = fetch_candidates(settings)
     except CandidatesUnavailable as error:
-        st.error(f"The model registry cannot be read, so the use cases and their metrics are unknown: {error}")
+        st.error(f"The model registry cannot be read, so the use cases and their metrics are unknown: {escape_markdown(error)}")
         return
     use_cases = sorted(set(snapshot.use_cases()) | set(reviewed_use_cases(kb.connection)))
     if not use_cases:
@@ -308,7 +313,7 @@ def criteria_tab(kb, settings) -> None:
             criteria, policy = views.rules_from_editor(use_case, edited.to_dict("records"), fields, rules.policy)
             save_reviewed_rules(kb.connection, use_case, criteria, policy, current_identity().name or "admin")
         except CriteriaError as error:
-            st.error(f"Not saved: {error}. The rules are unchanged.")
+            st.error(f"Not saved: {escape_markdown(error)}. The rules are unchanged.")
         else:
             changed(f"Rules of {use_case} saved as reviewed.")
     if restore.button("Give back to the documents", help="Drop the reviewed rules and read them from the documents again",
@@ -328,7 +333,7 @@ def metric_directions_form(kb, candidates) -> None:
         return
     st.subheader("Metric directions")
     if unknown:
-        st.warning("Nobody says which way is better for: " + ", ".join(unknown) + ". A rule that ranks on one of them "
+        st.warning("Nobody says which way is better for: " + escape_markdown(", ".join(unknown)) + ". A rule that ranks on one of them "
                    "cannot decide until you set it.")
     with st.form("metric_direction"):
         metric = st.selectbox("Metric", sorted(set(unknown) | set(given)))

@@ -8,7 +8,7 @@ import streamlit as st
 
 from engine.access import roles
 from engine.access.local_account import PasswordError, read_account
-from engine.answering.citations import escape_markdown
+from engine.core.markdown import escape_markdown
 from ui import login
 from ui.deep_links import through_entry_point
 
@@ -40,7 +40,7 @@ else:
         account = read_account(settings.admin_file)
     except PasswordError as error:
         account = None
-        st.error(str(error))
+        st.error(escape_markdown(error))
     if account is None:
         st.info("No administrator password is set yet. On the server, run `.venv/bin/deploywise admin set-password` "
                 "(it asks for the password; nothing needs restarting), then log in here.")

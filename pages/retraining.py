@@ -18,6 +18,7 @@ import streamlit as st
 from engine.access.roles import current_identity
 from engine.answering import feedback_review as review
 from engine.core.errors import first_line
+from engine.core.markdown import escape_markdown
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.lifecycle.training_jobs import list_jobs
 from training.config import QUANTIZATIONS, ConfigError
@@ -55,7 +56,7 @@ def uploaded_yaml(kind: str) -> None:
     try:
         st.session_state[f"{kind}_yaml"] = upload.getvalue().decode("utf-8")
     except UnicodeDecodeError:
-        st.session_state[f"{kind}_yaml_problem"] = f"{upload.name} is not UTF-8 text; the editor is unchanged."
+        st.session_state[f"{kind}_yaml_problem"] = f"{escape_markdown(upload.name)} is not UTF-8 text; the editor is unchanged."
 
 
 def apply_yaml(kind: str) -> None:
@@ -77,14 +78,14 @@ def yaml_editor(kind: str) -> None:
         st.text_area("Configuration (YAML)", key=f"{kind}_yaml", height=320)
         st.button("Apply to the form", on_click=apply_yaml, args=(kind,))
         if problem := st.session_state.pop(f"{kind}_yaml_problem", None):
-            st.error(problem)
+            st.error(problem)  # already markdown, escaped where it quotes the upload
 
 
 def registry_versions(settings) -> list:
     try:
         return inputs_view.llm_versions(settings)
     except Exception as error:  # MLflow unreachable: training from the base model still works
-        st.warning(f"Cannot list the LLM versions ({first_line(error)}); only the base model is offered.")
+        st.warning(f"Cannot list the LLM versions ({escape_markdown(first_line(error))}); only the base model is offered.")
         return []
 
 
@@ -161,10 +162,10 @@ def launch_job(settings, connection, config) -> None:
         try:
             job = submit(settings, connection, config, created_by=user)
         except JobError as error:
-            st.error(f"Not launched: {first_line(error)}")
+            st.error(f"Not launched: {escape_markdown(first_line(error))}")
             return
         except Exception as error:  # MLflow or the disk said no
-            st.error(f"Not launched: {type(error).__name__}: {first_line(error)}")
+            st.error(f"Not launched: {escape_markdown(f'{type(error).__name__}: {first_line(error)}')}")
             return
     st.session_state[JOB_KEY] = job.id
     changed(f"Job {job.id} launched on {job.data}.")
@@ -279,18 +280,19 @@ def jobs_panel(settings, polling: bool) -> None:
 
 def job_detail(settings, connection, job, progress) -> None:
     with st.container(border=True):
-        st.markdown(f"**{job.id}** · {job.state} · started {format_time(job.created_at)}"
-                    + (f" by {job.created_by}" if job.created_by else "")
-                    + f" · from {'the base model' if job.start_from == 'base' else 'version ' + job.start_from}"
-                    + f" · {job.kind.upper()} on {job.data}")
+        st.markdown(f"**{escape_markdown(job.id)}** · " + escape_markdown(
+            f"{job.state} · started {format_time(job.created_at)}" + (f" by {job.created_by}" if job.created_by else "")
+            + f" · from {'the base model' if job.start_from == 'base' else 'version ' + job.start_from}"
+            + f" · {job.kind.upper()} on {job.data}"))
         if job.state == "succeeded":
             version = jobs_view.version_label(settings.llm_registry_name, job) or "no version recorded"
             url = jobs_view.model_version_url(settings, job.llm_version) if job.llm_version else None
-            st.success(f"LLM version **{f'[{version}]({url})' if url else version}** (candidate) · MLflow run `{job.mlflow_run_id}`")
+            label = f"[{escape_markdown(version)}](<{url}>)" if url else escape_markdown(version)
+            st.success(f"LLM version **{label}** (candidate) · MLflow run {escape_markdown(job.mlflow_run_id)}")
         elif job.state == "failed":
-            st.error(f"Failed: {job.message or 'no reason recorded'}")
+            st.error(f"Failed: {escape_markdown(job.message or 'no reason recorded')}")  # Ray's or the recipe's error
         elif job.state == "cancelled":
-            st.info(f"Cancelled: {job.message or ''}")
+            st.info(f"Cancelled: {escape_markdown(job.message or '')}")
         if progress is None:
             st.warning("Its MLflow run cannot be read now; progress and curves are unavailable.")
         else:
@@ -312,16 +314,16 @@ def job_detail(settings, connection, job, progress) -> None:
             try:
                 cancel_job(settings, connection, job.id)
             except JobError as error:
-                st.error(f"Not cancelled: {error}")
+                st.error(f"Not cancelled: {escape_markdown(error)}")
             else:
                 changed(f"Job {job.id} is being cancelled.")
         with st.expander("Log tail"):
             try:
                 st.code(job_logs(settings, job.id, jobs_view.LOG_TAIL_LINES) or "(empty)", language=None, height=320)
             except JobError as error:
-                st.caption(f"No log: {error}. The job's record says: `{job.log_location}`.")
+                st.caption(escape_markdown(f"No log: {error}. The job's record says: {job.log_location}."))
         with st.expander("Configuration"):
-            st.caption(f"config hash `{job.config_hash}` · MLflow run `{job.mlflow_run_id}` · Ray `{job.ray_address}`")
+            st.caption(escape_markdown(f"config hash {job.config_hash} · MLflow run {job.mlflow_run_id} · Ray {job.ray_address}"))
             st.json(job.config, expanded=False)
 
 

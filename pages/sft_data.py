@@ -15,6 +15,7 @@ import streamlit as st
 
 from engine.access.roles import AccessDenied
 from engine.core import database
+from engine.core.markdown import escape_markdown
 from engine.knowledge.knowledge_base import KnowledgeBase
 from training.sft_data import REVIEW_STATES, SftDataError, delete_dataset, list_pairs, review_pairs
 from training.sft_export import export_dataset, exports_dir
@@ -31,7 +32,7 @@ ALL = "all"
 
 
 def refused(error: Exception) -> None:
-    st.error(f"Nothing was changed: {str(error).strip(chr(39))}")
+    st.error(f"Nothing was changed: {escape_markdown(str(error).strip(chr(39)))}")
 
 
 def act(action, message) -> None:
@@ -96,7 +97,8 @@ def running_panel(settings, polling: bool) -> None:
             st.rerun()
         for dataset in running:
             with st.container(border=True):
-                st.markdown(f"**{dataset.name}** · {dataset.state} · {views.generator_label(dataset.config)}")
+                st.markdown(f"**{escape_markdown(dataset.name)}** · "
+                            + escape_markdown(f"{dataset.state} · {views.generator_label(dataset.config)}"))
                 fraction = progress_fraction(dataset.progress.get("done"), dataset.progress.get("total"))
                 st.progress(fraction, text=dataset.progress.get("message") or "starting")
                 st.caption(f"{dataset.pending} pairs so far, {dataset.dropped} dropped")
@@ -117,7 +119,7 @@ def datasets_tab(settings, connection, datasets) -> None:
     by_name = {d.name: d for d in datasets}
     chosen = by_name[st.selectbox("Dataset", list(by_name), key="sft_dataset_detail")]
     if chosen.error:
-        st.warning(chosen.error)
+        st.warning(escape_markdown(chosen.error))  # the generator's or the endpoint's error
     if chosen.drops:
         st.markdown(f"**Dropped generations** ({chosen.dropped})")
         st.dataframe(views.drops_frame(chosen), hide_index=True, width="stretch")
@@ -153,7 +155,7 @@ def review_tab(settings, connection, datasets) -> None:
                 refused(error)
             else:
                 for problem in change.problems:
-                    st.error(problem)
+                    st.error(escape_markdown(problem))
                 if not change.problems:
                     changed(f"{name}: {change.summary}.")
         if accept_shown.button(f"Accept all {len(shown)} shown"):
@@ -171,7 +173,7 @@ def review_tab(settings, connection, datasets) -> None:
             st.session_state["sft_export"] = export
     export = st.session_state.get("sft_export")
     if export is not None and export.name == name and export.path.is_file():
-        st.success(f"{export.pair_count} pairs, dataset {export.dataset_hash}: {export.path}")
+        st.success(escape_markdown(f"{export.pair_count} pairs, dataset {export.dataset_hash}: {export.path}"))
         st.download_button(f"Download {export.path.name}", export.path.read_bytes(), file_name=export.path.name,
                            mime="application/jsonl")
 
@@ -185,7 +187,7 @@ def chunks_tab(connection) -> None:
     ids = source_groups(connection)[group]
     for chunk in KnowledgeBase(connection, embedder=None).chunks(chunk_ids=ids[:50], limit=50):
         with st.container(border=True):
-            st.caption(f"chunk {chunk.id} · {chunk.source_id} · {chunk.token_count} tokens")
+            st.caption(escape_markdown(f"chunk {chunk.id} · {chunk.source_id} · {chunk.token_count} tokens"))
             st.text(chunk.text)
 
 

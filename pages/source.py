@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from engine.answering.citations import escape_markdown
+from engine.core.markdown import escape_markdown
 from engine.knowledge.sources import SourceError
 from engine.knowledge.workspace import open_knowledge_base
 from engine.registry.candidate_cache import CandidatesUnavailable, fetch_candidates
@@ -16,7 +16,7 @@ try:
     source_id = parse_source_id(st.query_params.get("id"))
 except SourceError as error:
     st.title("Source")
-    st.error(f"This link does not name a source: {error}.")
+    st.error(f"This link does not name a source: {escape_markdown(error)}.")
     st.stop()
 
 candidates, unavailable = (), None
@@ -32,19 +32,26 @@ try:
 finally:
     kb.connection.close()
 
-st.title(view.entry.display_name if view.entry else source_id)
-st.caption(f"Source id `{source_id}`" + (f" · {view.entry.kind}" if view.entry else " · not in the source registry"))
+if view.refused:
+    st.title("Source")
+    st.info("This source is not public, or deploywise does not know it. Internal documents and imported table rows are "
+            "for logged-in users (for the administrator when no login provider is configured).", icon=":material/lock:")
+    st.stop()
+st.title(escape_markdown(view.entry.display_name if view.entry else source_id))
+st.caption(escape_markdown(f"Source id {source_id} · " + (view.entry.kind if view.entry else "not in the source registry")))
 if view.entry and view.entry.url:
     st.link_button("Open the original", view.entry.url, icon=":material/open_in_new:")
 if view.candidate:
     candidate = view.candidate
-    st.subheader(f"{candidate.name}, version {candidate.version}" + (" (champion)" if candidate.alias == "champion" else ""))
-    st.caption(escape_markdown(" · ".join(part for part in (candidate.use_case, candidate.task, candidate.family, f"run {candidate.run_id}") if part)))
+    champion = " (champion)" if candidate.alias == "champion" else ""
+    st.subheader(escape_markdown(f"{candidate.name}, version {candidate.version}{champion}"))
+    parts = (candidate.use_case, candidate.task, candidate.family, f"run {candidate.run_id}")
+    st.caption(escape_markdown(" · ".join(part for part in parts if part)))
     if candidate.description:
         st.text(candidate.description)
     st.dataframe(view.metric_rows(), hide_index=True, width="stretch")
 elif unavailable:
-    st.warning(f"The model registry cannot be read now: {unavailable}")
+    st.warning(f"The model registry cannot be read now: {escape_markdown(unavailable)}")
 for number, chunk in enumerate(view.chunks, start=1):
     st.caption(escape_markdown(f"{chunk.document_title} · {chunk.source_id} · part {number} of {len(view.chunks)}"))
     st.text(chunk.text)

@@ -10,8 +10,8 @@ is stored, then the page reruns so the table shows it.
 import streamlit as st
 
 from engine.access.roles import current_identity
-from engine.answering.citations import escape_markdown
 from engine.core.errors import first_line
+from engine.core.markdown import escape_markdown
 from engine.lifecycle import version_records
 from engine.lifecycle.version_actions import archive, promote, rollback
 from engine.lifecycle.version_catalog import overview
@@ -42,15 +42,15 @@ def act(action, success) -> None:
     try:
         outcome = action()
     except VersionError as error:
-        st.error(str(error))
+        st.error(escape_markdown(error))
     except Exception as error:  # MLflow or the disk said no: one line, the page stays up
-        st.error(f"{type(error).__name__}: {first_line(error)}")
+        st.error(escape_markdown(f"{type(error).__name__}: {first_line(error)}"))
     else:
         changed(success(outcome))
 
 
 def champion_panel(settings, view) -> None:
-    st.markdown(f"**The chat serves** `{view.serving}`"
+    st.markdown(f"**The chat serves** {escape_markdown(view.serving)}"
                 + ("" if view.champion else " (no version holds the champion alias yet)"))
     if view.rollback_target:
         target = target_text(view, view.rollback_target)
@@ -62,30 +62,30 @@ def champion_panel(settings, view) -> None:
 
 def detail(settings, view, record) -> None:
     with st.container(border=True):
-        st.markdown(f"**{record.label}** · {record.status}"
-                    + (f" · {record.training.upper()}" if record.training else "")
-                    + f" · registered {format_time(record.created_at)}"
-                    + (f" by {record.created_by}" if record.created_by else ""))
-        st.markdown(
-            f"Base `{record.base_model or '?'}` · parent {f'version {record.parent_version}' if record.parent_version else 'none (trained on the base)'}"
-            f" · data `{record.data or '?'}` · config `{record.config_hash or '?'}`\n\n"
-            f"Job `{record.job_id or '?'}`" + (f" ({record.job_state})" if record.job_state else "")
-            + f" · MLflow run `{record.run_id or '?'}`" + (f" ({record.run_status})" if record.run_status else ""))
+        st.markdown(f"**{escape_markdown(record.label)}** · " + escape_markdown(
+            record.status + (f" · {record.training.upper()}" if record.training else "")
+            + f" · registered {format_time(record.created_at)}" + (f" by {record.created_by}" if record.created_by else "")))
+        parent = f"version {record.parent_version}" if record.parent_version else "none (trained on the base)"
+        st.markdown(escape_markdown(  # every field is an MLflow tag
+            f"Base {record.base_model or '?'} · parent {parent} · data {record.data or '?'} · config {record.config_hash or '?'}")
+            + "\n\n" + escape_markdown(
+            f"Job {record.job_id or '?'}" + (f" ({record.job_state})" if record.job_state else "")
+            + f" · MLflow run {record.run_id or '?'}" + (f" ({record.run_status})" if record.run_status else "")))
         gate = record.gate
         reasons = "".join(f"\n- {escape_markdown(reason)}" for reason in gate.reasons)
         if gate.verdict is None:
             st.info("Not evaluated yet: promoting it needs a written reason.")
         elif gate.passed:
-            st.success(f"Gate: GO (evaluation `{gate.evaluation_id}`){reasons}")
+            st.success(escape_markdown(f"Gate: GO (evaluation {gate.evaluation_id})") + reasons)
         else:
-            st.error(f"Gate: {gate.verdict} (evaluation `{gate.evaluation_id}`){reasons}")
+            st.error(escape_markdown(f"Gate: {gate.verdict} (evaluation {gate.evaluation_id})") + reasons)
         if rows := metrics_rows(view, record):
             st.dataframe(rows, hide_index=True)
         usage = record.usage
         st.caption(f"{usage.answers} chat answers · {usage.thumbs_up} thumbs up · {usage.flags} flags")
         if record.promoted_at:
-            st.caption(f"Last promoted {format_time(record.promoted_at)} by {record.promoted_by} past gate "
-                       f"{record.promotion_gate}" + (f": “{escape_markdown(record.promotion_reason)}”" if record.promotion_reason else ""))
+            st.caption(escape_markdown(f"Last promoted {format_time(record.promoted_at)} by {record.promoted_by} past gate "
+                                       f"{record.promotion_gate}" + (f": “{record.promotion_reason}”" if record.promotion_reason else "")))
         if record.status == CANDIDATE:
             reason = st.text_area("Reason for promoting" + ("" if gate.passed else " (required: no GO verdict)"),
                                   key=f"reason_{record.number}", max_chars=MAX_REASON_CHARS)
@@ -96,7 +96,7 @@ def detail(settings, view, record) -> None:
             if st.button("Archive", key=f"archive_{record.number}", help="Retire it: it is no longer promoted or rolled back to."):
                 act(lambda: archive(settings, record.number, actor()), lambda _: f"{record.label} archived.")
         elif record.status == ARCHIVED:
-            st.caption(f"Archived {format_time(record.archived_at)} by {record.archived_by or '?'}.")
+            st.caption(escape_markdown(f"Archived {format_time(record.archived_at)} by {record.archived_by or '?'}."))
         if record.run_id:
             export_panel(settings, record)
 
@@ -112,18 +112,18 @@ def export_panel(settings, record) -> None:
         try:
             start_export_job(settings, record.number, fmt, created_by=actor())
         except ExportError as error:
-            st.error(str(error))
+            st.error(escape_markdown(error))
         else:
             changed(f"Exporting {record.label} as {fmt}: the files are offered here once checked.")
     jobs = export_jobs(settings, record.number)
     if any(not job.finished for job in jobs):
         export_progress(settings, record.number)
     elif jobs and jobs[0].state == "failed":
-        st.error(f"The last export ({jobs[0].format}) failed: {jobs[0].error}")
+        st.error(escape_markdown(f"The last export ({jobs[0].format}) failed: {jobs[0].error}"))
     try:
         published = published_exports(settings, record.run_id)
     except Exception as error:  # MLflow said no: one line, the page stays up
-        st.error(f"Cannot list the exports of {record.label}: {type(error).__name__}: {first_line(error)}")
+        st.error(escape_markdown(f"Cannot list the exports of {record.label}: {type(error).__name__}: {first_line(error)}"))
         return
     for item in published:
         check, main = item.check, item.main_file
@@ -159,22 +159,22 @@ settings = start_admin_page(
 try:
     view = overview(settings)
 except VersionError as error:
-    st.error(str(error))
+    st.error(escape_markdown(error))
     st.stop()
 except Exception as error:  # anything else MLflow may raise: said, not crashed
-    st.error(f"Cannot read the LLM versions: {type(error).__name__}: {first_line(error)}")
+    st.error(escape_markdown(f"Cannot read the LLM versions: {type(error).__name__}: {first_line(error)}"))
     st.stop()
 
 for notice in view.notices:
-    st.warning(notice)
+    st.warning(escape_markdown(notice))
 champion_panel(settings, view)
 if not view.versions:
     st.info("No LLM version yet: a CPT job on the Retraining page registers one.")
 else:
     st.dataframe(versions_table(view), hide_index=True, width="stretch")
 base = view.base_usage
-st.caption(f"Base model `{view.base_label}`: {base.answers} answers, {base.flags} flags"
-           + "".join(f" · `{label}`: {usage.answers} answers, {usage.flags} flags" for label, usage in view.other_usage.items()))
+st.caption(escape_markdown(f"Base model {view.base_label}: {base.answers} answers, {base.flags} flags" + "".join(
+    f" · {label}: {usage.answers} answers, {usage.flags} flags" for label, usage in view.other_usage.items())))
 if view.versions:
     numbers = [record.number for record in view.versions]
     if st.session_state.get(CHOSEN_KEY) not in numbers:

@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from cli.main import main
 from engine.access import local_account, roles
-from engine.answering.citations import escape_markdown
+from engine.core.markdown import escape_markdown
 from engine.core.settings import SettingsError, load_settings
 from ui import admin_page, login
 from ui.deep_links import REQUEST_KEY

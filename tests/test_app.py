@@ -18,6 +18,7 @@ from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.knowledge.sources import Source, list_sources, log_unknown, upsert_sources
 from engine.knowledge.workspace import ingest_paths, open_knowledge_base
 from engine.registry.candidate_cache import fetch_candidates
+from tests.rendered_markdown import parse
 from ui import knowledge_views as views
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
@@ -91,6 +92,11 @@ def metrics(at: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in at.metric}
 
 
+def seen(element) -> str:
+    """What a reader sees of an element's markdown."""
+    return parse(element.value).visible
+
+
 def button(at: AppTest, label: str):
     return next(b for b in at.button if b.label == label)
 
@@ -133,7 +139,7 @@ def test_a_bad_setting_shows_one_error_naming_the_key(workspace, monkeypatch):
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     assert not at.exception
     assert len(at.error) == 1
-    assert "DEPLOYWISE_CHUNK_TOKENS" in at.error[0].value
+    assert "DEPLOYWISE_CHUNK_TOKENS" in seen(at.error[0])
     assert not at.chat_input
 
 
@@ -160,7 +166,7 @@ def test_uploading_files_ingests_them_and_reports_each_file(workspace, tmp_path)
     assert list(results["status"]) == ["added", "failed"]
     assert "empty" in results["error"][1]
     assert metrics(at)["Documents"] == "1"
-    assert at.success[0].value == "2 files: 1 added, 1 failed"
+    assert seen(at.success[0]) == "2 files: 1 added, 1 failed"
     assert not at.file_uploader[0].value  # a fresh uploader after ingestion
 
 
@@ -180,9 +186,9 @@ def test_search_shows_ranked_results(documents):
     at.text_input(key="search_query").input("recall threshold for fraud models").run()
     assert not at.exception
     search = at.tabs[3]
-    assert search.markdown[0].value.startswith("**1. Fraud model acceptance criteria**")
-    assert "`guideline:fraud-acceptance`" in search.markdown[0].value
-    assert search.caption[0].value.startswith("score ")
+    assert seen(search.markdown[0]).startswith("1. Fraud model acceptance criteria")
+    assert seen(search.markdown[0]).endswith(" · guideline:fraud-acceptance")
+    assert seen(search.caption[0]).startswith("score ")
     assert "holdout set" in search.text[0].value
 
 
@@ -194,7 +200,7 @@ def test_editing_a_chunk_in_the_page_changes_the_stored_text(documents):
     at.text_area(key=f"chunk_text_{chunk.id}").input("The team chose the logistic churn model.").run()
     button(at, "Save chunk").click().run()
     assert not at.exception
-    assert at.success[0].value == f"Chunk #{chunk.id} saved and re-indexed."
+    assert seen(at.success[0]) == f"Chunk #{chunk.id} saved and re-indexed."
     with knowledge_base() as kb:
         stored = kb.chunk(chunk.id)
     assert stored.text == "The team chose the logistic churn model."
@@ -210,7 +216,7 @@ def test_an_empty_chunk_is_refused_and_nothing_changes(documents, snapshot):
     at.text_area(key=f"chunk_text_{chunk.id}").input("   ").run()
     button(at, "Save chunk").click().run()
     assert not at.exception
-    assert "cannot be empty" in at.error[0].value
+    assert "cannot be empty" in seen(at.error[0])
     with knowledge_base() as kb:
         assert snapshot(kb.connection) == before
 
@@ -238,8 +244,8 @@ def test_registry_save_with_a_bad_url_changes_nothing(documents):
         before = list_sources(kb.connection)
     button(at, "Save registry").click().run()
     assert not at.exception
-    assert "Nothing was saved" in at.error[0].value
-    assert "row 1" in at.error[0].value and "ftp://files.example.com/churn" in at.error[0].value
+    assert "Nothing was saved" in seen(at.error[0])
+    assert "row 1" in seen(at.error[0]) and "ftp://files.example.com/churn" in seen(at.error[0])
     with knowledge_base() as kb:
         assert list_sources(kb.connection) == before
 
@@ -253,7 +259,7 @@ def test_registry_save_adds_edits_and_deletes_rows(documents):
     }
     button(at, "Save registry").click().run()
     assert not at.exception
-    assert at.success[0].value == "Registry saved: 2 written, 1 deleted."
+    assert seen(at.success[0]) == "Registry saved: 2 written, 1 deleted."
     with knowledge_base() as kb:
         assert list_sources(kb.connection) == [
             Source("dataset:churn", "Churn table", None, "dataset"),
@@ -267,7 +273,7 @@ def test_a_bad_registry_csv_names_its_lines_and_changes_nothing(documents):
     at.file_uploader(key="sources_csv").set_value(("sources.csv", bad, "text/csv")).run()
     button(at, "Import CSV").click().run()
     assert not at.exception
-    assert "line 3" in at.error[0].value and "unchanged" in at.error[0].value
+    assert "line 3" in seen(at.error[0]) and "unchanged" in seen(at.error[0])
     assert metrics(at)["Sources"] == "2"
 
 
@@ -280,7 +286,7 @@ def test_an_unknown_source_id_can_be_added_from_its_log(documents):
     registry.text_input(key="unknown_display_name").input("March 2024 outage")
     button(at, "Add to registry").click().run()
     assert not at.exception
-    assert at.success[0].value == "incident:2024-03-outage added to the registry."
+    assert seen(at.success[0]) == "incident:2024-03-outage added to the registry."
     assert metrics(at)["Sources"] == "3"
 
 
@@ -289,7 +295,7 @@ def test_unity_catalog_detection_without_a_warehouse_is_refused(workspace):
     text_input(at, "Catalog and schema").input("main.ml_knowledge")
     detect_buttons(at)[0].click().run()
     assert not at.exception
-    assert "DEPLOYWISE_DATABRICKS_WAREHOUSE_ID" in at.error[0].value
+    assert "DEPLOYWISE_DATABRICKS_WAREHOUSE_ID" in seen(at.error[0])
     assert metrics(at)["Documents"] == "0"
 
 
@@ -304,12 +310,12 @@ def test_table_import_detects_lets_the_admin_override_and_imports(workspace, dat
     detection = at.tabs[1].dataframe[0].value
     detected = dict(zip(detection["column"], detection["text"]))
     assert detected["note"] and not detected["note_id"] and not detected["reviewer_email"]
-    choice = next(m for m in at.multiselect if m.label == "Text columns of main.gold.eval_notes")
+    choice = next(m for m in at.multiselect if parse(m.label).visible == "Text columns of main.gold.eval_notes")
     assert "note" in choice.value
     choice.set_value(["note", "model_name"]).run()
     button(at, "Import").click().run()
     assert not at.exception and not at.error
-    assert at.success[0].value.startswith("1 table: ")
+    assert seen(at.success[0]).startswith("1 table: ")
     assert at.tabs[1].dataframe[-1].value["table"][0] == "main.gold.eval_notes"
     assert not any(m.label.startswith("Text columns of") for m in at.multiselect)  # plans are cleared after the import
     kb = open_knowledge_base(load_settings())
@@ -330,8 +336,8 @@ def test_unconfigured_databricks_is_reported_and_nothing_is_imported(workspace, 
     text_input(at, "SQL warehouse id").input("wh-1")
     detect_buttons(at)[0].click().run()
     assert not at.exception
-    assert "Databricks is not configured" in at.error[0].value
-    assert at.error[0].value.endswith("Nothing was imported.")
+    assert "Databricks is not configured" in seen(at.error[0])
+    assert seen(at.error[0]).endswith("Nothing was imported.")
     assert "Import" not in button_labels(at)
     assert metrics(at)["Documents"] == "0"
 
@@ -353,7 +359,7 @@ def test_sql_tables_are_detected_overridden_and_imported(workspace, tmp_path):
     choice.set_value(["rationale"]).run()
     button(at, "Import").click().run()
     assert not at.exception
-    assert at.success[0].value.startswith("1 table: 5 rows read")
+    assert seen(at.success[0]).startswith("1 table: 5 rows read")
     assert metrics(at)["Documents"] != "0"
 
 
@@ -362,7 +368,7 @@ def test_a_bad_sql_url_shows_an_error_and_imports_nothing(workspace):
     text_input(at, "SQLAlchemy URL").input("not a url")
     detect_buttons(at)[1].click().run()
     assert not at.exception
-    assert "Nothing was imported" in at.error[0].value
+    assert "Nothing was imported" in seen(at.error[0])
     assert metrics(at)["Documents"] == "0"
 
 
@@ -422,7 +428,7 @@ def test_an_admin_reviews_the_ranking_policy_and_the_chat_decides_with_it(demo_c
 
     monkeypatch.setenv("DEPLOYWISE_WORKSPACE", str(demo_copy()))
     at = open_criteria_tab("tumor-screening")
-    captions = " ".join(c.value for c in at.caption)
+    captions = " ".join(seen(c) for c in at.caption)
     assert "not reviewed yet" in captions and "Acceptance criteria — breast tumour screening (front matter)" in captions
     sentences = {row["sentence"] for row in table_with(at, "rule")}
     assert any("written justification" in sentence for sentence in sentences)  # each rule beside its sentence
@@ -438,7 +444,7 @@ def test_an_admin_reviews_the_ranking_policy_and_the_chat_decides_with_it(demo_c
         assert policy.family_order == ("linear", "gradient-boosting", "random-forest", "mlp")
         decision = prepare_answer(load_settings(), kb, "Which model should I deploy for tumour screening?").decision
     assert decision.priority_metric == "f1"
-    assert "Reviewed by test-admin" in " ".join(c.value for c in at.caption)
+    assert "Reviewed by test-admin" in " ".join(seen(c) for c in at.caption)
     button(at, "Give back to the documents").click().run()
     with knowledge_base() as kb:
         assert reviewed_rules(kb.connection, "tumor-screening")[2] is None
@@ -465,7 +471,7 @@ def test_the_criteria_tab_says_which_documents_govern_nothing_and_an_admin_assig
     assert not at.exception
     governance = {row["document"]: row for row in table_with(at, "governs")}
     assert governance["Team notes"]["governs"] == "tumor-screening" and governance["Team notes"]["because"] == "chosen by an admin"
-    assert any("disagree" in w.value for w in at.warning)  # its 2 ms latency rule contradicts the criteria document
+    assert any("disagree" in seen(w) for w in at.warning)  # its 2 ms latency rule contradicts the criteria document
 
 
 def test_the_criteria_tab_shows_a_requirement_it_could_not_read(demo_copy, monkeypatch):
@@ -478,7 +484,7 @@ def test_the_criteria_tab_shows_a_requirement_it_could_not_read(demo_copy, monke
             "screening-ops.md", b"# Tumour screening: operations\n\nThe screening service must keep the queue at most 3 deep.\n")])
         assert outcome.ok
     at = open_criteria_tab("tumor-screening")
-    assert any("queue at most 3 deep" in w.value and "could be read" in w.value for w in at.warning)
+    assert any("queue at most 3 deep" in seen(w) and "could be read" in seen(w) for w in at.warning)
     states = {row["sentence"]: row["state"] for row in table_with(at, "rule")}
     assert states["The screening service must keep the queue at most 3 deep."].startswith("not read")
 

@@ -57,7 +57,7 @@ def assistant_markdown(at: AppTest) -> str:
 
 
 def captions(at: AppTest) -> str:
-    return "\n".join(c.value for c in at.caption)
+    return "\n".join(parse(c.value).visible for c in at.caption)
 
 
 def test_a_question_gets_the_decision_then_a_verified_explanation_with_links_and_evidence(llm):

@@ -51,7 +51,8 @@ def test_sources_export_and_import(workspace, tmp_path, capsys):
     assert main(["sources", "import", str(bad)]) == 1
     assert "line 2" in capsys.readouterr().err
     assert main(["sources", "export", "-"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["source_id,display_name,url,kind", "guideline:x,Guide X,https://wiki.example.com/x,guideline"]
+    assert capsys.readouterr().out.splitlines() == ["source_id,display_name,url,kind,internal",
+                                                    "guideline:x,Guide X,https://wiki.example.com/x,guideline,false"]
 
 
 def test_bad_setting_stops_with_the_key_named(monkeypatch, capsys):

@@ -41,7 +41,8 @@ def test_docx_paragraphs_and_tables():
 
 
 def test_markdown_front_matter_sets_source_and_metadata():
-    data = b"---\ntitle: Criteria\nsource_id: criteria:tumor-screening\nurl: https://wiki.example.com/c\nkind: guideline\nowner: ml-platform\n---\n# Heading\nf1 >= 0.95\n"
+    data = (b"---\ntitle: Criteria\nsource_id: criteria:tumor-screening\nurl: https://wiki.example.com/c\nkind: guideline\n"
+            b"owner: ml-platform\n---\n# Heading\nf1 >= 0.95\n")
     document = parse_file("criteria.md", data)
     section = document.sections[0]
     assert document.title == "Criteria"
@@ -57,7 +58,8 @@ def test_markdown_title_falls_back_to_first_heading():
 
 
 def test_html_drops_scripts_and_uses_title():
-    data = b"<html><head><title>Guide</title><script>alert(1)</script></head><body><h1>Rules</h1><p>Use the champion alias.</p></body></html>"
+    data = (b"<html><head><title>Guide</title><script>alert(1)</script></head>"
+            b"<body><h1>Rules</h1><p>Use the champion alias.</p></body></html>")
     document = parse_file("guide.html", data)
     assert document.title == "Guide"
     assert "champion alias" in document.sections[0].text

@@ -13,6 +13,7 @@ from test_eval_harness import opening, register_adapter
 
 from engine.core.settings import load_settings
 from eval import worker
+from tests.rendered_markdown import parse
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 PAGE = "pages/evaluation.py"
@@ -41,7 +42,8 @@ def open_page() -> AppTest:
 
 
 def texts(at: AppTest, kind: str) -> list[str]:
-    return [element.value for element in at.get(kind)]
+    """What a reader sees of each element's markdown."""
+    return [parse(element.value).visible for element in at.get(kind)]
 
 
 def frame_with(at: AppTest, column: str):
@@ -81,7 +83,7 @@ def test_an_evaluation_from_the_form_runs_apart_and_its_results_show_side_by_sid
     at = open_page()
     assert frame_with(at, "evaluation").set_index("evaluation").loc[job.id, "state"] == "succeeded"
     assert at.selectbox(key="eval_chosen").value == job.id
-    assert [e.value.split(" · ")[0] for e in at.error] == ["**base: NO-GO**", f"**v{number}: NO-GO**"]
+    assert [text.split(" · ")[0] for text in texts(at, "error")] == ["base: NO-GO", f"v{number}: NO-GO"]
     assert any("a GO needs them all" in text for text in texts(at, "markdown"))
     comparison = frame_with(at, "metric")
     assert list(comparison.columns) == ["metric", "base (NO-GO)", f"v{number} (NO-GO)"]
@@ -110,7 +112,7 @@ def test_a_request_that_cannot_run_is_refused_in_the_form(settings):
     assert any(text.startswith("The golden set cannot be used: cannot read the golden file /nowhere/golden.jsonl")
                for text in texts(at, "caption"))
     # Past evaluations of the shared workspace may show their NO-GO verdicts as errors too: only the refusal is new.
-    refusals = [e.value for e in at.error if e.value.startswith("Not started")]
+    refusals = [text for text in texts(at, "error") if text.startswith("Not started")]
     assert refusals == ["Not started: cannot read the golden file /nowhere/golden.jsonl: No such file or directory"]
     assert not any(worker.jobs_dir(settings).glob("*.json")) or all(
         job.request["golden"] != "/nowhere/golden.jsonl" for job in worker.list_evaluation_jobs(settings))

@@ -16,6 +16,7 @@ from engine.core.database import transaction
 from engine.core.settings import load_settings
 from engine.knowledge.workspace import ingest_paths
 from tests.openai_server import OpenAIServer, faithful_answer
+from tests.rendered_markdown import parse
 from training.dataset_snapshot import read_split, snapshot_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def test_an_admin_reviews_a_flagged_answer_accepts_it_and_sees_it_counted(settin
     assert "Which model should I deploy for tumour screening?" in texts and "Which digit model fits the mobile app?" in texts
     assert "It picked the model that breaks the latency budget" in texts and RIGHT in texts
     assert "Which model for diabetes?" not in texts  # a thumbs-up is not reviewed
-    assert any("**Answer #%d** · pending · version `deploywise-llm/3`" % first in m.value for m in at.markdown)
+    assert any("Answer #%d · pending · version deploywise-llm/3" % first in parse(m.value).visible for m in at.markdown)
     candidates = next(frame.value for frame in at.dataframe if "model" in frame.value.columns and "standing" in frame.value.columns)
     assert list(candidates["model"]) == ["ts-boosting", "ts-forest"]
     assert at.text_area(key=f"correction-{first}").value == RIGHT  # prefilled with the user's right answer
@@ -146,20 +147,20 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_changes(settings, flagge
     at = open_page(settings)
     at.button(key=f"accept-{second}").click().run()  # the user gave no right answer and the editor is empty
     assert not at.exception
-    assert [e.value for e in at.error] == ["The correction is empty: write the right answer first"]
+    assert [parse(e.value).visible for e in at.error] == ["The correction is empty: write the right answer first"]
     at.text_area(key=f"correction-{first}").input("   ")
     at.button(key=f"save-{first}").click().run()
-    assert [e.value for e in at.error] == ["The correction is empty: write the right answer first"]
+    assert [parse(e.value).visible for e in at.error] == ["The correction is empty: write the right answer first"]
     assert review_rows(settings) == []
 
     at.text_area(key=f"correction-{first}").input("Deploy ts-boosting <<SRC:wiki:made-up>>.")
     at.button(key=f"save-{first}").click().run()  # a draft may cite what is not registered yet...
     assert at.success[0].value == f"Correction of answer #{first} saved (pending)."
-    assert at.warning[0].value.startswith("This correction cannot be accepted yet: "
-                                          "it cites source the registry does not know: wiki:made-up")
+    assert parse(at.warning[0].value).visible.startswith(
+        "This correction cannot be accepted yet: it cites source the registry does not know: wiki:made-up")
     before = review_rows(settings)
     at.button(key=f"accept-{first}").click().run()  # ...but is not accepted
-    assert [e.value for e in at.error] == [
+    assert [parse(e.value).visible for e in at.error] == [
         "Not accepted: it cites source the registry does not know: wiki:made-up (register it on the Knowledge page, "
         "or remove the marker)"]
     assert review_rows(settings) == before and reviewed(settings, first).state == "pending"

@@ -19,6 +19,7 @@ from engine.core.database import transaction
 from engine.core.settings import load_settings
 from engine.knowledge.workspace import ingest_paths
 from engine.lifecycle.training_jobs import TrainingJob, list_jobs
+from tests.rendered_markdown import parse
 from training import job_following
 from training.config import ConfigError, load_cpt_config
 from training.dataset_snapshot import snapshot_workspace
@@ -71,7 +72,8 @@ def button(at: AppTest, label: str):
 
 
 def texts(at: AppTest, kind: str) -> list[str]:
-    return [element.value for element in at.get(kind)]
+    """What a reader sees of each element's markdown."""
+    return [parse(element.value).visible for element in at.get(kind)]
 
 
 def job_rows() -> list:
@@ -102,7 +104,7 @@ def test_admins_reach_the_retraining_page_and_others_do_not(workspace, monkeypat
     assert at.number_input(key="cpt_lora_r").value == 16  # defaults from configs/cpt.yaml
     assert at.text_input(key="cpt_learning_rate").value == "2e-05"
     button(at, "Launch").click().run()
-    assert [e.value for e in at.error] == [
+    assert texts(at, "error") == [
         "Not launched: snapshot: the knowledge base has 0 document(s); a snapshot needs at least 2, so that one can be held out "
         "for validation: ingest documents first"]
     assert job_rows() == []
@@ -120,9 +122,9 @@ def test_malformed_values_are_named_and_nothing_is_launched(documents, workspace
     button(at, "Launch").click().run()
     assert not at.exception
     [error] = at.error
-    assert error.value.startswith("Not launched; fix these settings:")
-    assert "- batch_size: must be a whole number >= 1 (got 0)" in error.value
-    assert "- save_steps: must be a multiple of eval_steps (10)" in error.value
+    assert parse(error.value).visible.startswith("Not launched; fix these settings:")
+    assert "\nbatch_size: must be a whole number >= 1 (got 0)" in parse(error.value).visible
+    assert "\nsave_steps: must be a multiple of eval_steps (10)" in parse(error.value).visible
     assert "The preview follows the form once its settings are valid." in texts(at, "info")
     assert job_rows() == []
     assert not (workspace / "snapshots").exists()
@@ -131,11 +133,11 @@ def test_malformed_values_are_named_and_nothing_is_launched(documents, workspace
     at.number_input(key="cpt_save_steps").set_value(40)
     at.text_input(key="cpt_learning_rate").input("fast")
     button(at, "Launch").click().run()
-    assert [e.value for e in at.error] == ["Not launched; fix these settings: learning_rate: must be a number (got 'fast')"]
+    assert texts(at, "error") == ["Not launched; fix these settings: learning_rate: must be a number (got 'fast')"]
     at.text_input(key="cpt_learning_rate").input("2e-4")
     at.number_input(key="cpt_replay_ratio").set_value(1.5)
     button(at, "Check and preview").click().run()
-    assert [e.value for e in at.error] == ["Fix these settings: replay_ratio: must be at least 0 and below 1 (got 1.5)"]
+    assert texts(at, "error") == ["Fix these settings: replay_ratio: must be at least 0 and below 1 (got 1.5)"]
     assert job_rows() == []
 
 
@@ -165,7 +167,7 @@ def test_the_snapshot_preview_counts_documents_and_tokens_and_what_is_new(docume
     (extra / "latency.md").write_text("# Latency budgets\n\nOnline scoring must answer within 30 ms at p99.", encoding="utf-8")
     ingest_paths(settings, [extra])
     at = open_page()
-    assert f"**New since snapshot `{written.id}`:** 1 added, 0 changed, 0 removed document(s)" in texts(at, "markdown")
+    assert f"New since snapshot {written.id}: 1 added, 0 changed, 0 removed document(s)" in texts(at, "markdown")
     assert frame_with(at, "change").to_dict("records") == [{"change": "added", "document": "file:latency.md"}]
     assert {m.label: m.value for m in at.metric}["Documents"] == "4"
 
@@ -175,7 +177,7 @@ def test_a_yaml_configuration_fills_the_form_and_a_bad_one_is_named(workspace):
     at.text_area(key="cpt_yaml").input("lora:\n  r: 8\nmax_steps: 5\nwarmup_ratio: 0.1\nquantization: 4bit\n")
     button(at, "Apply to the form").click().run()
     assert not at.exception and not at.error
-    assert at.success[0].value == "The YAML configuration is in the form."
+    assert texts(at, "success")[0] == "The YAML configuration is in the form."
     assert (at.number_input(key="cpt_lora_r").value, at.number_input(key="cpt_max_steps").value) == (8, 5)
     assert at.selectbox(key="cpt_quantization").value == "4bit"
     assert at.session_state["cpt_base"]["warmup_ratio"] == 0.1  # a key the form does not show is kept
@@ -183,7 +185,8 @@ def test_a_yaml_configuration_fills_the_form_and_a_bad_one_is_named(workspace):
     at.text_area(key="cpt_yaml").input("learning_rat: 0.1\nlora: {r: zero}\n")
     button(at, "Apply to the form").click().run()
     [error] = at.error
-    assert "learning_rat: unknown key" in error.value and "lora.r: must be a whole number (got 'zero')" in error.value
+    shown = parse(error.value).visible
+    assert "learning_rat: unknown key" in shown and "lora.r: must be a whole number (got 'zero')" in shown
     assert at.number_input(key="cpt_lora_r").value == 8  # unchanged
 
 
@@ -262,7 +265,7 @@ def test_recorded_jobs_show_progress_curves_and_the_version(recorded_jobs):
 
     at.selectbox(key="training_job").select(done.id).run()
     assert not at.exception
-    assert any("LLM version **deploywise-llm/3** (candidate)" in text for text in texts(at, "success"))
+    assert any("LLM version deploywise-llm/3 (candidate)" in text for text in texts(at, "success"))
     assert "Cancel job" not in [b.label for b in at.button]
     assert at.get("progress")[0].value == 100 and len(charts(at)) == 3
 
@@ -273,7 +276,7 @@ def test_a_cancel_the_cluster_refuses_is_one_error_and_changes_nothing(recorded_
     button(at, "Cancel job").click().run()
     assert not at.exception
     [error] = at.error
-    assert error.value.startswith(f"Not cancelled: cannot cancel {running.id}: ") and "\n" not in error.value
+    assert parse(error.value).visible.startswith(f"Not cancelled: cannot cancel {running.id}: ") and "\n" not in error.value
     assert [row["state"] for row in job_rows() if row["id"] == running.id] == ["running"]
 
 
@@ -356,7 +359,7 @@ def test_a_job_launched_from_the_form_trains_and_shows_its_version(documents, mo
     button(at, "Launch").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     [job] = list_jobs(open_database(load_settings()))
-    assert at.success[0].value == f"Job {job.id} launched on snapshot {job.snapshot_id}."
+    assert texts(at, "success")[0] == f"Job {job.id} launched on snapshot {job.snapshot_id}."
     assert job.config["max_steps"] == 6 and job.config["learning_rate"] == 1e-3
     assert job.id in frame_with(at, "job")["job"].tolist()
 
@@ -376,7 +379,7 @@ def test_a_job_launched_from_the_form_trains_and_shows_its_version(documents, mo
     table = frame_with(at, "job").set_index("job")
     assert table.loc[job.id, "state"] == "succeeded" and table.loc[job.id, "step"] == "6/6"
     assert table.loc[job.id, "LLM version"] == f"deploywise-llm/{job.llm_version}"
-    assert any(f"LLM version **deploywise-llm/{job.llm_version}**" in text for text in texts(at, "success"))
+    assert any(f"LLM version deploywise-llm/{job.llm_version}" in text for text in texts(at, "success"))
     assert len(charts(at)) == 3
     assert "registered deploywise-llm version" in at.get("code")[0].value  # the log tail
     starts = at.selectbox(key="cpt_start_from")

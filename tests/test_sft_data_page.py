@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine.core import database
 from engine.core.settings import load_settings
+from tests.rendered_markdown import parse
 from training.sft_data import add_pairs, create_dataset, get_dataset
 from training.sft_pair_checks import PairCandidate
 
@@ -51,7 +52,7 @@ def test_review_accept_all_shown_and_export(demo_copy):
     before = connection.execute("SELECT count(*) FROM sft_datasets").fetchone()[0]
     at.text_input[0].set_value("Bad Name!")
     button(at, "Generate").click().run()
-    assert [e.value for e in at.error] == ["Nothing was changed: dataset name 'Bad Name!' must be 1-64 lowercase letters, "
+    assert [parse(e.value).visible for e in at.error] == ["Nothing was changed: dataset name 'Bad Name!' must be 1-64 lowercase letters, "
                                            "digits, '.', '_' or '-', starting with a letter or digit"]
     assert connection.execute("SELECT count(*) FROM sft_datasets").fetchone()[0] == before
     connection.close()

@@ -13,6 +13,7 @@ from engine.knowledge.ingest import ingest_files
 from engine.knowledge.sources import SourceError
 from engine.knowledge.workspace import make_chunker, open_knowledge_base
 from engine.registry.candidate_cache import fetch_candidates
+from tests.rendered_markdown import parse
 from ui.source_view import parse_source_id, source_view
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
@@ -82,14 +83,14 @@ def test_a_malformed_id_is_refused_with_what_an_id_looks_like(text):
 
 def test_the_page_shows_a_cited_document_with_its_original_link(demo):
     at = open_source(source_page_link("dataset:breast-cancer"))
-    assert at.title[0].value == "Breast cancer Wisconsin (diagnostic) dataset (scikit-learn)"
+    assert parse(at.title[0].value).visible == "Breast cancer Wisconsin (diagnostic) dataset (scikit-learn)"
     assert at.get("link_button")[0].proto.url.startswith("https://scikit-learn.org/")
     assert any("569" in text.value for text in at.text)
 
 
 def test_the_page_shows_a_cited_model(demo):
     at = open_source(source_page_link("registry:tumor-screening-linear"))
-    assert at.title[0].value.startswith("tumor-screening-linear")
+    assert parse(at.title[0].value).visible.startswith("tumor-screening-linear")
     assert "ROC AUC" in set(at.dataframe[0].value["metric"])
 
 

@@ -15,7 +15,7 @@ def test_csv_round_trip(kb):
     ]
     sources.upsert_sources(kb.connection, entries)
     exported = sources.export_csv(kb.connection)
-    assert exported.splitlines()[0] == "source_id,display_name,url,kind"
+    assert exported.splitlines()[0] == "source_id,display_name,url,kind,internal"
     assert sources.parse_csv(exported.encode()) == sorted(entries, key=lambda s: s.source_id)
 
 

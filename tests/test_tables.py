@@ -127,7 +127,8 @@ def test_import_counts_empty_and_clashing_rows_and_is_idempotent(kb, chunker, sn
         {"id": None, "body": "A row without a key."},
     ]
     progress = []
-    outcome, = import_tables(kb, chunker, [plan], lambda plan, limit: rows[:limit], lambda plan: "sql:kb.notes", 10, lambda *a: progress.append(a))
+    outcome, = import_tables(kb, chunker, [plan], lambda plan, limit: rows[:limit], lambda plan: "sql:kb.notes", 10,
+                             lambda *a: progress.append(a))
     assert (outcome.rows_read, outcome.added, outcome.skipped, outcome.failed) == (5, 1, 1, 3)
     assert outcome.errors == ["row 5: id is empty", "sql:kb.notes:3: 2 rows have this key, none was imported (is id unique?)"]
     assert [d.origin for d in kb.documents()] == ["sql:kb.notes:1"]

@@ -157,7 +157,8 @@ def test_unknown_schema_and_warehouse_are_clear_errors(databricks, client):
 def test_wrong_token_is_a_clear_auth_error(databricks, monkeypatch, kb, chunker, snapshot):
     monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-wrong")
     before = snapshot(kb.connection)
-    with pytest.raises(TableImportError, match=r"Databricks refused access \(Invalid access token\..*check DATABRICKS_HOST and DATABRICKS_TOKEN") as error:
+    refused = r"Databricks refused access \(Invalid access token\..*check DATABRICKS_HOST and DATABRICKS_TOKEN"
+    with pytest.raises(TableImportError, match=refused) as error:
         plan_uc_import(workspace_client(), "main.gold", None, WAREHOUSE)
     assert "dapi-wrong" not in str(error.value)
     assert snapshot(kb.connection) == before

@@ -9,8 +9,10 @@ from streamlit.testing.v1 import AppTest
 from test_llm_versions import NAME, evaluate, registry_state, registry_template, served, settings  # noqa: F401 - fixtures
 
 from engine.access import roles
+from engine.core.markdown import escape_markdown
 from engine.core.settings import load_settings
 from engine.lifecycle.version_catalog import overview
+from tests.rendered_markdown import parse
 from ui import login
 
 PAGE = Path(__file__).resolve().parents[1] / "pages" / "versions.py"
@@ -39,26 +41,26 @@ def test_promote_through_the_gate_then_roll_back_and_archive(settings, monkeypat
     assert list(table["status"]) == ["failed", "candidate", "candidate", "candidate"]
     assert list(table["gate"]) == ["not evaluated", "not evaluated", "NO-GO", "GO"]
     assert list(table["answers"]) == [0, 0, 0, 3] and list(table["flags"]) == [0, 0, 0, 1]
-    assert any("Base model `base:model`: 1 answers, 1 flags" in c.value for c in at.caption)
-    assert "The chat serves** `base:model`" in at.markdown[0].value
+    assert any("Base model base:model: 1 answers, 1 flags" in parse(c.value).visible for c in at.caption)
+    assert "The chat serves base:model" in parse(at.markdown[0].value).visible
     assert not [b for b in at.button if b.label.startswith("Roll back")]  # nothing to roll back to yet
 
     at.selectbox(key="versions_chosen").set_value("2").run()
-    assert at.error[0].value == "Gate: NO-GO (evaluation `eval-2-NO-GO`)\n- accuracy 0\\.81 \\< 0\\.95"  # reasons escaped
+    assert at.error[0].value == escape_markdown("Gate: NO-GO (evaluation eval-2-NO-GO)") + "\n- accuracy 0\\.81 \\< 0\\.95"
     metrics = next(frame.value for frame in at.dataframe if "metric" in frame.value.columns)
     assert metrics.to_dict("records") == [{"metric": "accuracy", f"{NAME}/2": 0.81},
                                           {"metric": "general_perplexity", f"{NAME}/2": 23.0}]
     assert at.text_area(key="reason_2").label == "Reason for promoting (required: no GO verdict)"
     button(at, "Promote to champion").click().run()
     assert not at.exception
-    assert [e.value for e in at.error][-1] == (
+    assert parse([e.value for e in at.error][-1]).visible == (
         "deploywise-llm/2 has a NO-GO verdict; promoting it without a GO needs a written reason")
     assert served(settings) is None
 
     at.text_area(key="reason_2").input("The fraud criteria changed; this version knows them.")
     button(at, "Promote to champion").click().run()
     assert not at.exception
-    assert at.success[0].value == "deploywise-llm/2 is the champion; the chat switches to it within a minute."
+    assert parse(at.success[0].value).visible == "deploywise-llm/2 is the champion; the chat switches to it within a minute."
     assert served(settings) == "2"
     promoted = overview(settings).version("2")
     assert (promoted.promotion_reason, promoted.promoted_by) == ("The fraud criteria changed; this version knows them.", "ana@example.com")
@@ -68,12 +70,12 @@ def test_promote_through_the_gate_then_roll_back_and_archive(settings, monkeypat
     button(at, "Promote to champion").click().run()  # GO: no reason needed
     assert served(settings) == "1"
     button(at, "Roll back to deploywise-llm/2").click().run()
-    assert at.success[0].value == "Rolled back: the chat serves deploywise-llm/2 within a minute."
+    assert parse(at.success[0].value).visible == "Rolled back: the chat serves deploywise-llm/2 within a minute."
     assert served(settings) == "2"
 
     at.selectbox(key="versions_chosen").set_value("1").run()
     button(at, "Archive").click().run()
-    assert at.success[0].value == "deploywise-llm/1 archived."
+    assert parse(at.success[0].value).visible == "deploywise-llm/1 archived."
     assert overview(settings).version("1").status == "archived"
     assert [e.action for e in overview(settings).history] == ["archive", "rollback", "promote", "promote"]
 
@@ -84,7 +86,7 @@ def test_an_mlflow_failure_is_one_line_and_the_page_stays_up(settings, tmp_path)
     at = open_page(load_settings(workspace=settings.workspace, base_model=settings.base_model,
                                  mlflow_tracking_uri=f"sqlite:///{broken}"))
     [error] = at.error
-    assert error.value.startswith("cannot read the LLM versions of deploywise-llm from MLflow: DatabaseError: ")
+    assert parse(error.value).visible.startswith("cannot read the LLM versions of deploywise-llm from MLflow: DatabaseError: ")
     assert "\n" not in error.value
 
 

@@ -18,7 +18,7 @@ from collections import defaultdict
 
 from engine.answering.citations import find_markers, strip_markers
 from engine.answering.verifier import grounded
-from engine.knowledge.table_rows import TABLE_DOMAINS
+from engine.knowledge.sources import TABLE_DOMAINS  # a table's rows are one source each table, not one per row
 from training.sft_generation_request import GenerationRequest
 from training.sft_pair_checks import PairCandidate
 

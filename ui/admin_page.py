@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from engine.access.roles import current_identity, current_user_is_admin
+from engine.core.markdown import escape_markdown
 from engine.core.settings import Settings
 from ui.deep_links import through_entry_point
 
@@ -49,7 +50,7 @@ def start_admin_page(path: str, caption: str | None = None) -> Settings:
     if caption:
         st.caption(caption)
     if message := st.session_state.pop(FLASH_KEY, None):
-        st.success(message)
+        st.success(escape_markdown(message))  # messages name documents, versions, datasets
     return st.session_state["settings"]
 
 

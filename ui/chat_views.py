@@ -8,6 +8,7 @@ import pandas as pd
 
 from engine.answering.citations import render_answer_markdown, resolve_citations
 from engine.answering.records import answer_label, answer_times
+from engine.core.markdown import escape_markdown
 from engine.registry.metric_keys import display_order, metric_spec
 
 
@@ -48,8 +49,9 @@ def criteria_frame(record) -> pd.DataFrame:
 
 
 def answer_caption(record) -> str:
-    return (f"{answer_label(record.answer_origin, record.explanation_state, record.llm_version)} · "
-            f"{answer_times(record.timings)} · answer #{record.id}")
+    """Who wrote the answer (the LLM version's name comes from MLflow) and how long it took, as safe markdown."""
+    return escape_markdown(f"{answer_label(record.answer_origin, record.explanation_state, record.llm_version)} · "
+                           f"{answer_times(record.timings)} · answer #{record.id}")
 
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from engine.answering.citations import escape_markdown
+from engine.core.markdown import escape_markdown
 from engine.llm.versions import LlmVersion
 from ui.formatting import format_eta, format_time
 from ui.retraining_inputs import llm_versions
@@ -36,11 +36,6 @@ ROWS = (
     ("items_scored", "golden items scored", COUNT),
     ("items_skipped", "golden items skipped", COUNT),
 )
-
-
-def escape(text: str) -> str:
-    """Model output and file text shown as markdown: literally, with no link, HTML or formatting of its own."""
-    return escape_markdown(text or "")
 
 
 def formatted(kind: str, value: float | None) -> str:
@@ -224,4 +219,4 @@ def citation_caption(detail: dict) -> str:
         text += f" · unknown: {', '.join(detail['unknown_cited'])}"
     if detail["recommended"] or detail["expected_recommendation"]:
         text += f" · recommends {detail['recommended'] or 'nothing'} (decision: {detail['expected_recommendation'] or 'nothing'})"
-    return escape(text)
+    return escape_markdown(text)

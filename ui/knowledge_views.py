@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from engine.core.markdown import escape_markdown
 from engine.core.workers import Progress
 from engine.knowledge.ingest import FileOutcome, ingest_files
 from engine.knowledge.knowledge_base import StoredChunk, StoredDocument
@@ -108,8 +109,10 @@ def hit_caption(hit: SearchHit) -> str:
 
 def registry_table(sources: Iterable[Source]) -> pd.DataFrame:
     """The registry as the editor's table; string columns even when empty, so new rows take text."""
-    rows = [{"source_id": s.source_id, "display_name": s.display_name, "url": s.url, "kind": s.kind} for s in sources]
-    return pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)
+    rows = [{"source_id": s.source_id, "display_name": s.display_name, "url": s.url, "kind": s.kind, "internal": s.internal}
+            for s in sources]
+    table = pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)
+    return table.astype({"internal": bool})
 
 
 def registry_rows_to_sources(rows: Iterable[dict]) -> tuple[list[Source], list[str]]:
@@ -237,24 +240,24 @@ def rules_from_editor(use_case: str, rows: list[dict], fields: PolicyFields, pre
 
 def rules_state_caption(rules) -> str:
     """Where a use case's rules come from: an admin's review, its documents, or nowhere yet."""
-    return {"reviewed": f"Reviewed by {rules.reviewed_by}: the documents below are shown, not used.",
-            "extracted": "As read from the documents, not reviewed yet.",
-            "none": "No rule found: " + rules.missing_text() + "."}[rules.state]
+    return escape_markdown({"reviewed": f"Reviewed by {rules.reviewed_by}: the documents below are shown, not used.",
+                            "extracted": "As read from the documents, not reviewed yet.",
+                            "none": "No rule found: " + rules.missing_text() + "."}[rules.state])
 
 
 def conflict_warning(conflict) -> str:
-    return conflict.text + ". No model is recommended for this use case until you save reviewed rules."
+    return escape_markdown(conflict.text + ". No model is recommended for this use case until you save reviewed rules.")
 
 
 def unread_warning(unread) -> str:
     """A sentence that reads like a hard requirement but gave no rule: the use case is blocked until it is written."""
-    return (f'"{unread.sentence}" ({unread.document}) reads like a hard requirement, but no rule on a logged metric '
-            "could be read from it. No model is recommended for this use case until you save reviewed rules "
-            "that include it.")
+    return escape_markdown(f'"{unread.sentence}" ({unread.document}) reads like a hard requirement, but no rule on a logged '
+                           "metric could be read from it. No model is recommended for this use case until you save "
+                           "reviewed rules that include it.")
 
 
 def governed_by_caption(rules) -> str:
-    return "Governed by: " + ("; ".join(f"{d.title} ({d.how})" for d in rules.documents) or "no document")
+    return escape_markdown("Governed by: " + ("; ".join(f"{d.title} ({d.how})" for d in rules.documents) or "no document"))
 
 
 def provenance_rows(rules) -> list[dict]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from engine.core.markdown import escape_markdown
 from engine.core.paths import CONFIGS_DIR
 from engine.core.yaml_input import YamlError, load_yaml
 from training.config import AdapterTraining, ConfigError, load_config
@@ -109,7 +110,7 @@ def config_problems(error: ConfigError) -> list[str]:
 
 
 def problems_markdown(intro: str, error: ConfigError) -> str:
-    problems = config_problems(error)
+    problems = [escape_markdown(problem) for problem in config_problems(error)]  # they quote the uploaded YAML
     if len(problems) == 1:
         return f"{intro}: {problems[0]}"
     return f"{intro}:\n\n" + "\n".join(f"- {problem}" for problem in problems)

@@ -2,14 +2,19 @@
 
 Citations without a web URL of their own link here (engine.answering.citations.source_page_link), so that a cited PDF
 page, a Unity Catalog row or a model of a local MLflow registry is never a dead end.
+
+The page is public, the knowledge is not all public (engine.knowledge.sources): a visitor sees only what
+`readable` allows, by exact id (never a listing of every id under a prefix), and `SourceView.refused` is the same
+for a source that is not public and for one that does not exist, so a refusal reveals nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.access.roles import may_read_internal
 from engine.knowledge.knowledge_base import StoredChunk
-from engine.knowledge.sources import SOURCE_ID_PATTERN, Source, SourceError, resolve
+from engine.knowledge.sources import SOURCE_ID_PATTERN, Source, SourceError, readable, resolve
 from engine.registry.candidates import Candidate, candidate_source
 from engine.registry.metric_keys import display_order, metric_spec
 
@@ -22,6 +27,7 @@ class SourceView:
     entry: Source | None  # the registry entry; None for an id the registry lacks
     chunks: list[StoredChunk]  # the knowledge of this id and of the ids under it, in document order
     candidate: Candidate | None  # a cited registry model, with its metrics as last read
+    refused: bool = False  # the caller may not read it, or it does not exist and the caller may not know which
 
     @property
     def found(self) -> bool:
@@ -45,6 +51,9 @@ def parse_source_id(text: str | None) -> str:
 
 def source_view(kb, source_id: str, candidates=()) -> SourceView:
     """`candidates` are the ones last read from MLflow: a model is cited before any answer registered it."""
+    if not readable(kb.connection, source_id):
+        return SourceView(source_id, None, [], None, refused=True)
     candidate = next((c for c in candidates if c.source_id == source_id), None)
     entry = resolve(kb.connection, [source_id]).get(source_id) or (candidate_source(candidate) if candidate else None)
-    return SourceView(source_id, entry, kb.chunks(source_id=source_id, limit=MAX_CHUNKS), candidate)
+    view = SourceView(source_id, entry, kb.chunks(source_id=source_id, under=may_read_internal(), limit=MAX_CHUNKS), candidate)
+    return view if view.found or may_read_internal() else SourceView(source_id, None, [], None, refused=True)

@@ -1,5 +1,6 @@
 """Who may do what, decided here and nowhere else. Chat (with its Source and Log in pages) is for everyone; the admin
-pages (ui.admin_page.ADMIN_PAGES) and every admin action are for administrators.
+pages (ui.admin_page.ADMIN_PAGES) and every admin action are for administrators; knowledge that is not public
+(engine.knowledge.sources) is for logged-in users and the operator (`may_read_internal`).
 
 Who the user is:
 - with an OIDC provider in `.streamlit/secrets.toml` (an `[auth]` section), the user logged in through `st.login`;
@@ -65,6 +66,13 @@ def require_admin(action: str = "this action") -> None:
     """Call first in every admin action: raises AccessDenied unless the caller is an administrator."""
     if not current_user_is_admin():
         raise AccessDenied(f"{action} is for administrators")
+
+
+def may_read_internal() -> bool:
+    """Whether the caller may read knowledge that is not public (imported table rows, internal sources): a logged-in
+    user with OIDC, the local administrator, or the operator; never an anonymous visitor."""
+    identity = current_identity()
+    return identity.is_admin or identity.logged_in
 
 
 def oidc_identity(user: Mapping[str, Any], admin_emails: list[str], issuers: list[str] | None = None) -> Identity:

@@ -7,10 +7,8 @@ Anything else that looks like a marker (malformed id, line break inside) is plai
 
 Model output is untrusted. `render_answer_markdown` keeps only three pieces of structure from it: line
 breaks, `- ` bullets at the start of a line (`* ` and `• ` become `- `) and `**bold**` within a line.
-Every other ASCII punctuation character is backslash-escaped, so CommonMark shows it literally: no links,
-images, HTML, headings, tables, code, math or Streamlit directives. Escapes do not stop GFM autolink
-literals (Streamlit links `http://`, `www.` and e-mail addresses found in the parsed text), so a word
-joiner (U+2060, invisible) is put inside those. The only links in the result are citations: to the
+Everything else goes through engine.core.markdown.escape_markdown, so it shows literally: no links,
+images, HTML, headings, tables, code, math or Streamlit directives. The only links in the result are citations: to the
 registry's http(s) URL when there is one, else to the app's own Source page, which shows the cited text.
 """
 
@@ -20,17 +18,15 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from engine.core.markdown import escape_markdown
 from engine.knowledge.sources import SOURCE_ID_PATTERN, is_web_url, log_unknown, resolve
 
 MAX_SOURCE_ID_CHARS = 512  # longer than any id the product makes (a file name is at most 255 bytes)
 
 _MARKER = re.compile(rf"<<[ \t]*SRC[ \t]*:[ \t]*([^\s<>]{{1,{MAX_SOURCE_ID_CHARS}}})[ \t]*>>")
-_ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 _BOLD = re.compile(r"\*\*(?=[^\s*])([^*\n]*?[^\s*])\*\*")
 _BULLET = re.compile(r"^(?:[-*•])[ \t]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_WORD_JOINER = "\u2060"
-_AUTOLINK_TRIGGERS = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?=@)")
 _URL_SAFE = ":/?#@!$&'*+,;=%~-._"  # reserved characters a link keeps; ( ) [ ] < > \ " and spaces are encoded
 SOURCE_PAGE = "source"  # url path of pages/source.py, relative so that it works under any server base path
 
@@ -98,12 +94,6 @@ def resolve_citations(connection, text: str, *, context: str = "", log: bool = T
 def strip_markers(text: str) -> str:
     """The answer as plain text (CLI): markers and the spaces before them removed."""
     return "".join(before.rstrip(" \t") if source_id else before for before, source_id in _split(text or ""))
-
-
-def escape_markdown(text: str) -> str:
-    """Text that Streamlit's markdown shows exactly as written, with no link, image, HTML or other structure."""
-    text = _AUTOLINK_TRIGGERS.sub(_WORD_JOINER, text)
-    return _ASCII_PUNCTUATION.sub(r"\\\1", text)
 
 
 def render_answer_markdown(text: str, citations: list[Citation]) -> str:

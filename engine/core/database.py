@@ -277,6 +277,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE sources ADD COLUMN edited_by TEXT;
     """,
+    # 10: sources an admin marks internal are for logged-in users only (engine.knowledge.sources.public_chunks_sql)
+    """
+    ALTER TABLE sources ADD COLUMN internal INTEGER NOT NULL DEFAULT 0 CHECK (internal IN (0, 1));
+    CREATE INDEX sources_internal ON sources(source_id) WHERE internal = 1;
+    """,
 ]
 
 

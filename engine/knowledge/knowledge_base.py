@@ -15,11 +15,11 @@ from typing import Literal
 
 import numpy as np
 
-from engine.access.roles import require_admin
+from engine.access.roles import may_read_internal, require_admin
 from engine.core import database
 from engine.knowledge.chunking import Chunk
 from engine.knowledge.documents import ParsedDocument
-from engine.knowledge.sources import Source, upsert_sources, write_sources
+from engine.knowledge.sources import Source, public_chunks_sql, upsert_sources, write_sources
 from engine.llm.bundled import load_embedder, load_tokenizer
 
 StoreStatus = Literal["added", "updated", "unchanged"]
@@ -253,14 +253,17 @@ class KnowledgeBase:
         document_id: int | None = None,
         source_domain: str | None = None,
         source_id: str | None = None,
+        under: bool = True,
         chunk_ids: list[int] | None = None,
         contains: str | None = None,
         limit: int = 200,
         offset: int = 0,
     ) -> list[StoredChunk]:
-        """Browse chunks in document order with optional filters (Knowledge and Source pages, CLI).
+        """Browse chunks in document order with optional filters (Knowledge and Source pages, CLI); a caller who may
+        not read internal knowledge gets the public chunks only (engine.knowledge.sources.public_chunks_sql).
 
-        `source_id` keeps the chunks of that id and of the ids under it (`doc:guide.pdf` -> `doc:guide.pdf:page-3`)."""
+        `source_id` keeps the chunks of that id and, with `under`, of the ids under it (`doc:guide.pdf` ->
+        `doc:guide.pdf:page-3`)."""
         where, params = [], []
         if document_id is not None:
             where.append("c.document_id = ?")
@@ -268,15 +271,20 @@ class KnowledgeBase:
         if source_domain:
             where.append("c.source_domain = ?")
             params.append(source_domain)
-        if source_id:
+        if source_id and under:
             where.append("(c.source_id = ? OR substr(c.source_id, 1, ?) = ?)")
             params.extend([source_id, len(source_id) + 1, source_id + ":"])
+        elif source_id:
+            where.append("c.source_id = ?")
+            params.append(source_id)
         if chunk_ids is not None:
             where.append(f"c.id IN ({','.join('?' * len(chunk_ids))})")
             params.extend(chunk_ids)
         if contains:
             where.append("instr(lower(c.text), lower(?)) > 0")
             params.append(contains)
+        if not may_read_internal():
+            where.append(public_chunks_sql())
         sql = f"""SELECT c.id, c.document_id, d.title, c.chunk_index, c.text, c.token_count, c.source_id, c.edited
                   FROM chunks c JOIN documents d ON d.id = c.document_id
                   {'WHERE ' + ' AND '.join(where) if where else ''}

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.access.roles import may_read_internal
 from engine.core.database import EMBEDDING_DIM
+from engine.knowledge.sources import public_chunks_sql
 
 RRF_K = 60
 
@@ -124,7 +126,8 @@ def hybrid_search(
     document_ids: list[int] | None = None,
     candidates: int = 50,
 ) -> list[SearchHit]:
-    """The k best chunks for a question, optionally only from some source domains or documents."""
+    """The k best chunks for a question, optionally only from some source domains or documents; public chunks only
+    for a caller who may not read internal knowledge (the chat's visitors)."""
     query = (query or "").strip()
     if not query:
         return []
@@ -136,20 +139,21 @@ def hybrid_search(
     for ranks in (keyword, vector):
         for chunk_id, rank in ranks.items():
             scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
-    best = sorted(scores, key=lambda chunk_id: (-scores[chunk_id], chunk_id))[:k]
-    if not best:
+    ranked = sorted(scores, key=lambda chunk_id: (-scores[chunk_id], chunk_id))
+    if not ranked:
         return []
     rows = kb.connection.execute(
         f"""SELECT c.id, c.document_id, d.title, c.text, c.source_id FROM chunks c
-            JOIN documents d ON d.id = c.document_id WHERE c.id IN ({','.join('?' * len(best))})""",
-        best,
+            JOIN documents d ON d.id = c.document_id WHERE c.id IN ({','.join('?' * len(ranked))})
+            {'' if may_read_internal() else 'AND ' + public_chunks_sql()}""",
+        ranked,
     ).fetchall()
     by_id = {row[0]: row for row in rows}
     return [
         SearchHit(*by_id[chunk_id], score=scores[chunk_id], keyword_rank=keyword.get(chunk_id), vector_rank=vector.get(chunk_id))
-        for chunk_id in best
+        for chunk_id in ranked
         if chunk_id in by_id
-    ]
+    ][:k]
 
 
 def _filters(alias: str, source_domains, document_ids) -> tuple[str, list]:

@@ -2,6 +2,10 @@
 
 Every chunk carries a source id; the registry maps it to a display name, a URL and a kind so answers can
 turn markers into links. Ids that answers cite but the registry lacks are logged for an admin to add.
+
+Who may read a source (`public_chunks_sql`, `is_public`): imported table rows (the `uc:` and `sql:` domains, kind
+`table-row`) and sources an admin marks internal, with everything under them (`doc:guide.pdf` covers
+`doc:guide.pdf:page-3`), are not public: only callers that `engine.access.roles.may_read_internal` see them.
 """
 
 from __future__ import annotations
@@ -10,15 +14,17 @@ import csv
 import io
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from urllib.parse import urlparse
 
-from engine.access.roles import current_identity, require_admin
+from engine.access.roles import current_identity, may_read_internal, require_admin
 from engine.core.database import transaction, utc_now
 
 SOURCE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]*:[A-Za-z0-9._\-:/]+$")
-CSV_COLUMNS = ("source_id", "display_name", "url", "kind")
+CSV_COLUMNS = ("source_id", "display_name", "url", "kind", "internal")
 KINDS = ("guideline", "document", "dataset", "decision", "incident", "table-row", "model", "other")
+TABLE_DOMAINS = ("uc", "sql")  # rows imported by engine.knowledge.unity_catalog and sql_import: never public
+_CSV_BOOLEANS = {"": False, "false": False, "no": False, "0": False, "true": True, "yes": True, "1": True}
 
 
 class SourceError(ValueError):
@@ -31,6 +37,7 @@ class Source:
     display_name: str
     url: str | None = None
     kind: str = "document"
+    internal: bool = False  # an admin's mark: for logged-in users (OIDC) or administrators only
 
     def __post_init__(self):
         if not SOURCE_ID_PATTERN.match(self.source_id or ""):
@@ -43,6 +50,35 @@ class Source:
             raise SourceError(f"source {self.source_id}: URL {self.url!r} is not an http(s) URL")
         if self.kind not in KINDS:
             raise SourceError(f"source {self.source_id}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        object.__setattr__(self, "internal", bool(self.internal))  # SQLite's 0/1 and a data editor's None
+
+
+def _restricted_by_registry(source_id_sql: str) -> str:
+    """SQL that is true when the registry keeps the source `source_id_sql` from the public: its own entry is a table
+    row or internal, or an entry above it is internal."""
+    return f"""(EXISTS (SELECT 1 FROM sources s WHERE s.source_id = {source_id_sql} AND (s.internal = 1 OR s.kind = 'table-row'))
+               OR EXISTS (SELECT 1 FROM sources s WHERE s.internal = 1
+                          AND substr({source_id_sql}, 1, length(s.source_id) + 1) = s.source_id || ':'))"""
+
+
+def public_chunks_sql(chunk: str = "c", document: str = "d") -> str:
+    """SQL that is true for a public chunk (alias `chunk` of chunks, `document` of its document): not a table row by
+    domain, by the document's format or by the registry, and not under an internal source."""
+    return f"""({chunk}.source_domain NOT IN ({', '.join(f"'{domain}'" for domain in TABLE_DOMAINS)})
+               AND coalesce(json_extract({document}.metadata, '$.format'), '') != 'table-row'
+               AND NOT {_restricted_by_registry(f"{chunk}.source_id")})"""
+
+
+def is_public(connection, source_id: str) -> bool:
+    """Whether anyone may read this source: what `public_chunks_sql` says of a chunk, for an id."""
+    if source_id.split(":", 1)[0] in TABLE_DOMAINS:
+        return False
+    return not connection.execute(f"SELECT {_restricted_by_registry('?1')}", (source_id,)).fetchone()[0]
+
+
+def readable(connection, source_id: str) -> bool:
+    """Whether the caller may read this source: a public one, or any for those who may read internal knowledge."""
+    return may_read_internal() or is_public(connection, source_id)
 
 
 def is_web_url(url: str) -> bool:
@@ -87,15 +123,16 @@ def write_sources(connection, sources: list[Source], *, overwrite: bool) -> int:
     if overwrite:
         return _write(connection, sources, current_identity().name or "admin", "ON CONFLICT(source_id) DO UPDATE SET "
                       "display_name = excluded.display_name, url = excluded.url, kind = excluded.kind, "
-                      "updated_at = excluded.updated_at, edited_by = excluded.edited_by")
+                      "internal = excluded.internal, updated_at = excluded.updated_at, edited_by = excluded.edited_by")
     return _write(connection, sources, None, "ON CONFLICT(source_id) DO NOTHING")
 
 
 def _write(connection, sources: list[Source], edited_by: str | None, on_conflict: str) -> int:
     before = connection.total_changes
     connection.executemany(
-        f"INSERT INTO sources(source_id, display_name, url, kind, updated_at, edited_by) VALUES (?, ?, ?, ?, ?, ?) {on_conflict}",
-        [(s.source_id, s.display_name.strip(), s.url or None, s.kind, utc_now(), edited_by) for s in sources],
+        f"INSERT INTO sources(source_id, display_name, url, kind, internal, updated_at, edited_by) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        f"{on_conflict}",
+        [(s.source_id, s.display_name.strip(), s.url or None, s.kind, int(s.internal), utc_now(), edited_by) for s in sources],
     )
     written = connection.total_changes - before
     connection.executemany("DELETE FROM unknown_sources WHERE source_id = ?", [(s.source_id,) for s in sources])
@@ -114,7 +151,7 @@ def replace_sources(connection, upserts: list[Source], deletions: list[str]) -> 
 
 
 def list_sources(connection) -> list[Source]:
-    rows = connection.execute("SELECT source_id, display_name, url, kind FROM sources ORDER BY source_id").fetchall()
+    rows = connection.execute("SELECT source_id, display_name, url, kind, internal FROM sources ORDER BY source_id").fetchall()
     return [Source(*row) for row in rows]
 
 
@@ -126,7 +163,7 @@ def resolve(connection, source_ids: list[str]) -> dict[str, Source]:
     if not source_ids:
         return {}
     rows = connection.execute(
-        f"SELECT source_id, display_name, url, kind FROM sources WHERE source_id IN ({','.join('?' * len(source_ids))})",
+        f"SELECT source_id, display_name, url, kind, internal FROM sources WHERE source_id IN ({','.join('?' * len(source_ids))})",
         list(source_ids),
     ).fetchall()
     entries = {}
@@ -162,18 +199,13 @@ def export_csv(connection) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for source in list_sources(connection):
-        writer.writerow({**asdict(source), "url": source.url or ""})
+        writer.writerow({**asdict(source), "url": source.url or "", "internal": "true" if source.internal else "false"})
     return buffer.getvalue()
 
 
 def parse_csv(data: bytes | str) -> list[Source]:
     """Read a registry CSV, checking every row before anything is stored; errors name the line."""
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError as error:
-            raise SourceError(f"the CSV file is not UTF-8 text (byte {error.start})") from None
-    reader = csv.DictReader(io.StringIO(data))
+    reader = csv.DictReader(io.StringIO(_csv_text(data)))
     if reader.fieldnames is None:
         raise SourceError("the CSV file is empty")
     missing = [column for column in ("source_id", "display_name") if column not in reader.fieldnames]
@@ -197,6 +229,15 @@ def parse_csv(data: bytes | str) -> list[Source]:
     return sources
 
 
+def _csv_text(data: bytes | str) -> str:
+    if isinstance(data, bytes):
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise SourceError(f"the CSV file is not UTF-8 text (byte {error.start})") from None
+    return data
+
+
 def sources_from_rows(rows: Iterable[tuple[str, dict]]) -> tuple[list[Source], list[str]]:
     """Check registry rows given as (where, row) pairs; each problem names where it is. Blank rows are skipped."""
     sources, problems, seen = [], [], set()
@@ -204,8 +245,12 @@ def sources_from_rows(rows: Iterable[tuple[str, dict]]) -> tuple[list[Source], l
         cells = {column: _cell(row.get(column)) for column in CSV_COLUMNS}
         if not any(cells.values()):
             continue
+        internal = _CSV_BOOLEANS.get(cells["internal"].lower())
+        if internal is None:
+            problems.append(f"{where}: internal {cells['internal']!r} is not true or false")
+            continue
         try:
-            source = Source(cells["source_id"], cells["display_name"], cells["url"] or None, cells["kind"] or "document")
+            source = Source(cells["source_id"], cells["display_name"], cells["url"] or None, cells["kind"] or "document", internal)
         except SourceError as error:
             problems.append(f"{where}: {error}")
             continue
@@ -217,7 +262,7 @@ def sources_from_rows(rows: Iterable[tuple[str, dict]]) -> tuple[list[Source], l
 
 
 def _cell(value) -> str:
-    """A table cell as clean text; None and NaN (an empty cell of a data editor) are empty."""
+    """A table cell as clean text; None and NaN (an empty cell of a data editor) are empty, a checkbox's bool is its name."""
     if value is None or value != value:
         return ""
     return str(value).strip()
@@ -226,4 +271,8 @@ def _cell(value) -> str:
 def import_csv(connection, data: bytes | str) -> int:
     """Replace or add registry entries from a CSV; a file with any bad row changes nothing."""
     require_admin("importing the source registry")
-    return upsert_sources(connection, parse_csv(data), overwrite=True)
+    sources = parse_csv(data)
+    if "internal" not in next(csv.reader(io.StringIO(_csv_text(data))), []):  # a CSV from before the mark keeps the marks
+        marks = resolve(connection, [source.source_id for source in sources])
+        sources = [replace(s, internal=marks[s.source_id].internal) if s.source_id in marks else s for s in sources]
+    return upsert_sources(connection, sources, overwrite=True)

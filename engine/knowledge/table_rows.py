@@ -21,8 +21,6 @@ from engine.core.workers import Progress
 from engine.knowledge.documents import ParsedDocument, Section
 from engine.knowledge.sources import Source, slug
 
-TABLE_DOMAINS = ("uc", "sql")  # the source domains of imported rows: Unity Catalog and SQL tables, one document per row
-
 STRING_TYPES = {"STRING", "VARCHAR", "CHAR", "NVARCHAR", "NCHAR", "TEXT", "NTEXT", "CLOB", "CITEXT", "UNICODE", "UNICODE_TEXT"}
 IDENTIFIER_WORDS = {"id", "ids", "uuid", "guid", "key", "code", "hash", "sha", "md5", "checksum", "sku", "email", "url", "uri", "slug"}
 MIN_MEAN_CHARS = 30

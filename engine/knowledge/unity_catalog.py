@@ -132,7 +132,8 @@ def query_rows(client, warehouse_id: str, statement: str, table: str, timeout_s:
         while response.status and response.status.state in _WAITING:
             if time.monotonic() > deadline:
                 api.cancel_execution(response.statement_id)
-                raise TableImportError(f"reading {table}: the statement did not finish within {timeout_s:.0f} s (is the warehouse running?)")
+                raise TableImportError(
+                    f"reading {table}: the statement did not finish within {timeout_s:.0f} s (is the warehouse running?)")
             time.sleep(delay)
             delay = min(delay * 2, POLL_MAX_S)
             response = api.get_statement(response.statement_id)

@@ -17,7 +17,7 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
-from engine.knowledge.table_rows import TABLE_DOMAINS
+from engine.knowledge.sources import TABLE_DOMAINS  # rows imported from tables are data, not guidelines
 from engine.registry.metric_catalog import spelled_both_ways
 from engine.registry.use_cases import described_use_case, initials
 from engine.rules.criteria import NO_USE_CASE, document_assignments
