@@ -106,7 +106,7 @@ try:
                 use_case = escape_markdown(prepared.match.use_case or "not recognised")
                 status.update(label=f"Use case: {use_case}", state="complete", expanded=False)
         except QuestionError as error:
-            st.warning(f"Nothing to answer: {error}.")
+            st.warning(escape_markdown(f"Nothing to answer: {error}."))
             st.stop()
         backend = llm_backend(settings)  # loads nothing yet: a failure shows as the explanation's one line
         answer_id = record_answer(kb, prepared, backend.version)

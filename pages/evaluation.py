@@ -80,7 +80,7 @@ def running_panel(settings, polling: bool) -> None:
             versions = ", ".join(job.request.get("versions", []))
             st.markdown(f"**{escape_markdown(job.id)}** · " + escape_markdown(f"{job.state} · {versions}"))
             fraction = progress_fraction(job.progress.get("done"), job.progress.get("total"), finished=job.state == "succeeded")
-            st.progress(fraction, text=evaluation_views.progress_text(job))
+            st.progress(fraction, text=escape_markdown(evaluation_views.progress_text(job)))
             if st.button("Cancel", key=f"eval_cancel_{job.id}"):
                 try:
                     cancel_evaluation(settings, job.id)

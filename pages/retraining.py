@@ -297,7 +297,7 @@ def job_detail(settings, connection, job, progress) -> None:
             st.warning("Its MLflow run cannot be read now; progress and curves are unavailable.")
         else:
             fraction = progress_fraction(progress.step, progress.total_steps, finished=job.state == "succeeded")
-            st.progress(fraction, text=jobs_view.progress_text(progress, job))
+            st.progress(fraction, text=escape_markdown(jobs_view.progress_text(progress, job)))
             curves = {
                 "Training loss": jobs_view.curve_frame({"loss": progress.loss}),
                 "Learning rate": jobs_view.curve_frame({"learning rate": progress.learning_rate}),

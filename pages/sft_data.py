@@ -100,7 +100,7 @@ def running_panel(settings, polling: bool) -> None:
                 st.markdown(f"**{escape_markdown(dataset.name)}** · "
                             + escape_markdown(f"{dataset.state} · {views.generator_label(dataset.config)}"))
                 fraction = progress_fraction(dataset.progress.get("done"), dataset.progress.get("total"))
-                st.progress(fraction, text=dataset.progress.get("message") or "starting")
+                st.progress(fraction, text=escape_markdown(dataset.progress.get("message") or "starting"))
                 st.caption(f"{dataset.pending} pairs so far, {dataset.dropped} dropped")
                 if st.button("Cancel", key=f"sft_cancel_{dataset.name}"):
                     act(lambda: cancel_generation(connection, dataset.name),

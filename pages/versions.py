@@ -54,8 +54,8 @@ def champion_panel(settings, view) -> None:
                 + ("" if view.champion else " (no version holds the champion alias yet)"))
     if view.rollback_target:
         target = target_text(view, view.rollback_target)
-        if st.button(f"Roll back to {target}", key="rollback",
-                     help=f"Gives the champion alias back to {target}, which {view.serving} replaced."):
+        if st.button(escape_markdown(f"Roll back to {target}"), key="rollback",
+                     help=escape_markdown(f"Gives the champion alias back to {target}, which {view.serving} replaced.")):
             act(lambda: rollback(settings, actor()),
                 lambda served: f"Rolled back: the chat serves {target_text(view, served)} within a minute.")
 
@@ -148,7 +148,7 @@ def export_progress(settings, number: str) -> None:
         st.rerun()  # the whole page: the finished export's downloads show
     for job in running:
         done, total = job.progress["done"], max(job.progress["total"], 1)
-        st.progress(done / total, text=f"{job.format}: {job.progress['message']}")
+        st.progress(done / total, text=escape_markdown(f"{job.format}: {job.progress['message']}"))
 
 
 settings = start_admin_page(

@@ -27,7 +27,7 @@ def open_page(settings) -> AppTest:  # noqa: F811 - the fixture's value
 
 
 def button(at: AppTest, label: str):
-    return next(b for b in at.button if b.label == label)
+    return next(b for b in at.button if parse(b.label).visible == label)
 
 
 def test_promote_through_the_gate_then_roll_back_and_archive(settings, monkeypatch):  # noqa: F811

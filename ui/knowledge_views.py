@@ -37,7 +37,7 @@ def ingest_uploads(kb, chunker, uploads, max_bytes: int, on_progress: Progress |
 def progress_reporter(bar):
     """The `on_progress` of an ingestion or a table import, drawn on a progress bar (anything with `.progress`)."""
     def report(done: int, total: int, message: str) -> None:
-        bar.progress(done / total if total else 1.0, text=message)
+        bar.progress(done / total if total else 1.0, text=escape_markdown(message))  # messages name files and tables
 
     return report
 
