@@ -19,6 +19,7 @@ from engine.core.settings import load_settings
 from engine.demo.workspace import prepare_demo
 from engine.knowledge.chunking import Chunker
 from engine.knowledge.knowledge_base import KnowledgeBase
+from engine.knowledge.workspace import open_knowledge_base
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +82,20 @@ def demo_copy(demo_template, tmp_path_factory):
 
     The copy's MLflow runs still point at the template's artifact folders: fine for reading metrics."""
     return lambda: shutil.copytree(demo_template, tmp_path_factory.mktemp("demo") / "workspace")
+
+
+@pytest.fixture(scope="module")
+def demo_workspace(demo_copy):
+    """The using module's own copy of the demo workspace: its tests may add answers, feedback or documents."""
+    return demo_copy()
+
+
+@pytest.fixture
+def demo_kb(demo_workspace):
+    """The knowledge base of the module's demo workspace, closed after the test."""
+    knowledge_base = open_knowledge_base(load_settings(workspace=demo_workspace))
+    yield knowledge_base
+    knowledge_base.connection.close()
 
 
 @pytest.fixture

@@ -20,11 +20,6 @@ GOLDEN = [
 LENIENT = "accuracy_min: 0\ncitation_presence_min: 0\nrefusal_accuracy_min: 0.5\nlatency_p95_ms_max: 600000\n"
 
 
-@pytest.fixture(scope="module")
-def demo_workspace(demo_copy):
-    return demo_copy()
-
-
 @pytest.fixture
 def files(tmp_path):
     golden = tmp_path / "golden.jsonl"

@@ -176,6 +176,11 @@ def test_an_admins_edit_of_a_registry_entry_survives_the_refresh(kb):
     changes = kb.connection.total_changes
     assert sources.refresh_sources(kb.connection, promoted) == 0 and kb.connection.total_changes == changes
 
+    internal = Source("registry:fraud-lr", "fraud-lr (internal)", None, "model", internal=True)
+    sources.replace_sources(kb.connection, [internal], [])  # an admin's internal mark is an edit: the refresh keeps it
+    assert sources.refresh_sources(kb.connection, promoted) == 0
+    assert sources.resolve(kb.connection, ["registry:fraud-lr"])["registry:fraud-lr"] == internal
+
     sources.replace_sources(kb.connection, [], ["registry:fraud-xgb"])  # deleting the entry hands it back
     assert sources.refresh_sources(kb.connection, promoted) == 1
     assert sources.resolve(kb.connection, ["registry:fraud-xgb"])["registry:fraud-xgb"] == promoted[0]
