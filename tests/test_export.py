@@ -29,6 +29,7 @@ from engine.core.settings import load_settings
 from engine.llm.bundled import BUNDLED_LLM_GGUF, bundled_llm_dir, load_tokenizer
 from engine.llm.loading import build_model, load_base_model
 from engine.llm.versions import resolve_llm_version
+from tests.rendered_markdown import parse
 from training.export_artifacts import download_path, published_exports, safetensors_zip
 from training.export_formats import TOLERANCES, ExportError, Tolerance
 from training.export_pipeline import export_version, stop_tokens
@@ -236,7 +237,7 @@ def test_the_versions_page_exports_out_of_process_and_offers_the_downloads(setti
     at.selectbox(key="export_format_1").set_value("gguf-q8_0").run()
     next(b for b in at.button if b.label == "Export").click().run()
     assert not at.exception, at.exception
-    assert at.success[0].value == "Exporting deploywise-llm/1 as gguf-q8_0: the files are offered here once checked."
+    assert parse(at.success[0].value).visible == "Exporting deploywise-llm/1 as gguf-q8_0: the files are offered here once checked."
     deadline = time.monotonic() + 180
     while not (jobs := export_jobs(settings, "1"))[0].finished and time.monotonic() < deadline:
         time.sleep(1)

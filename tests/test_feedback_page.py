@@ -116,7 +116,7 @@ def test_an_admin_reviews_a_flagged_answer_accepts_it_and_sees_it_counted(settin
     at.text_input(key=f"note-{first}").input("confirmed with the decision log")
     at.button(key=f"accept-{first}").click().run()
     assert not at.exception and not at.error
-    assert at.success[0].value == f"Correction of answer #{first} accepted: it joins the next snapshot."
+    assert parse(at.success[0].value).visible == f"Correction of answer #{first} accepted: it joins the next snapshot."
     assert counts(at) == {"Pending": "1", "Accepted": "1", "Rejected": "0"}
     stored = reviewed(settings, first)
     assert (stored.state, stored.correction, stored.note, stored.reviewer) == (
@@ -127,7 +127,7 @@ def test_an_admin_reviews_a_flagged_answer_accepts_it_and_sees_it_counted(settin
     assert any("· accepted · " in m.value and "last reviewed by test\\-admin" in m.value for m in at.markdown)
     assert RIGHT + " Re-check after the next retraining." in [element.value for element in at.text]
     at.button(key=f"reopen-{first}").click().run()
-    assert at.success[0].value == f"Answer #{first} is pending again."
+    assert parse(at.success[0].value).visible == f"Answer #{first} is pending again."
     assert counts(at) == {"Pending": "2", "Accepted": "0", "Rejected": "0"} and reviewed(settings, first).state == "pending"
 
 
@@ -155,7 +155,7 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_changes(settings, flagge
 
     at.text_area(key=f"correction-{first}").input("Deploy ts-boosting <<SRC:wiki:made-up>>.")
     at.button(key=f"save-{first}").click().run()  # a draft may cite what is not registered yet...
-    assert at.success[0].value == f"Correction of answer #{first} saved (pending)."
+    assert parse(at.success[0].value).visible == f"Correction of answer #{first} saved (pending)."
     assert parse(at.warning[0].value).visible.startswith(
         "This correction cannot be accepted yet: it cites source the registry does not know: wiki:made-up")
     before = review_rows(settings)
@@ -167,7 +167,7 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_changes(settings, flagge
 
     at.text_input(key=f"note-{second}").input("asked about another use case")
     at.button(key=f"reject-{second}").click().run()
-    assert at.success[0].value == f"Answer #{second} rejected."
+    assert parse(at.success[0].value).visible == f"Answer #{second} rejected."
     assert counts(at) == {"Pending": "1", "Accepted": "0", "Rejected": "1"}
     assert reviewed(settings, second).note == "asked about another use case"
 

@@ -31,6 +31,7 @@ from engine.llm.bundled import load_tokenizer
 from engine.llm.chat_prompt import chat_prompt_ids
 from engine.llm.loading import build_model
 from engine.llm.versions import resolve_llm_version
+from tests.rendered_markdown import parse
 from training.config import ConfigError, load_cpt_config, load_sft_config
 from training.cpt import IGNORE_INDEX, Hardware, collate_blocks, packed_data, trainable_model, training_arguments
 from training.dataset_snapshot import SPLITS, read_split, snapshot_workspace
@@ -309,7 +310,7 @@ def test_an_sft_job_launched_from_the_retraining_page(workspace, monkeypatch, fi
     connection = database.connect(settings.knowledge_db)
     try:
         job = list_jobs(connection)[0]
-        assert at.success[0].value == f"Job {job.id} launched on {job.data}."
+        assert parse(at.success[0].value).visible == f"Job {job.id} launched on {job.data}."
         assert (job.kind, job.start_from, job.config["max_steps"]) == ("sft", workspace["cpt_version"], 2)
         job, _ = wait_for(settings, connection, job.id)
     finally:
