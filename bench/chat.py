@@ -147,7 +147,7 @@ from engine.knowledge.sources import refresh_sources  # noqa: E402
 from engine.llm.backends import llm_backend  # noqa: E402
 from engine.llm.bundled import bundled_model_folder, load_tokenizer  # noqa: E402
 from engine.llm.chat_prompt import fit_prompt  # noqa: E402
-from engine.llm.gguf import gguf_file, load_gguf  # noqa: E402
+from engine.llm.gguf import GgufLlm, gguf_file, load_gguf  # noqa: E402
 from engine.llm.loading import load_llm  # noqa: E402
 from engine.llm.versions import resolve_llm_version  # noqa: E402
 from engine.registry.candidate_cache import fetch_candidates, refreshing  # noqa: E402
@@ -733,17 +733,13 @@ def run_worker(config_path: Path) -> None:
 
 
 def alt_threads(config: dict, settings, kb, loaded, tokenizer, names: list[str]) -> dict:
-    """alt (not the product, which gives llama.cpp every core): the same GGUF file loaded with `alt_threads` threads,
-    on the same demo questions once and the same decode rows. Other sessions on the 2 cores slow llama.cpp's threads,
-    which wait for each other at every step, far more than torch's."""
-    from llama_cpp import Llama
-
-    import engine.llm.gguf as gguf_llm
-
+    """alt (not the product's default, which gives llama.cpp every core): the same GGUF file served with
+    DEPLOYWISE_LLM_THREADS = `alt_threads`, on the same demo questions once and the same decode rows. Other sessions on
+    the 2 cores slow llama.cpp's threads, which wait for each other at every step, far more than torch's."""
     threads = config["alt_threads"]
-    model = Llama(model_path=str(loaded.path), n_ctx=gguf_llm.CONTEXT_TOKENS, n_threads=threads, verbose=False, seed=0)
-    gguf_llm._loaded[loaded.path] = gguf_llm.LoadedGguf(loaded.path, model, loaded.chat)  # what a new GgufLlm will serve
-    backend, result = gguf_llm.GgufLlm(settings), {"threads": threads, "answers": [], "others_share": {}}
+    settings = settings.model_copy(update={"llm_threads": threads})
+    model = load_gguf(loaded.path, threads).model
+    backend, result = GgufLlm(settings), {"threads": threads, "answers": [], "others_share": {}}
     with Interference() as during:
         for question in config["answer_questions"]:
             result["answers"].append({"id": question["id"], **answer_sample(settings, kb, backend, question["question"], tokenizer, names)})

@@ -13,7 +13,7 @@ from test_llm_versions import evaluate, registry_state, registry_template  # noq
 from engine.answering.citations import find_markers, strip_markers
 from engine.answering.explanation import split_sentences
 from engine.answering.prompting import SYSTEM_PROMPT, explanation_grammar
-from engine.core.settings import load_settings
+from engine.core.settings import SettingsError, load_settings
 from engine.lifecycle.version_actions import promote
 from engine.lifecycle.version_records import VersionError
 from engine.llm.backend_contract import LlmError
@@ -133,3 +133,14 @@ def test_the_grammar_ends_a_sentence_at_its_length_bound(base):
     assert sentences and all(find_markers(sentence) == ["criteria:ts"] for sentence in sentences)
     assert all(len(strip_markers(sentence).strip().rstrip(".")) <= 2 * 40 for sentence in sentences), sentences  # "." [0-9] is one
 
+
+
+def test_the_thread_count_setting_reaches_llama_cpp(base):
+    """DEPLOYWISE_LLM_THREADS: on cores other work shares, fewer llama.cpp threads wait less for each other."""
+    one_thread = load_settings(workspace=base.workspace, llm_backend="llama_cpp", llm_version="base", llm_threads=1)
+    backend = llm_backend(one_thread)
+    reply = "".join(backend.stream([{"role": "user", "content": "Say hello."}], max_new_tokens=4))
+    assert reply.strip()
+    assert backend._serving()[1].model.n_threads == 1  # the model it served the reply with
+    with pytest.raises(SettingsError, match="DEPLOYWISE_LLM_THREADS"):
+        load_settings(llm_threads=0)

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = Field(None, gt=0, description="CPUs the local Ray head offers to training (default: all)")
     training_storage_path: str | None = Field(None,
         description="Where Ray Train keeps checkpoints (default <workspace>/runs; shared storage on a cluster)")
+    llm_threads: int | None = Field(None, gt=0, le=512, description="Threads llama.cpp generates with (default: every CPU "
+                                    "this process may use); fewer when other work shares the cores, whose threads it waits for")
     llm_max_new_tokens: int = Field(200, gt=0, le=8192, description="Longest explanation the LLM may generate, in tokens")
     llm_wait_s: float = Field(30.0, gt=0, le=3600, description="Longest wait of a question for the in-process LLM while it "
                                                                "explains another answer; then the explanation is skipped")
@@ -209,7 +211,7 @@ def _comma_list(value: Any, what: str) -> list[str]:
 # What a worker process (evaluation, SFT generation, export) is started with, so that it uses exactly the app's
 # settings; none of them is a secret, which the worker reads from the environment like the app.
 WORKER_SETTINGS = ("workspace", "base_model", "embedding_model", "mlflow_tracking_uri", "mlflow_registry_uri",
-                   "llm_registry_name", "llm_max_new_tokens", "llm_timeout_s", "search_top_k", "chunk_tokens",
+                   "llm_registry_name", "llm_max_new_tokens", "llm_timeout_s", "llm_wait_s", "llm_threads", "search_top_k", "chunk_tokens",
                    "chunk_overlap", "llm_backend", "endpoint_key_vars")
 
 

@@ -38,22 +38,24 @@ class LoadedGguf:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-_loaded: dict[Path, LoadedGguf] = {}
+_loaded: dict[tuple[Path, int], LoadedGguf] = {}
 _loading = threading.Lock()
 
 
-def load_gguf(path: Path) -> LoadedGguf:
-    """The GGUF file loaded by llama.cpp once per process; a file it cannot read is one line of LlmError."""
+def load_gguf(path: Path, threads: int | None = None) -> LoadedGguf:
+    """The GGUF file loaded by llama.cpp once per process and thread count (None: every CPU this process may use);
+    a file it cannot read is one line of LlmError."""
     path = Path(path).resolve()
+    threads = threads or max(1, len(os.sched_getaffinity(0)))
     with _loading:
-        if path not in _loaded:
+        if (path, threads) not in _loaded:
             from llama_cpp import Llama  # a compiled extension: imported when a GGUF is first served
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             if not path.is_file():
                 raise LlmError(f"the GGUF file {path} does not exist")
             try:
-                model = Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=max(1, len(os.sched_getaffinity(0))),
+                model = Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=threads,
                               verbose=False, seed=0)
             except (ValueError, RuntimeError, OSError) as error:
                 raise LlmError(f"llama.cpp cannot load {path.name}: {first_line(error)} (is it a complete GGUF file?)") from None
@@ -63,8 +65,8 @@ def load_gguf(path: Path) -> LoadedGguf:
             eos, bos = model.token_eos(), model.token_bos()
             chat = Jinja2ChatFormatter(template, eos_token=model._model.token_get_text(eos) if eos != -1 else "",
                                        bos_token=model._model.token_get_text(bos) if bos != -1 else "", stop_token_ids=[eos])
-            _loaded[path] = LoadedGguf(path, model, chat)
-        return _loaded[path]
+            _loaded[path, threads] = LoadedGguf(path, model, chat)
+        return _loaded[path, threads]
 
 
 def stream_gguf(loaded: LoadedGguf, messages: list[Message], *, max_new_tokens: int, temperature: float,
@@ -178,6 +180,6 @@ class GgufLlm:
             if self._current is None or due:  # loading a GGUF takes a fraction of a second: no background switch
                 version = resolve_llm_version(self._settings, self._wanted)
                 if self._current is None or version != self._current[0]:
-                    self._current = (version, load_gguf(gguf_file(self._settings, version)))
+                    self._current = (version, load_gguf(gguf_file(self._settings, version), self._settings.llm_threads))
                 self._checked_at = time.monotonic()
             return self._current
