@@ -738,7 +738,8 @@ def alt_threads(config: dict, settings, kb, loaded, tokenizer, names: list[str])
     the 2 cores slow llama.cpp's threads, which wait for each other at every step, far more than torch's."""
     threads = config["alt_threads"]
     settings = settings.model_copy(update={"llm_threads": threads})
-    model = load_gguf(loaded.path, threads).model
+    served = load_gguf(loaded.path, threads)  # held: the backend below serves this same model
+    model = served.model
     backend, result = GgufLlm(settings), {"threads": threads, "answers": [], "others_share": {}}
     with Interference() as during:
         for question in config["answer_questions"]:

@@ -34,7 +34,7 @@ from engine.core.workers import Progress
 from engine.knowledge.knowledge_base import KnowledgeBase
 from engine.knowledge.sources import refresh_sources, resolve
 from engine.llm.backend_contract import LlmError
-from engine.llm.backends import llm_backend, version_settings
+from engine.llm.backends import llm_backend, release_backend, version_settings
 from engine.llm.bundled import load_embedder
 from engine.llm.loading import load_llm
 from engine.llm.versions import BASE, LlmVersion
@@ -118,7 +118,8 @@ def run_evaluation(plan: EvaluationPlan, *, on_progress: Progress | None = None,
                 if planned.wanted == BASE:
                     references[planned.version.base_model] = found
                 items = _golden(plan, planned, kb, expectations, progress)
-                del loaded  # perplexity's model (the chat runtime's backend, cached per version, keeps its own)
+                del loaded  # perplexity's model, and the chat runtime's backend of this version: done with both
+                release_backend(version_settings(plan.settings, planned.wanted))
                 version_result = _judge(plan, planned, found, items, references.get(planned.version.base_model, {}))
                 version_result.run_id = log_version(plan, version_result)
                 result.versions.append(version_result)

@@ -3,8 +3,10 @@ export, refusals as one line, and two sessions answered at once by one loaded mo
 
 from __future__ import annotations
 
+import gc
 import re
 import threading
+import weakref
 
 import pytest
 from test_export import settings  # noqa: F401 - the fixture: a copy of the tiny-Llama registry of test_llm_versions
@@ -17,7 +19,7 @@ from engine.core.settings import SettingsError, load_settings
 from engine.lifecycle.version_actions import promote
 from engine.lifecycle.version_records import VersionError
 from engine.llm.backend_contract import LlmError
-from engine.llm.backends import llm_backend
+from engine.llm.backends import llm_backend, release_backend
 from engine.llm.gguf import GgufLlm, gguf_file, load_gguf, stream_gguf
 from engine.llm.versions import resolve_llm_version
 from training.export_pipeline import export_version
@@ -144,3 +146,17 @@ def test_the_thread_count_setting_reaches_llama_cpp(base):
     assert backend._serving()[1].model.n_threads == 1  # the model it served the reply with
     with pytest.raises(SettingsError, match="DEPLOYWISE_LLM_THREADS"):
         load_settings(llm_threads=0)
+
+
+def test_a_released_backends_model_is_freed_and_a_kept_one_is_shared(base):
+    """The evaluation worker releases each version's backend once done with it, so versions do not pile up in memory;
+    the chat's backend, never released, keeps its model loaded for every session."""
+    alone = base.model_copy(update={"llm_threads": 3})  # a thread count no other test's backend loads the file with
+    backend = llm_backend(alone)
+    "".join(backend.stream([{"role": "user", "content": "Say hello."}], max_new_tokens=2))
+    served = weakref.ref(backend._serving()[1])
+    assert llm_backend(alone) is backend and load_gguf(served().path, 3) is served()  # one model, shared
+    del backend
+    release_backend(alone)
+    gc.collect()
+    assert served() is None

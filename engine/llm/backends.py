@@ -22,22 +22,36 @@ _backends_lock = threading.Lock()
 
 def llm_backend(settings) -> LlmBackend:
     """The configured backend, one per distinct configuration in this process; nothing is loaded or called yet."""
+    key, build = _configuration(settings)
+    with _backends_lock:
+        if key not in _backends:
+            _backends[key] = build(settings)
+        return _backends[key]
+
+
+def release_backend(settings) -> None:
+    """Forget the backend of this configuration: its model is freed once no caller holds it (an evaluation is done
+    with a version; the chat's own backend is never released)."""
+    with _backends_lock:
+        _backends.pop(_configuration(settings)[0], None)
+
+
+def _configuration(settings) -> tuple[tuple, type]:
+    """What tells two backends apart, and how to build one."""
     if settings.llm_backend == "openai":
         token = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         key = ("openai", settings.llm_endpoint, settings.llm_model, token, settings.llm_timeout_s, settings.llm_max_retries)
         build = EndpointLlm
     elif settings.llm_backend == "llama_cpp":
         key = ("llama_cpp", settings.base_model, settings.llm_version, settings.llm_registry_name, settings.tracking_uri,
-               settings.mlflow_registry_uri, settings.llm_timeout_s, settings.llm_wait_s, str(settings.workspace))
+               settings.mlflow_registry_uri, settings.llm_timeout_s, settings.llm_wait_s, settings.llm_threads,
+               str(settings.workspace))
         build = GgufLlm
     else:
         key = ("transformers", settings.base_model, settings.llm_version, settings.llm_registry_name,
                settings.tracking_uri, settings.mlflow_registry_uri, settings.llm_timeout_s, settings.llm_wait_s)
         build = InProcessLlm
-    with _backends_lock:
-        if key not in _backends:
-            _backends[key] = build(settings)
-        return _backends[key]
+    return key, build
 
 
 def version_settings(settings, wanted: str):

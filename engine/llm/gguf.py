@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,17 +39,19 @@ class LoadedGguf:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-_loaded: dict[tuple[Path, int], LoadedGguf] = {}
+_loaded: weakref.WeakValueDictionary[tuple[Path, int], LoadedGguf] = weakref.WeakValueDictionary()
 _loading = threading.Lock()
 
 
 def load_gguf(path: Path, threads: int | None = None) -> LoadedGguf:
-    """The GGUF file loaded by llama.cpp once per process and thread count (None: every CPU this process may use);
-    a file it cannot read is one line of LlmError."""
+    """The GGUF file loaded by llama.cpp once per thread count (None: every CPU this process may use), for as long as
+    someone uses it (a replaced champion, a released backend's version is freed); a file it cannot read is one line
+    of LlmError."""
     path = Path(path).resolve()
     threads = threads or max(1, len(os.sched_getaffinity(0)))
     with _loading:
-        if (path, threads) not in _loaded:
+        loaded = _loaded.get((path, threads))
+        if loaded is None:
             from llama_cpp import Llama  # a compiled extension: imported when a GGUF is first served
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -65,8 +68,9 @@ def load_gguf(path: Path, threads: int | None = None) -> LoadedGguf:
             eos, bos = model.token_eos(), model.token_bos()
             chat = Jinja2ChatFormatter(template, eos_token=model._model.token_get_text(eos) if eos != -1 else "",
                                        bos_token=model._model.token_get_text(bos) if bos != -1 else "", stop_token_ids=[eos])
-            _loaded[path, threads] = LoadedGguf(path, model, chat)
-        return _loaded[path, threads]
+            loaded = LoadedGguf(path, model, chat)
+            _loaded[path, threads] = loaded
+        return loaded
 
 
 def stream_gguf(loaded: LoadedGguf, messages: list[Message], *, max_new_tokens: int, temperature: float,
